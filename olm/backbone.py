@@ -1,0 +1,148 @@
+"""Load the frozen base model and attach LoRA adapters.
+
+`load_base(name)` accepts the built-in name ``olm-tiny`` (the toy-world model shipped in
+`olm/assets/olm-tiny`, built by ``python -m olm.world.build``), a local model directory, or a
+hub id such as ``Qwen/Qwen2.5-0.5B`` (from the local cache first; an unreachable hub fails fast
+with a message naming the local-directory alternative). `attach_lora` freezes every base
+parameter and wraps the model with peft.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+ASSETS = Path(__file__).parent / "assets"
+BUILTIN_MODELS: dict[str, Path] = {"olm-tiny": ASSETS / "olm-tiny"}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+@dataclass
+class LoRASettings:
+    """LoRA adapter shape (peft `LoraConfig`)."""
+
+    r: int = 4
+    """Rank of the update matrices."""
+    alpha: int = 16
+    """Scaling numerator: the update is scaled by alpha / r."""
+    dropout: float = 0.05
+    """Dropout on the LoRA input (train mode only)."""
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    """Names of the linear layers that get adapters."""
+    bias: Literal["none", "all", "lora_only"] = "none"
+    """Which biases are trained."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.r < 1:
+            problems.append(f"lora.r must be >= 1, got {self.r!r}")
+        if self.alpha <= 0:
+            problems.append(f"lora.alpha must be > 0, got {self.alpha!r}")
+        if not 0 <= self.dropout < 1:
+            problems.append(f"lora.dropout must be in [0, 1), got {self.dropout!r}")
+        if not self.target_modules:
+            problems.append("lora.target_modules must name at least one module")
+        if problems:
+            raise ValueError("invalid LoRA settings: " + "; ".join(problems))
+
+
+def resolve_model_path(name: str) -> str:
+    """Map a built-in name to its directory; other names are returned unchanged.
+
+    Raises:
+        FileNotFoundError: the built-in model's files are missing.
+    """
+    if name in BUILTIN_MODELS:
+        path = BUILTIN_MODELS[name]
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"built-in model {name!r} not found at {path}; build it with `python -m olm.world.build`")
+        return str(path)
+    return name
+
+
+def _hub_reachable() -> bool:
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname, port), timeout=HUB_PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def _from_pretrained(loader, name: str, **kwargs):
+    """`loader.from_pretrained` from a directory or the local cache, then the hub if reachable."""
+    if Path(name).is_dir():
+        return loader.from_pretrained(name, **kwargs)
+    try:
+        return loader.from_pretrained(name, local_files_only=True, **kwargs)
+    except OSError:
+        pass
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
+        raise OSError(
+            f"cannot load {name!r}: it is not a local directory, not in the local hub cache, and the hub is "
+            f"unreachable. Download it where a network is available (e.g. `huggingface-cli download {name} "
+            f"--local-dir DIR`) and pass the directory: --model.base_model DIR; or use the built-in model "
+            f"--model.base_model olm-tiny."
+        )
+    return loader.from_pretrained(name, **kwargs)
+
+
+def load_base(
+    name: str, dtype: str = "float32", device: str | torch.device = "cpu"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer, frozen.
+
+    Args:
+        name: ``olm-tiny``, a local directory, or a hub id.
+        dtype: float32, bfloat16 or float16.
+        device: where to put the weights.
+
+    Returns:
+        (model, tokenizer); every model parameter has requires_grad=False.
+
+    Raises:
+        ValueError: unknown dtype. OSError / FileNotFoundError: the model cannot be found.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    path = resolve_model_path(name)
+    tokenizer = _from_pretrained(AutoTokenizer, path)
+    model = _from_pretrained(AutoModelForCausalLM, path, dtype=DTYPES[dtype])
+    model.to(device)
+    model.requires_grad_(False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def attach_lora(model: PreTrainedModel, settings: LoRASettings, adapter: str | None = None) -> PeftModel:
+    """Freeze `model` and wrap it with LoRA adapters.
+
+    Args:
+        model: the base model.
+        settings: adapter shape for fresh adapters (B = 0, so the output is unchanged at first).
+        adapter: a PEFT directory (`save_pretrained` output) to continue training instead; its own
+            adapter_config.json then defines the shape.
+    """
+    model.requires_grad_(False)
+    if adapter is not None:
+        return PeftModel.from_pretrained(model, adapter, is_trainable=True)
+    config = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=list(settings.target_modules),
+        bias=settings.bias,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)

@@ -1,0 +1,68 @@
+"""AdapterCheckpoint: the portable artifact — a PEFT adapter directory plus the fact memory.
+
+Writes ``<dirpath>/adapter_config.json`` + ``adapter_model.safetensors`` (loadable as-is with
+``PeftModel.from_pretrained(base, dirpath)``) and ``memory.json`` every `every_n_turns` trained
+turns and when training ends. The directory is written beside the old one and swapped in by
+rename, so a crash mid-write leaves the previous adapter intact. Full resume state (optimizer,
+stream position, memory) is Lightning's ``.ckpt`` from ModelCheckpoint; this is what people share.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_only
+
+
+class AdapterCheckpoint(Callback):
+    """Save the adapter and fact memory periodically and at the end.
+
+    Args:
+        dirpath: output directory; default ``<trainer.log_dir>/adapter``.
+        every_n_turns: trained turns between saves (0 = only at the end).
+    """
+
+    def __init__(self, dirpath: str | None = None, every_n_turns: int = 100) -> None:
+        if every_n_turns < 0:
+            raise ValueError(f"every_n_turns must be >= 0, got {every_n_turns!r}")
+        self.dirpath, self.every_n_turns = dirpath, every_n_turns
+        self.last_saved_turn = -1
+
+    def resolve_dir(self, trainer: L.Trainer) -> Path:
+        return Path(self.dirpath) if self.dirpath else Path(trainer.log_dir or trainer.default_root_dir) / "adapter"
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        turn = pl_module.turns_trained
+        if self.every_n_turns and turn % self.every_n_turns == 0 and turn != self.last_saved_turn:
+            self.save(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.turns_trained != self.last_saved_turn:
+            self.save(trainer, pl_module)
+
+    @rank_zero_only
+    def save(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path:
+        """Write the adapter directory atomically; returns its path."""
+        final = self.resolve_dir(trainer)
+        tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
+        shutil.rmtree(tmp, ignore_errors=True)
+        pl_module.model.save_pretrained(tmp)
+        pl_module.memory.to_json(tmp / "memory.json")
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+        self.last_saved_turn = pl_module.turns_trained
+        return final
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_saved_turn": self.last_saved_turn}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.last_saved_turn = int(state_dict["last_saved_turn"])

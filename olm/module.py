@@ -1,0 +1,364 @@
+"""OnlineLM: the LightningModule that takes a gradient step on LoRA adapters after every chat turn.
+
+Per turn (`training_step`, manual optimization):
+  1. classify  FactDetector → Context(chat | question | fact), repetition and importance from memory
+  2. respond   the logged assistant reply (respond="auto") or `generate()` in eval mode
+  3. render    chat template → ids, loss mask, token weights (ImportanceWeighter)
+  4. learn     lr = base × multiplier(context) for this step only; KL(base ‖ adapter) with the
+               adapter disabled for the base; weighted CE; backward; clip; AdamW step
+  5. remember  facts go to the FactMemory after their step
+Replays queued by the `FactReplay` callback are learned at the start of the next training_step
+(context "replay"), so their optimizer steps count in `global_step` like any other.
+
+`training_step` takes the `dataloader_iter`, so Lightning does not prefetch: the turn being
+trained is the last one read (the interactive chat answers the message just typed, and the
+stream position saved in a checkpoint is that of the last trained turn).
+
+Run: ``python cli.py fit --config configs/default.yaml``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import lightning as L
+import torch
+
+from olm.backbone import LoRASettings, attach_lora, load_base
+from olm.context import KINDS, Context, ContextPolicy, kl_lambda, lr_multiplier
+from olm.facts import DetectorConfig, FactDetector
+from olm.generation import GenerationSettings, generate_reply
+from olm.losses import online_loss
+from olm.memory import FactMemory, MemoryConfig, StoredFact
+from olm.render import Example, LossOn, messages_for, render_exchange
+from olm.weighting import ImportanceWeighter, WeightingConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OptimSettings:
+    """AdamW on the LoRA parameters, one or more steps per turn."""
+
+    lr: float = 1e-6
+    """Base learning rate; each turn's steps use lr × the context multiplier."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    grad_clip: float = 0.1
+    """Max global L2 norm of the LoRA gradient (clip by norm)."""
+    steps_per_turn: int = 1
+    """Optimizer steps on a chat / question turn."""
+    steps_per_fact: int = 1
+    """Optimizer steps on a fact turn (the original design's iterations_per_fact)."""
+    steps_per_replay: int = 1
+    """Optimizer steps per replayed fact."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.lr <= 0:
+            problems.append(f"optim.lr must be > 0, got {self.lr!r}")
+        if self.weight_decay < 0:
+            problems.append(f"optim.weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.grad_clip <= 0:
+            problems.append(f"optim.grad_clip must be > 0, got {self.grad_clip!r}")
+        for name in ("steps_per_turn", "steps_per_fact", "steps_per_replay"):
+            if getattr(self, name) < 1:
+                problems.append(f"optim.{name} must be >= 1, got {getattr(self, name)!r}")
+        if problems:
+            raise ValueError("invalid optimizer settings: " + "; ".join(problems))
+
+
+@dataclass
+class ObjectiveSettings:
+    """What the loss covers and how its terms are weighted."""
+
+    task_lambda: float = 1.0
+    """Weight of the token-weighted next-token loss."""
+    loss_on: LossOn = "exchange"
+    """Task-loss targets: the whole exchange (user message + reply) or the reply only."""
+    max_tokens: int = 512
+    """Longer renderings keep their last max_tokens tokens."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.task_lambda < 0:
+            problems.append(f"objective.task_lambda must be >= 0, got {self.task_lambda!r}")
+        if self.max_tokens < 8:
+            problems.append(f"objective.max_tokens must be >= 8, got {self.max_tokens!r}")
+        if problems:
+            raise ValueError("invalid objective settings: " + "; ".join(problems))
+
+
+@dataclass
+class TurnRecord:
+    """What happened on the last turn: read by callbacks (chat status line, transcripts)."""
+
+    user: str
+    reply: str
+    kind: str
+    fact: str | None
+    lr: float
+    loss: float
+    kl: float
+    ce: float
+    tokens: int
+    replayed: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class OnlineLM(L.LightningModule):
+    """A causal LM that learns from every chat turn through LoRA adapters of a frozen base.
+
+    Args:
+        base_model: ``olm-tiny`` (built-in), a local model directory or a hub id.
+        dtype: weight dtype of the base model (float32 on CPU).
+        adapter: a PEFT adapter directory to continue from instead of fresh adapters.
+        lora: adapter shape.
+        optim: optimizer and steps per turn.
+        policy: LR multipliers and KL λ per turn kind.
+        objective: loss weights and targets.
+        respond: "auto" learns the logged reply when the turn has one and generates otherwise;
+            "generate" always generates.
+        generation: decoding settings for generated replies.
+        chat_template: a Jinja chat template used when the tokenizer has none.
+        detector: fact patterns and question filter.
+        memory: fact memory (importance, eviction, decay, replay selection).
+        weighting: per-token importance weights of the task loss.
+    """
+
+    def __init__(
+        self,
+        base_model: str = "olm-tiny",
+        dtype: str = "float32",
+        adapter: str | None = None,
+        lora: LoRASettings = LoRASettings(),
+        optim: OptimSettings = OptimSettings(),
+        policy: ContextPolicy = ContextPolicy(),
+        objective: ObjectiveSettings = ObjectiveSettings(),
+        respond: Literal["auto", "generate"] = "auto",
+        generation: GenerationSettings = GenerationSettings(),
+        chat_template: str | None = None,
+        detector: DetectorConfig = DetectorConfig(),
+        memory: MemoryConfig = MemoryConfig(),
+        weighting: WeightingConfig = WeightingConfig(),
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.strict_loading = False  # checkpoints hold only the LoRA weights
+        self.optim, self.policy, self.objective = optim, policy, objective
+        self.respond_mode, self.generation = respond, generation
+        base, self.tokenizer = load_base(base_model, dtype=dtype)
+        if self.tokenizer.chat_template is None:
+            if chat_template is None:
+                raise ValueError(f"{base_model!r} has no chat template: set --model.chat_template")
+            self.tokenizer.chat_template = chat_template
+        self.model = attach_lora(base, lora, adapter)
+        self.detector = FactDetector(detector)
+        self.memory = FactMemory(memory)
+        self.weighter = ImportanceWeighter(weighting)
+        self.turns_trained = 0
+        self.nonfinite_steps = 0
+        self.replay_queue: list[tuple[str, str]] = []
+        self.last: TurnRecord | None = None
+        self._timings: dict[str, float] = defaultdict(float)
+
+    # ----------------------------------------------------------------- Lightning hooks
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(
+            params, lr=self.optim.lr, betas=self.optim.betas, eps=self.optim.eps, weight_decay=self.optim.weight_decay
+        )
+        for group in opt.param_groups:
+            group["base_lr"] = group["lr"]  # per-turn lr = base_lr × multiplier, never compounded
+        return opt
+
+    def training_step(self, dataloader_iter: Iterator) -> None:
+        self._timings.clear()
+        replayed = self._run_replay_queue()
+        turn, _, _ = next(dataloader_iter)  # StopIteration at the end of the stream ends the epoch
+        start = time.perf_counter()
+        ctx = self.classify(turn.user)
+        reply = self.respond(turn)
+        with self._timed("render"):
+            example = render_exchange(
+                self.tokenizer, turn.user, reply, turn.history, self.objective.loss_on, self.objective.max_tokens
+            )
+        stats = self.learn(example, ctx)
+        if ctx.kind == "fact":
+            self.memory.store(ctx.fact, turn.user, reply, self.turns_trained)
+        self.memory.decay(self.turns_trained)
+        self.turns_trained += 1
+        self._mark_trained(turn)
+        self._timings["turn"] = time.perf_counter() - start
+        self._record(turn, reply, ctx, stats, example, replayed)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if "lora_" in k}
+        checkpoint["olm"] = {
+            "turns_trained": self.turns_trained,
+            "nonfinite_steps": self.nonfinite_steps,
+            "replay_queue": [list(key) for key in self.replay_queue],
+            "memory": self.memory.state_dict(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("olm")
+        if state is None:
+            raise KeyError("checkpoint has no 'olm' section: it was not written by OnlineLM")
+        self.turns_trained = int(state["turns_trained"])
+        self.nonfinite_steps = int(state["nonfinite_steps"])
+        self.replay_queue = [tuple(key) for key in state["replay_queue"]]
+        self.memory.load_state_dict(state["memory"])
+
+    # ----------------------------------------------------------------- the per-turn pieces
+    def classify(self, user: str) -> Context:
+        """Context of a user message: question, fact (with repetition and importance) or chat."""
+        with self._timed("detect"):
+            if self.detector.is_question(user):
+                return Context("question")
+            fact = self.detector.detect(user)
+            if fact is None:
+                return Context("chat")
+            repetition = self.memory.count(fact) + 1
+            importance = self.memory.importance_of(fact, self.turns_trained)
+            return Context("fact", fact=fact, repetition=repetition, importance=importance)
+
+    def respond(self, turn) -> str:
+        """The reply to learn: the logged one (respond="auto") or a generated one."""
+        if self.respond_mode == "auto" and turn.assistant is not None:
+            return turn.assistant
+        with self._timed("generate"):
+            return self.generate(turn.user, turn.history)
+
+    def generate(self, user: str, history: tuple[tuple[str, str], ...] = ()) -> str:
+        """The adapted model's reply to `user` after `history` (eval mode, no grad)."""
+        return generate_reply(self.model, self.tokenizer, messages_for(user, history), self.generation)
+
+    def token_weights(self, example: Example, ctx: Context) -> torch.Tensor:
+        """(T,) task-loss weight of each token as a target: importance weights × loss mask."""
+        fact = ctx.fact
+        entities = tuple(fact.entities) if fact is not None else ()
+        terms = (fact.subject, fact.object) if fact is not None else ()
+        weights = self.weighter.weights(example.text, example.offsets, entities, terms, mask=example.loss_mask)
+        return weights * example.loss_mask
+
+    def learn(self, example: Example, ctx: Context) -> dict[str, float]:
+        """Take this context's optimizer steps on one rendered example.
+
+        The LR is base × multiplier for these steps only; a step whose loss or gradient norm is
+        not finite is skipped (the adapter is left unchanged) and counted.
+
+        Returns:
+            Scalars of the last step: loss, kl, ce, grad_norm, lr, kl_lambda, steps.
+        """
+        opt = self.optimizers()
+        steps = {"fact": self.optim.steps_per_fact, "replay": self.optim.steps_per_replay}.get(
+            ctx.kind, self.optim.steps_per_turn
+        )
+        mult, lam = lr_multiplier(ctx, self.policy), kl_lambda(ctx, self.policy)
+        ids = example.input_ids[None].to(self.device)  # (1, T)
+        weights = self.token_weights(example, ctx)[None].to(self.device)  # (1, T)
+        kl_mask = torch.ones_like(weights)
+        with self._timed("base_forward"), torch.no_grad(), self.model.disable_adapter():
+            base_logits = self.model(input_ids=ids).logits  # (1, T, V)
+        self._set_lr(opt, mult)
+        try:
+            for _ in range(steps):
+                with self._timed("adapter_forward_backward"):
+                    out = online_loss(
+                        self.model(input_ids=ids).logits, base_logits, ids, weights, kl_mask, lam,
+                        self.objective.task_lambda,
+                    )
+                    opt.zero_grad(set_to_none=True)
+                    self.manual_backward(out["loss"])
+                with self._timed("optimizer_step"):
+                    grad_norm = self._clip_and_step(opt, out["loss"])
+        finally:
+            self._set_lr(opt, 1.0)
+        return {
+            "loss": float(out["loss"]), "kl": float(out["kl"]), "ce": float(out["ce"]),
+            "grad_norm": grad_norm, "lr": opt.param_groups[0]["base_lr"] * mult, "kl_lambda": lam,
+            "steps": steps,
+        }  # fmt: skip
+
+    def queue_replay(self, facts: list[StoredFact]) -> None:
+        """Queue remembered facts to be relearned at the start of the next training_step."""
+        self.replay_queue.extend((f.subject, f.relation) for f in facts)
+
+    # ----------------------------------------------------------------- helpers
+    def _clip_and_step(self, opt, loss: torch.Tensor) -> float:
+        params = [p for group in opt.param_groups for p in group["params"]]
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.optim.grad_clip))
+        if torch.isfinite(loss) and grad_norm == grad_norm and grad_norm != float("inf"):
+            opt.step()
+        else:  # one host sync per step buys the guarantee that a NaN never reaches the adapter
+            self.nonfinite_steps += 1
+            log.warning("skipped a step with non-finite loss or gradient (turn %d)", self.turns_trained)
+        opt.zero_grad(set_to_none=True)
+        return grad_norm
+
+    @staticmethod
+    def _set_lr(opt, mult: float) -> None:
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * mult
+
+    def _run_replay_queue(self) -> int:
+        done = 0
+        while self.replay_queue:
+            fact = self.memory.get(*self.replay_queue.pop(0))
+            if fact is None:  # evicted or decayed since it was queued
+                continue
+            ctx = Context("replay", fact=fact, repetition=fact.count, importance=fact.importance)
+            with self._timed("render"):
+                example = render_exchange(
+                    self.tokenizer, fact.text, fact.reply, (), self.objective.loss_on, self.objective.max_tokens
+                )
+            stats = self.learn(example, ctx)
+            self.memory.touch(fact, self.turns_trained)
+            self.log_dict({"replay/loss": stats["loss"], "replay/lr": stats["lr"]}, batch_size=1)
+            done += 1
+        return done
+
+    def _mark_trained(self, turn) -> None:
+        from olm.data import ChatStreamDataModule  # local: data imports nothing from here
+
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if isinstance(datamodule, ChatStreamDataModule):
+            datamodule.mark_trained(turn)
+
+    @contextmanager
+    def _timed(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._timings[name] += time.perf_counter() - start
+
+    def _record(self, turn, reply: str, ctx: Context, stats: dict, example: Example, replayed: int) -> None:
+        fact = ctx.fact
+        self.last = TurnRecord(
+            user=turn.user, reply=reply, kind=ctx.kind,
+            fact=f"{fact.subject} | {fact.relation} | {fact.object}" if fact is not None else None,
+            lr=stats["lr"], loss=stats["loss"], kl=stats["kl"], ce=stats["ce"], tokens=example.num_tokens,
+            replayed=replayed, timings=dict(self._timings),
+        )  # fmt: skip
+        scalars = {f"turn/{k}": float(v) for k, v in stats.items()}
+        scalars.update({
+            "turn/kind": float(KINDS.index(ctx.kind)), "turn/tokens": float(example.num_tokens),
+            "turn/time_s": self._timings["turn"], "turn/is_fact": float(ctx.kind == "fact"),
+            "facts/memory_size": float(len(self.memory)), "facts/replayed": float(replayed),
+            "data/skipped": float(turn.skipped), "turn/nonfinite_steps": float(self.nonfinite_steps),
+        })  # fmt: skip
+        scalars.update({f"time/{k}": v for k, v in self._timings.items()})
+        self.log_dict(scalars, batch_size=1)
