@@ -1,0 +1,135 @@
+"""OnlineLM on a tiny Qwen2 built in code: what one turn changes, KL at the start, loss going
+down, the per-turn LR, fact context, replay counting and non-finite steps."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader
+
+from olm.callbacks import FactReplay
+from olm.context import ContextPolicy, kl_lambda, lr_multiplier, Context
+from olm.data import Turn
+import olm.module
+from olm.module import OnlineLM, OptimSettings
+
+
+def turns(*pairs: tuple[str, str | None]) -> list[Turn]:
+    return [
+        Turn(conversation_id="c", user=u, assistant=a, history=(), source="test", offset=i, skipped=0)
+        for i, (u, a) in enumerate(pairs)
+    ]
+
+
+def fit(model: OnlineLM, data: list[Turn], callbacks=(), **trainer_kwargs) -> L.Trainer:
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=list(callbacks), **trainer_kwargs,
+    )  # fmt: skip
+    trainer.fit(model, train_dataloaders=DataLoader(data, batch_size=None))
+    return trainer
+
+
+class Recorder(Callback):
+    """Records the optimizer LR seen at every optimizer step and after every turn."""
+
+    def __init__(self) -> None:
+        self.step_lrs: list[float] = []
+        self.after_lrs: list[float] = []
+        self.ce: list[float] = []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        opt = trainer.optimizers[0]
+        opt.register_step_pre_hook(lambda o, args, kwargs: self.step_lrs.append(o.param_groups[0]["lr"]))
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        self.after_lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+        self.ce.append(pl_module.last.ce)
+
+
+@pytest.fixture
+def model(tiny_model_dir) -> OnlineLM:
+    torch.manual_seed(0)
+    return OnlineLM(base_model=tiny_model_dir, optim=OptimSettings(lr=1e-3))
+
+
+def lora_and_base(model: OnlineLM) -> tuple[dict, dict]:
+    lora, base = {}, {}
+    for name, p in model.model.named_parameters():
+        (lora if "lora_" in name else base)[name] = p.detach().clone()
+    return lora, base
+
+
+def test_turn_changes_only_lora_and_base_stays_bit_identical(model):
+    lora0, base0 = lora_and_base(model)
+    fit(model, turns(("Hello there.", "Hi!"), ("Zara is my sister.", "Got it. Zara is your sister."), ("Who is Zara?", None)))
+    lora1, base1 = lora_and_base(model)
+    assert all(torch.equal(base0[k], base1[k]) for k in base0)
+    assert any(not torch.equal(lora0[k], lora1[k]) for k in lora0)
+    assert model.turns_trained == 3
+
+
+def test_kl_is_zero_on_first_step(model):
+    fit(model, turns(("Hello there.", "Hi!")))
+    assert model.last.kl == pytest.approx(0.0, abs=1e-7)  # LoRA B starts at 0: adapter == base
+
+
+def test_repeated_training_lowers_the_turn_loss(model):
+    rec = Recorder()
+    fit(model, turns(*[("Xiomara lives in Lisbon.", "Got it. Xiomara lives in Lisbon.")] * 12), callbacks=[rec])
+    assert rec.ce[-1] < 0.9 * rec.ce[0]
+
+
+def test_lr_is_base_times_multiplier_during_step_and_base_after(tiny_model_dir):
+    model = OnlineLM(base_model=tiny_model_dir, optim=OptimSettings(lr=1e-4))
+    rec = Recorder()
+    fit(model, turns(("Hello there.", "Hi!"), ("Who is Zara?", "I don't know."), ("Zara is my sister.", "Got it.")), callbacks=[rec])
+    policy = model.policy
+    expected = [1e-4 * lr_multiplier(Context(k), policy) for k in ("chat", "question", "fact")]
+    assert rec.step_lrs == pytest.approx(expected)
+    assert rec.after_lrs == pytest.approx([1e-4] * 3)
+
+
+def test_fact_turn_uses_fact_lr_and_dynamic_kl(tiny_model_dir):
+    model = OnlineLM(base_model=tiny_model_dir, optim=OptimSettings(lr=1e-4, steps_per_fact=3))
+    rec = Recorder()
+    fit(model, turns(("Zara is my sister.", "Got it. Zara is your sister."), ("Zara is my sister.", "Got it. Zara is your sister.")), callbacks=[rec])
+    p = model.policy
+    first = 1e-4 * lr_multiplier(Context("fact", repetition=1), p)
+    second = 1e-4 * lr_multiplier(Context("fact", repetition=2), p)
+    assert second > first
+    assert rec.step_lrs == pytest.approx([first] * 3 + [second] * 3)  # steps_per_fact = 3
+    assert model.last.kind == "fact" and model.last.fact == "Zara | relation | sister"
+    stored = model.memory.get("Zara", "relation")
+    assert stored is not None and stored.count == 2
+    ctx = Context("fact", repetition=2, importance=model.memory.importance_of(model.detector.detect("Zara is my sister."), 1))
+    assert kl_lambda(ctx, p) <= p.kl_lambdas["fact"]
+
+
+def test_replay_steps_run_at_interval_and_count_in_global_step(tiny_model_dir):
+    model = OnlineLM(base_model=tiny_model_dir, optim=OptimSettings(lr=1e-4))
+    data = turns(("Zara is my sister.", "Got it. Zara is your sister."), *[("Hello there.", "Hi!")] * 5)
+    trainer = fit(model, data, callbacks=[FactReplay(interval=2)])
+    # replays are queued after turns 2 and 4 and learned at the start of turns 3 and 5;
+    # the one queued after turn 6 has no next turn to run in.
+    assert trainer.global_step == len(data) + 2
+    assert model.replay_queue == [("Zara", "relation")]
+
+
+def test_nonfinite_loss_skips_step_and_leaves_adapter(model, monkeypatch):
+    fit(model, turns(("Hello there.", "Hi!")))
+    lora0, _ = lora_and_base(model)
+    real = olm.module.online_loss
+
+    def nan_loss(*args, **kwargs):
+        out = real(*args, **kwargs)
+        return {**out, "loss": out["loss"] * float("nan")}
+
+    monkeypatch.setattr(olm.module, "online_loss", nan_loss)
+    before = model.nonfinite_steps
+    fit(model, turns(("Hello again.", "Hi!")))
+    lora1, _ = lora_and_base(model)
+    assert model.nonfinite_steps == before + 1
+    assert all(torch.equal(lora0[k], lora1[k]) for k in lora0)
