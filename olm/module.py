@@ -163,7 +163,7 @@ class OnlineLM(L.LightningModule):
             if chat_template is None:
                 raise ValueError(f"{base_model!r} has no chat template: set --model.chat_template")
             self.tokenizer.chat_template = chat_template
-        self.model = attach_lora(base, lora, adapter)
+        self.model = attach_lora(base, lora, adapter).train()  # from_pretrained leaves eval mode
         self.detector = FactDetector(detector)
         self.memory = FactMemory(memory)
         self.weighter = ImportanceWeighter(weighting)
@@ -250,7 +250,9 @@ class OnlineLM(L.LightningModule):
         fact = ctx.fact
         entities = tuple(fact.entities) if fact is not None else ()
         terms = (fact.subject, fact.object) if fact is not None else ()
-        weights = self.weighter.weights(example.text, example.offsets, entities, terms, mask=example.loss_mask)
+        weights = self.weighter.weights(
+            example.text, example.offsets, entities, terms, mask=example.loss_mask, input_ids=example.input_ids
+        )
         return weights * example.loss_mask
 
     def learn(self, example: Example, ctx: Context) -> dict[str, float]:
@@ -287,7 +289,7 @@ class OnlineLM(L.LightningModule):
         finally:
             self._set_lr(opt, 1.0)
         return {
-            "loss": float(out["loss"]), "kl": float(out["kl"]), "ce": float(out["ce"]),
+            "loss": out["loss"].item(), "kl": out["kl"].item(), "ce": out["ce"].item(),
             "grad_norm": grad_norm, "lr": opt.param_groups[0]["base_lr"] * mult, "kl_lambda": lam,
             "steps": steps,
         }  # fmt: skip

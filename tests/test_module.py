@@ -76,9 +76,10 @@ def test_kl_is_zero_on_first_step(model):
     assert model.last.kl == pytest.approx(0.0, abs=1e-7)  # LoRA B starts at 0: adapter == base
 
 
-def test_repeated_training_lowers_the_turn_loss(model):
+def test_repeated_training_lowers_the_turn_loss(tiny_model_dir):
+    model = OnlineLM(base_model=tiny_model_dir, optim=OptimSettings(lr=1e-2, grad_clip=1.0))
     rec = Recorder()
-    fit(model, turns(*[("Xiomara lives in Lisbon.", "Got it. Xiomara lives in Lisbon.")] * 12), callbacks=[rec])
+    fit(model, turns(*[("Hello there, how are you today?", "Oslo is a city.")] * 12), callbacks=[rec])
     assert rec.ce[-1] < 0.9 * rec.ce[0]
 
 

@@ -1,4 +1,12 @@
-"""AdapterCheckpoint: the portable artifact — a PEFT adapter directory plus the fact memory.
+"""Checkpoints of the online run: the resume state (TurnCheckpoint) and the portable adapter.
+
+TurnCheckpoint is Lightning's ModelCheckpoint counted in *trained turns* (global_step counts
+optimizer steps, which replay and steps_per_fact multiply) that also saves when training ends,
+so an exhausted log or a /quit always leaves its final state in ``last.ckpt``. Lightning writes
+it through an fsspec transaction (temporary file, then move), so a crash mid-write leaves the
+previous checkpoint intact. Its contents: LoRA weights only, optimizer, fact memory, stream position.
+
+AdapterCheckpoint writes the portable artifact — a PEFT adapter directory plus the fact memory.
 
 Writes ``<dirpath>/adapter_config.json`` + ``adapter_model.safetensors`` (loadable as-is with
 ``PeftModel.from_pretrained(base, dirpath)``) and ``memory.json`` every `every_n_turns` trained
@@ -15,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
 
@@ -66,3 +74,39 @@ class AdapterCheckpoint(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.last_saved_turn = int(state_dict["last_saved_turn"])
+
+
+class TurnCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint every `every_n_turns` trained turns and at the end of training.
+
+    Args:
+        every_n_turns: trained turns between saves (0 = only at the end and on exceptions).
+        **kwargs: passed to ModelCheckpoint (dirpath, filename, save_last, save_top_k, ...);
+            step / epoch / time intervals are not accepted: turns are the unit here.
+    """
+
+    def __init__(self, every_n_turns: int = 50, **kwargs: Any) -> None:
+        clash = sorted(k for k in ("every_n_train_steps", "every_n_epochs", "train_time_interval") if k in kwargs)
+        if clash:
+            raise ValueError(f"TurnCheckpoint counts turns (every_n_turns); do not pass {clash}")
+        if every_n_turns < 0:
+            raise ValueError(f"every_n_turns must be >= 0, got {every_n_turns!r}")
+        kwargs.setdefault("save_last", True)
+        super().__init__(every_n_train_steps=0, every_n_epochs=0, **kwargs)
+        self.every_n_turns = every_n_turns
+        self._saved_turns = -1
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        turns = pl_module.turns_trained
+        if self.every_n_turns and turns % self.every_n_turns == 0 and turns != self._saved_turns:
+            self._save_now(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.turns_trained != self._saved_turns:
+            self._save_now(trainer)
+
+    def _save_now(self, trainer: L.Trainer) -> None:
+        candidates = self._monitor_candidates(trainer)
+        self._save_topk_checkpoint(trainer, candidates)
+        self._save_last_checkpoint(trainer, candidates)
+        self._saved_turns = trainer.lightning_module.turns_trained

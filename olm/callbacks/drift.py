@@ -1,0 +1,167 @@
+"""DriftGuard: roll the adapter back when it drifts too far from the base on the anchor prompts.
+
+Every `every_n_turns` trained turns the guard measures KL(base ‖ adapter) and the perplexity
+ratio (adapter / base) on the anchor prompts (`olm.metrics.AnchorProbe`, one batched forward;
+the base pass is cached). Within bounds, it snapshots the LoRA tensors (and, by default, the
+optimizer state); past a bound, it copies the last snapshot back into the adapter, so the
+weights are bit-for-bit those of the last in-bounds check, and logs the event:
+
+    stability/guard_kl, stability/guard_ppl_ratio   the values at each check
+    stability/guard_rollbacks                       rollbacks so far (a step up marks one)
+    drift_guard (TensorBoard text)                  what tripped, and the turn restored
+
+The first snapshot is taken when training starts. Put the guard before StabilityMonitor in
+``trainer.callbacks`` so that a check on the same turn measures the restored adapter::
+
+    - class_path: olm.callbacks.DriftGuard
+      init_args: {max_kl: 0.5, max_ppl_ratio: 1.5, every_n_turns: 5}
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from olm.callbacks.monitors import AnchorMetrics, log_scalars, turn_step
+from olm.metrics import AnchorProbe, load_anchors
+
+log = logging.getLogger(__name__)
+
+
+def lora_snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Detached copies of every LoRA tensor of `model` (names containing "lora_")."""
+    return {name: p.detach().clone() for name, p in model.named_parameters() if "lora_" in name}
+
+
+@torch.no_grad()
+def restore_lora(model: torch.nn.Module, snapshot: dict[str, torch.Tensor]) -> None:
+    """Copy `snapshot` back into the LoRA tensors of `model`, in place.
+
+    Raises:
+        KeyError: the model has a LoRA tensor the snapshot lacks (the adapter changed shape).
+    """
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            p.copy_(snapshot[name])
+
+
+class DriftGuard(Callback):
+    """Restore the last in-bounds adapter when anchor KL or perplexity ratio passes a bound.
+
+    Args:
+        max_kl: bound on KL(base ‖ adapter) on the anchors (nats per position); None: unchecked.
+        max_ppl_ratio: bound on anchor perplexity adapter / base; None: unchecked.
+        every_n_turns: trained turns between checks.
+        anchors: anchor prompts, a file with one per line, or None for the bundled set.
+        restore_optimizer: also restore the optimizer state (AdamW moments) of the snapshot, so
+            the next steps do not push straight back along the drifting direction.
+        cache_base: keep the base model's anchor log-probabilities after the first pass.
+    """
+
+    def __init__(
+        self,
+        max_kl: float | None = 0.5,
+        max_ppl_ratio: float | None = 1.5,
+        every_n_turns: int = 5,
+        anchors: str | list[str] | None = None,
+        restore_optimizer: bool = True,
+        cache_base: bool = True,
+    ) -> None:
+        problems = []
+        if max_kl is None and max_ppl_ratio is None:
+            problems.append("set max_kl or max_ppl_ratio (both are None)")
+        if max_kl is not None and max_kl <= 0:
+            problems.append(f"max_kl must be > 0 or None, got {max_kl!r}")
+        if max_ppl_ratio is not None and max_ppl_ratio <= 1:
+            problems.append(f"max_ppl_ratio must be > 1 or None, got {max_ppl_ratio!r}")
+        if every_n_turns < 1:
+            problems.append(f"every_n_turns must be >= 1, got {every_n_turns!r}")
+        if problems:
+            raise ValueError("invalid DriftGuard settings: " + "; ".join(problems))
+        self.max_kl, self.max_ppl_ratio, self.every_n_turns = max_kl, max_ppl_ratio, every_n_turns
+        self.restore_optimizer, self.cache_base = restore_optimizer, cache_base
+        self.prompts = load_anchors(anchors)
+        self.anchor = AnchorMetrics()
+        self.probe: AnchorProbe | None = None
+        self.snapshot: dict[str, torch.Tensor] = {}
+        self.optimizer_snapshot: dict[str, Any] | None = None
+        self.rollbacks, self.last_good_turn, self.last_check_turn = 0, -1, -1
+        self.latest: dict[str, float] = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.anchor.to(pl_module.device)
+        self.probe = AnchorProbe(pl_module.tokenizer, self.prompts, self.cache_base)
+        stats = self.anchor.measure(self.probe, pl_module.model)
+        if self.violations(stats):
+            log.warning("DriftGuard: the adapter is already out of bounds at the start (%s); it is the "
+                        "state rollbacks return to", "; ".join(self.violations(stats)))  # fmt: skip
+        self.take_snapshot(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        turn = pl_module.turns_trained
+        if turn > 0 and turn % self.every_n_turns == 0 and turn != self.last_check_turn:
+            self.check(trainer, pl_module)
+
+    def violations(self, stats: dict[str, float]) -> list[str]:
+        """Which bounds `stats` (from `AnchorMetrics.measure`) passes, in words; [] within bounds."""
+        out = []
+        if self.max_kl is not None and not stats["kl"] <= self.max_kl:  # NaN counts as a violation
+            out.append(f"anchor KL {stats['kl']:.4g} > max_kl {self.max_kl:g}")
+        if self.max_ppl_ratio is not None and not stats["ppl_ratio"] <= self.max_ppl_ratio:
+            out.append(f"anchor perplexity ratio {stats['ppl_ratio']:.4g} > max_ppl_ratio {self.max_ppl_ratio:g}")
+        return out
+
+    def check(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        """Measure; snapshot when within bounds, roll back otherwise. Returns True when within."""
+        assert self.probe is not None, "check() runs after on_train_start"
+        stats = self.anchor.measure(self.probe, pl_module.model)
+        self.last_check_turn = pl_module.turns_trained
+        problems = self.violations(stats)
+        if problems:
+            self.roll_back(trainer, pl_module, problems)
+        else:
+            self.take_snapshot(trainer, pl_module)
+        self.latest = {"stability/guard_kl": stats["kl"], "stability/guard_ppl_ratio": stats["ppl_ratio"],
+                       "stability/guard_rollbacks": float(self.rollbacks)}  # fmt: skip
+        log_scalars(trainer, self.latest, turn_step(pl_module))
+        return not problems
+
+    def take_snapshot(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Remember the current adapter (and optimizer state) as the last in-bounds state."""
+        self.snapshot = lora_snapshot(pl_module.model)
+        if self.restore_optimizer and trainer.optimizers:
+            self.optimizer_snapshot = copy.deepcopy(trainer.optimizers[0].state_dict())
+        self.last_good_turn = pl_module.turns_trained
+
+    def roll_back(self, trainer: L.Trainer, pl_module: L.LightningModule, problems: list[str]) -> None:
+        """Copy the last snapshot back into the adapter and log the event."""
+        restore_lora(pl_module.model, self.snapshot)
+        if self.restore_optimizer and self.optimizer_snapshot is not None and trainer.optimizers:
+            trainer.optimizers[0].load_state_dict(copy.deepcopy(self.optimizer_snapshot))
+        self.rollbacks += 1
+        message = (f"turn {pl_module.turns_trained}: {'; '.join(problems)}: adapter restored to its state "
+                   f"after turn {self.last_good_turn} (rollback {self.rollbacks})")  # fmt: skip
+        log.warning("DriftGuard: %s", message)
+        self._log_text(trainer, message, turn_step(pl_module))
+
+    @rank_zero_only
+    def _log_text(self, trainer: L.Trainer, message: str, step: int) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text("drift_guard", message, global_step=step)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rollbacks": self.rollbacks, "last_good_turn": self.last_good_turn,
+                "last_check_turn": self.last_check_turn}  # fmt: skip
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rollbacks = int(state_dict["rollbacks"])
+        self.last_good_turn = int(state_dict["last_good_turn"])
+        self.last_check_turn = int(state_dict["last_check_turn"])

@@ -1,0 +1,468 @@
+"""FactDetector: finds a stated fact ("Zara is my sister.") in a user message.
+
+Pipeline of `FactDetector.detect(text)`:
+
+1. truncate the text to `max_chars` (bounded regex work on any input);
+2. question filter: a question mark anywhere, or a question word first → no fact;
+3. every configured `FactPattern` is searched; a match gives subject, relation, object;
+4. entities come from the pattern groups and/or a capitalized-word regex (`entity_method`);
+5. confidence = pattern base + coverage · coverage_boost + entity_boost (if the match holds an
+   entity), capped at 1; matches under the pattern's `min_confidence` are dropped; the best
+   remaining match wins (highest confidence, then earliest).
+
+Pattern regexes are plain Python regexes with named groups ``subject`` and ``object``. To keep
+them readable in YAML they may use these macros, expanded from the config before compiling:
+
+- ``{NAME}``      a person's name: 1..`max_name_words` capitalized words ("Anna Maria", "O'Brien"),
+                  none of them in `non_names` ("It", "This", "Yesterday", ...);
+- ``{PLACE}``     1..`max_name_words` capitalized words ("New York");
+- ``{RELATION}``  an optional modifier from `relation_modifiers` and a word from `relation_words`;
+- ``{PHRASE}``    1..`max_phrase_words` words ("red bicycle", "software engineer");
+- ``{MONTH}``     an English month name;
+- ``{END}``       lookahead for the end of a clause: punctuation, end of text, or a connector
+                  word (and, in, at, ...), so a phrase does not swallow the rest of a sentence.
+
+Every default pattern is linear-time on adversarial input (bounded repetitions, no nested
+unbounded quantifiers); `tests/test_facts.py` checks each on 100,000-character inputs.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass, field
+from typing import Literal
+
+EntityMethod = Literal["pattern", "capitalized", "both"]
+ENTITY_METHODS: tuple[str, ...] = ("pattern", "capitalized", "both")
+
+# Regex fragments of the macros (language data, not tunable knobs).
+_UPPER = "A-ZÀ-ÖØ-Þ"
+_CAP_WORD = rf"[{_UPPER}][^\W\d_]*(?:['’-][{_UPPER}][^\W\d_]*)?\b"  # Zara, O'Brien, Anna-Lena
+_PHRASE_WORD = r"[^\W\d_][\w'’-]*"
+_MONTHS = "January|February|March|April|May|June|July|August|September|October|November|December"
+_TEMPLATE_FIELDS = {"subject", "object"}
+
+
+def _default_question_indicators() -> list[str]:
+    return [
+        "who", "what", "where", "when", "why", "how", "which", "whose", "whom",
+        "is", "are", "am", "was", "were", "do", "does", "did", "can", "could",
+        "will", "would", "should", "shall",
+    ]  # fmt: skip
+
+
+def _default_relation_words() -> list[str]:
+    return [
+        # family
+        "sister", "brother", "mother", "father", "mom", "mum", "dad", "parent", "son", "daughter",
+        "child", "kid", "cousin", "aunt", "uncle", "niece", "nephew", "grandmother", "grandfather",
+        "grandma", "grandpa", "grandson", "granddaughter", "sibling", "twin", "wife", "husband",
+        "partner", "spouse", "fiancé", "fiancée", "fiance", "fiancee", "girlfriend", "boyfriend",
+        "sister-in-law", "brother-in-law", "mother-in-law", "father-in-law", "stepmother", "stepfather",
+        "stepsister", "stepbrother", "godmother", "godfather",
+        # social
+        "friend", "best friend", "neighbour", "neighbor", "roommate", "flatmate", "classmate",
+        "housemate", "buddy", "mate", "ex",
+        # work and services
+        "boss", "manager", "colleague", "coworker", "co-worker", "employee", "assistant", "mentor",
+        "teacher", "student", "tutor", "coach", "doctor", "dentist", "therapist", "lawyer",
+        "landlord", "landlady", "trainer",
+        # pets
+        "dog", "cat", "puppy", "kitten", "pet", "horse", "rabbit", "bunny", "hamster", "parrot",
+        "bird", "fish", "turtle", "tortoise", "goldfish", "guinea pig", "snake", "lizard",
+    ]  # fmt: skip
+
+
+def _default_relation_modifiers() -> list[str]:
+    return ["older", "younger", "big", "little", "baby", "twin", "step", "half", "old", "new", "late"]
+
+
+def _default_non_names() -> list[str]:
+    return [
+        "I", "It", "This", "That", "These", "Those", "He", "She", "They", "We", "You", "There",
+        "Here", "Then", "Now", "Today", "Yesterday", "Tomorrow", "Tonight", "And", "But", "So",
+        "Also", "Well", "Oh", "Yes", "No", "Hi", "Hello", "Hey", "The", "A", "An", "My", "Your",
+        "Our", "Their", "His", "Her", "Its", "Who", "What", "Where", "When", "Why", "How", "Which",
+        "Is", "Are", "Was", "Were", "Do", "Does", "Did", "Can", "Actually", "Anyway", "Ok", "Okay",
+        "Sure", "Please", "Thanks", "Everyone", "Everybody", "Someone", "Somebody", "Nobody",
+        "Nothing", "Something", "Everything", "If", "Maybe", "Just", "Btw", "Fyi", "Mr", "Mrs",
+        "Ms", "Dr",
+    ]  # fmt: skip
+
+
+@dataclass
+class FactPattern:
+    """One kind of fact statement and how to recognise it."""
+
+    name: str
+    """Unique name of the pattern (reported in `FactInfo.pattern`)."""
+    regex: str
+    """Python regex with named groups ``subject`` and ``object``; may use the module's macros."""
+    relation: str
+    """Relation recorded for a match ("relation", "lives_in", ...); with the subject, the memory key."""
+    question: str
+    """Recall probe template with ``{subject}`` / ``{object}`` fields, e.g. "Who is {subject}?"."""
+    confidence: float = 0.8
+    """Base confidence of a match, in [0, 1]."""
+    min_confidence: float = 0.5
+    """Matches whose final confidence is below this are dropped, in [0, 1]."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("name", "regex", "relation"):
+            if not getattr(self, name).strip():
+                problems.append(f"pattern.{name} must be non-empty, got {getattr(self, name)!r}")
+        for name in ("confidence", "min_confidence"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"pattern {self.name!r}: {name} must be in [0, 1], got {getattr(self, name)!r}")
+        if problems:
+            raise ValueError("invalid fact pattern: " + "; ".join(problems))
+
+
+def _default_patterns() -> list[FactPattern]:
+    who = "Who is {subject}?"
+    not_possessed = r"(?!['’]s\b)"  # "My sister is Zara's friend" is not about Zara
+    return [
+        FactPattern(
+            "x_is_my_y",
+            r"(?P<subject>{NAME})(?:\s+is|['’]s)\s+(?i:my)\s+(?P<object>{RELATION})(?!['’]\w|-)",
+            "relation", who,
+        ),
+        FactPattern(
+            "my_ys_name_is_x",
+            r"\b(?i:my)\s+(?P<object>{RELATION})['’]s\s+name\s+is\s+(?P<subject>{NAME})" + not_possessed,
+            "relation", who,
+        ),
+        FactPattern(
+            "my_y_is_x",
+            r"\b(?i:my)\s+(?P<object>{RELATION})(?:\s+is|['’]s)\s+(?:(?:called|named)\s+)?(?P<subject>{NAME})"
+            + not_possessed,
+            "relation", who,
+        ),
+        FactPattern(
+            "i_have_a_y_called_x",
+            r"\bI\s+(?:have|have\s+got|got)\s+an?\s+(?P<object>{RELATION})\s+(?:called|named)\s+(?P<subject>{NAME})",
+            "relation", who,
+        ),
+        FactPattern(
+            "lives_in",
+            r"(?P<subject>{NAME})\s+(?:lives|is\s+living|resides)\s+in\s+(?P<object>{PLACE})",
+            "lives_in", "Where does {subject} live?",
+        ),
+        FactPattern(
+            "works_as",
+            r"(?P<subject>{NAME})\s+works\s+as\s+(?:an?\s+)?(?P<object>{PHRASE}){END}",
+            "works_as", "What does {subject} do for work?",
+        ),
+        FactPattern(
+            "has",
+            r"(?P<subject>{NAME})\s+has\s+(?:got\s+)?(?:(?:an?|the|one)\s+)?"
+            r"(?!(?:been|to|got|had|no|not|never|just|already|always|some|any|lot|lots)\b)"
+            r"(?P<object>{PHRASE}){END}",
+            "has", "What does {subject} have?", confidence=0.7,
+        ),
+        FactPattern(
+            "likes",
+            r"(?P<subject>{NAME})\s+(?:likes|loves|enjoys)\s+(?!(?:it|that|this|him|her|me|you)\b)"
+            r"(?P<object>{PHRASE}){END}",
+            "likes", "What does {subject} like?", confidence=0.7,
+        ),
+        FactPattern(
+            "favourite_colour",
+            r"(?P<subject>{NAME})['’]s\s+(?i:favou?rite)\s+colou?r\s+is\s+(?P<object>[a-z]+(?:[ -][a-z]+)?){END}",
+            "favourite_colour", "What is {subject}'s favourite colour?",
+        ),
+        FactPattern(
+            "birthday",
+            r"(?P<subject>{NAME})['’]s\s+birthday\s+is\s+(?:in|on)\s+(?:the\s+)?"
+            r"(?P<object>{MONTH}(?:\s+\d{1,2}(?:st|nd|rd|th)?)?|\d{1,2}(?:st|nd|rd|th)?\s+(?:of\s+)?{MONTH})\b",
+            "birthday", "When is {subject}'s birthday?",
+        ),
+    ]  # fmt: skip
+
+
+def _default_connectors() -> list[str]:
+    return ["and", "but", "in", "at", "for", "with", "since", "near", "from", "because", "who", "which"]
+
+
+@dataclass
+class DetectorConfig:
+    """Question filter, fact patterns and confidence scoring of the fact detector."""
+
+    question_indicators: list[str] = field(default_factory=_default_question_indicators)
+    """A message whose first word is one of these (case-insensitive) is a question."""
+    question_marks: list[str] = field(default_factory=lambda: ["?"])
+    """A message containing any of these strings anywhere is a question."""
+    patterns: list[FactPattern] = field(default_factory=_default_patterns)
+    """Fact patterns, tried in order; the most confident match wins."""
+    relation_words: list[str] = field(default_factory=_default_relation_words)
+    """Words (or word groups) the ``{RELATION}`` macro accepts: sister, best friend, dog, ..."""
+    relation_modifiers: list[str] = field(default_factory=_default_relation_modifiers)
+    """Optional words before a relation word that stay part of the object ("older sister")."""
+    non_names: list[str] = field(default_factory=_default_non_names)
+    """Words that are never (part of) a name: pronouns, sentence openers; matched capitalized ("It")."""
+    connectors: list[str] = field(default_factory=_default_connectors)
+    """Words that end a ``{PHRASE}`` ("nurse" in "works as a nurse in Oslo")."""
+    max_name_words: int = 4
+    """Most words in a ``{NAME}`` or ``{PLACE}``."""
+    max_phrase_words: int = 3
+    """Most words in a ``{PHRASE}``."""
+    entity_method: EntityMethod = "both"
+    """Entities from the pattern groups ("pattern"), from `capitalized_regex` ("capitalized") or both."""
+    capitalized_regex: str = rf"\b[{_UPPER}][^\W\d_]+\b(?: [{_UPPER}][^\W\d_]+\b){{0,3}}"
+    """Regex of capitalized words taken as entities (leading `non_names` words are dropped)."""
+    max_chars: int = 2000
+    """Input is truncated to this many characters before any matching."""
+    coverage_boost: float = 0.1
+    """Confidence added per unit of coverage (match length / stripped message length)."""
+    entity_boost: float = 0.1
+    """Confidence added when the match contains an entity."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.entity_method not in ENTITY_METHODS:
+            problems.append(f"detector.entity_method must be one of {list(ENTITY_METHODS)}, got {self.entity_method!r}")
+        for name in ("max_chars", "max_name_words", "max_phrase_words"):
+            if getattr(self, name) < 1:
+                problems.append(f"detector.{name} must be >= 1, got {getattr(self, name)!r}")
+        for name in ("coverage_boost", "entity_boost"):
+            if getattr(self, name) < 0:
+                problems.append(f"detector.{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("relation_words", "question_marks"):
+            if not all(w.strip() for w in getattr(self, name)):
+                problems.append(f"detector.{name} must not contain empty strings, got {getattr(self, name)!r}")
+        if not self.relation_words:
+            problems.append("detector.relation_words must not be empty")
+        problems += _regex_problems("detector.capitalized_regex", self.capitalized_regex)
+        if not problems:  # the macros need valid sizes
+            problems += _pattern_problems(self)
+        if problems:
+            raise ValueError("invalid fact detector config: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class FactInfo:
+    """A fact found in a message."""
+
+    subject: str
+    """Who the fact is about ("Zara")."""
+    relation: str
+    """The pattern's relation ("relation", "lives_in", ...)."""
+    object: str
+    """What is stated ("sister", "Oslo")."""
+    entities: tuple[str, ...]
+    """Entities of the message, in order of appearance."""
+    confidence: float
+    """Confidence in [0, 1]."""
+    span: tuple[int, int]
+    """Char span of the match in the (truncated) input."""
+    pattern: str
+    """Name of the pattern that matched."""
+    question_template: str = "Who is {subject}?"
+    """The pattern's recall probe template."""
+
+    def question(self) -> str:
+        """The recall probe for this fact, e.g. "Who is Zara?"."""
+        return self.question_template.format(subject=self.subject, object=self.object)
+
+
+def _alternation(words: list[str]) -> str:
+    """Regex alternation of literal words, longest first (so "best friend" beats "friend")."""
+    ordered = sorted({w.strip() for w in words if w.strip()}, key=lambda w: (-len(w), w))
+    return "|".join(re.escape(w).replace(r"\ ", r"\s+") for w in ordered)
+
+
+def _trie(words: list[str]) -> str:
+    """Regex matching exactly the given words, factored as a trie: the non-name guard runs at
+    every capitalized word, and a trie fails in a few character checks instead of one try per word."""
+    tree: dict = {}
+    for word in {w.strip() for w in words if w.strip()}:
+        node = tree
+        for char in word:
+            node = node.setdefault(char, {})
+        node[""] = {}  # a word ends here
+
+    def render(node: dict) -> str:
+        branches = [re.escape(c) + render(child) for c, child in sorted(node.items()) if c]
+        if not branches:
+            return ""
+        body = "(?:" + "|".join(branches) + ")"
+        return body + "?" if "" in node else body
+
+    return render(tree)
+
+
+def macros(config: DetectorConfig) -> dict[str, str]:
+    """The regex each ``{MACRO}`` of a pattern expands to under `config`.
+
+    Args:
+        config: the detector config (word lists and size bounds).
+
+    Returns:
+        Mapping from macro name (without braces) to its regex.
+    """
+    extra, phrase_extra = config.max_name_words - 1, config.max_phrase_words - 1
+    non_names = _trie([w.capitalize() for w in config.non_names])
+    guard = rf"(?=[{_UPPER}])(?!{non_names}\b)" if non_names else ""
+    name_word = rf"\b{guard}{_CAP_WORD}"
+    modifier = rf"(?:(?:{_alternation(config.relation_modifiers)})[ -])?" if config.relation_modifiers else ""
+    connector = rf"(?:{_alternation(config.connectors)})\b" if config.connectors else ""
+    not_connector = f"(?!{connector})" if connector else ""
+    end_at_connector = rf"|\s+{connector}" if connector else ""
+    return {
+        "NAME": rf"{name_word}(?: {name_word}){{0,{extra}}}",
+        "PLACE": rf"\b{_CAP_WORD}(?: {_CAP_WORD}){{0,{extra}}}",
+        "RELATION": rf"{modifier}(?:{_alternation(config.relation_words)})\b",
+        "PHRASE": rf"{_PHRASE_WORD}(?: {not_connector}{_PHRASE_WORD}){{0,{phrase_extra}}}",
+        "MONTH": rf"(?:{_MONTHS})",
+        "END": rf"(?=\s*(?:[.!;,:)]|$){end_at_connector})",
+    }
+
+
+def expand(regex: str, config: DetectorConfig) -> str:
+    """`regex` with every ``{MACRO}`` replaced by its expansion (see the module docstring)."""
+    for key, value in macros(config).items():
+        regex = regex.replace("{" + key + "}", value)
+    return regex
+
+
+def _regex_problems(label: str, regex: str) -> list[str]:
+    try:
+        re.compile(regex)
+    except re.error as err:
+        return [f"{label} is not a valid regex ({err}): {regex!r}"]
+    return []
+
+
+def _pattern_problems(config: DetectorConfig) -> list[str]:
+    problems, seen = [], set()
+    for p in config.patterns:
+        if p.name in seen:
+            problems.append(f"detector.patterns: duplicate name {p.name!r}")
+        seen.add(p.name)
+        label = f"detector.patterns[{p.name!r}].regex"
+        errors = _regex_problems(label, expand(p.regex, config))
+        problems += errors
+        if not errors:
+            missing = {"subject", "object"} - set(re.compile(expand(p.regex, config)).groupindex)
+            if missing:
+                problems.append(f"{label} lacks named groups {sorted(missing)}: {p.regex!r}")
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(p.question) if f is not None}
+        except ValueError:
+            fields = {"<malformed>"}
+        if not fields <= _TEMPLATE_FIELDS:
+            problems.append(
+                f"detector.patterns[{p.name!r}].question may only use {sorted(_TEMPLATE_FIELDS)}, got {p.question!r}"
+            )
+    return problems
+
+
+class FactDetector:
+    """Detects stated facts with the configured question filter and patterns.
+
+    Args:
+        config: detector settings; None uses the defaults.
+    """
+
+    def __init__(self, config: DetectorConfig | None = None) -> None:
+        self.config = config if config is not None else DetectorConfig()
+        self.compiled = [(p, re.compile(expand(p.regex, self.config))) for p in self.config.patterns]
+        self._capitalized = re.compile(self.config.capitalized_regex)
+        self._first_word = re.compile(r"\W*(\w+)")
+        self._indicators = {w.casefold() for w in self.config.question_indicators}
+        self._non_names = {w.casefold() for w in self.config.non_names}
+
+    def is_question(self, text: str) -> bool:
+        """True if `text` contains a question mark or starts with a question word.
+
+        Args:
+            text: a user message.
+
+        Returns:
+            Whether the message is treated as a question (and never as a fact).
+        """
+        text = text[: self.config.max_chars]
+        if any(mark in text for mark in self.config.question_marks):
+            return True
+        first = self._first_word.match(text)
+        return first is not None and first.group(1).casefold() in self._indicators
+
+    def detect(self, text: str) -> FactInfo | None:
+        """The most confident fact stated in `text`.
+
+        Args:
+            text: a user message.
+
+        Returns:
+            The best `FactInfo` (highest confidence, then earliest), or None for a question,
+            no match, or matches below their pattern's `min_confidence`.
+        """
+        facts = self.detect_all(text)
+        return max(facts, key=lambda f: (f.confidence, -f.span[0])) if facts else None
+
+    def detect_all(self, text: str) -> list[FactInfo]:
+        """Every pattern's first match in `text` that passes its `min_confidence` (none for questions).
+
+        Args:
+            text: a user message.
+
+        Returns:
+            The facts, in pattern order.
+        """
+        text = text[: self.config.max_chars]
+        if self.is_question(text):
+            return []
+        facts = []
+        for pattern, regex in self.compiled:
+            match = regex.search(text)
+            if match is None:
+                continue
+            fact = self._fact(text, pattern, match)
+            if fact.confidence >= pattern.min_confidence:
+                facts.append(fact)
+        return facts
+
+    def entities(self, text: str, match: re.Match | None = None) -> tuple[str, ...]:
+        """Entities of `text` by the configured method, deduplicated in order of appearance.
+
+        Args:
+            text: the (truncated) message.
+            match: a pattern match whose name-like groups count as entities ("pattern", "both").
+
+        Returns:
+            Entity strings.
+        """
+        found: list[tuple[int, str]] = []
+        if match is not None and self.config.entity_method in ("pattern", "both"):
+            for group in ("subject", "object"):
+                value = match.group(group)
+                if value and value[0].isupper():
+                    found.append((match.start(group), value))
+        if self.config.entity_method in ("capitalized", "both"):
+            for m in self._capitalized.finditer(text):
+                words = m.group(0).split(" ")
+                while words and words[0].casefold() in self._non_names:
+                    words.pop(0)
+                if words:
+                    found.append((m.end() - len(" ".join(words)), " ".join(words)))
+        return tuple(dict.fromkeys(value for _, value in sorted(found)))
+
+    def _fact(self, text: str, pattern: FactPattern, match: re.Match) -> FactInfo:
+        entities = self.entities(text, match)
+        start, end = match.span()
+        coverage = (end - start) / max(len(text.strip()), 1)
+        has_entity = any(e in match.group(0) for e in entities)
+        confidence = pattern.confidence + min(coverage, 1.0) * self.config.coverage_boost
+        confidence += self.config.entity_boost if has_entity else 0.0
+        return FactInfo(
+            subject=match.group("subject").strip(),
+            relation=pattern.relation,
+            object=match.group("object").strip(),
+            entities=entities,
+            confidence=min(confidence, 1.0),
+            span=(start, end),
+            pattern=pattern.name,
+            question_template=pattern.question,
+        )

@@ -1,0 +1,348 @@
+"""FactMemory: the facts a person has stated, with importance, eviction, decay and replay selection.
+
+Facts are keyed by (subject, relation) — the subject compared case-insensitively — so
+"Zara is my sister." stated again raises the count of the stored fact, and "Zara is my friend."
+later is an *update* that replaces it (logged at INFO as such).
+
+Importance of a fact at turn t, in [0, 1], computed from its count and the turn it was last
+stated (``age = t − last_turn``):
+
+    repetition = min(1, count / repetition_saturation)
+    recency    = 0.5 ** (age / recency_half_life)
+    base       = repetition | recency | weighted mean of both (``importance`` = "hybrid")
+    importance = base · (1 − decay_rate) ** max(0, age − decay_after)
+
+so a fact unseen for more than `decay_after` turns decays geometrically, and `decay()` removes
+such facts once their importance falls under `min_importance`. Importance depends only on the
+turn, not on how often `decay()` is called. Replays and recalls (`touch`) update only the
+access time used by LRU eviction, not the recency of the statement.
+
+Eviction happens when a new key arrives at `max_facts`: the oldest inserted ("fifo"), the
+least recently accessed ("lru"), the least important ("importance"), or the lowest mix of
+importance and access recency ("hybrid"); ties go to the oldest inserted. The state is plain
+dicts, lists, str and numbers, so checkpoints load with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from olm.facts import FactInfo
+
+log = logging.getLogger(__name__)
+
+Eviction = Literal["fifo", "lru", "importance", "hybrid"]
+ImportanceMode = Literal["repetition", "recency", "hybrid"]
+EVICTIONS: tuple[str, ...] = ("fifo", "lru", "importance", "hybrid")
+IMPORTANCE_MODES: tuple[str, ...] = ("repetition", "recency", "hybrid")
+STATE_VERSION = 1
+
+
+@dataclass
+class MemoryConfig:
+    """Capacity, importance, decay and replay settings of the fact memory."""
+
+    max_facts: int = 1000
+    """Most facts kept; a new fact beyond this evicts one by `eviction`."""
+    eviction: Eviction = "hybrid"
+    """Which fact makes room: fifo, lru, importance or hybrid (importance mixed with access recency)."""
+    importance: ImportanceMode = "hybrid"
+    """How importance is computed: repetition, recency, or their weighted mean (hybrid)."""
+    repetition_saturation: int = 5
+    """Statements of a fact at which its repetition score reaches 1."""
+    recency_half_life: float = 100.0
+    """Turns after which the recency score (and hybrid eviction's access recency) halves."""
+    repetition_weight: float = 0.5
+    """Weight of the repetition score in hybrid importance."""
+    recency_weight: float = 0.5
+    """Weight of the recency score in hybrid importance."""
+    eviction_importance_weight: float = 0.5
+    """Hybrid eviction score = this · importance + (1 − this) · access recency, in [0, 1]."""
+    decay_after: int = 100
+    """Turns a fact may go unstated before it starts to decay."""
+    decay_rate: float = 0.01
+    """Fraction of importance lost per turn beyond `decay_after`, in [0, 1]."""
+    min_importance: float = 0.05
+    """Decaying facts whose importance falls below this are removed, in [0, 1]."""
+    replay_limit: int = 5
+    """Facts per replay (`replay_candidates` without an explicit limit)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.eviction not in EVICTIONS:
+            problems.append(f"memory.eviction must be one of {list(EVICTIONS)}, got {self.eviction!r}")
+        if self.importance not in IMPORTANCE_MODES:
+            problems.append(f"memory.importance must be one of {list(IMPORTANCE_MODES)}, got {self.importance!r}")
+        for name in ("max_facts", "repetition_saturation", "replay_limit"):
+            if getattr(self, name) < 1:
+                problems.append(f"memory.{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.recency_half_life <= 0:
+            problems.append(f"memory.recency_half_life must be > 0, got {self.recency_half_life!r}")
+        if self.decay_after < 0:
+            problems.append(f"memory.decay_after must be >= 0, got {self.decay_after!r}")
+        for name in ("repetition_weight", "recency_weight"):
+            if getattr(self, name) < 0:
+                problems.append(f"memory.{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.importance == "hybrid" and self.repetition_weight + self.recency_weight <= 0:
+            problems.append("memory.repetition_weight + memory.recency_weight must be > 0 for hybrid importance")
+        for name in ("eviction_importance_weight", "decay_rate", "min_importance"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"memory.{name} must be in [0, 1], got {getattr(self, name)!r}")
+        if problems:
+            raise ValueError("invalid memory config: " + "; ".join(problems))
+
+
+@dataclass
+class StoredFact:
+    """A remembered fact (plain types only, so it serialises as is)."""
+
+    subject: str
+    """Who the fact is about."""
+    relation: str
+    """The relation; (subject, relation) is the memory key."""
+    object: str
+    """The stated value."""
+    text: str
+    """The user's latest statement of the fact."""
+    reply: str
+    """The acknowledgement learned with that statement."""
+    entities: list[str]
+    """Entities of the statement."""
+    question: str
+    """Recall probe, e.g. "Who is Zara?"."""
+    count: int
+    """Times the fact (same object) has been stated."""
+    first_turn: int
+    """Turn of the first statement with this object."""
+    last_turn: int
+    """Turn of the latest statement."""
+    last_access: int
+    """Turn of the latest statement, replay or recall (LRU)."""
+    importance: float
+    """Importance in [0, 1] as of the latest refresh (store, decay, replay selection)."""
+    confidence: float
+    """Highest detector confidence seen for the fact."""
+    pattern: str = ""
+    """Detector pattern of the latest statement."""
+
+
+def _key(subject: str, relation: str) -> tuple[str, str]:
+    return subject.strip().casefold(), relation
+
+
+def _same_object(a: str, b: str) -> bool:
+    return " ".join(a.split()).casefold() == " ".join(b.split()).casefold()
+
+
+def importance_score(config: MemoryConfig, count: int, age: int) -> float:
+    """Importance in [0, 1] of a fact stated `count` times, last `age` turns ago.
+
+    Args:
+        config: memory settings (mode, weights, half-life, decay).
+        count: times the fact has been stated.
+        age: turns since it was last stated (negative is treated as 0).
+
+    Returns:
+        The importance (see the module docstring for the formula).
+    """
+    age = max(age, 0)
+    repetition = min(1.0, count / config.repetition_saturation)
+    recency = 0.5 ** (age / config.recency_half_life)
+    if config.importance == "repetition":
+        base = repetition
+    elif config.importance == "recency":
+        base = recency
+    else:
+        total = config.repetition_weight + config.recency_weight
+        base = (config.repetition_weight * repetition + config.recency_weight * recency) / total
+    decay = (1.0 - config.decay_rate) ** max(0, age - config.decay_after)
+    return min(max(base * decay, 0.0), 1.0)
+
+
+class FactMemory:
+    """Facts keyed by (subject, relation), in insertion order.
+
+    Args:
+        config: memory settings; None uses the defaults.
+    """
+
+    def __init__(self, config: MemoryConfig | None = None) -> None:
+        self.config = config if config is not None else MemoryConfig()
+        self._facts: dict[tuple[str, str], StoredFact] = {}
+
+    def __len__(self) -> int:
+        return len(self._facts)
+
+    def __iter__(self) -> Iterator[StoredFact]:
+        return iter(list(self._facts.values()))
+
+    def get(self, subject: str, relation: str) -> StoredFact | None:
+        """The stored fact for (subject, relation), or None."""
+        return self._facts.get(_key(subject, relation))
+
+    def count(self, fact: FactInfo) -> int:
+        """Times this fact (same key and object) has been stored so far; 0 if new or changed."""
+        stored = self.get(fact.subject, fact.relation)
+        return stored.count if stored is not None and _same_object(stored.object, fact.object) else 0
+
+    def importance_of(self, fact: FactInfo, turn: int) -> float:
+        """Importance in [0, 1] the fact will have once stored at `turn` (for the dynamic KL λ).
+
+        A fact is fresh when stored (age 0), so only its count matters; `turn` is kept so the
+        call reads the same as the other turn-dependent queries.
+        """
+        return importance_score(self.config, self.count(fact) + 1, 0)
+
+    def store(self, fact: FactInfo, text: str, reply: str, turn: int) -> StoredFact:
+        """Remember a stated fact: a repeat raises its count, a changed object replaces it.
+
+        Args:
+            fact: the detected fact.
+            text: the user's statement.
+            reply: the acknowledgement learned with it.
+            turn: the current turn.
+
+        Returns:
+            The stored fact (the memory's own instance).
+        """
+        key = _key(fact.subject, fact.relation)
+        stored = self._facts.get(key)
+        if stored is not None and _same_object(stored.object, fact.object):
+            stored.count += 1
+            stored.text, stored.reply, stored.entities = text, reply, list(fact.entities)
+            stored.last_turn = stored.last_access = turn
+            stored.confidence = max(stored.confidence, fact.confidence)
+            stored.pattern = fact.pattern
+        else:
+            if stored is not None:
+                log.info("update: (%s, %s) %r -> %r", fact.subject, fact.relation, stored.object, fact.object)
+                del self._facts[key]  # an update is new information: it goes to the end (fifo)
+            elif len(self._facts) >= self.config.max_facts:
+                self._evict(turn)
+            stored = self._new(fact, text, reply, turn)
+            self._facts[key] = stored
+        stored.importance = importance_score(self.config, stored.count, 0)
+        return stored
+
+    def touch(self, fact: StoredFact, turn: int) -> None:
+        """Record an access (replay or recall) of a stored fact, for LRU eviction.
+
+        Raises:
+            KeyError: if the fact is not in the memory.
+        """
+        stored = self._facts[_key(fact.subject, fact.relation)]
+        stored.last_access = max(stored.last_access, turn)
+
+    def decay(self, turn: int) -> list[StoredFact]:
+        """Refresh importances at `turn` and remove decaying facts below `min_importance`.
+
+        Args:
+            turn: the current turn.
+
+        Returns:
+            The removed facts.
+        """
+        self._refresh(turn)
+        removed = [
+            f
+            for f in self._facts.values()
+            if turn - f.last_turn > self.config.decay_after and f.importance < self.config.min_importance
+        ]
+        for f in removed:
+            del self._facts[_key(f.subject, f.relation)]
+            log.debug("decayed: (%s, %s) importance %.3f", f.subject, f.relation, f.importance)
+        return removed
+
+    def replay_candidates(self, turn: int, limit: int | None = None) -> list[StoredFact]:
+        """The most important facts at `turn`, descending; ties keep insertion order.
+
+        Args:
+            turn: the current turn.
+            limit: most facts to return; None uses `replay_limit`.
+
+        Returns:
+            Up to `limit` stored facts.
+
+        Raises:
+            ValueError: if `limit` is negative.
+        """
+        limit = self.config.replay_limit if limit is None else limit
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit!r}")
+        self._refresh(turn)
+        return sorted(self._facts.values(), key=lambda f: -f.importance)[:limit]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The memory as plain types: {"version": int, "facts": [fact dicts in insertion order]}."""
+        return {"version": STATE_VERSION, "facts": [asdict(f) for f in self._facts.values()]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Replace the memory with a `state_dict`; evicts down to `max_facts` if it holds more.
+
+        Raises:
+            ValueError: on an unknown version or malformed facts.
+        """
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"memory state version must be {STATE_VERSION}, got {state.get('version')!r}")
+        names = {f.name for f in fields(StoredFact)}
+        facts: dict[tuple[str, str], StoredFact] = {}
+        for i, raw in enumerate(state["facts"]):
+            unknown = set(raw) - names
+            if unknown:
+                raise ValueError(f"memory state fact {i} has unknown fields {sorted(unknown)}")
+            try:
+                fact = StoredFact(**{**raw, "entities": list(raw.get("entities", []))})
+            except TypeError as err:
+                raise ValueError(f"memory state fact {i} is malformed: {err}") from None
+            facts[_key(fact.subject, fact.relation)] = fact
+        self._facts = facts
+        turn = max((f.last_turn for f in facts.values()), default=0)
+        if len(facts) > self.config.max_facts:
+            log.warning("loaded %d facts into a memory of %d: evicting", len(facts), self.config.max_facts)
+        while len(self._facts) > self.config.max_facts:
+            self._evict(turn)
+
+    def to_json(self, path: str | Path) -> None:
+        """Write the `state_dict` as UTF-8 JSON to `path`."""
+        Path(path).write_text(json.dumps(self.state_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
+
+    def load_json(self, path: str | Path) -> None:
+        """Load a memory written by `to_json`."""
+        self.load_state_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+    # ----------------------------------------------------------------- helpers
+    def _new(self, fact: FactInfo, text: str, reply: str, turn: int) -> StoredFact:
+        return StoredFact(
+            subject=fact.subject, relation=fact.relation, object=fact.object, text=text, reply=reply,
+            entities=list(fact.entities), question=fact.question(), count=1, first_turn=turn,
+            last_turn=turn, last_access=turn, importance=0.0, confidence=fact.confidence, pattern=fact.pattern,
+        )  # fmt: skip
+
+    def _refresh(self, turn: int) -> None:
+        for f in self._facts.values():
+            f.importance = importance_score(self.config, f.count, turn - f.last_turn)
+
+    def _eviction_score(self, fact: StoredFact, turn: int) -> float:
+        """Lower is evicted first (fifo: all equal, so insertion order decides)."""
+        policy = self.config.eviction
+        if policy == "fifo":
+            return 0.0
+        if policy == "lru":
+            return float(fact.last_access)
+        importance = importance_score(self.config, fact.count, turn - fact.last_turn)
+        if policy == "importance":
+            return importance
+        access = 0.5 ** (max(turn - fact.last_access, 0) / self.config.recency_half_life)
+        w = self.config.eviction_importance_weight
+        return w * importance + (1 - w) * access
+
+    def _evict(self, turn: int) -> StoredFact:
+        victim = min(self._facts.values(), key=lambda f: self._eviction_score(f, turn))  # first minimum
+        del self._facts[_key(victim.subject, victim.relation)]
+        log.debug("evicted (%s): (%s, %s)", self.config.eviction, victim.subject, victim.relation)
+        return victim

@@ -1,0 +1,254 @@
+"""FactDetector: true facts per default pattern, questions, near-misses, config errors, long inputs."""
+
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from olm.facts import DetectorConfig, FactDetector, FactInfo, FactPattern
+
+RELATIONS = [
+    "sister", "brother", "mother", "father", "cousin", "aunt", "uncle", "son", "daughter", "partner",
+    "friend", "best friend", "neighbour", "boss", "colleague", "teacher", "doctor", "dog", "cat",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def detector() -> FactDetector:
+    return FactDetector()
+
+
+@pytest.mark.parametrize(
+    "text, subject, relation, obj, pattern",
+    [
+        ("Zara is my sister.", "Zara", "relation", "sister", "x_is_my_y"),
+        ("My sister is Zara.", "Zara", "relation", "sister", "my_y_is_x"),
+        ("My sister's name is Zara.", "Zara", "relation", "sister", "my_ys_name_is_x"),
+        ("I have a cat named Tom.", "Tom", "relation", "cat", "i_have_a_y_called_x"),
+        ("Zara lives in Oslo.", "Zara", "lives_in", "Oslo", "lives_in"),
+        ("Zara works as a nurse.", "Zara", "works_as", "nurse", "works_as"),
+        ("Zara works as an engineer.", "Zara", "works_as", "engineer", "works_as"),
+        ("Zara has a red bicycle.", "Zara", "has", "red bicycle", "has"),
+        ("Zara likes chess.", "Zara", "likes", "chess", "likes"),
+        ("Zara's favourite colour is blue.", "Zara", "favourite_colour", "blue", "favourite_colour"),
+        ("Zara's favorite color is blue.", "Zara", "favourite_colour", "blue", "favourite_colour"),
+        ("Zara's birthday is in May.", "Zara", "birthday", "May", "birthday"),
+    ],
+)
+def test_each_default_pattern_on_canonical_statements(detector, text, subject, relation, obj, pattern):
+    for variant in (text, text.rstrip(".")):  # the trailing "." is optional
+        fact = detector.detect(variant)
+        assert fact is not None, variant
+        assert (fact.subject, fact.relation, fact.object, fact.pattern) == (subject, relation, obj, pattern)
+        assert 0.0 <= fact.confidence <= 1.0
+        assert variant[fact.span[0] : fact.span[1]].startswith(("Zara", "My", "I"))
+
+
+@pytest.mark.parametrize(
+    "text, subject, obj",
+    [
+        ("my dog is called Rex", "Rex", "dog"),
+        ("my cat is named Luna.", "Luna", "cat"),
+        ("my dog's name is Rex", "Rex", "dog"),
+        ("Zara is my best friend.", "Zara", "best friend"),
+        ("Anna Maria is my older sister.", "Anna Maria", "older sister"),
+        ("My best friend is Anna Maria.", "Anna Maria", "best friend"),
+        ("Oh, and Zara is my boss now.", "Zara", "boss"),
+        ("Yesterday Zara is my neighbour, she said.", "Zara", "neighbour"),
+        ("Zara’s my cousin.", "Zara", "cousin"),
+        ("Zoë is my sister-in-law.", "Zoë", "sister-in-law"),
+        ("O'Brien is my colleague.", "O'Brien", "colleague"),
+    ],
+)
+def test_everyday_relation_variants(detector, text, subject, obj):
+    fact = detector.detect(text)
+    assert fact is not None, text
+    assert (fact.subject, fact.relation, fact.object) == (subject, "relation", obj)
+
+
+@pytest.mark.parametrize("relation", RELATIONS)
+def test_toy_world_relation_kinds_share_one_key_across_forms(detector, relation):
+    forms = [f"Xiomara is my {relation}.", f"My {relation} is Xiomara.", f"My {relation}'s name is Xiomara."]
+    facts = [detector.detect(form) for form in forms]
+    assert all(f is not None for f in facts), forms
+    assert {(f.subject, f.relation, f.object) for f in facts} == {("Xiomara", "relation", relation)}
+
+
+@pytest.mark.parametrize(
+    "text, obj",
+    [
+        ("Zara works as a nurse in Oslo.", "nurse"),
+        ("Zara works as a software engineer at a bank.", "software engineer"),
+        ("Zara likes chess and tennis.", "chess"),
+        ("Zara's birthday is on the 3rd of June.", "3rd of June"),
+        ("José lives in São Paulo.", "São Paulo"),
+        ("Xiomara lives in New York City with Bob.", "New York City"),
+    ],
+)
+def test_objects_stop_at_clause_boundaries(detector, text, obj):
+    fact = detector.detect(text)
+    assert fact is not None and fact.object == obj
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Is Zara my sister?", "Who is my sister?", "Who is Zara?", "Where does Zara live?",
+        "Is Zara my sister", "what does Zara like", "Zara is my sister?", "Do you know that Zara lives in Oslo?",
+    ],
+)  # fmt: skip
+def test_questions_never_give_facts(detector, text):
+    assert detector.is_question(text)
+    assert detector.detect(text) is None
+    assert detector.detect_all(text) == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "my sister is", "It is my turn", "It is my turn.", "This is my dog.", "Today is my birthday",
+        "Zara is my sister's friend.", "My sister is Zara's friend.", "zara is my sister",
+        "Zara is not my sister.", "Zara has been sick.", "Bob has a lot of friends.", "Zara likes it.",
+        "My sister lives in Oslo.", "Hello there, how nice.", "The weather is nice today.", "",
+    ],
+)  # fmt: skip
+def test_near_misses_do_not_fire(detector, text):
+    assert not detector.is_question(text)
+    assert detector.detect(text) is None, detector.detect(text)
+
+
+def test_statements_are_not_questions(detector):
+    assert not detector.is_question("Zara is my sister.")
+    assert not detector.is_question("Island life is nice")  # "is" only as a whole first word
+
+
+def test_update_keeps_the_memory_key(detector):
+    a, b = detector.detect("Zara is my sister."), detector.detect("Zara is my friend.")
+    assert (a.subject, a.relation) == (b.subject, b.relation)
+    assert (a.object, b.object) == ("sister", "friend")
+
+
+def test_question_templates(detector):
+    assert detector.detect("My sister is Zara.").question() == "Who is Zara?"
+    assert detector.detect("Zara lives in Oslo.").question() == "Where does Zara live?"
+    assert detector.detect("Zara's birthday is in May.").question() == "When is Zara's birthday?"
+
+
+def test_entity_methods():
+    text = "Yesterday I heard that Zara lives in Oslo with Bob."
+    methods = ("pattern", "capitalized", "both")
+    ents = {m: FactDetector(DetectorConfig(entity_method=m)).detect(text).entities for m in methods}
+    assert ents["pattern"] == ("Zara", "Oslo")
+    assert ents["capitalized"] == ("Zara", "Oslo", "Bob")  # "Yesterday" and "I" are non-names
+    assert ents["both"] == ("Zara", "Oslo", "Bob")
+    nouns = FactDetector(DetectorConfig(entity_method="pattern")).detect("Zara works as a nurse.")
+    assert nouns.entities == ("Zara",)  # lowercase objects are not entities
+
+
+def test_confidence_formula_and_cap():
+    plain = DetectorConfig(coverage_boost=0.0, entity_boost=0.0)
+    assert FactDetector(plain).detect("Zara is my sister").confidence == pytest.approx(0.8)
+    boosted = DetectorConfig(coverage_boost=0.1, entity_boost=0.05)
+    # the match covers the whole message: 0.8 + 1.0·0.1 + 0.05
+    assert FactDetector(boosted).detect("Zara is my sister").confidence == pytest.approx(0.95)
+    long = FactDetector(boosted).detect("Zara is my sister, and we grew up together in a small town.")
+    assert 0.85 < long.confidence < 0.95  # lower coverage, lower confidence
+    assert FactDetector(DetectorConfig(coverage_boost=5.0)).detect("Zara is my sister").confidence == 1.0
+
+
+def test_min_confidence_drops_weak_matches():
+    regex = r"(?P<subject>{NAME}) is my (?P<object>{RELATION})"
+    strict = [FactPattern("x_is_my_y", regex, "relation", "Who is {subject}?", confidence=0.5, min_confidence=0.9)]
+    detector = FactDetector(DetectorConfig(patterns=strict, coverage_boost=0.1, entity_boost=0.0))
+    assert detector.detect("Zara is my sister") is None  # 0.5 + 0.1 < 0.9
+    assert FactDetector(DetectorConfig(patterns=strict, entity_boost=0.35)).detect("Zara is my sister") is not None
+
+
+def test_best_of_several_matches_wins():
+    detector = FactDetector()
+    facts = detector.detect_all("Zara likes chess. Bob is my brother.")
+    assert {f.pattern for f in facts} == {"likes", "x_is_my_y"}
+    assert detector.detect("Zara likes chess. Bob is my brother.").pattern == "x_is_my_y"  # 0.8 base beats 0.7
+
+
+def test_input_is_truncated_before_matching():
+    detector = FactDetector(DetectorConfig(max_chars=50))
+    assert detector.detect("x" * 60 + " Zara is my sister.") is None
+    assert detector.detect("Zara is my sister." + "x" * 100).span == (0, 17)
+
+
+def test_config_errors_are_collected_into_one_message():
+    bad = [
+        FactPattern("broken", r"(?P<subject>{NAME}", "relation", "Who is {subject}?"),
+        FactPattern("no_groups", r"{NAME} is here", "relation", "Who?"),
+        FactPattern("bad_template", r"(?P<subject>{NAME}) (?P<object>x)", "relation", "Who is {name}?"),
+    ]
+    with pytest.raises(ValueError) as err:
+        DetectorConfig(patterns=bad)
+    msg = str(err.value)
+    for part in ("'broken'", "not a valid regex", "'no_groups'", "lacks named groups", "'bad_template'"):
+        assert part in msg
+    with pytest.raises(ValueError) as err:
+        DetectorConfig(entity_method="names", max_chars=0, capitalized_regex="(")
+    msg = str(err.value)
+    assert "entity_method" in msg and "max_chars" in msg and "capitalized_regex" in msg
+    with pytest.raises(ValueError, match="min_confidence"):
+        FactPattern("p", "x", "r", "q", min_confidence=1.5)
+
+
+WORDS = ["Zara", "Anna Maria", "is", "my", "sister", "lives in", "Oslo", "'s", ".", "?", "likes", "a", "It"]
+DEFAULT = FactDetector()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(WORDS), max_size=12), st.text(max_size=30))
+def test_any_input_gives_a_consistent_fact_or_none(words, noise):
+    detector = DEFAULT
+    text = " ".join(words) + noise
+    fact = detector.detect(text)
+    if fact is not None:
+        start, end = fact.span
+        assert fact.subject in text[start:end] and fact.object in text[start:end]
+        assert 0.0 <= fact.confidence <= 1.0 and not detector.is_question(text)
+
+
+def test_fact_info_is_frozen(detector):
+    fact = detector.detect("Zara is my sister.")
+    assert isinstance(fact, FactInfo)
+    with pytest.raises(AttributeError):
+        fact.subject = "Bob"
+
+
+ADVERSARIAL = {
+    "a": "a" * 100_000,
+    "A": "A" * 100_000,
+    "names": "Zara " * 20_000,
+    "my": "my " * 30_000 + "!",
+    "x_is_my": "Zara is my " * 9_000,
+    "spaces": "Zara" + " " * 100_000 + "x",
+    "possessive": "Zara's " * 14_000,
+    "long_phrase": "Zara likes " + "a " * 45_000 + "A",
+    "long_place": "Zara lives in " + "Oslo " * 19_000 + "x",
+    "long_name": "My sister is " + "Anna " * 19_000 + "'s",
+    "caps": "Ab " * 33_000,
+    "apostrophes": "Zara'" * 25_000,
+    "months": "Zara's birthday is in " + "May " * 20_000,
+    "hyphens": "Aa-Bb'" * 16_000,
+}
+
+
+@pytest.mark.parametrize("name", sorted(ADVERSARIAL))
+def test_no_catastrophic_backtracking(name):
+    detector = FactDetector(DetectorConfig(max_chars=200_000))  # no truncation: the regexes themselves
+    text = ADVERSARIAL[name][:100_000]
+    for pattern, regex in detector.compiled:
+        start = time.perf_counter()
+        regex.search(text)
+        assert time.perf_counter() - start < 0.5, (pattern.name, name)
+    start = time.perf_counter()
+    detector.entities(text)
+    assert time.perf_counter() - start < 0.5
+    start = time.perf_counter()
+    FactDetector().detect(ADVERSARIAL[name])  # default truncation bounds the work
+    assert time.perf_counter() - start < 0.1
