@@ -186,7 +186,13 @@ class OnlineLM(L.LightningModule):
     def training_step(self, dataloader_iter: Iterator) -> None:
         self._timings.clear()
         replayed = self._run_replay_queue()
-        turn, _, _ = next(dataloader_iter)  # StopIteration at the end of the stream ends the epoch
+        try:
+            turn, _, _ = next(dataloader_iter)
+        except StopIteration:
+            # The stream, not the epoch, is the unit of work: a finished log ends the run, and a
+            # resumed run (max_epochs=-1) continues the stream wherever the last trained turn was.
+            self.trainer.should_stop = True
+            raise
         start = time.perf_counter()
         ctx = self.classify(turn.user)
         reply = self.respond(turn)

@@ -86,12 +86,14 @@ class TurnCheckpoint(ModelCheckpoint):
     """
 
     def __init__(self, every_n_turns: int = 50, **kwargs: Any) -> None:
-        clash = sorted(k for k in ("every_n_train_steps", "every_n_epochs", "train_time_interval") if k in kwargs)
+        intervals = ("every_n_train_steps", "every_n_epochs", "train_time_interval")
+        clash = sorted(k for k in intervals if kwargs.pop(k, None) is not None)
         if clash:
             raise ValueError(f"TurnCheckpoint counts turns (every_n_turns); do not pass {clash}")
         if every_n_turns < 0:
             raise ValueError(f"every_n_turns must be >= 0, got {every_n_turns!r}")
-        kwargs.setdefault("save_last", True)
+        if kwargs.get("save_last") is None:
+            kwargs["save_last"] = True
         super().__init__(every_n_train_steps=0, every_n_epochs=0, **kwargs)
         self.every_n_turns = every_n_turns
         self._saved_turns = -1
