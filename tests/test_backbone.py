@@ -1,0 +1,41 @@
+"""Base loading: local directories, frozen weights, LoRA shape, and a fast, helpful hub failure."""
+
+import time
+
+import pytest
+
+import olm.backbone as backbone
+from olm.backbone import LoRASettings, attach_lora, load_base
+
+
+def test_local_dir_loads_frozen_and_lora_attaches(tiny_model_dir):
+    model, tok = load_base(tiny_model_dir)
+    assert not any(p.requires_grad for p in model.parameters())
+    peft_model = attach_lora(model, LoRASettings(r=2, alpha=8, target_modules=["q_proj", "v_proj"]))
+    trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert all(("q_proj" in n or "v_proj" in n) for n in trainable)
+    assert tok.chat_template is not None and tok.pad_token is not None
+
+
+def test_unreachable_hub_fails_fast_naming_local_dir(monkeypatch):
+    monkeypatch.setattr(backbone, "_hub_reachable", lambda: False)
+    start = time.perf_counter()
+    with pytest.raises(OSError, match="--model.base_model DIR"):
+        load_base("nobody/no-such-model-xyz")
+    assert time.perf_counter() - start < 10
+
+
+def test_bad_settings_list_every_problem():
+    with pytest.raises(ValueError) as err:
+        LoRASettings(r=0, alpha=-1, dropout=1.5, target_modules=[])
+    for part in ("lora.r", "lora.alpha", "lora.dropout", "target_modules"):
+        assert part in str(err.value)
+    with pytest.raises(ValueError, match="dtype"):
+        load_base("olm-tiny", dtype="float8")
+
+
+def test_missing_builtin_model_says_how_to_build(monkeypatch, tmp_path):
+    monkeypatch.setitem(backbone.BUILTIN_MODELS, "olm-tiny", tmp_path / "absent")
+    with pytest.raises(FileNotFoundError, match="olm.world.build"):
+        load_base("olm-tiny")
