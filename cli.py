@@ -10,8 +10,10 @@ from __future__ import annotations
 import torch
 from lightning.pytorch.cli import LightningCLI
 
-from olm.data import ChatStreamDataModule
+from olm.callbacks.checkpoint import resolve_resume_checkpoint
+from olm.data import ChatStreamDataModule, StreamConfig
 from olm.module import OnlineLM
+from olm.settings import build_problems, config_problems
 
 
 class OlmCLI(LightningCLI):
@@ -23,11 +25,21 @@ class OlmCLI(LightningCLI):
         )
 
     def before_instantiate_classes(self) -> None:
-        threads = self.config[self.subcommand]["threads"] if self.subcommand else self.config["threads"]
-        if threads is not None:
-            if threads < 1:
-                raise ValueError(f"--threads must be >= 1, got {threads!r}")
-            torch.set_num_threads(threads)
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        problems = config_problems(OnlineLM.__init__, config.get("model"), "model")
+        problems += build_problems(StreamConfig, config.get("data"), "data")
+        if config["threads"] is not None and config["threads"] < 1:
+            problems.append(f"--threads must be >= 1, got {config['threads']!r}")
+        if problems:
+            raise SystemExit("olm: invalid configuration:\n  - " + "\n  - ".join(problems))
+        if config["threads"] is not None:
+            torch.set_num_threads(config["threads"])
+
+    def before_fit(self) -> None:
+        # checkpoints hold only tensors and plain types: never unpickle anything else
+        fit_args = self.config_init[self.subcommand]
+        fit_args["weights_only"] = True
+        fit_args["ckpt_path"] = resolve_resume_checkpoint(fit_args.get("ckpt_path"), self.trainer)
 
 
 def main(args: list[str] | None = None) -> OlmCLI:

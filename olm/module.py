@@ -366,7 +366,7 @@ class OnlineLM(L.LightningModule):
             "turn/kind": float(KINDS.index(ctx.kind)), "turn/tokens": float(example.num_tokens),
             "turn/time_s": self._timings["turn"], "turn/is_fact": float(ctx.kind == "fact"),
             "facts/memory_size": float(len(self.memory)), "facts/replayed": float(replayed),
-            "data/skipped": float(turn.skipped), "turn/nonfinite_steps": float(self.nonfinite_steps),
+            "data/skipped": float(turn.skipped), "data/offset": float(turn.offset), "turn/nonfinite_steps": float(self.nonfinite_steps),
         })  # fmt: skip
         scalars.update({f"time/{k}": v for k, v in self._timings.items()})
         self.log_dict(scalars, batch_size=1)

@@ -29,18 +29,21 @@ def write_log(path: Path, n: int) -> Path:
     return path
 
 
-def local_config(config: Path, tmp: Path) -> Path:
-    """A copy of `config` whose outputs (runs/...) all go under `tmp`."""
+def local_config(config: Path, tmp: Path, edits: dict[str, str] | None = None) -> Path:
+    """A copy of `config` whose outputs (runs/...) all go under `tmp`, with text `edits` applied."""
     text = config.read_text().replace("runs/", f"{tmp}/runs/").replace("save_dir: runs", f"save_dir: {tmp}/runs")
+    for old, new in (edits or {}).items():
+        assert old in text, old
+        text = text.replace(old, new)
     out = tmp / config.name
     out.write_text(text)
     return out
 
 
-def run_fit(config: Path, tmp: Path, model_dir: str, monkeypatch, turns: int = 6, *extra: str) -> dict:
+def run_fit(config: Path, tmp: Path, model_dir: str, monkeypatch, turns: int = 6, *extra: str, edits=None) -> dict:
     """Run `cli.py fit` in-process on a tiny model and a small log (or stdin lines); returns the config."""
     conf = yaml.safe_load(config.read_text())
-    args = ["fit", "--config", str(local_config(config, tmp)), "--model.base_model", model_dir,
+    args = ["fit", "--config", str(local_config(config, tmp, edits)), "--model.base_model", model_dir,
             "--trainer.enable_progress_bar", "false", "--trainer.max_steps", "3", *extra]  # fmt: skip
     if conf.get("data", {}).get("source") == "-":
         monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(USERS[:turns]) + "\n"))
@@ -81,3 +84,37 @@ def test_resume_continues_at_the_first_untrained_turn(tmp_path, tiny_model_dir, 
     run_fit(config, tmp_path, tiny_model_dir, monkeypatch, 8, "--ckpt_path", str(ckpt), "--trainer.max_steps", "-1")
     state = torch.load(ckpt, weights_only=True)
     assert state["olm"]["turns_trained"] == 8 and state["ChatStreamDataModule"]["next_offset"] == 8
+
+
+def test_every_config_problem_is_listed_in_one_message(tmp_path, tiny_model_dir, monkeypatch):
+    bad = ["--model.optim.lr", "-1", "--model.lora.r", "0", "--data.history_turns", "-2",
+           "--model.detector.patterns", '[{"name": "x", "regex": "(?P<subject>\\\\w+", "relation": "r", "question": "q"}]']  # fmt: skip
+    with pytest.raises(SystemExit) as err:
+        run_fit(ROOT / "configs" / "default.yaml", tmp_path, tiny_model_dir, monkeypatch, 4, *bad)
+    msg = str(err.value)
+    for part in ("optim.lr", "lora.r", "history_turns", "not a valid regex"):
+        assert part in msg, msg
+
+
+def test_corrupt_last_checkpoint_falls_back_to_previous(tmp_path, tiny_model_dir, monkeypatch, caplog):
+    config = ROOT / "configs" / "default.yaml"
+    every = {"every_n_turns: 50\n        save_top_k": "every_n_turns: 2\n        save_top_k"}
+    run_fit(config, tmp_path, tiny_model_dir, monkeypatch, 12, "--trainer.max_steps", "6", edits=every)
+    [last] = list(tmp_path.rglob("last.ckpt"))
+    previous = last.with_name("previous.ckpt")
+    assert torch.load(previous, weights_only=True)["olm"]["turns_trained"] == 4
+    last.write_bytes(last.read_bytes()[:100])  # truncated, as by a crash outside Lightning's atomic write
+    run_fit(config, tmp_path, tiny_model_dir, monkeypatch, 12, "--ckpt_path", "last", "--trainer.max_steps", "-1", edits=every)
+    assert "unusable" in caplog.text and str(last) in caplog.text
+    assert torch.load(last, weights_only=True)["olm"]["turns_trained"] == 12
+
+
+def test_unreadable_checkpoint_without_previous_is_a_clear_error(tmp_path):
+    from olm.callbacks.checkpoint import resolve_resume_checkpoint
+
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="broken.ckpt"):
+        resolve_resume_checkpoint(str(broken), trainer=None)
+    with pytest.raises(FileNotFoundError):
+        resolve_resume_checkpoint(str(tmp_path / "absent.ckpt"), trainer=None)

@@ -17,6 +17,7 @@ stream position, memory) is Lightning's ``.ckpt`` from ModelCheckpoint; this is 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -24,7 +25,11 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+import torch
 from lightning.pytorch.utilities import rank_zero_only
+
+log = logging.getLogger(__name__)
+PREVIOUS = "previous.ckpt"
 
 
 class AdapterCheckpoint(Callback):
@@ -108,7 +113,51 @@ class TurnCheckpoint(ModelCheckpoint):
             self._save_now(trainer)
 
     def _save_now(self, trainer: L.Trainer) -> None:
+        # keep the last good checkpoint as previous.ckpt until the new one is complete
+        last = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
+        if last.is_file() and trainer.is_global_zero:
+            os.replace(last, last.with_name(PREVIOUS))
         candidates = self._monitor_candidates(trainer)
         self._save_topk_checkpoint(trainer, candidates)
         self._save_last_checkpoint(trainer, candidates)
         self._saved_turns = trainer.lightning_module.turns_trained
+
+
+def resolve_resume_checkpoint(ckpt_path: str | None, trainer: L.Trainer) -> str | None:
+    """The checkpoint to resume from: `ckpt_path` if it loads, else ``previous.ckpt`` beside it.
+
+    ``"last"`` means ``last.ckpt`` in the TurnCheckpoint directory, and starting fresh when there
+    is none yet (so one command both starts and continues a run). Each candidate is loaded with
+    ``weights_only=True`` and must hold OnlineLM state.
+
+    Raises:
+        FileNotFoundError: an explicit path that does not exist (and no previous.ckpt beside it).
+        ValueError: every candidate is unreadable; the message names each with its error.
+    """
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        dirs = [Path(cb.dirpath) for cb in trainer.callbacks if isinstance(cb, TurnCheckpoint) and cb.dirpath]
+        candidates = [d / f"last{TurnCheckpoint.FILE_EXTENSION}" for d in dirs] + [d / PREVIOUS for d in dirs]
+        if not any(c.is_file() for c in candidates):
+            log.info("no checkpoint in %s yet: starting fresh", [str(d) for d in dirs])
+            return None
+    else:
+        path = Path(ckpt_path)
+        candidates = [path, path.with_name(PREVIOUS)]
+        if not any(c.is_file() for c in candidates):
+            raise FileNotFoundError(f"checkpoint {ckpt_path!r} does not exist")
+    errors = []
+    for candidate in (c for c in candidates if c.is_file()):
+        try:
+            state = torch.load(candidate, map_location="cpu", weights_only=True)
+            if "olm" not in state:
+                raise KeyError("no 'olm' section: not written by OnlineLM")
+        except Exception as err:  # noqa: BLE001 - any unreadable file is reported, then the next tried
+            log.error("checkpoint %s is unusable (%s: %s)", candidate, type(err).__name__, err)
+            errors.append(f"{candidate}: {type(err).__name__}: {err}")
+            continue
+        if errors:
+            log.warning("resuming from the previous good checkpoint %s", candidate)
+        return str(candidate)
+    raise ValueError("no usable checkpoint to resume from:\n  " + "\n  ".join(errors))
