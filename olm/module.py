@@ -42,6 +42,15 @@ from olm.weighting import ImportanceWeighter, WeightingConfig
 log = logging.getLogger(__name__)
 
 
+def trained_turn(outputs: Any) -> bool:
+    """Whether the training_step whose batch-end hooks run now trained a turn.
+
+    False for the last step of a run, which found the stream ended: Lightning's manual
+    optimization swallows its StopIteration and still calls `on_train_batch_end` (outputs {}).
+    """
+    return bool(outputs)
+
+
 @dataclass
 class OptimSettings:
     """AdamW on the LoRA parameters, one or more steps per turn."""
@@ -183,7 +192,7 @@ class OnlineLM(L.LightningModule):
             group["base_lr"] = group["lr"]  # per-turn lr = base_lr × multiplier, never compounded
         return opt
 
-    def training_step(self, dataloader_iter: Iterator) -> None:
+    def training_step(self, dataloader_iter: Iterator) -> dict[str, Any]:
         self._timings.clear()
         replayed = self._run_replay_queue()
         try:
@@ -191,7 +200,10 @@ class OnlineLM(L.LightningModule):
         except StopIteration:
             # The stream, not the epoch, is the unit of work: a finished log ends the run, and a
             # resumed run (max_epochs=-1) continues the stream wherever the last trained turn was.
+            # Lightning still runs this step's batch-end hooks (outputs == {}: see `trained_turn`)
+            # and would re-log the previous turn's cached values: clear them.
             self.trainer.should_stop = True
+            self.trainer._results.reset(metrics=False)
             raise
         start = time.perf_counter()
         ctx = self.classify(turn.user)
@@ -208,6 +220,7 @@ class OnlineLM(L.LightningModule):
         self._mark_trained(turn)
         self._timings["turn"] = time.perf_counter() - start
         self._record(turn, reply, ctx, stats, example, replayed)
+        return {"turn": turn}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if "lora_" in k}
@@ -321,8 +334,10 @@ class OnlineLM(L.LightningModule):
         for group in opt.param_groups:
             group["lr"] = group["base_lr"] * mult
 
-    def _run_replay_queue(self) -> int:
-        done = 0
+    def _run_replay_queue(self) -> list[dict[str, float]]:
+        """Learn the queued facts; their scalars are logged with the turn that follows (a step that
+        ends the stream logs nothing, or Lightning would flush stale values of the previous turn)."""
+        done: list[dict[str, float]] = []
         while self.replay_queue:
             fact = self.memory.get(*self.replay_queue.pop(0))
             if fact is None:  # evicted or decayed since it was queued
@@ -332,10 +347,8 @@ class OnlineLM(L.LightningModule):
                 example = render_exchange(
                     self.tokenizer, fact.text, fact.reply, (), self.objective.loss_on, self.objective.max_tokens
                 )
-            stats = self.learn(example, ctx)
+            done.append(self.learn(example, ctx))
             self.memory.touch(fact, self.turns_trained)
-            self.log_dict({"replay/loss": stats["loss"], "replay/lr": stats["lr"]}, batch_size=1)
-            done += 1
         return done
 
     def _mark_trained(self, turn) -> None:
@@ -353,20 +366,22 @@ class OnlineLM(L.LightningModule):
         finally:
             self._timings[name] += time.perf_counter() - start
 
-    def _record(self, turn, reply: str, ctx: Context, stats: dict, example: Example, replayed: int) -> None:
+    def _record(self, turn, reply: str, ctx: Context, stats: dict, example: Example, replayed: list[dict]) -> None:
         fact = ctx.fact
         self.last = TurnRecord(
             user=turn.user, reply=reply, kind=ctx.kind,
             fact=f"{fact.subject} | {fact.relation} | {fact.object}" if fact is not None else None,
             lr=stats["lr"], loss=stats["loss"], kl=stats["kl"], ce=stats["ce"], tokens=example.num_tokens,
-            replayed=replayed, timings=dict(self._timings),
+            replayed=len(replayed), timings=dict(self._timings),
         )  # fmt: skip
         scalars = {f"turn/{k}": float(v) for k, v in stats.items()}
         scalars.update({
             "turn/kind": float(KINDS.index(ctx.kind)), "turn/tokens": float(example.num_tokens),
             "turn/time_s": self._timings["turn"], "turn/is_fact": float(ctx.kind == "fact"),
-            "facts/memory_size": float(len(self.memory)), "facts/replayed": float(replayed),
+            "facts/memory_size": float(len(self.memory)), "facts/replayed": float(len(replayed)),
             "data/skipped": float(turn.skipped), "data/offset": float(turn.offset), "turn/nonfinite_steps": float(self.nonfinite_steps),
         })  # fmt: skip
         scalars.update({f"time/{k}": v for k, v in self._timings.items()})
+        if replayed:
+            scalars.update({f"replay/{k}": sum(r[k] for r in replayed) / len(replayed) for k in ("loss", "lr")})
         self.log_dict(scalars, batch_size=1)

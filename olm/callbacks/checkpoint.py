@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
+
+from olm.module import trained_turn
 
 log = logging.getLogger(__name__)
 PREVIOUS = "previous.ckpt"
@@ -49,9 +51,9 @@ class AdapterCheckpoint(Callback):
     def resolve_dir(self, trainer: L.Trainer) -> Path:
         return Path(self.dirpath) if self.dirpath else Path(trainer.log_dir or trainer.default_root_dir) / "adapter"
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any) -> None:
         turn = pl_module.turns_trained
-        if self.every_n_turns and turn % self.every_n_turns == 0 and turn != self.last_saved_turn:
+        if trained_turn(outputs) and self.every_n_turns and turn % self.every_n_turns == 0 and turn != self.last_saved_turn:
             self.save(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -103,9 +105,9 @@ class TurnCheckpoint(ModelCheckpoint):
         self.every_n_turns = every_n_turns
         self._saved_turns = -1
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any) -> None:
         turns = pl_module.turns_trained
-        if self.every_n_turns and turns % self.every_n_turns == 0 and turns != self._saved_turns:
+        if trained_turn(outputs) and self.every_n_turns and turns % self.every_n_turns == 0 and turns != self._saved_turns:
             self._save_now(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -14,6 +14,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from olm.module import trained_turn
+
 
 class FactReplay(Callback):
     """Queue remembered facts for replay every `interval` turns.
@@ -34,9 +36,9 @@ class FactReplay(Callback):
         self.interval, self.limit = interval, limit
         self.replays_queued = 0
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any) -> None:
         turn = pl_module.turns_trained
-        if turn == 0 or turn % self.interval != 0 or len(pl_module.memory) == 0:
+        if not trained_turn(outputs) or turn == 0 or turn % self.interval != 0 or len(pl_module.memory) == 0:
             return
         facts = pl_module.memory.replay_candidates(turn, self.limit)
         pl_module.queue_replay(facts)
