@@ -37,18 +37,10 @@ from olm.generation import GenerationSettings, generate_reply
 from olm.losses import online_loss
 from olm.memory import FactMemory, MemoryConfig, StoredFact
 from olm.render import Example, LossOn, messages_for, render_exchange
+from olm.turns import log_scalars
 from olm.weighting import ImportanceWeighter, WeightingConfig
 
 log = logging.getLogger(__name__)
-
-
-def trained_turn(outputs: Any) -> bool:
-    """Whether the training_step whose batch-end hooks run now trained a turn.
-
-    False for the last step of a run, which found the stream ended: Lightning's manual
-    optimization swallows its StopIteration and still calls `on_train_batch_end` (outputs {}).
-    """
-    return bool(outputs)
 
 
 @dataclass
@@ -382,6 +374,7 @@ class OnlineLM(L.LightningModule):
             "data/skipped": float(turn.skipped), "data/offset": float(turn.offset), "turn/nonfinite_steps": float(self.nonfinite_steps),
         })  # fmt: skip
         scalars.update({f"time/{k}": v for k, v in self._timings.items()})
-        if replayed:
-            scalars.update({f"replay/{k}": sum(r[k] for r in replayed) / len(replayed) for k in ("loss", "lr")})
+        if replayed:  # sparse: written straight to the loggers (see `log_scalars`)
+            sparse = {f"replay/{k}": sum(r[k] for r in replayed) / len(replayed) for k in ("loss", "lr")}
+            log_scalars(self.trainer, sparse, self.turns_trained - 1)
         self.log_dict(scalars, batch_size=1)

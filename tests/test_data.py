@@ -12,21 +12,13 @@ import time
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from lightning.pytorch.callbacks import ModelCheckpoint
 
-from olm.data import (
-    ChatStreamDataModule,
-    ChatTurnStream,
-    ReaderLimits,
-    StreamConfig,
-    Turn,
-    build_exchanges,
-    parse_record,
-    transcript_messages,
-)
+from olm.data import ChatStreamDataModule, ChatTurnStream, StreamConfig, Turn
+from olm.formats import build_exchanges, parse_record, transcript_messages
+from olm.readers import ReaderLimits
 
 REAL_LOGS = Path(__file__).resolve().parents[2] / "shared" / "reallogs"
 

@@ -12,15 +12,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from olm.data import (
-    BadRecord,
-    ChatTurnStream,
-    JsonValueReader,
-    ReaderLimits,
-    Turn,
-    build_exchanges,
-    parse_record,
-)
+from olm.data import ChatTurnStream, Turn
+from olm.formats import BadRecord, build_exchanges, parse_record
+from olm.readers import JsonValueReader, ReaderLimits
 
 MAX_CHARS = 50
 FUZZ = settings(  # no example database: nothing is written into the repository

@@ -1,6 +1,19 @@
 """Callbacks: work around the per-turn step that the step itself does not need."""
 
+from olm.callbacks.chat import ChatCallback
 from olm.callbacks.checkpoint import AdapterCheckpoint, TurnCheckpoint
+from olm.callbacks.drift import DriftGuard
+from olm.callbacks.monitors import ForgettingMonitor, StabilityMonitor
 from olm.callbacks.replay import FactReplay
+from olm.callbacks.transcript import Transcript
 
-__all__ = ["AdapterCheckpoint", "FactReplay", "TurnCheckpoint"]
+__all__ = [
+    "AdapterCheckpoint",
+    "ChatCallback",
+    "DriftGuard",
+    "FactReplay",
+    "ForgettingMonitor",
+    "StabilityMonitor",
+    "Transcript",
+    "TurnCheckpoint",
+]

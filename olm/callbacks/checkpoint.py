@@ -28,7 +28,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
-from olm.module import trained_turn
+from olm.turns import trained_turn
 
 log = logging.getLogger(__name__)
 PREVIOUS = "previous.ckpt"
@@ -108,13 +108,14 @@ class TurnCheckpoint(ModelCheckpoint):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any) -> None:
         turns = pl_module.turns_trained
         if trained_turn(outputs) and self.every_n_turns and turns % self.every_n_turns == 0 and turns != self._saved_turns:
-            self._save_now(trainer)
+            self.save_now(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if pl_module.turns_trained != self._saved_turns:
-            self._save_now(trainer)
+            self.save_now(trainer)
 
-    def _save_now(self, trainer: L.Trainer) -> None:
+    def save_now(self, trainer: L.Trainer) -> None:
+        """Save last.ckpt now (e.g. on /save); the previous one is kept as previous.ckpt."""
         # keep the last good checkpoint as previous.ckpt until the new one is complete
         last = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
         if last.is_file() and trainer.is_global_zero:

@@ -8,19 +8,23 @@ weights are bit-for-bit those of the last in-bounds check, and logs the event:
 
     stability/guard_kl, stability/guard_ppl_ratio   the values at each check
     stability/guard_rollbacks                       rollbacks so far (a step up marks one)
+    time/monitor_drift_guard                        seconds the check took
     drift_guard (TensorBoard text)                  what tripped, and the turn restored
 
-The first snapshot is taken when training starts. Put the guard before StabilityMonitor in
-``trainer.callbacks`` so that a check on the same turn measures the restored adapter::
+The first snapshot is taken when training starts. The guard shares its anchor probe with a
+StabilityMonitor using the same anchors: on a turn both check, one anchor pass serves both. Put
+the guard before the monitor in ``trainer.callbacks`` so that the monitor sees the restored
+adapter on a turn the guard rolls back::
 
     - class_path: olm.callbacks.DriftGuard
-      init_args: {max_kl: 0.5, max_ppl_ratio: 1.5, every_n_turns: 5}
+      init_args: {max_kl: 0.5, max_ppl_ratio: 1.5, every_n_turns: 10}
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import time
 from typing import Any
 
 import lightning as L
@@ -29,8 +33,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from olm.callbacks.monitors import AnchorMetrics, log_scalars, turn_step
+from olm.callbacks.monitors import AnchorMetrics, shared_probe, weights_version
 from olm.metrics import AnchorProbe, load_anchors
+from olm.turns import log_scalars, trained_turn, turn_step
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +74,7 @@ class DriftGuard(Callback):
         self,
         max_kl: float | None = 0.5,
         max_ppl_ratio: float | None = 1.5,
-        every_n_turns: int = 5,
+        every_n_turns: int = 10,
         anchors: str | list[str] | None = None,
         restore_optimizer: bool = True,
         cache_base: bool = True,
@@ -95,16 +100,21 @@ class DriftGuard(Callback):
         self.rollbacks, self.last_good_turn, self.last_check_turn = 0, -1, -1
         self.latest: dict[str, float] = {}
 
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.probe = shared_probe(pl_module, self.prompts, self.cache_base)
+        self.probe.invalidate()  # a new trainer restarts global_step: no pass of an earlier fit is reused
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.anchor.to(pl_module.device)
-        self.probe = AnchorProbe(pl_module.tokenizer, self.prompts, self.cache_base)
-        stats = self.anchor.measure(self.probe, pl_module.model)
-        if self.violations(stats):
+        stats = self.anchor.measure(self.probe, pl_module.model, weights_version(trainer))
+        if problems := self.violations(stats):
             log.warning("DriftGuard: the adapter is already out of bounds at the start (%s); it is the "
-                        "state rollbacks return to", "; ".join(self.violations(stats)))  # fmt: skip
+                        "state rollbacks return to", "; ".join(problems))  # fmt: skip
         self.take_snapshot(trainer, pl_module)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any) -> None:
+        if not trained_turn(outputs):  # the step that found the stream ended
+            return
         turn = pl_module.turns_trained
         if turn > 0 and turn % self.every_n_turns == 0 and turn != self.last_check_turn:
             self.check(trainer, pl_module)
@@ -120,8 +130,9 @@ class DriftGuard(Callback):
 
     def check(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
         """Measure; snapshot when within bounds, roll back otherwise. Returns True when within."""
-        assert self.probe is not None, "check() runs after on_train_start"
-        stats = self.anchor.measure(self.probe, pl_module.model)
+        assert self.probe is not None, "check() runs after on_fit_start"
+        start = time.perf_counter()
+        stats = self.anchor.measure(self.probe, pl_module.model, weights_version(trainer))
         self.last_check_turn = pl_module.turns_trained
         problems = self.violations(stats)
         if problems:
@@ -129,7 +140,8 @@ class DriftGuard(Callback):
         else:
             self.take_snapshot(trainer, pl_module)
         self.latest = {"stability/guard_kl": stats["kl"], "stability/guard_ppl_ratio": stats["ppl_ratio"],
-                       "stability/guard_rollbacks": float(self.rollbacks)}  # fmt: skip
+                       "stability/guard_rollbacks": float(self.rollbacks),
+                       "time/monitor_drift_guard": time.perf_counter() - start}  # fmt: skip
         log_scalars(trainer, self.latest, turn_step(pl_module))
         return not problems
 
@@ -143,6 +155,8 @@ class DriftGuard(Callback):
     def roll_back(self, trainer: L.Trainer, pl_module: L.LightningModule, problems: list[str]) -> None:
         """Copy the last snapshot back into the adapter and log the event."""
         restore_lora(pl_module.model, self.snapshot)
+        if self.probe is not None:
+            self.probe.invalidate()  # same optimizer step, different weights
         if self.restore_optimizer and self.optimizer_snapshot is not None and trainer.optimizers:
             trainer.optimizers[0].load_state_dict(copy.deepcopy(self.optimizer_snapshot))
         self.rollbacks += 1

@@ -12,33 +12,36 @@ questions in a fresh context) logs
     facts/recall, forgetting, ever_recalled, turns_since_first_recall, reps_to_first_recall,
     facts/probed, facts/recall_by_reps/<k> (pooled over the run; the last bin also holds facts
     taught more often), facts/forgetting/<subject.relation> (the first few facts).
-Both log their own cost as time/stability_monitor (every turn) and time/forgetting_monitor (at
-each round), in seconds. The metrics fed with Python floats stay on the CPU; only the anchor
-metrics, which take the log-probabilities, follow the module's device.
+Both log their own cost as time/monitor_stability (every turn) and time/monitor_forgetting (at
+each round), in seconds (DriftGuard: time/monitor_drift_guard); `python -m olm.report` sums
+time/monitor_* into the monitors' share of turn time. The metrics fed with Python floats stay
+on the CPU; only the anchor metrics, which take the log-probabilities, follow the module's device.
 
 Scalars go straight to `trainer.loggers` at the step of the turn just trained (the module logs
 turn k, 1-based, at step k − 1), so they line up with the module's `turn/` curves and appear
-whatever `log_every_n_steps` is: `self.log` from a callback is dropped on steps that
-`log_every_n_steps` skips, which would lose most checks of a monitor running every N turns.
+whatever `log_every_n_steps` is. `self.log` from a callback does not suit a cadence: values are
+dropped on steps that `log_every_n_steps` skips, and a key logged on some steps only is written
+again, stale, on every later step of the epoch (Lightning 2.6, checked on a run).
 
 Config (``trainer.callbacks``)::
 
     - class_path: olm.callbacks.StabilityMonitor
-      init_args: {every_n_turns: 10}
-    - class_path: olm.callbacks.ForgettingMonitor
       init_args: {every_n_turns: 25}
+    - class_path: olm.callbacks.ForgettingMonitor
+      init_args: {every_n_turns: 50, max_facts: 32}
 """
 
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Hashable
 from typing import Any, Literal
+from weakref import WeakKeyDictionary
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics.aggregation import MeanMetric, RunningMean
 from torchmetrics.regression import KLDivergence
 
@@ -58,6 +61,7 @@ from olm.metrics import (
     metric_state_dict,
     recall_answers,
 )
+from olm.turns import log_scalars, trained_turn, turn_step
 
 _TAG_UNSAFE = re.compile(r"[^\w\-]+")
 
@@ -68,16 +72,24 @@ def fact_tag(key: str) -> str:
     return f"{_TAG_UNSAFE.sub('_', subject)}.{_TAG_UNSAFE.sub('_', relation)}"
 
 
-def turn_step(pl_module: L.LightningModule) -> int:
-    """The logger step of the last trained turn (the module logs turn k at step k − 1)."""
-    return max(int(pl_module.turns_trained) - 1, 0)
+_PROBES: WeakKeyDictionary = WeakKeyDictionary()
 
 
-@rank_zero_only
-def log_scalars(trainer: L.Trainer, scalars: dict[str, float], step: int) -> None:
-    """Write `scalars` to every logger of `trainer` at `step`."""
-    for logger in trainer.loggers:
-        logger.log_metrics(scalars, step=step)
+def shared_probe(pl_module: L.LightningModule, prompts: list[str], cache_base: bool) -> AnchorProbe:
+    """The run's `AnchorProbe` for these prompts, shared by every callback that asks for it: a
+    DriftGuard and a StabilityMonitor checking the same weights then run one anchor pass, and the
+    base log-probabilities are held once."""
+    probes = _PROBES.setdefault(pl_module.model, {})
+    key = (tuple(prompts), cache_base)
+    if key not in probes:
+        probes[key] = AnchorProbe(pl_module.tokenizer, prompts, cache_base)
+    return probes[key]
+
+
+def weights_version(trainer: L.Trainer) -> tuple[int, int]:
+    """Identifies the adapter weights within a run: they change only with an optimizer step
+    (DriftGuard, which changes them otherwise, invalidates the probe)."""
+    return id(trainer), trainer.global_step
 
 
 def _due(turn: int, every: int) -> bool:
@@ -98,14 +110,15 @@ class AnchorMetrics:
             m.to(device)
         return self
 
-    def measure(self, probe: AnchorProbe, model) -> dict[str, float]:
-        """One anchor pass with the adapter (the base pass is the probe's cache).
+    def measure(self, probe: AnchorProbe, model, version: Hashable | None = None) -> dict[str, float]:
+        """One anchor pass with the adapter (the base pass is the probe's cache; so is the adapter
+        pass when the probe already ran on this `version` of the weights).
 
         Returns:
             ppl_adapter, ppl_base, ppl_ratio (adapter / base), kl, top1_agreement (share of
             compared positions where both models' argmax agree).
         """
-        base, adapted = probe.log_probs(model, adapter=False), probe.log_probs(model)  # (N, V) each
+        base, adapted = probe.log_probs(model, adapter=False), probe.log_probs(model, version=version)  # (N, V)
         targets, has = probe.targets(adapted.device)
         for m in (self.ppl_adapter, self.ppl_base, self.kl, self.agreement):
             m.reset()
@@ -134,7 +147,7 @@ class StabilityMonitor(Callback):
 
     def __init__(
         self,
-        every_n_turns: int = 10,
+        every_n_turns: int = 25,
         anchors: str | list[str] | None = None,
         window: int = 20,
         loss: Literal["ce", "loss"] = "ce",
@@ -163,24 +176,29 @@ class StabilityMonitor(Callback):
         return {"drift": self.drift, "regression": self.regression, "recent": self.recent,
                 "improvement": self.improvement, "slope": self.slope}  # fmt: skip
 
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.probe = shared_probe(pl_module, self.prompts, self.cache_base)
+        self.probe.invalidate()  # a new trainer restarts global_step: no pass of an earlier fit is reused
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.anchor.to(pl_module.device)  # the other metrics take Python floats and stay on the CPU
-        self.probe = AnchorProbe(pl_module.tokenizer, self.prompts, self.cache_base)
-        self.check(pl_module)  # reference at the start of the run (kept across resumes by Regression)
+        self.check(trainer, pl_module)  # reference at the start of the run (kept across resumes by Regression)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any) -> None:
+        if not trained_turn(outputs):  # the step that found the stream ended
+            return
         start = time.perf_counter()
         scalars = self.plasticity(pl_module)
         turn = pl_module.turns_trained
         if _due(turn, self.every_n_turns) and turn != self.last_check_turn:
-            scalars.update(self.check(pl_module))
-        scalars["time/stability_monitor"] = time.perf_counter() - start
+            scalars.update(self.check(trainer, pl_module))
+        scalars["time/monitor_stability"] = time.perf_counter() - start
         self.latest.update(scalars)
         log_scalars(trainer, scalars, turn_step(pl_module))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if pl_module.turns_trained != self.last_check_turn:  # the final state, whatever the cadence
-            scalars = self.check(pl_module)
+            scalars = self.check(trainer, pl_module)
             self.latest.update(scalars)
             log_scalars(trainer, scalars, turn_step(pl_module))
 
@@ -194,10 +212,10 @@ class StabilityMonitor(Callback):
         values = torch.stack([self.recent.compute(), self.improvement.compute(), self.slope.compute()]).tolist()
         return dict(zip(("plasticity/recent_loss", "plasticity/improvement", "plasticity/slope"), values))
 
-    def check(self, pl_module: L.LightningModule) -> dict[str, float]:
+    def check(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         """One anchor check: stability values and the anchor regression since the start."""
-        assert self.probe is not None, "check() runs after on_train_start"
-        stats = self.anchor.measure(self.probe, pl_module.model)
+        assert self.probe is not None, "check() runs after on_fit_start"
+        stats = self.anchor.measure(self.probe, pl_module.model, weights_version(trainer))
         self.drift.update(stats["ppl_adapter"])
         self.regression.update(stats["ppl_adapter"], pl_module.turns_trained)
         reg = self.regression.compute()
@@ -240,8 +258,8 @@ class ForgettingMonitor(Callback):
 
     def __init__(
         self,
-        every_n_turns: int = 25,
-        max_facts: int = 64,
+        every_n_turns: int = 50,
+        max_facts: int = 32,
         batch_size: int = 32,
         max_new_tokens: int = 24,
         max_reps: int = 10,
@@ -263,7 +281,9 @@ class ForgettingMonitor(Callback):
         self.latest: dict[str, float] = {}
         self.last_answers: dict[str, str] = {}
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any) -> None:
+        if not trained_turn(outputs):  # the step that found the stream ended
+            return
         turn = pl_module.turns_trained
         if _due(turn, self.every_n_turns) and turn != self.last_check_turn and len(pl_module.memory):
             self.run_probe(trainer, pl_module)
@@ -288,7 +308,7 @@ class ForgettingMonitor(Callback):
         self.last_answers = dict(zip(keys, answers))
         self.last_check_turn = pl_module.turns_trained
         scalars = self._scalars(len(facts))
-        scalars["time/forgetting_monitor"] = time.perf_counter() - start
+        scalars["time/monitor_forgetting"] = time.perf_counter() - start
         self.latest = scalars
         log_scalars(trainer, scalars, turn_step(pl_module))
         return scalars

@@ -14,7 +14,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from olm.module import trained_turn
+from olm.turns import trained_turn
 
 
 class FactReplay(Callback):

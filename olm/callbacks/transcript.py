@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from olm.callbacks.monitors import turn_step
+from olm.turns import trained_turn, turn_step
 
 
 def markdown_cell(value: Any, max_chars: int) -> str:
@@ -91,7 +91,9 @@ class Transcript(Callback):
         self._write(trainer, "hparams", hparams_markdown(params, self.max_chars), pl_module.turns_trained)
 
     @rank_zero_only
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any) -> None:
+        if not trained_turn(outputs):  # the step that found the stream ended
+            return
         turn = pl_module.turns_trained
         if pl_module.last is None or turn % self.every_n_turns != 0:
             return

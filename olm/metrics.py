@@ -1,0 +1,527 @@
+"""Research metrics of olm: stability, plasticity and forgetting, as torchmetrics metrics.
+
+The metrics (all `torchmetrics.Metric`, so they follow the device and reduce across processes):
+
+- stability:  `AnchorPerplexity` (torchmetrics' `Perplexity` computed through log_softmax),
+  torchmetrics' `KLDivergence` for KL(base ‖ adapter) and `MeanMetric` for top-1 agreement on the
+  anchors, `ValueStd` for the drift (standard deviation over time) of the anchor perplexity;
+- plasticity: torchmetrics' `RunningMean` for the recent loss, `LossImprovement` and `LossSlope`
+  over a window of per-turn losses;
+- forgetting: `Regression` (relative change of a value against its first value, and that change
+  per turn), `FactRecall` (per-fact recall, best-so-far, first recall) and `RecallByRepetitions`.
+
+It also holds what feeds them without Lightning: `AnchorProbe` (one batched forward of the anchor
+prompts, with the adapter or with it disabled), `recall_answers` + `is_recalled` (generated answers
+to fact questions in a fresh context, checked by normalized containment) and plain-type state
+export for checkpoints (`metric_state_dict` / `load_metric_state_dict`). The callbacks that run
+them live in `olm/callbacks/monitors.py` and `olm/callbacks/drift.py`.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import Metric
+from torchmetrics.text import Perplexity
+from torchmetrics.utilities import dim_zero_cat
+
+from olm.generation import GenerationSettings, generate_replies
+from olm.render import messages_for, render_prompt
+
+DEFAULT_ANCHORS = Path(__file__).parent / "assets" / "anchors.txt"
+"""The bundled anchor prompts: short, varied chat messages unrelated to any taught fact."""
+
+
+# ----------------------------------------------------------------------------- stability
+class AnchorPerplexity(Perplexity):
+    """torchmetrics' `Perplexity`, with token log-probabilities taken by `log_softmax` in float32.
+
+    `Perplexity` takes `softmax(...).log()`, which underflows to -inf (perplexity inf) once a
+    token's probability drops below ~1e-38, exactly when a drifting adapter should be measured.
+    States, reduction and `compute` (exp(Σ nll / count)) are the parent's.
+    """
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        """Accumulate the negative log-likelihood of `target`.
+
+        Args:
+            preds: (B, T, V) logits (or log-probabilities) predicting `target`.
+            target: (B, T) token ids; positions equal to `ignore_index` are skipped.
+        """
+        if preds.shape[:-1] != target.shape:
+            raise ValueError(f"preds (B, T, V) and target (B, T) disagree: {tuple(preds.shape)} vs {tuple(target.shape)}")
+        log_probs = F.log_softmax(preds.float(), dim=-1)
+        mask = torch.ones_like(target, dtype=torch.bool) if self.ignore_index is None else target != self.ignore_index
+        token_lp = log_probs.gather(-1, torch.where(mask, target, 0)[..., None])[..., 0]  # (B, T)
+        self.total_log_probs += -(token_lp * mask).sum()
+        self.count += mask.sum()
+
+
+class ValueStd(Metric):
+    """Population standard deviation of every value seen (e.g. anchor perplexity over time)."""
+
+    full_state_update = False
+    higher_is_better = False
+    is_differentiable = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("n", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("total_sq", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, value: torch.Tensor | float) -> None:
+        """Add one value, or every element of a tensor."""
+        v = torch.as_tensor(value, dtype=torch.float64, device=self.n.device).flatten()
+        self.n += v.numel()
+        self.total += v.sum()
+        self.total_sq += (v * v).sum()
+
+    def compute(self) -> torch.Tensor:
+        """sqrt(E[x²] − E[x]²) over all values; 0 before two values."""
+        n = self.n.clamp_min(1.0)
+        mean = self.total / n
+        return (self.total_sq / n - mean * mean).clamp_min(0.0).sqrt()
+
+
+# ----------------------------------------------------------------------------- plasticity
+class _LossWindow(Metric):
+    """Keeps the last `capacity` per-turn losses (oldest first) for window statistics."""
+
+    full_state_update = False
+    is_differentiable = False
+
+    def __init__(self, window: int, capacity: int, min_window: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if window < min_window:
+            raise ValueError(f"window must be >= {min_window}, got {window!r}")
+        self.window, self.capacity = window, capacity
+        self.add_state("values", default=[], dist_reduce_fx="cat")
+
+    def update(self, loss: torch.Tensor | float) -> None:
+        """Append one turn's loss (a scalar); only the last `capacity` are kept."""
+        self.values.append(torch.as_tensor(loss, dtype=torch.float32, device=self.device).reshape(1))
+        del self.values[: -self.capacity]
+
+    def _window(self) -> torch.Tensor:
+        if isinstance(self.values, torch.Tensor):  # after a distributed sync the list is concatenated
+            return self.values[-self.capacity :]
+        return dim_zero_cat(self.values)[-self.capacity :] if self.values else torch.zeros(0, device=self.device)
+
+
+class LossImprovement(_LossWindow):
+    """Relative improvement (old_avg − new_avg) / old_avg of the newest `window` losses over the
+    `window` before them (with fewer than 2·window losses seen, the newest half against the
+    older half). Positive: the loss is going down. 0 with fewer than two losses or old_avg = 0.
+
+    Args:
+        window: losses per half.
+    """
+
+    higher_is_better = True
+
+    def __init__(self, window: int = 10, **kwargs: Any) -> None:
+        super().__init__(window, 2 * window, 1, **kwargs)
+
+    def compute(self) -> torch.Tensor:
+        values = self._window()
+        k = min(self.window, values.numel() // 2)
+        if k == 0:
+            return torch.tensor(0.0, device=self.device)
+        old, new = values[-2 * k : -k].mean(), values[-k:].mean()
+        return torch.where(old != 0, (old - new) / old, torch.zeros_like(old))
+
+
+class LossSlope(_LossWindow):
+    """Adaptation speed: least-squares slope of the last `window` losses per turn (negative:
+    the loss falls). 0 with fewer than two losses.
+
+    Args:
+        window: losses in the fit.
+    """
+
+    higher_is_better = False
+
+    def __init__(self, window: int = 10, **kwargs: Any) -> None:
+        super().__init__(window, window, 2, **kwargs)
+
+    def compute(self) -> torch.Tensor:
+        y = self._window()
+        if y.numel() < 2:
+            return torch.tensor(0.0, device=self.device)
+        x = torch.arange(y.numel(), dtype=y.dtype, device=y.device)
+        dx = x - x.mean()
+        return (dx * (y - y.mean())).sum() / (dx * dx).sum()
+
+
+# ----------------------------------------------------------------------------- forgetting
+class Regression(Metric):
+    """Relative change of a value since its first update (e.g. anchor perplexity since the start
+    of the run) and that change per turn.
+
+    `compute()` returns {"regression": (last − first) / first, "rate": regression / (last_turn −
+    first_turn)}; both 0 before a second update, and regression 0 when first = 0.
+    """
+
+    full_state_update = False
+    higher_is_better = False
+    is_differentiable = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        nan = torch.tensor(float("nan"), dtype=torch.float64)
+        self.add_state("first", default=nan.clone(), dist_reduce_fx="mean")
+        self.add_state("first_turn", default=nan.clone(), dist_reduce_fx="min")
+        self.add_state("last", default=nan.clone(), dist_reduce_fx="mean")
+        self.add_state("last_turn", default=nan.clone(), dist_reduce_fx="max")
+
+    def update(self, value: torch.Tensor | float, turn: int) -> None:
+        """Record `value` measured after `turn` trained turns (the first call sets the reference)."""
+        v = torch.as_tensor(value, dtype=torch.float64, device=self.first.device).reshape(())
+        t = torch.tensor(float(turn), dtype=torch.float64, device=v.device)
+        unset = torch.isnan(self.first)  # torch.where keeps this free of host syncs
+        self.first = torch.where(unset, v, self.first)
+        self.first_turn = torch.where(unset, t, self.first_turn)
+        self.last, self.last_turn = v, t
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        ok = ~torch.isnan(self.first) & (self.first != 0)
+        regression = torch.where(ok, (self.last - self.first) / torch.where(ok, self.first, 1.0), 0.0)
+        turns = torch.nan_to_num(self.last_turn - self.first_turn, nan=0.0)
+        rate = torch.where(turns > 0, regression / turns.clamp_min(1.0), 0.0)
+        return {"regression": regression.float(), "rate": rate.float()}
+
+
+class FactRecall(Metric):
+    """Per-fact recall over probe rounds: current and best-so-far result, first correct recall.
+
+    Facts are keyed by a string (e.g. "Zara|relation"); each `update` is one probe round at a
+    turn. `compute()` summarises the facts probed in the latest round:
+
+    - recall: share answered correctly now;
+    - forgetting: mean per-fact forgetting, best recall so far − current (0 or 1 per fact);
+    - ever_recalled: share recalled correctly in some round;
+    - turns_since_first_recall: mean turns since the first correct recall (facts ever recalled);
+    - reps_to_first_recall: mean times taught when first recalled (facts ever recalled).
+    Means over an empty set are 0.
+    """
+
+    full_state_update = False
+    higher_is_better = True
+    is_differentiable = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.keys: list[str] = []
+        inf = torch.zeros(0, dtype=torch.float64)
+        self.add_state("current", default=torch.zeros(0), dist_reduce_fx="max")
+        self.add_state("best", default=torch.zeros(0), dist_reduce_fx="max")
+        self.add_state("probed", default=torch.zeros(0), dist_reduce_fx="max")
+        self.add_state("first_turn", default=inf.clone(), dist_reduce_fx="min")
+        self.add_state("first_reps", default=inf.clone(), dist_reduce_fx="min")
+        self.add_state("turn", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="max")
+
+    def update(self, keys: Sequence[str], correct: torch.Tensor, reps: torch.Tensor, turn: int) -> None:
+        """Record one probe round.
+
+        Args:
+            keys: (F,) fact keys probed in this round (distinct).
+            correct: (F,) bool or 0/1, whether each answer recalled the fact.
+            reps: (F,) times each fact had been taught when probed.
+            turn: trained turns at the probe.
+        """
+        if len(keys) != correct.numel() or len(keys) != reps.numel():
+            raise ValueError(f"keys, correct and reps differ in length: {len(keys)}, {correct.numel()}, {reps.numel()}")
+        idx = torch.tensor([self._slot(k) for k in keys], dtype=torch.long, device=self.current.device)
+        ok = correct.to(device=idx.device, dtype=self.current.dtype).flatten()
+        self.probed = torch.zeros_like(self.current).index_fill_(0, idx, 1.0)
+        self.current[idx] = ok
+        self.best[idx] = torch.maximum(self.best[idx], ok)
+        new = (ok > 0) & torch.isinf(self.first_turn[idx])
+        self.first_turn[idx] = torch.where(new, float(turn), self.first_turn[idx])
+        self.first_reps[idx] = torch.where(new, reps.to(idx.device, torch.float64).flatten(), self.first_reps[idx])
+        self.turn = torch.tensor(float(turn), dtype=torch.float64, device=idx.device)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        probed = self.probed > 0
+        ever = probed & torch.isfinite(self.first_turn)
+        return {
+            "recall": _masked_mean(self.current, probed),
+            "forgetting": _masked_mean(self.best - self.current, probed),
+            "ever_recalled": _masked_mean(ever.float(), probed),
+            "turns_since_first_recall": _masked_mean(self.turn - self.first_turn, ever),
+            "reps_to_first_recall": _masked_mean(self.first_reps, ever),
+        }
+
+    def per_fact_forgetting(self) -> dict[str, float]:
+        """{key: best − current} of the facts probed in the latest round (one host sync)."""
+        values = (self.best - self.current).tolist()
+        return {k: values[i] for i, k in enumerate(self.keys) if self.probed[i] > 0}
+
+    def reset(self) -> None:
+        super().reset()
+        self.keys = []
+
+    def get_extra_state(self) -> Any:
+        return {"keys": list(self.keys)}
+
+    def set_extra_state(self, state: Any) -> None:
+        self.keys = list(state["keys"])
+
+    def _slot(self, key: str) -> int:
+        if key in self.keys:
+            return self.keys.index(key)
+        self.keys.append(key)
+        for name, fill in (("current", 0.0), ("best", 0.0), ("probed", 0.0), ("first_turn", float("inf")),
+                           ("first_reps", float("inf"))):  # fmt: skip
+            old = getattr(self, name)
+            setattr(self, name, torch.cat([old, old.new_full((1,), fill)]))
+        return len(self.keys) - 1
+
+
+class RecallByRepetitions(Metric):
+    """Recall rate pooled over every probe, by how many times the fact had been taught.
+
+    `compute()` returns (max_reps,) rates for 1..max_reps repetitions (more repetitions count in
+    the last bin) and NaN for bins with no probe yet; `counts()` gives the probes per bin.
+
+    Args:
+        max_reps: the last bin.
+    """
+
+    full_state_update = False
+    higher_is_better = True
+    is_differentiable = False
+
+    def __init__(self, max_reps: int = 10, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if max_reps < 1:
+            raise ValueError(f"max_reps must be >= 1, got {max_reps!r}")
+        self.max_reps = max_reps
+        self.add_state("hits", default=torch.zeros(max_reps, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("probes", default=torch.zeros(max_reps, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, reps: torch.Tensor, correct: torch.Tensor) -> None:
+        """Add probes: (F,) times taught (≥ 1) and (F,) bool/0-1 recall results."""
+        bins = reps.to(self.hits.device, torch.long).flatten().clamp(1, self.max_reps) - 1
+        self.hits.index_add_(0, bins, correct.to(self.hits.device, torch.float64).flatten())
+        self.probes.index_add_(0, bins, torch.ones_like(bins, dtype=torch.float64))
+
+    def compute(self) -> torch.Tensor:
+        return torch.where(self.probes > 0, self.hits / self.probes.clamp_min(1.0), float("nan")).float()
+
+    def counts(self) -> torch.Tensor:
+        """(max_reps,) number of probes per bin."""
+        return self.probes.clone()
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.to(torch.float64)
+    v = torch.where(mask, values.to(torch.float64), 0.0)
+    return ((v * m).sum() / m.sum().clamp_min(1.0)).float()
+
+
+# ----------------------------------------------------------------------------- probes
+def load_anchors(anchors: str | Sequence[str] | None = None) -> list[str]:
+    """The anchor prompts: a list as given, or the lines of a file (blank lines and lines
+    starting with '#' skipped); None reads the bundled `DEFAULT_ANCHORS`.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: no prompt is left.
+    """
+    if anchors is None or isinstance(anchors, (str, Path)):
+        path = Path(anchors) if anchors is not None else DEFAULT_ANCHORS
+        if not path.is_file():
+            raise FileNotFoundError(f"anchors file not found: {str(path)!r}")
+        lines = path.read_text(encoding="utf-8").splitlines()
+        prompts = [s.strip() for s in lines if s.strip() and not s.lstrip().startswith("#")]
+    else:
+        prompts = [str(s).strip() for s in anchors if str(s).strip()]
+    if not prompts:
+        raise ValueError(f"anchors must hold at least one non-empty prompt, got {anchors!r}")
+    return prompts
+
+
+@dataclass
+class AnchorBatch:
+    """The anchor prompts as one right-padded batch.
+
+    Attributes:
+        input_ids: (B, T) rendered prompts (chat template + generation prompt).
+        attention_mask: (B, T) 1 on real tokens.
+        positions: (B, T) bool; positions whose next-token distribution is compared: from the token
+            before the user message to the last one (which predicts the reply's first token).
+        targets: (N,) next token at each compared position (0 where there is none).
+        has_target: (N,) bool; False at the last position of each prompt.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    positions: torch.Tensor
+    targets: torch.Tensor
+    has_target: torch.Tensor
+
+
+def build_anchor_batch(tokenizer, prompts: Sequence[str]) -> AnchorBatch:
+    """Render each prompt as a fresh single-message chat and batch them (see `AnchorBatch`)."""
+    rows, masks = [], []
+    for prompt in prompts:
+        text = render_prompt(tokenizer, messages_for(prompt))
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        start = text.find(prompt)  # -1 (template rewrote the text): every position is compared
+        first = next(i for i, (s, e) in enumerate(enc["offset_mapping"]) if e > start)
+        rows.append(enc["input_ids"])
+        masks.append([i >= max(first - 1, 0) for i in range(len(enc["input_ids"]))])
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)
+    attn = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long)
+    positions = torch.tensor([m + [False] * (width - len(m)) for m in masks], dtype=torch.bool)
+    nxt = torch.cat([ids[:, 1:], torch.zeros_like(ids[:, :1])], dim=1)  # (B, T) token after each position
+    has_next = torch.cat([attn[:, 1:], torch.zeros_like(attn[:, :1])], dim=1).bool()
+    return AnchorBatch(ids, attn, positions, nxt[positions], has_next[positions])
+
+
+class AnchorProbe:
+    """Log-probabilities of the anchor prompts under the adapted model and under the base.
+
+    One batched forward per call, under no_grad in eval mode (train mode restored). The base
+    (adapter disabled) never changes during a run, so its log-probabilities are cached after the
+    first call when `cache_base` is set: that keeps N × V float32 values on the device (N = compared
+    positions, ~10-20 per anchor). The adapter's are cached under a caller-given `version` of the
+    weights (e.g. the optimizer step), so callbacks checking the same weights share one pass;
+    `invalidate()` after changing the weights any other way.
+
+    Args:
+        tokenizer: the model's tokenizer (with a chat template).
+        prompts: the anchor prompts.
+        cache_base: keep the base log-probabilities after the first pass.
+    """
+
+    def __init__(self, tokenizer, prompts: Sequence[str], cache_base: bool = True) -> None:
+        self.batch = build_anchor_batch(tokenizer, prompts)
+        self.cache_base = cache_base
+        self._base: torch.Tensor | None = None
+        self._adapted: tuple[Hashable, torch.Tensor] | None = None
+
+    @property
+    def num_positions(self) -> int:
+        return int(self.batch.targets.numel())
+
+    @torch.no_grad()
+    def log_probs(self, model, adapter: bool = True, version: Hashable | None = None) -> torch.Tensor:
+        """(N, V) float32 log-probabilities at the compared positions.
+
+        Args:
+            model: the peft model (its `disable_adapter()` gives the base when adapter=False).
+            adapter: with the adapter (True) or with it disabled (False; cached if cache_base).
+            version: identifies the adapter weights; a second call with the same version returns
+                the cached result. None: always recompute.
+        """
+        if not adapter and self._base is not None:
+            return self._base
+        if adapter and version is not None and self._adapted is not None and self._adapted[0] == version:
+            return self._adapted[1]
+        device = next(model.parameters()).device
+        ids, attn = self.batch.input_ids.to(device), self.batch.attention_mask.to(device)
+        was_training = model.training
+        model.eval()
+        try:
+            if adapter:
+                logits = model(input_ids=ids, attention_mask=attn).logits
+            else:
+                with model.disable_adapter():
+                    logits = model(input_ids=ids, attention_mask=attn).logits
+        finally:
+            model.train(was_training)
+        out = F.log_softmax(logits[self.batch.positions.to(device)].float(), dim=-1)  # (N, V)
+        if not adapter and self.cache_base:
+            self._base = out
+        if adapter:
+            self._adapted = (version, out) if version is not None else None
+        return out
+
+    def invalidate(self) -> None:
+        """Forget the cached adapter pass (the weights changed outside the versioning)."""
+        self._adapted = None
+
+    def targets(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N,) next-token ids and (N,) bool has-target mask on `device`."""
+        return self.batch.targets.to(device), self.batch.has_target.to(device)
+
+
+_PUNCT = re.compile(r"[^\w\s]")
+_SPACE = re.compile(r"\s+")
+
+
+def normalize_answer(text: str) -> str:
+    """Lowercase, NFKC, punctuation to spaces, whitespace collapsed (for recall matching)."""
+    text = _PUNCT.sub(" ", unicodedata.normalize("NFKC", text).casefold())
+    return _SPACE.sub(" ", text).strip()
+
+
+def is_recalled(answer: str, obj: str) -> bool:
+    """Whether the normalized answer contains the normalized object as whole words."""
+    target = normalize_answer(obj)
+    return bool(target) and f" {target} " in f" {normalize_answer(answer)} "
+
+
+def recall_answers(model, tokenizer, questions: Sequence[str], settings: GenerationSettings) -> list[str]:
+    """Generated answers to each question asked alone in a fresh chat (no history), batched."""
+    return generate_replies(model, tokenizer, [messages_for(q) for q in questions], settings)
+
+
+# ----------------------------------------------------------------------------- checkpoint state
+def metric_state_dict(metric: Metric) -> dict[str, Any]:
+    """A metric's accumulated state as plain lists / numbers (for callback checkpoints).
+
+    Returns:
+        {"states": {name: {"dtype", "value"} or {"items": [...]}}, "update_count", "extra"}.
+    """
+    states: dict[str, Any] = {}
+    for name, value in metric.metric_state.items():
+        if isinstance(value, list):
+            states[name] = {"items": [_plain_tensor(v) for v in value]}
+        else:
+            states[name] = _plain_tensor(value)
+    extra = metric.get_extra_state() if type(metric).get_extra_state is not Metric.get_extra_state else None
+    return {
+        "states": states,
+        "update_count": int(metric._update_count),
+        "num_vals_seen": int(getattr(metric, "_num_vals_seen", 0)),  # torchmetrics' Running wrapper
+        "extra": extra,
+    }
+
+
+def load_metric_state_dict(metric: Metric, state: dict[str, Any]) -> None:
+    """Restore what `metric_state_dict` exported, on the metric's device."""
+    metric.reset()
+    device = metric.device
+    for name, value in state["states"].items():
+        if "items" in value:
+            setattr(metric, name, [_from_plain(v, device) for v in value["items"]])
+        else:
+            setattr(metric, name, _from_plain(value, device))
+    metric._update_count = int(state["update_count"])
+    if hasattr(metric, "_num_vals_seen"):
+        metric._num_vals_seen = int(state["num_vals_seen"])
+    if state.get("extra") is not None:
+        metric.set_extra_state(state["extra"])
+    metric._computed = None
+
+
+def _plain_tensor(t: torch.Tensor) -> dict[str, Any]:
+    return {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape), "value": t.detach().cpu().tolist()}
+
+
+def _from_plain(value: dict[str, Any], device: torch.device) -> torch.Tensor:
+    t = torch.tensor(value["value"], dtype=getattr(torch, value["dtype"]), device=device)
+    return t.reshape(value["shape"])

@@ -1,0 +1,355 @@
+"""Log sources and their readers: which files a source names, and bytes → conversations, safely.
+
+A source is a file, a directory of logs (files sorted by path, recursively, hidden ones left out),
+a glob pattern, or ``-`` for stdin. `SourceReader` turns one file into (where, `Conversation` or
+`Problem`) items, choosing how to read it from the format and the file:
+
+- a file whose first character is ``[`` (a JSON array, e.g. a ShareGPT dump) or a ``.json`` file
+  is decoded value by value from bounded chunks (`JsonValueReader`); other files line by line;
+- in ``auto`` mode ``.jsonl`` / ``.ndjson`` lines must be JSON records, ``.txt`` lines are
+  DailyDialog (with ``__eou__``) or text, and lines of stdin or other files are records when they
+  are JSON objects of a known shape, else text (`olm.formats.line_conversation`);
+- in a directory or pattern, files without a log suffix and binary files (a NUL byte in the
+  first `ReaderLimits.sniff_bytes`) are skipped; an unreadable file ends with a problem;
+- with ``follow`` a single file is polled for appended lines like ``tail -f`` (line records only),
+  and a partial last line waits for its end;
+- stdin is read from ``sys.stdin`` or from a line source given instead (the interactive chat's
+  console, which prompts and handles commands).
+
+Invalid UTF-8 is replaced by U+FFFD (a problem), and a line or value over
+`ReaderLimits.max_record_bytes` is skipped without being held in memory.
+"""
+
+from __future__ import annotations
+
+import codecs
+import glob
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from olm.formats import Conversation, LineMode, Problem, line_conversation, record_conversation
+
+if TYPE_CHECKING:
+    from olm.data import StreamConfig
+
+STDIN = "-"
+LOG_SUFFIXES: tuple[str, ...] = (".jsonl", ".ndjson", ".json", ".txt", ".log")
+JSONL_SUFFIXES: tuple[str, ...] = (".jsonl", ".ndjson")
+_TAIL = len("\\uXXXX")  # a value or error this close to the buffer's end may be cut off (an escape, "1e-")
+_BOM_AND_SPACE = b"\xef\xbb\xbf \t\r\n"
+
+LineSource = Callable[[], Iterable[bytes | str | None]]
+"""Returns the lines of stdin to read (as `read_lines` yields them); replaces ``sys.stdin``."""
+Item = tuple[str, Conversation | Problem]
+"""(where: ``path`` or ``path:line``, a conversation or a bad-input problem)."""
+
+
+@dataclass(frozen=True)
+class ReaderLimits:
+    """Bounds that keep reading safe on hostile input."""
+
+    max_record_bytes: int = 16 * 2**20
+    """Longest line or JSON value read; a longer one is skipped without being held in memory."""
+    chunk_bytes: int = 2**16
+    """Bytes read at a time from JSON (array) files."""
+    max_warnings: int = 5
+    """Warnings logged per kind of problem; later ones are only counted in `Turn.skipped`."""
+    max_conversations: int = 4096
+    """Conversations whose history is kept (least recently used dropped first)."""
+    sniff_bytes: int = 8192
+    """Leading bytes searched for a NUL byte to recognize a binary file."""
+
+    def __post_init__(self) -> None:
+        bad = [f"{k}={v!r}" for k, v in vars(self).items() if not isinstance(v, int) or v < 1]
+        if bad:
+            raise ValueError(f"ReaderLimits: these must be positive integers: {', '.join(bad)}")
+
+
+# ----------------------------------------------------------------------------- sources
+def is_pattern(source: str) -> bool:
+    return glob.has_magic(source) and not os.path.exists(source)
+
+
+def resolve_sources(source: str, follow: bool = False) -> tuple[list[str], bool]:
+    """The files a source names, in reading order.
+
+    Args:
+        source: a file, a directory (all files below it, sorted by path), a glob pattern, or ``-``.
+        follow: a missing single file is allowed (follow mode waits for it).
+
+    Returns:
+        (the paths, whether they came from a directory or pattern, so non-log files are to be skipped).
+
+    Raises:
+        FileNotFoundError: the path does not exist, or no file matches the pattern.
+    """
+    if source == STDIN:
+        return [STDIN], False
+    if os.path.isdir(source):
+        return _walk(source), True
+    if os.path.isfile(source) or (follow and not is_pattern(source)):
+        return [source], False
+    if is_pattern(source):
+        files = sorted((f for f in glob.glob(source, recursive=True) if os.path.isfile(f)), key=_path_key)
+        if not files:
+            raise FileNotFoundError(f"no file matches the source pattern {source!r}")
+        return files, True
+    raise FileNotFoundError(f"log source {source!r} does not exist (expected a file, a directory, a glob or '-')")
+
+
+def _walk(root: str) -> list[str]:
+    """Files below `root` sorted by path; hidden files and folders (".name") are left out."""
+    files = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        files += [os.path.join(folder, n) for n in names if not n.startswith(".")]
+    return sorted(files, key=_path_key)
+
+
+def _path_key(path: str) -> tuple[str, ...]:
+    return Path(path).parts
+
+
+class Poller:
+    """Waits for a growing file in follow mode: sleeps `interval`, gives up after `timeout` s without growth."""
+
+    def __init__(self, interval: float, timeout: float | None) -> None:
+        self.interval, self.timeout, self.last = interval, timeout, time.monotonic()
+
+    def grew(self) -> None:
+        self.last = time.monotonic()
+
+    def wait(self) -> bool:
+        if self.timeout is not None and time.monotonic() - self.last >= self.timeout:
+            return False
+        time.sleep(self.interval)
+        return True
+
+
+def read_lines(fh: Any, limit: int, poller: Poller | None = None) -> Iterator[bytes | str | None]:
+    """Complete lines of a binary or text file object; None for a line over `limit` (its rest is discarded).
+
+    At the end of the file, the partial last line is yielded, unless `poller` says more may come:
+    then the partial line waits for the rest of it.
+    """
+    pending, discarding = None, False
+    while True:
+        piece = fh.readline(limit + 1)
+        if not piece:
+            if poller is not None and poller.wait():
+                continue
+            if pending and not discarding:
+                yield pending
+            return
+        if poller is not None:
+            poller.grew()
+        complete = piece[-1:] in (b"\n", "\n")
+        if discarding:
+            discarding = not complete
+            continue
+        pending = piece if pending is None else pending + piece
+        if complete:
+            yield pending
+            pending = None
+        elif len(pending) > limit:
+            yield None
+            pending, discarding = None, True
+
+
+class JsonValueReader:
+    """Decodes the JSON values of a binary file from bounded chunks; a top-level array yields its elements.
+
+    Yields (line, value or Problem). After a syntax error it skips to the next ``{`` and goes on.
+    """
+
+    def __init__(self, fh: Any, limits: ReaderLimits) -> None:
+        self.fh, self.limits = fh, limits
+        self.text = codecs.getincrementaldecoder("utf-8")("replace")
+        self.decoder = json.JSONDecoder(strict=False)
+        self.buf, self.pos, self.line, self.eof = "", 0, 1, False
+        self.problems: list[Problem] = []
+        self.bad_line = 0  # the last line reported for invalid UTF-8: one report per line
+
+    def _read(self, size: int) -> None:
+        data = self.fh.read(size)
+        self.eof = not data
+        chunk = self.text.decode(data, final=self.eof)
+        if chunk.count("\ufffd") > data.count(b"\xef\xbf\xbd") and self.line != self.bad_line:
+            self.bad_line = self.line
+            self.problems.append(Problem("invalid_utf8", f"invalid UTF-8 near line {self.line} replaced"))
+        if self.pos > self.limits.chunk_bytes:  # drop what was consumed; memory stays bounded
+            self.buf, self.pos = self.buf[self.pos :], 0
+        self.buf += chunk
+
+    def _move(self, pos: int) -> None:
+        self.line += self.buf.count("\n", self.pos, pos)
+        self.pos = pos
+
+    def _resync(self, start: int) -> None:
+        while True:
+            found = self.buf.find("{", start)
+            if found >= 0 or self.eof:
+                self._move(found if found >= 0 else len(self.buf))
+                return
+            self._move(len(self.buf))
+            self._read(self.limits.chunk_bytes)
+            start = self.pos
+
+    def __iter__(self) -> Iterator[tuple[int, Any]]:
+        in_array = False
+        while True:
+            yield from ((self.line, p) for p in self.problems)
+            self.problems.clear()
+            skip = " \t\r\n\ufeff," if in_array else " \t\r\n\ufeff"
+            pos = self.pos
+            while pos < len(self.buf) and self.buf[pos] in skip:
+                pos += 1
+            self._move(pos)
+            if pos >= len(self.buf):
+                if self.eof:
+                    return
+                self._read(self.limits.chunk_bytes)
+                continue
+            if self.buf[pos] in "[]" and in_array == (self.buf[pos] == "]"):
+                in_array = not in_array
+                self._move(pos + 1)
+                continue
+            yield from self._value(pos)
+
+    def _value(self, pos: int) -> Iterator[tuple[int, Any]]:
+        try:
+            value, end = self.decoder.raw_decode(self.buf, pos)
+            if end + _TAIL < len(self.buf) or self.eof:  # a number at the buffer's end may go on in the next chunk
+                line = self.line
+                self._move(end)
+                yield line, value
+                return
+            error_pos, cut, message = end, True, ""
+        except json.JSONDecodeError as err:
+            error_pos, message = err.pos, f"invalid JSON at line {self.line}: {err.msg}"
+            cut = err.msg.startswith("Unterminated") or err.pos >= len(self.buf) - _TAIL
+        except RecursionError:
+            error_pos, cut, message = pos + 1, False, f"JSON at line {self.line} nested too deeply"
+        kind = "malformed"
+        if cut and not self.eof:
+            if len(self.buf) - pos <= self.limits.max_record_bytes:
+                self._read(max(self.limits.chunk_bytes, len(self.buf) - pos))  # geometric: linear total work
+                return
+            kind, message = "too_long", f"JSON value at line {self.line} longer than {self.limits.max_record_bytes}"
+        yield self.line, Problem(kind, message)
+        self._resync(max(pos + 1, error_pos))
+
+
+# ----------------------------------------------------------------------------- one source → items
+class SourceReader:
+    """Reads one source path at a time as (where, `Conversation` or `Problem`) items; never raises on bad input.
+
+    Args:
+        config: the stream settings (format, limits, follow, poll_interval, idle_timeout).
+        stdin: lines to read for ``-`` instead of ``sys.stdin`` (None: ``sys.stdin``).
+    """
+
+    def __init__(self, config: StreamConfig, stdin: LineSource | None = None) -> None:
+        self.config, self.limits, self.stdin = config, config.limits, stdin
+
+    def items(self, path: str, filtered: bool) -> Iterator[Item]:
+        """The items of `path` (``-`` for stdin); `filtered`: skip files without a log suffix.
+
+        An OSError while reading (unreadable, deleted meanwhile) ends the file with a problem.
+        """
+        try:
+            yield from self._items(path, filtered)
+        except OSError as err:
+            yield path, Problem("unreadable", f"cannot read: {err}")
+
+    def _items(self, path: str, filtered: bool) -> Iterator[Item]:
+        fmt = self.config.format
+        if path == STDIN:
+            yield from self._line_items(self._stdin_lines(), path, "mixed" if fmt == "auto" else line_mode(fmt))
+            return
+        suffix = Path(path).suffix.lower()
+        if filtered and suffix not in LOG_SUFFIXES:
+            yield path, Problem("not_a_log", f"skipped: not a log file (suffixes read: {', '.join(LOG_SUFFIXES)})")
+            return
+        if self.config.follow:
+            yield from self._follow_items(path, file_mode(fmt, suffix, ""))
+            return
+        with open(path, "rb") as fh:
+            head = fh.read(self.limits.sniff_bytes)
+            fh.seek(0)
+            if b"\0" in head:
+                yield path, Problem("binary_file", "skipped: binary file (NUL bytes)")
+                return
+            mode = file_mode(fmt, suffix, head.lstrip(_BOM_AND_SPACE)[:1].decode("latin-1"))
+            if mode == "json":
+                for line, value in JsonValueReader(fh, self.limits):
+                    where = f"{path}:{line}"
+                    yield where, value if isinstance(value, Problem) else record_conversation(value, fmt, where)
+            else:
+                yield from self._line_items(read_lines(fh, self.limits.max_record_bytes), path, mode)
+
+    def _stdin_lines(self) -> Iterable[bytes | str | None]:
+        if self.stdin is not None:
+            return self.stdin()
+        return read_lines(getattr(sys.stdin, "buffer", sys.stdin), self.limits.max_record_bytes)
+
+    def _follow_items(self, path: str, mode: LineMode) -> Iterator[Item]:
+        poller = Poller(self.config.poll_interval, self.config.idle_timeout)
+        while not os.path.exists(path):
+            if not poller.wait():
+                yield path, Problem("unreadable", "skipped: the file did not appear")
+                return
+        with open(path, "rb") as fh:
+            yield from self._line_items(read_lines(fh, self.limits.max_record_bytes, poller), path, mode)
+
+    def _line_items(self, lines: Iterable[bytes | str | None], path: str, mode: LineMode) -> Iterator[Item]:
+        for lineno, raw in enumerate(lines, start=1):
+            where = f"{path}:{lineno}"
+            if raw is None:
+                yield where, Problem("too_long", f"line longer than {self.limits.max_record_bytes} bytes skipped")
+                continue
+            text, problem = decode(raw)
+            if problem is not None:
+                yield where, problem
+            text = text.lstrip("\ufeff") if lineno == 1 else text
+            text = text.rstrip("\r\n")
+            if text.strip():
+                yield where, line_conversation(text, mode, self.config.format, path, lineno)
+
+
+def line_mode(fmt: str) -> LineMode:
+    """How stdin is read in a format other than ``auto``."""
+    return fmt if fmt in ("text", "dailydialog") else "jsonl"
+
+
+def file_mode(fmt: str, suffix: str, first: str) -> LineMode:
+    """How to read a file: json (value by value), jsonl, txt (DailyDialog or text), mixed, text, dailydialog.
+
+    Args:
+        fmt: the stream's format.
+        suffix: the file's lower-case suffix.
+        first: its first character after a BOM and white space ("" when unknown, as in follow mode).
+    """
+    if fmt in ("text", "dailydialog"):
+        return fmt
+    if first == "[" or (suffix == ".json" and first == "{"):
+        return "json"
+    if fmt != "auto" or suffix in JSONL_SUFFIXES or suffix == ".json":
+        return "jsonl"
+    return "txt" if suffix == ".txt" else "mixed"
+
+
+def decode(raw: bytes | str) -> tuple[str, Problem | None]:
+    """UTF-8 text of a line; invalid bytes become U+FFFD and are reported as a problem."""
+    if isinstance(raw, str):
+        return raw, None
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", errors="replace"), Problem("invalid_utf8", "invalid UTF-8 replaced by U+FFFD")

@@ -1,0 +1,37 @@
+"""The turn as the unit of the run: which batch-end hooks trained a turn, and logging per turn.
+
+Lightning's step counters count optimizer steps and loop iterations; olm's callbacks reason in
+trained turns. These helpers keep that translation in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
+
+
+def trained_turn(outputs: Any) -> bool:
+    """Whether the training_step whose batch-end hooks run now trained a turn.
+
+    False for the last step of a run, which found the stream ended: Lightning's manual
+    optimization swallows its StopIteration and still calls `on_train_batch_end` (outputs {}).
+    """
+    return bool(outputs)
+
+
+def turn_step(pl_module: L.LightningModule) -> int:
+    """The logger step of the last trained turn (the module logs turn k at step k − 1)."""
+    return max(int(pl_module.turns_trained) - 1, 0)
+
+
+@rank_zero_only
+def log_scalars(trainer: L.Trainer, scalars: dict[str, float], step: int) -> None:
+    """Write `scalars` to every logger of `trainer` at `step`.
+
+    For values logged only on some turns: `LightningModule.log` would re-log their cached value,
+    stale, on every later step.
+    """
+    for logger in trainer.loggers:
+        logger.log_metrics(scalars, step=step)
