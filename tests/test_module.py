@@ -9,10 +9,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
-from olm.callbacks import FactReplay
-from olm.context import ContextPolicy, kl_lambda, lr_multiplier, Context
-from olm.data import Turn
 import olm.module
+from olm.callbacks import FactReplay
+from olm.context import Context, kl_lambda, lr_multiplier
+from olm.data import Turn
 from olm.module import OnlineLM, OptimSettings
 
 
