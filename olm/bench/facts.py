@@ -1,0 +1,272 @@
+"""Fact-acquisition benchmark: how many repetitions until a fact is recalled from the weights.
+
+    python -m olm.bench facts --out DIR [--config configs/default.yaml] [--seeds 0 1 2]
+
+The run goes through the same code path as ``cli.py fit``: the config is parsed and instantiated by
+the olm CLI (module, data module, trainer and its replay callback), and the stream is a
+messages-JSONL file read by the data module. The stream (`olm.world.schedule`): N held-out facts,
+each stated k times (one round per repetition, shuffled, phrasings varied) interleaved with
+distractors, then K unrelated turns. A probe callback asks questions in a fresh context
+(greedy, generated answers; recall = the fact's object appears in the answer, DESIGN.md §6):
+
+- recall_at_k     recall of every fact after round k (k = 1..reps); reps_to_recall: median first k
+- generalization  recall on held-out question phrasings after the last round
+- retention       recall after the K unrelated turns; forgetting = recall_at_k[-1] − retention
+- locality        on anchor prompts after the last round: share of greedy tokens unchanged vs the
+                  base ("token_agreement"), KL(base ‖ adapter) and the perplexity ratio
+- base_control    the base (adapter disabled) on the same probes
+
+Rows: the config as is ("tuned"), the original design's values, and ablations without replay,
+importance weighting or KL. Writes DIR/results.json (row → metric → {"mean", "std"}),
+DIR/results.md and DIR/recall.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from olm.backbone import resolve_model_path
+from olm.callbacks import FactReplay
+from olm.metrics import AnchorProbe, is_recalled, recall_answers
+from olm.module import OnlineLM
+from olm.turns import trained_turn
+from olm.world.generator import make_world
+from olm.world.quality import WORLD_FILE, load_world
+from olm.world.schedule import TeachingSchedule, anchor_prompts, teaching_schedule, unrelated_turns
+
+ROOT = Path(__file__).resolve().parents[2]
+KEYS = ("recall_at_k", "reps_to_recall", "generalization", "retention", "forgetting", "locality", "base_control")
+ORIGINAL = [  # the original design's values on the same model
+    "--model.optim.lr=1e-6", "--model.optim.steps_per_fact=1", "--model.optim.steps_per_turn=1",
+    "--model.optim.steps_per_replay=1", "--model.optim.grad_clip=0.1",
+    '--model.policy.lr_multipliers={"chat": 1, "question": 2, "fact": 5, "replay": 0.5}',
+    '--model.policy.kl_lambdas={"chat": 0.1, "question": 0.1, "fact": 0.01, "replay": 0.01}',
+    "--model.lora.r=4", "--model.lora.alpha=16", "--model.lora.target_modules=[q_proj, v_proj]",
+]  # fmt: skip
+NO_KL = ['--model.policy.kl_lambdas={"chat": 0, "question": 0, "fact": 0, "replay": 0}', "--model.policy.min_kl=0"]
+ROWS: dict[str, tuple[list[str], bool]] = {  # name → (CLI overrides, keep replay)
+    "tuned": ([], True),
+    "original": (ORIGINAL, True),
+    "no_replay": ([], False),
+    "no_weighting": (["--model.weighting.strategies=[]"], True),
+    "no_kl": (NO_KL, True),
+}
+
+
+@dataclass
+class Probe(L.Callback):
+    """Asks the schedule's probes at the end of each round and at the end of the stream."""
+
+    schedule: TeachingSchedule
+    round_ends: dict[int, int]
+    anchors: list[str]
+    teaching_turns: int
+    recall: dict[int, list[bool]] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def on_train_batch_end(self, trainer, pl_module: OnlineLM, outputs, *args) -> None:
+        if not trained_turn(outputs):
+            return
+        done = pl_module.turns_trained
+        if done in self.round_ends.values():
+            k = next(k for k, end in self.round_ends.items() if end == done)
+            self.recall[k] = self.ask(pl_module, [f.probe for f in self.schedule.facts])
+        if done == self.teaching_turns:
+            self.end_of_teaching(pl_module)
+
+    def on_train_end(self, trainer, pl_module: OnlineLM) -> None:
+        self.results["retention"] = mean(self.ask(pl_module, [f.probe for f in self.schedule.facts]))
+
+    def ask(self, pl_module: OnlineLM, questions: list[str], facts=None) -> list[bool]:
+        facts = facts or self.schedule.facts
+        answers = recall_answers(pl_module.model, pl_module.tokenizer, questions, pl_module.generation)
+        return [is_recalled(a, f.expected) for a, f in zip(answers, facts)]
+
+    def end_of_teaching(self, pl_module: OnlineLM) -> None:
+        facts = self.schedule.facts
+        para = [(q, f) for f in facts for q in f.paraphrases]
+        self.results["generalization"] = mean(self.ask(pl_module, [q for q, _ in para], [f for _, f in para]))
+        self.results["locality"] = locality(pl_module, self.anchors)
+        with pl_module.model.disable_adapter():
+            self.results["base_control"] = mean(self.ask(pl_module, [f.probe for f in facts]))
+
+
+def mean(values: list[bool] | list[float]) -> float:
+    return float(sum(values)) / max(1, len(values))
+
+
+@torch.no_grad()
+def locality(pl_module: OnlineLM, anchors: list[str]) -> dict[str, float]:
+    """Greedy-token agreement with the base, anchor KL(base ‖ adapter) and perplexity ratio."""
+    model, tok = pl_module.model, pl_module.tokenizer
+    adapted = recall_answers(model, tok, anchors, pl_module.generation)
+    with model.disable_adapter():
+        base = recall_answers(model, tok, anchors, pl_module.generation)
+    same = total = 0
+    for a, b in zip(adapted, base):
+        ta, tb = tok(a, add_special_tokens=False).input_ids, tok(b, add_special_tokens=False).input_ids
+        same += sum(x == y for x, y in zip(ta, tb))
+        total += max(len(ta), len(tb), 1)
+    probe = AnchorProbe(tok, anchors, cache_base=False)
+    lp_a, lp_b = probe.log_probs(model, adapter=True), probe.log_probs(model, adapter=False)
+    targets, has = probe.targets(lp_a.device)
+    kl = F.kl_div(lp_a, lp_b, reduction="none", log_target=True).sum(-1)[has].mean()
+    nll_a = -lp_a[has].gather(-1, targets[has, None]).mean()
+    nll_b = -lp_b[has].gather(-1, targets[has, None]).mean()
+    return {"token_agreement": same / total, "anchor_kl": float(kl), "ppl_ratio": float(torch.exp(nll_a - nll_b))}
+
+
+def write_stream(path: Path, schedule: TeachingSchedule, unrelated: list[dict[str, str]]) -> None:
+    """Each turn as its own conversation (fresh context) in messages-JSONL."""
+    with path.open("w") as f:
+        for i, turn in enumerate([*schedule.turns, *unrelated]):
+            messages = [{"role": "user", "content": turn["user"]}, {"role": "assistant", "content": turn["assistant"]}]
+            f.write(json.dumps({"id": f"t{i}", "messages": messages}) + "\n")
+
+
+def round_ends(schedule: TeachingSchedule) -> dict[int, int]:
+    """Repetition k → number of turns trained when every fact has been stated k times."""
+    reps = max(schedule.repetition_of_turn)
+    return {k: 1 + max(i for i, r in enumerate(schedule.repetition_of_turn) if r == k) for k in range(1, reps + 1)}
+
+
+def world_for(model: str):
+    path = Path(resolve_model_path(model))
+    return load_world(path) if (path / WORLD_FILE).is_file() else make_world(0)
+
+
+def run_once(args, row: str, seed: int, workdir: Path) -> dict[str, Any]:
+    """One row × seed through the olm CLI; returns the metrics of that run."""
+    from cli import OlmCLI  # the same entry point as `python cli.py fit`
+    from olm.data import ChatStreamDataModule
+
+    overrides, keep_replay = ROWS[row]
+    world = world_for(args.model)
+    schedule = teaching_schedule(world, args.facts, args.reps, seed=seed)
+    stream = workdir / f"{row}-{seed}.jsonl"
+    write_stream(stream, schedule, unrelated_turns(args.unrelated, seed=seed + 1000))
+    cli = OlmCLI(
+        OnlineLM, ChatStreamDataModule, run=False, auto_configure_optimizers=False,
+        args=["--config", str(args.config), f"--model.base_model={args.model}", f"--data.source={stream}",
+              f"--seed_everything={seed}", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+              f"--threads={args.threads}", *overrides],
+    )  # fmt: skip
+    probe = Probe(schedule, round_ends(schedule), anchor_prompts(world, seed=seed), len(schedule.turns))
+    # keep the research callbacks, drop file output (checkpoints, adapters) from the benchmark
+    cli.trainer.callbacks[:] = [c for c in cli.trainer.callbacks if isinstance(c, FactReplay) and keep_replay]
+    cli.trainer.callbacks.append(probe)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return summarize(probe, args.reps)
+
+
+def summarize(probe: Probe, reps: int) -> dict[str, Any]:
+    per_k = [mean(probe.recall[k]) for k in range(1, reps + 1)]
+    firsts = []
+    for i in range(len(probe.schedule.facts)):
+        hit = [k for k in range(1, reps + 1) if probe.recall[k][i]]
+        firsts.append(hit[0] if hit else math.inf)
+    median = statistics.median(firsts)
+    return {
+        "recall_at_k": per_k, "reps_to_recall": None if math.isinf(median) else float(median),
+        "generalization": probe.results["generalization"], "retention": probe.results["retention"],
+        "forgetting": per_k[-1] - probe.results["retention"], "locality": probe.results["locality"],
+        "base_control": probe.results["base_control"],
+    }  # fmt: skip
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and standard deviation over seeds of every number (recursing into lists and dicts)."""
+
+    def agg(values: list[Any]) -> Any:
+        if isinstance(values[0], dict):
+            return {k: agg([v[k] for v in values]) for k in values[0]}
+        if isinstance(values[0], list):
+            return [agg([v[i] for v in values]) for i in range(len(values[0]))]
+        nums = [v for v in values if v is not None]
+        if not nums:
+            return {"mean": None, "std": None, "n": 0}
+        return {"mean": statistics.fmean(nums), "std": statistics.pstdev(nums), "n": len(nums)}
+
+    return {k: agg([r[k] for r in runs]) for k in KEYS}
+
+
+def fmt(stat: dict[str, Any]) -> str:
+    return "–" if stat["mean"] is None else f"{stat['mean']:.2f} ± {stat['std']:.2f}"
+
+
+def markdown(results: dict[str, Any], reps: int) -> str:
+    ks = sorted({1, 2, 3, reps} & set(range(1, reps + 1)))
+    head = ["row", *[f"recall@{k}" for k in ks], "reps→recall", "generalization", "retention", "forgetting",
+            "locality", "anchor KL", "ppl ratio", "base control"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row, r in results.items():
+        loc = r["locality"]
+        cells = [row, *[fmt(r["recall_at_k"][k - 1]) for k in ks], fmt(r["reps_to_recall"]), fmt(r["generalization"]),
+                 fmt(r["retention"]), fmt(r["forgetting"]), fmt(loc["token_agreement"]), fmt(loc["anchor_kl"]),
+                 fmt(loc["ppl_ratio"]), fmt(r["base_control"])]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], reps: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ks = list(range(1, reps + 1))
+    for row, r in results.items():
+        means = [s["mean"] for s in r["recall_at_k"]]
+        stds = [s["std"] for s in r["recall_at_k"]]
+        ax.errorbar(ks, means, yerr=stds, marker="o", capsize=3, label=row)
+    ax.set(xlabel="repetitions of each fact", ylabel="recall (fresh context, generated)", ylim=(-0.02, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m olm.bench facts", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--config", type=Path, default=ROOT / "configs" / "default.yaml", help="the tuned config")
+    p.add_argument("--model", default="olm-tiny", help="base model (built-in name, directory or hub id)")
+    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), help="rows to run")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (mean ± spread over them)")
+    p.add_argument("--facts", type=int, default=20, help="held-out facts taught (N)")
+    p.add_argument("--reps", type=int, default=8, help="repetitions of each fact (k)")
+    p.add_argument("--unrelated", type=int, default=100, help="unrelated turns before the retention probe (K)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results, started = {}, time.perf_counter()
+    for row in args.rows:
+        runs = [run_once(args, row, seed, args.out) for seed in args.seeds]
+        results[row] = aggregate(runs)
+        print(f"[{time.perf_counter() - started:.0f}s] {row}: recall@k {[round(r['mean'], 2) for r in [s for s in results[row]['recall_at_k']]]}", flush=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    table = markdown(results, args.reps)
+    command = "python -m olm.bench facts " + " ".join(argv if argv is not None else sys.argv[1:])
+    (args.out / "results.md").write_text(f"`{command}`\n\n{table}")
+    plot(results, args.reps, args.out / "recall.png")
+    print(table)
+    return 0

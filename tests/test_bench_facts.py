@@ -1,0 +1,32 @@
+"""The fact-acquisition benchmark runs end to end on a tiny model and writes what it promises."""
+
+import json
+
+from olm.bench.facts import KEYS, main, round_ends
+from olm.world.generator import make_world
+from olm.world.schedule import teaching_schedule
+
+
+def test_round_ends_are_where_every_fact_has_k_statements():
+    schedule = teaching_schedule(make_world(0), n_facts=3, reps=2, distractors=4, seed=1)
+    ends = round_ends(schedule)
+    for k, end in ends.items():
+        stated = [r for r in schedule.repetition_of_turn[:end] if r]
+        assert stated.count(k) == 3 and k + 1 not in stated
+        assert schedule.repetition_of_turn[end - 1] == k  # the round's last statement is the last turn before the probe
+
+
+def test_facts_bench_writes_results_table_and_plot(tmp_path, tiny_model_dir):
+    out = tmp_path / "bench"
+    argv = ["--out", str(out), "--model", tiny_model_dir, "--facts", "2", "--reps", "2", "--unrelated", "3",
+            "--seeds", "0", "1", "--rows", "tuned", "no_kl", "--threads", "1"]  # fmt: skip
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"tuned", "no_kl"}
+    for row in results.values():
+        assert set(row) == set(KEYS)
+        assert len(row["recall_at_k"]) == 2
+        for rate in [*row["recall_at_k"], row["generalization"], row["retention"], row["base_control"],
+                     row["locality"]["token_agreement"]]:  # fmt: skip
+            assert 0.0 <= rate["mean"] <= 1.0 and rate["n"] == 2
+    assert (out / "recall.png").stat().st_size > 0 and "| tuned |" in (out / "results.md").read_text()
