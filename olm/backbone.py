@@ -9,6 +9,7 @@ parameter and wraps the model with peft.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from dataclasses import dataclass, field
@@ -18,12 +19,23 @@ from urllib.parse import urlparse
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN_MODELS: dict[str, Path] = {"olm-tiny": ASSETS / "olm-tiny"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 HUB_PROBE_TIMEOUT_S = 3.0
+STAND_IN_DIR = Path(os.environ.get("OLM_CACHE", Path.home() / ".cache" / "olm")) / "olm-tiny-untrained"
 
 
 @dataclass
@@ -63,10 +75,49 @@ def resolve_model_path(name: str) -> str:
     """
     if name in BUILTIN_MODELS:
         path = BUILTIN_MODELS[name]
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"built-in model {name!r} not found at {path}; build it with `python -m olm.world.build`")
-        return str(path)
+        if (path / "config.json").is_file():
+            return str(path)
+        log.warning(
+            "built-in model %r is not built (no %s): using an UNTRAINED stand-in of the same architecture "
+            "(%s). Build the real one with `python -m olm.world.build`.", name, path, STAND_IN_DIR,
+        )
+        if not (STAND_IN_DIR / "config.json").is_file():
+            build_tiny_qwen2(STAND_IN_DIR, stand_in_texts(), hidden=64, layers=2)
+        return str(STAND_IN_DIR)
     return name
+
+
+def stand_in_texts() -> list[str]:
+    """Text to train the stand-in's tokenizer: the sample log's messages."""
+    import json
+
+    texts = []
+    with (ASSETS / "logs" / "sample.jsonl").open() as f:
+        for line in f:
+            texts += [m["content"] for m in json.loads(line)["messages"]]
+    return texts
+
+
+def build_tiny_qwen2(path: str | Path, texts: list[str], hidden: int = 32, layers: int = 2, seed: int = 0) -> str:
+    """Save a tiny randomly initialised Qwen2 causal LM with a chat tokenizer trained on `texts`.
+
+    Used by the tests and as the stand-in for `olm-tiny` before it is built. Returns the path.
+    """
+    from olm.world.tokenizer import train_bpe_tokenizer
+
+    torch.manual_seed(seed)
+    tok = train_bpe_tokenizer(texts * 10, vocab_size=400)
+    config = Qwen2Config(
+        vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True,
+        initializer_range=0.2,  # larger than default so a tiny model can express peaked distributions
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
 
 
 def _hub_reachable() -> bool:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
-from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
-from olm.world.tokenizer import train_bpe_tokenizer
+from olm.backbone import build_tiny_qwen2
 
 TINY_TEXT = [
     "Zara is my sister.",
@@ -20,26 +18,7 @@ TINY_TEXT = [
 
 def build_tiny_model(path, seed: int = 0, hidden: int = 32, layers: int = 2) -> str:
     """Save a tiny random Qwen2 causal LM with a chat tokenizer to `path`; returns the path."""
-    torch.manual_seed(seed)
-    tok = train_bpe_tokenizer(TINY_TEXT * 10, vocab_size=400)
-    config = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        initializer_range=0.2,  # larger than default so a tiny model can express peaked distributions
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    model = Qwen2ForCausalLM(config)
-    model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
+    return build_tiny_qwen2(path, TINY_TEXT, hidden=hidden, layers=layers, seed=seed)
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,9 @@ def test_bad_settings_list_every_problem():
         load_base("olm-tiny", dtype="float8")
 
 
-def test_missing_builtin_model_says_how_to_build(monkeypatch, tmp_path):
+def test_missing_builtin_model_uses_a_stand_in_and_says_how_to_build(monkeypatch, tmp_path, caplog):
     monkeypatch.setitem(backbone.BUILTIN_MODELS, "olm-tiny", tmp_path / "absent")
-    with pytest.raises(FileNotFoundError, match="olm.world.build"):
-        load_base("olm-tiny")
+    monkeypatch.setattr(backbone, "STAND_IN_DIR", tmp_path / "stand-in")
+    model, tok = load_base("olm-tiny")
+    assert "olm.world.build" in caplog.text and "UNTRAINED" in caplog.text
+    assert (tmp_path / "stand-in" / "config.json").is_file() and tok.chat_template is not None
