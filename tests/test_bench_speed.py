@@ -81,6 +81,7 @@ def test_generating_arms_both_time_generation(tmp_path, tiny_model_dir):
     assert fig["phases_ms"]["onlinelm"]["logger"] == 0 and "FactReplay" not in fig["callbacks_ms"]
 
 
+@pytest.mark.slow  # ~10 s on a quiet machine (a fresh process imports torch), 20+ s on a busy one
 def test_isolated_run_measures_its_own_process(tmp_path, tiny_model_dir):
     out = tmp_path / "speed"
     argv = [

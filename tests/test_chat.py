@@ -41,8 +41,8 @@ def memory_with(*statements: str) -> FactMemory:
 def console(stdin, memory: FactMemory | None = None, metrics: dict | None = None) -> ChatCallback:
     """A ChatCallback wired to a stand-in trainer and module, reading `stdin`."""
     callback = ChatCallback()
-    callback._trainer = SimpleNamespace(callback_metrics=metrics or {}, callbacks=[])
-    callback._module = SimpleNamespace(memory=memory or FactMemory())
+    callback._trainer = SimpleNamespace(callback_metrics={}, callbacks=[])
+    callback._module = SimpleNamespace(memory=memory or FactMemory(), last_scalars=metrics or {})
     sys.stdin = stdin
     return callback
 

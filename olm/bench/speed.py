@@ -656,6 +656,7 @@ class SpeedProbe(Callback):
         self._longest: tuple[int, str, str] = (-1, "", "")
         self._spent = {"logger": 0.0}  # seconds in the loggers and in each other callback since the last turn
         self._mark = 0.0
+        self.loop: MinimalLoop | None = None  # built at train start, on the module's model
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         m, objective = pl_module, pl_module.objective
@@ -988,7 +989,8 @@ DEFINITIONS: dict[str, str] = {
 
 def parse_config(argv: list[str] | None = None) -> SpeedConfig:
     """`SpeedConfig` from command-line flags (nested ones as ``--tiny.turns``)."""
-    parser = ArgumentParser(prog="python -m olm.bench speed", description=__doc__)
+    summary = __doc__.splitlines()[0] + " What each figure means: the docstring of olm/bench/speed.py."
+    parser = ArgumentParser(prog="python -m olm.bench speed", description=summary)
     parser.add_class_arguments(SpeedConfig, as_group=False)
     return SpeedConfig(**vars(parser.instantiate(parser.parse_args(argv))))
 

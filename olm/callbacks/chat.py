@@ -216,7 +216,8 @@ class ChatCallback(Callback):
         if name == "/facts":
             self.say(facts_table(self._module.memory, self.max_rows, self.max_cell_chars))
         elif name == "/stats":
-            self.say(stats_table(self._trainer.callback_metrics, self.max_cell_chars))
+            metrics = {**self._trainer.callback_metrics, **self._module.last_scalars}
+            self.say(stats_table(metrics, self.max_cell_chars))
         elif name == "/save":
             where = self.save_now(self._trainer, self._module)
             self.say(f"Saved {', '.join(where)}." if where else "Nothing to save: no checkpoint callbacks.")
