@@ -25,8 +25,8 @@ def turns(*pairs: tuple[str, str | None]) -> list[Turn]:
 
 def fit(model: OnlineLM, data: list[Turn], callbacks=(), **trainer_kwargs) -> L.Trainer:
     trainer = L.Trainer(
-        accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=list(callbacks), **trainer_kwargs,
+        **{"accelerator": "cpu", "max_epochs": 1, "logger": False, "enable_checkpointing": False,
+           "enable_progress_bar": False, "enable_model_summary": False, "callbacks": list(callbacks), **trainer_kwargs},
     )  # fmt: skip
     trainer.fit(model, train_dataloaders=DataLoader(data, batch_size=None))
     return trainer
@@ -134,3 +134,18 @@ def test_nonfinite_loss_skips_step_and_leaves_adapter(model, monkeypatch):
     lora1, _ = lora_and_base(model)
     assert model.nonfinite_steps == before + 1
     assert all(torch.equal(lora0[k], lora1[k]) for k in lora0)
+
+
+def test_a_nan_adapter_is_never_saved(model, tmp_path, caplog):
+    from olm.callbacks import AdapterCheckpoint, TurnCheckpoint
+
+    adapter, ckpt = AdapterCheckpoint(dirpath=str(tmp_path / "adapter")), TurnCheckpoint(dirpath=str(tmp_path / "ckpt"))
+    trainer = fit(model, turns(("Hello there.", "Hi!")), callbacks=[adapter, ckpt], enable_checkpointing=True)
+    good = (tmp_path / "adapter" / "adapter_model.safetensors").read_bytes()
+    with torch.no_grad():
+        next(p for n, p in model.model.named_parameters() if "lora_B" in n).fill_(float("nan"))
+    assert adapter.save(trainer, model) is None
+    ckpt.save_now(trainer)
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").read_bytes() == good
+    assert not (tmp_path / "ckpt" / "previous.ckpt").exists()  # last.ckpt was neither rotated nor replaced
+    assert "NaN/inf" in caplog.text

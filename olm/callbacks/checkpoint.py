@@ -34,6 +34,15 @@ log = logging.getLogger(__name__)
 PREVIOUS = "previous.ckpt"
 
 
+def adapter_is_finite(pl_module: L.LightningModule) -> bool:
+    """Whether every trainable (LoRA) parameter is finite; logs an error naming the first that is not."""
+    for name, param in pl_module.model.named_parameters():
+        if "lora_" in name and not torch.isfinite(param).all():
+            log.error("not saving: adapter parameter %s holds NaN/inf; the last good save is kept", name)
+            return False
+    return True
+
+
 class AdapterCheckpoint(Callback):
     """Save the adapter and fact memory periodically and at the end.
 
@@ -61,8 +70,10 @@ class AdapterCheckpoint(Callback):
             self.save(trainer, pl_module)
 
     @rank_zero_only
-    def save(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path:
-        """Write the adapter directory atomically; returns its path."""
+    def save(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path | None:
+        """Write the adapter directory atomically; returns its path (None when the adapter is not finite)."""
+        if not adapter_is_finite(pl_module):
+            return None
         final = self.resolve_dir(trainer)
         tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -115,7 +126,10 @@ class TurnCheckpoint(ModelCheckpoint):
             self.save_now(trainer)
 
     def save_now(self, trainer: L.Trainer) -> None:
-        """Save last.ckpt now (e.g. on /save); the previous one is kept as previous.ckpt."""
+        """Save last.ckpt now (e.g. on /save); the previous one is kept as previous.ckpt. A non-finite
+        adapter is never saved."""
+        if not adapter_is_finite(trainer.lightning_module):
+            return
         # keep the last good checkpoint as previous.ckpt until the new one is complete
         last = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
         if last.is_file() and trainer.is_global_zero:
