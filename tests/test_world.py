@@ -348,3 +348,27 @@ def test_quick_quality_on_a_few_probes(olm_tiny):
 def test_normalize():
     assert normalize("  Zara is  your Sister. ") == normalize("zara is your sister")
     assert asdict(QualityConfig())["limit"] is None
+
+
+def test_build_writes_loadable_artifacts(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from olm.world.build import main
+
+    main([
+        "--out", str(tmp_path), "--vocab_size", "400",
+        "--world.n_pretrain", "8", "--world.n_held_out", "6", "--world.n_unknown", "30", "--world.n_told", "30",
+        "--corpus.blocks", "1", "--corpus.questions_per_fact", "1", "--corpus.statements_per_fact", "1",
+        "--corpus.unknown_questions", "20", "--corpus.told_statements", "20", "--corpus.smalltalk", "10",
+        "--model.hidden_size", "32", "--model.num_layers", "1", "--model.num_heads", "2", "--model.num_kv_heads", "1",
+        "--model.intermediate_size", "64", "--train.seq_len", "64", "--train.batch_size", "4", "--train.warmup_steps", "1",
+        "--quality.limit", "3", "--quality.max_new_tokens", "4",
+    ])  # fmt: skip
+    torch.use_deterministic_algorithms(False)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    assert model.generation_config.eos_token_id == tok.eos_token_id and tok.chat_template
+    card = (tmp_path / "MODEL_CARD.md").read_text()
+    assert "--world.n_pretrain 8" in card and "| known |" in card
+    assert load_world(tmp_path).pretrain_names == make_world(0, WorldConfig(8, 6, 30, 30)).pretrain_names
+    assert set(json.loads((tmp_path / "quality.json").read_text())["rates"]) >= {"known", "unknown"}

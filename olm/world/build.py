@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -84,7 +85,7 @@ def build(config: BuildConfig, command: str = "python -m olm.world.build") -> di
     Returns:
         The build record written to the model card: config, corpus and training figures, quality.
     """
-    start = time.perf_counter()
+    start, load_at_start = time.perf_counter(), os.getloadavg()[0]
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     world = make_world(config.seed, config.world)
@@ -113,6 +114,7 @@ def build(config: BuildConfig, command: str = "python -m olm.world.build") -> di
         "quality": asdict(report),
         "meets_targets": report.meets_targets(),
         "total_seconds": time.perf_counter() - start,
+        "load_average": [load_at_start, os.getloadavg()[0]],
         "platform": f"{platform.machine()}, torch {torch.__version__}, {config.train.threads} threads",
     }
     (out / "quality.json").write_text(json.dumps(asdict(report), indent=2) + "\n")

@@ -46,7 +46,9 @@ def model_card(record: dict) -> str:
         f"- command: `{record['command'].strip()}`",
         f"- seed: {cfg['seed']} (world, corpus sampling, initialisation and data order); {record['platform']}",
         f"- world: {world['people']} pretraining people with {world['facts']} facts; {world['held_out']} held-out names "
-        f"(never in the corpus); {world['unknown']} unknown-pool names (only in \"I don't know\" questions)",
+        f"(never in the corpus); {world['unknown']} unknown-pool names (only in \"I don't know\" questions); "
+        f"{world['told']} told-pool names (only in statements and their acknowledgements, so that acknowledging "
+        "is learned as copying)",
         f"- corpus: {corpus['conversations']} conversations, {corpus['exchanges']} exchanges, {corpus['tokens']} tokens "
         f"({cfg['corpus']['blocks']} balanced blocks; loss on assistant replies only, prompt weight {t['prompt_loss_weight']})",
         f"- tokenizer: byte-level BPE, {cfg['vocab_size']} tokens, Qwen-style chat template (`<|im_start|>`, `<|im_end|>`)",
@@ -55,8 +57,9 @@ def model_card(record: dict) -> str:
         f"- training: {train['steps']} of {train['planned_steps']} steps{early}, batch {t['batch_size']} × {t['seq_len']} "
         f"tokens, AdamW lr {t['lr']} (warm-up {t['warmup_steps']}, cosine to {t['min_lr_ratio']}×), "
         f"{train['tokens']:,} tokens in {train['seconds'] / 60:.1f} min",
-        f"- whole build (corpus, tokenizer, training, save, quality): {record['total_seconds'] / 60:.1f} min; "
-        f"artifacts {record['size_bytes'] / 1e6:.1f} MB",
+        f"- whole build (corpus, tokenizer, training, save, quality): {record['total_seconds'] / 60:.1f} min on a "
+        f"2-core machine shared with other jobs (load average {record['load_average'][0]:.1f} at the start, "
+        f"{record['load_average'][1]:.1f} at the end); artifacts {record['size_bytes'] / 1e6:.1f} MB",
         "",
         "## Base quality",
         "",

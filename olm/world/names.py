@@ -17,6 +17,7 @@ ONSETS = (
     "ch", "sh", "br", "dr", "kr", "tr", "st", "",
 )  # fmt: skip
 VOWELS = ("a", "e", "i", "o", "u", "a", "e", "i", "o", "ai", "ei", "ia", "ou")
+SINGLE_VOWELS = ("a", "e", "i", "o", "u")
 ACCENTED_VOWELS = ("é", "è", "ö", "ü", "á", "í", "å", "ø")
 CODAS = ("", "", "", "n", "l", "r", "s", "m", "k", "x")
 
@@ -33,6 +34,11 @@ class NameSettings:
     """Chance that a syllable's vowel is an accented one (non-ASCII names)."""
     min_length: int = 4
     """Shortest name in characters (very short names would block many longer ones as prefixes)."""
+    vowel_pairs: bool = True
+    """Allow two-letter vowel groups ("ai", "ou", ...) besides single vowels."""
+    distinct_bigrams: bool = False
+    """Reject names in which a two-letter sequence occurs twice ("Peteifeix": "ei"), which are
+    hard for a small model to copy letter-exactly."""
     max_attempts_per_name: int = 200
     """Give up after this many rejected candidates per requested name (the space is exhausted)."""
 
@@ -59,9 +65,17 @@ def spell_name(rng: random.Random, settings: NameSettings) -> str:
     for i in range(n):
         onset = rng.choice(ONSETS)
         accented = rng.random() < settings.accent_probability and (i > 0 or onset != "")  # ASCII first letter
-        parts.append(onset + rng.choice(ACCENTED_VOWELS if accented else VOWELS))
+        vowels = VOWELS if settings.vowel_pairs else SINGLE_VOWELS
+        parts.append(onset + rng.choice(ACCENTED_VOWELS if accented else vowels))
     name = "".join(parts) + rng.choice(CODAS)
     return name[:1].upper() + name[1:]
+
+
+def has_repeated_bigram(name: str) -> bool:
+    """Whether some two-letter sequence occurs twice in `name` (case-insensitive)."""
+    low = name.lower()
+    bigrams = [low[i : i + 2] for i in range(len(low) - 1)]
+    return len(bigrams) != len(set(bigrams))
 
 
 class _PrefixFreeSet:
@@ -115,6 +129,8 @@ def make_names(
             raise RuntimeError(f"could only spell {len(names)} of {count} prefix-free names")
         name = spell_name(rng, settings)
         if len(name) < settings.min_length or name.lower() in banned or not accepted.fits(name):
+            continue
+        if settings.distinct_bigrams and has_repeated_bigram(name):
             continue
         accepted.add(name)
         names.append(name)
