@@ -76,6 +76,15 @@ def test_pools_disjoint_prefix_free_and_sized(world):
     assert all(n[0].isascii() and n[0].isupper() for p in pools for n in p)
 
 
+def test_no_name_is_a_known_name_but_for_its_first_letter(world):
+    """The tokenizer splits capitals off: a held-out "Kara" must not read as a known "Zara"."""
+    known = sorted(n[1:].lower() for n in world.pretrain_names)
+    assert all(not b.startswith(a) for a, b in zip(known, known[1:]))
+    for name in world.held_out + world.unknown + world.told:
+        tail = name[1:].lower()
+        assert not any(tail.startswith(k) or k.startswith(tail) for k in known), name
+
+
 def test_people_have_a_relation_and_attributes(world):
     kinds = {f.kind for f in world.facts}
     assert kinds == set(T.KINDS)

@@ -208,9 +208,11 @@ def make_world(seed: int = 0, config: WorldConfig | None = None) -> World:
     """
     config = config or WorldConfig()
     rng = random.Random(seed)
-    sizes = (config.n_pretrain, config.n_held_out, config.n_unknown, config.n_told)
-    names = make_names(sum(sizes), rng, config.names, reserved_prefix_free=T.CITIES + T.MONTHS, forbidden=world_words())
-    pretrain, held_out, unknown, told = split_pools(names, sizes)
+    words, reserved = world_words(), T.CITIES + T.MONTHS
+    pretrain = make_names(config.n_pretrain, rng, config.names, reserved, words, distinct_tails=True)
+    sizes = (config.n_held_out, config.n_unknown, config.n_told)
+    others = make_names(sum(sizes), rng, config.names, reserved + tuple(pretrain), words, [n[1:] for n in pretrain])
+    held_out, unknown, told = split_pools(others, sizes)
     people = tuple(make_person(rng, name, config) for name in pretrain)
     n_phrasing = round(config.phrasing_share * len(pretrain))
     phrasing_people = frozenset(rng.sample(pretrain, n_phrasing))

@@ -103,23 +103,34 @@ def make_names(
     settings: NameSettings,
     reserved_prefix_free: Iterable[str] = (),
     forbidden: Iterable[str] = (),
+    reserved_tails: Iterable[str] = (),
+    distinct_tails: bool = False,
 ) -> list[str]:
     """`count` distinct names forming a prefix-free set, in generation order.
+
+    A name's *tail* is the name without its first letter ("Zara" → "ara"): the tokenizer of the
+    built-in model splits the capital off, so the tail's tokens are what tell names apart.
 
     Args:
         count: how many names.
         rng: the source of randomness (consumed).
         settings: spelling settings.
-        reserved_prefix_free: words (e.g. cities, months) that no name may be a prefix of or
-            have as a prefix.
+        reserved_prefix_free: words (e.g. cities, months, names of another pool) that no name
+            may be a prefix of or have as a prefix.
         forbidden: words no name may equal (case-insensitive), e.g. every word of the templates.
+        reserved_tails: tails no name's tail may be a prefix of or have as a prefix (e.g. the
+            pretraining names' tails, so that no other name looks like a known one but for
+            its first letter).
+        distinct_tails: also keep the tails of the names made here prefix-free among themselves.
 
     Raises:
         RuntimeError: the syllable space cannot supply `count` names.
     """
-    accepted = _PrefixFreeSet()
+    accepted, tails = _PrefixFreeSet(), _PrefixFreeSet()
     for word in reserved_prefix_free:
         accepted.add(word)
+    for tail in reserved_tails:
+        tails.add(tail)
     banned = {w.lower() for w in forbidden}
     names: list[str] = []
     attempts = 0
@@ -132,6 +143,10 @@ def make_names(
             continue
         if settings.distinct_bigrams and has_repeated_bigram(name):
             continue
+        if not tails.fits(name[1:]):
+            continue
+        if distinct_tails:
+            tails.add(name[1:])
         accepted.add(name)
         names.append(name)
     return names
