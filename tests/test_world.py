@@ -16,7 +16,7 @@ from olm.world.corpus import CorpusConfig, make_corpus, tokenizer_texts
 from olm.world.generator import WorldConfig, make_world
 from olm.world.logs import DEFAULT_LOG, LogConfig, sample_log
 from olm.world.names import NameSettings, make_names
-from olm.world.quality import DEFAULT_MODEL_DIR, QualityConfig, load_world, normalize
+from olm.world.quality import DEFAULT_MODEL_DIR, QualityConfig, load_world
 from olm.world.schedule import anchor_prompts, teaching_schedule, unrelated_turns
 from olm.world.tokenizer import train_bpe_tokenizer
 from olm.world.train import (
@@ -354,8 +354,7 @@ def test_quick_quality_on_a_few_probes(olm_tiny):
     assert report.rates["paraphrase"] >= 0.7, report.failures
 
 
-def test_normalize():
-    assert normalize("  Zara is  your Sister. ") == normalize("zara is your sister")
+def test_quality_config_defaults():
     assert asdict(QualityConfig())["limit"] is None
 
 

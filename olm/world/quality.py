@@ -1,7 +1,7 @@
 """Base quality of the built-in model, measured on generated answers (fresh context, greedy).
 
 Four rates (issue 3, item 5), each the share of probes whose generated reply equals the
-expected reply after normalisation (case, spacing, final punctuation):
+expected reply after `olm.metrics.normalize_answer` (case, punctuation, spacing):
 
 - ``known``: every pretraining fact asked with every teaching-side phrasing;
 - ``unknown``: one question (random kind and phrasing) per held-out name → "I don't know who X is.";
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from olm.generation import GenerationSettings, generate_replies
+from olm.metrics import normalize_answer
 from olm.render import messages_for
 from olm.world import templates as T
 from olm.world.generator import World, WorldConfig, make_world, random_fact
@@ -90,11 +90,6 @@ class QualityReport:
         return out
 
 
-def normalize(text: str) -> str:
-    """Lower-case, single spaces, no final punctuation."""
-    return re.sub(r"\s+", " ", text.strip().lower()).rstrip(".!? ")
-
-
 def probe_sets(world: World, seed: int = 0) -> dict[str, list[Probe]]:
     """The probes of each rate (see the module docstring)."""
     rng = random.Random(seed)
@@ -140,7 +135,7 @@ def measure_quality(model, tokenizer, world: World, config: QualityConfig | None
         if config.limit is not None:
             probes = random.Random(config.seed).sample(probes, min(config.limit, len(probes)))
         replies = answer_all(model, tokenizer, [u for u, _ in probes], config)
-        ok = [normalize(r) == normalize(e) for (_, e), r in zip(probes, replies)]
+        ok = [normalize_answer(r) == normalize_answer(e) for (_, e), r in zip(probes, replies)]
         rates[name] = sum(ok) / max(1, len(ok))
         counts[name] = len(ok)
         failures[name] = [(u, e, r) for (u, e), r, good in zip(probes, replies, ok) if not good][: config.max_failures]
