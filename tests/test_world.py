@@ -68,7 +68,7 @@ def test_same_seed_same_world_and_corpus(world, corpus):
 
 def test_pools_disjoint_prefix_free_and_sized(world):
     pools = [set(world.pretrain_names), set(world.held_out), set(world.unknown), set(world.told)]
-    assert [len(p) for p in pools] == [200, 500, 5000, 3000]
+    assert [len(p) for p in pools] == [200, 500, 20000, 20000]
     assert len(set().union(*pools)) == sum(len(p) for p in pools)
     names = sorted(n.lower() for p in pools for n in p)
     assert all(not b.startswith(a) for a, b in zip(names, names[1:]))  # sorted: a prefix sorts right before
@@ -147,9 +147,25 @@ def test_held_out_phrasings_only_for_phrasing_people(world, corpus):
             assert not questions & asked, subject
 
 
+def test_statement_people_are_stated_never_asked(world, corpus):
+    assert len(world.statement_people) == 100 and set(world.statement_people) <= set(world.pretrain_names)
+    assert len(world.qa_facts) + len(world.statement_facts) == len(world.facts)
+    stated, asked = set(), set()
+    for conv in corpus:
+        for user in conv[::2]:
+            text = user["content"]
+            names = set(re.findall(r"[^\W\d_]+", text)) & world.statement_people
+            (asked if text.endswith("?") else stated).update(names)
+    assert stated == world.statement_people and not asked
+    per_fact = SMALL_CORPUS.questions_per_fact + SMALL_CORPUS.statements_per_fact
+    fact = world.statement_facts[0]
+    count = sum(m["content"] in fact.statements for conv in corpus for m in conv[::2])
+    assert count == per_fact
+
+
 def test_config_errors_name_the_fields():
-    with pytest.raises(ValueError, match=r"n_pretrain.*-1.*phrasing_share"):
-        WorldConfig(n_pretrain=-1, phrasing_share=2.0)
+    with pytest.raises(ValueError, match=r"n_pretrain.*-1.*phrasing_share.*statement_share"):
+        WorldConfig(n_pretrain=-1, phrasing_share=2.0, statement_share=1.0)
     with pytest.raises(ValueError, match="blocks"):
         CorpusConfig(blocks=0)
     with pytest.raises(ValueError, match=r"lr must be > 0, got -1"):

@@ -2,7 +2,8 @@
 
 The corpus is `blocks` balanced blocks, each shuffled on its own. A block holds, for every
 pretraining fact, `questions_per_fact` questions with the second-person answer and
-`statements_per_fact` statements with the acknowledgement; `unknown_questions` questions about
+`statements_per_fact` statements with the acknowledgement (for the facts of
+`world.statement_people`, that many statements and no question); `unknown_questions` questions about
 names of the unknown pool, answered "I don't know who X is."; `told_statements` statements of
 random facts about names of the told pool, acknowledged; and `smalltalk` distractor exchanges. Exchanges are grouped into conversations of 1..`max_exchanges` exchanges.
 
@@ -30,15 +31,15 @@ class CorpusConfig:
 
     blocks: int = 10
     """Balanced blocks (each a full pass over the facts)."""
-    questions_per_fact: int = 12
+    questions_per_fact: int = 8
     """Question/answer exchanges per pretraining fact and block."""
-    statements_per_fact: int = 3
+    statements_per_fact: int = 2
     """Statement/acknowledgement exchanges per pretraining fact and block."""
-    unknown_questions: int = 5000
+    unknown_questions: int = 8000
     """Questions about unknown-pool names per block."""
-    told_statements: int = 2500
+    told_statements: int = 8000
     """Statements about told-pool names per block."""
-    smalltalk: int = 2500
+    smalltalk: int = 2000
     """Distractor exchanges per block."""
     max_exchanges: int = 3
     """Most exchanges per conversation."""
@@ -76,6 +77,9 @@ def block_exchanges(world: World, config: CorpusConfig, rng: random.Random) -> l
     """One balanced, shuffled block of exchanges."""
     out: list[Exchange] = []
     for fact in world.facts:
+        if fact.subject in world.statement_people:
+            out += [statement_exchange(rng, fact) for _ in range(config.questions_per_fact + config.statements_per_fact)]
+            continue
         paraphrase = fact.subject in world.phrasing_people
         out += [question_exchange(rng, fact, paraphrase) for _ in range(config.questions_per_fact)]
         out += [statement_exchange(rng, fact) for _ in range(config.statements_per_fact)]

@@ -4,7 +4,8 @@
 
 - **pretraining people** with a relation to the speaker ("Zara is your sister") and one or two
   attributes (city, job, owned thing, likes, favourite colour, birthday month): the facts the
-  base model learns in pretraining;
+  base model learns in pretraining; for a share of them (`statement_people`) the corpus only
+  *states* the facts, never asks them, so that answering from facts one was told is learned;
 - a **held-out pool** of names that never occur in the corpus: what online learning teaches;
 - an **unknown pool** of names that occur only in questions answered "I don't know who X is.",
   so that the honest answer generalizes to any name the model has not heard of;
@@ -85,9 +86,9 @@ class WorldConfig:
     """People the base model learns about in pretraining."""
     n_held_out: int = 500
     """Names kept out of the corpus entirely (taught by online learning)."""
-    n_unknown: int = 5000
+    n_unknown: int = 20000
     """Names that only appear in questions answered "I don't know"."""
-    n_told: int = 3000
+    n_told: int = 20000
     """Names that only appear in statements and their acknowledgements."""
     min_attributes: int = 1
     """Fewest attributes per pretraining person (besides the relation)."""
@@ -97,6 +98,10 @@ class WorldConfig:
     """Share of pretraining people whose corpus questions also use the held-out phrasings; the
     others are asked only with teaching-side phrasings, so the held-out phrasings can be probed
     on people the model never saw asked that way."""
+    statement_share: float = 0.5
+    """Share of pretraining people whose facts occur in the corpus only as statements, never
+    asked: the model must answer questions about them from what it was told, which is what
+    online learning relies on (a fact stated in chat, recalled when asked)."""
     names: NameSettings = field(default_factory=NameSettings)
     """How names are spelled."""
 
@@ -112,6 +117,8 @@ class WorldConfig:
             )
         if not 0 <= self.phrasing_share <= 1:
             problems.append(f"phrasing_share must be in [0, 1], got {self.phrasing_share!r}")
+        if not 0 <= self.statement_share < 1:
+            problems.append(f"statement_share must be in [0, 1), got {self.statement_share!r}")
         if problems:
             raise ValueError("invalid world config: " + "; ".join(problems))
 
@@ -127,6 +134,8 @@ class World:
     told: tuple[str, ...]
     phrasing_people: frozenset[str]
     """Pretraining people whose corpus questions include the held-out phrasings."""
+    statement_people: frozenset[str] = frozenset()
+    """Pretraining people whose facts occur only as statements (never asked in the corpus)."""
 
     @cached_property
     def facts(self) -> tuple[Fact, ...]:
@@ -142,6 +151,16 @@ class World:
     def log_names(self) -> tuple[str, ...]:
         """Second half of the held-out pool: the names of the sample logs (disjoint from the benchmarks')."""
         return self.held_out[len(self.held_out) // 2 :]
+
+    @cached_property
+    def qa_facts(self) -> tuple[Fact, ...]:
+        """Pretraining facts asked and answered in the corpus (people not in `statement_people`)."""
+        return tuple(f for f in self.facts if f.subject not in self.statement_people)
+
+    @cached_property
+    def statement_facts(self) -> tuple[Fact, ...]:
+        """Pretraining facts that occur only as statements in the corpus."""
+        return tuple(f for f in self.facts if f.subject in self.statement_people)
 
     @cached_property
     def pretrain_names(self) -> tuple[str, ...]:
@@ -216,4 +235,5 @@ def make_world(seed: int = 0, config: WorldConfig | None = None) -> World:
     people = tuple(make_person(rng, name, config) for name in pretrain)
     n_phrasing = round(config.phrasing_share * len(pretrain))
     phrasing_people = frozenset(rng.sample(pretrain, n_phrasing))
-    return World(seed, people, tuple(held_out), tuple(unknown), tuple(told), phrasing_people)
+    statement_people = frozenset(rng.sample(pretrain, round(config.statement_share * len(pretrain))))
+    return World(seed, people, tuple(held_out), tuple(unknown), tuple(told), phrasing_people, statement_people)

@@ -97,7 +97,7 @@ def place_events(world: World, config: LogConfig, rng: random.Random) -> list[Ev
         for p in later:
             slots[p] = (rng.choice(fact.teaching_questions), None)
             free.remove(p)
-    extra = [(rng.choice(f.teaching_questions), None) for f in rng.sample(world.facts, config.known_questions)]
+    extra = [(rng.choice(f.teaching_questions), None) for f in rng.sample(world.qa_facts, config.known_questions)]
     extra += [(random_fact(rng, name).probe, None) for name in strangers]
     for event in extra:
         slots[free.pop()] = event

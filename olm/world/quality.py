@@ -3,12 +3,16 @@
 Four rates (issue 3, item 5), each the share of probes whose generated reply equals the
 expected reply after `olm.metrics.normalize_answer` (case, punctuation, spacing):
 
-- ``known``: every pretraining fact asked with every teaching-side phrasing;
+- ``known``: every pretraining fact asked in the corpus, with every teaching-side phrasing;
 - ``unknown``: one question (random kind and phrasing) per held-out name → "I don't know who X is.";
 - ``acknowledgement``: one fact statement (random kind, phrasing and object) per held-out name →
   "Got it. <answer>." (what online learning starts from);
 - ``paraphrase``: the held-out phrasings about pretraining people who were never asked that way
   in the corpus (``paraphrase_seen`` reports the other people, who were).
+
+Also reported, without a target: ``from_statements``, the teaching-side questions about the
+people whose facts the corpus only states (`World.statement_people`): how well the base answers
+from facts it was told, the ability online learning builds on.
 
 Run: ``python -m olm.world.quality [--model DIR] [--limit N]``; the world seed is read from the
 model directory's ``world.json``.
@@ -93,7 +97,8 @@ class QualityReport:
 def probe_sets(world: World, seed: int = 0) -> dict[str, list[Probe]]:
     """The probes of each rate (see the module docstring)."""
     rng = random.Random(seed)
-    known = [(q, f.answer) for f in world.facts for q in f.teaching_questions]
+    known = [(q, f.answer) for f in world.qa_facts for q in f.teaching_questions]
+    told = [(q, f.answer) for f in world.statement_facts for q in f.teaching_questions]
     unknown = []
     for name in world.held_out:
         kind = rng.choice(T.KINDS)
@@ -102,9 +107,10 @@ def probe_sets(world: World, seed: int = 0) -> dict[str, list[Probe]]:
     for name in world.held_out:
         fact = random_fact(rng, name)
         acks.append((rng.choice(fact.statements), fact.acknowledgement))
-    unseen = [(q, f.answer) for f in world.facts if f.subject not in world.phrasing_people for q in f.held_out_questions]
-    seen = [(q, f.answer) for f in world.facts if f.subject in world.phrasing_people for q in f.held_out_questions]
-    return {"known": known, "unknown": unknown, "acknowledgement": acks, "paraphrase": unseen, "paraphrase_seen": seen}
+    unseen = [(q, f.answer) for f in world.qa_facts if f.subject not in world.phrasing_people for q in f.held_out_questions]
+    seen = [(q, f.answer) for f in world.qa_facts if f.subject in world.phrasing_people for q in f.held_out_questions]
+    return {"known": known, "unknown": unknown, "acknowledgement": acks, "paraphrase": unseen,
+            "paraphrase_seen": seen, "from_statements": told}  # fmt: skip
 
 
 def answer_all(model, tokenizer, prompts: list[str], config: QualityConfig) -> list[str]:

@@ -164,7 +164,7 @@ def anchor_prompts(world: World, n: int = 16, seed: int = 0) -> list[str]:
         raise ValueError(f"n must be >= 1, got {n!r}")
     rng = random.Random(seed)
     n_people = n // 2
-    probes = [f.probe for f in rng.sample(world.facts, min(n_people, len(world.facts)))]
+    probes = [f.probe for f in rng.sample(world.qa_facts, min(n_people, len(world.qa_facts)))]
     smalltalk: list[str] = []
     for _ in range(MAX_DRAWS_PER_ANCHOR * n):  # distinct prompts; the small-talk space is finite
         if len(smalltalk) == n - len(probes):

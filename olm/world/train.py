@@ -83,9 +83,10 @@ class TrainConfig:
     """AdamW second-moment decay (beta1 is 0.9)."""
     grad_clip: float = 1.0
     """Max global gradient norm."""
-    prompt_loss_weight: float = 0.0
-    """Loss weight of non-reply tokens (user messages, role headers)."""
-    threads: int = 1
+    prompt_loss_weight: float = 0.3
+    """Loss weight of non-reply tokens (user messages, role headers). Above 0 the model also
+    learns the user's statements, the only place the facts of `World.statement_people` occur."""
+    threads: int = 2
     """torch CPU threads, fixed for reproducibility (results differ bitwise between thread counts).
     One thread is reproducible on any machine and the fastest when the cores are shared; two are
     ~1.6x faster on an idle 2-core machine."""
