@@ -7,7 +7,8 @@ the seed for a fixed thread count (``--train.threads``); ``--minutes`` caps the 
 
 Writes to ``--out`` (default ``olm/assets/olm-tiny``): ``config.json``,
 ``generation_config.json``, ``model.safetensors``, the tokenizer files, ``world.json`` (the
-world's seed and sizes, read by `olm.world.quality`), ``build.json`` (the full build config),
+world's seed and sizes, read by `olm.world.quality`), ``build.json`` (the build record: full
+config, corpus and training figures, quality; ``python -m olm.world.card DIR`` re-renders the card from it),
 ``quality.json`` and ``MODEL_CARD.md``. Quality is measured on the model *reloaded from disk*.
 """
 
@@ -100,7 +101,6 @@ def build(config: BuildConfig, command: str = "python -m olm.world.build") -> di
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / WORLD_FILE).write_text(json.dumps(world_spec(config.seed, config.world), indent=2) + "\n")
-    (out / "build.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
     reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     report = measure_quality(reloaded, AutoTokenizer.from_pretrained(out), world, config.quality)
     record = {
@@ -118,6 +118,7 @@ def build(config: BuildConfig, command: str = "python -m olm.world.build") -> di
         "platform": f"{platform.machine()}, torch {torch.__version__}, {config.train.threads} threads",
     }
     (out / "quality.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+    (out / "build.json").write_text(json.dumps(record, indent=2) + "\n")
     (out / "MODEL_CARD.md").write_text(model_card(record))
     log.info("quality:\n%s", "\n".join(report.lines()))
     return record

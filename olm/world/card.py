@@ -1,15 +1,24 @@
-"""The model card of the built-in model, rendered from the build record of `olm.world.build`."""
+"""The model card of the built-in model, rendered from the build record of `olm.world.build`.
+
+``python -m olm.world.card [DIR]`` re-renders ``DIR/MODEL_CARD.md`` from ``DIR/build.json``
+(default DIR: olm-tiny's), e.g. after the card's wording changes.
+"""
 
 from __future__ import annotations
 
-from olm.world.quality import TARGETS
+import json
+import sys
+from pathlib import Path
+
+from olm.world.quality import DEFAULT_MODEL_DIR, TARGETS
 
 RATE_MEANINGS = {
-    "known": "pretraining facts, every teaching-side question phrasing",
+    "known": "pretraining facts asked in the corpus, every teaching-side question phrasing",
     "unknown": '"I don\'t know who X is." for held-out names (never in the corpus)',
     "acknowledgement": 'statements about held-out names acknowledged as "Got it. <answer>"',
     "paraphrase": "held-out question phrasings about pretraining people never asked that way in the corpus",
     "paraphrase_seen": "held-out question phrasings about pretraining people who were asked that way in the corpus",
+    "from_statements": "teaching-side questions about pretraining people whose facts the corpus only states (never asks)",
 }
 
 
@@ -50,7 +59,9 @@ def model_card(record: dict) -> str:
         f"{world['told']} told-pool names (only in statements and their acknowledgements, so that acknowledging "
         "is learned as copying)",
         f"- corpus: {corpus['conversations']} conversations, {corpus['exchanges']} exchanges, {corpus['tokens']} tokens "
-        f"({cfg['corpus']['blocks']} balanced blocks; loss on assistant replies only, prompt weight {t['prompt_loss_weight']})",
+        f"({cfg['corpus']['blocks']} balanced blocks; loss weight 1 on assistant replies, {t['prompt_loss_weight']} on user "
+        f"messages); the facts of {round(cfg['world']['statement_share'] * world['people'])} of the pretraining people "
+        "occur only as statements, never asked, so that answering from what one was told is learned (`from_statements`)",
         f"- tokenizer: byte-level BPE, {cfg['vocab_size']} tokens, Qwen-style chat template (`<|im_start|>`, `<|im_end|>`)",
         f"- model: {record['parameters']:,} parameters; hidden {m['hidden_size']}, {m['num_layers']} layers, "
         f"{m['num_heads']} heads ({m['num_kv_heads']} KV), MLP {m['intermediate_size']}, tied embeddings, float32",
@@ -64,15 +75,15 @@ def model_card(record: dict) -> str:
         "## Base quality",
         "",
         "Generated replies (greedy, fresh context, reloaded from disk), exact match after normalising",
-        "case, spacing and final punctuation. `python -m olm.world.quality` reproduces these figures.",
+        "case, punctuation and spacing. `python -m olm.world.quality` reproduces these figures.",
         "",
         *_quality_table(record["quality"]),
         "",
         "Question phrasings: each fact kind has teaching-side phrasings (used by the teaching stream",
         "and the sample logs; the first is the recall probe) and held-out phrasings (generalization",
-        "probes). The held-out phrasings do occur in the corpus, but only for half of the pretraining",
-        "people (and in unknown-pool questions), so that the model learns what they mean; the",
-        "`paraphrase` rate is measured on the other half, who were never asked that way.",
+        "probes). The held-out phrasings do occur in the corpus, but only for about half of the",
+        "people asked about (and in unknown-pool questions), so that the model learns what they mean;",
+        "the `paraphrase` rate is measured on the others, who were never asked that way.",
         "",
         "Some failures:",
         "",
@@ -80,3 +91,15 @@ def model_card(record: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Re-render the model card of a built model directory from its build record."""
+    argv = sys.argv[1:] if argv is None else argv
+    out = Path(argv[0]) if argv else DEFAULT_MODEL_DIR
+    (out / "MODEL_CARD.md").write_text(model_card(json.loads((out / "build.json").read_text())))
+    print(f"wrote {out / 'MODEL_CARD.md'}")
+
+
+if __name__ == "__main__":
+    main()
