@@ -53,7 +53,7 @@ ORIGINAL = [  # the original design's values on the same model
     "--model.optim.steps_per_replay=1", "--model.optim.grad_clip=0.1",
     '--model.policy.lr_multipliers={"chat": 1, "question": 2, "fact": 5, "replay": 0.5}',
     '--model.policy.kl_lambdas={"chat": 0.1, "question": 0.1, "fact": 0.01, "replay": 0.01}',
-    "--model.lora.r=4", "--model.lora.alpha=16", "--model.lora.target_modules=[q_proj, v_proj]",
+    "--model.lora.r=4", "--model.lora.alpha=16", "--model.lora.target_modules=[q_proj, v_proj]", "--model.policy.max_kl=0.1",
 ]  # fmt: skip
 NO_KL = ['--model.policy.kl_lambdas={"chat": 0, "question": 0, "fact": 0, "replay": 0}', "--model.policy.min_kl=0"]
 ROWS: dict[str, tuple[list[str], bool]] = {  # name → (CLI overrides, keep replay)
