@@ -172,7 +172,7 @@ class OnlineLM(L.LightningModule):
         self.nonfinite_steps = 0
         self.replay_queue: list[tuple[str, str]] = []
         self.last: TurnRecord | None = None
-        self.last_scalars: dict[str, float] = {}  # what the last turn logged (chat /stats)
+        self.latest_scalars: dict[str, float] = {}  # latest value of every scalar logged (chat /stats)
         self._timings: dict[str, float] = defaultdict(float)
 
     # ----------------------------------------------------------------- Lightning hooks
@@ -379,5 +379,4 @@ class OnlineLM(L.LightningModule):
             scalars.update({f"replay/{k}": sum(r[k] for r in replayed) / len(replayed) for k in ("loss", "lr")})
         # straight to the loggers at step = turn index: LightningModule.log costs ~250 µs per scalar
         # (7 ms a turn, 20% of an olm-tiny turn: `python -m olm.bench speed`) and re-logs sparse keys
-        self.last_scalars = scalars
         log_scalars(self.trainer, scalars, turn_step(self))

@@ -31,7 +31,11 @@ def log_scalars(trainer: L.Trainer, scalars: dict[str, float], step: int) -> Non
     """Write `scalars` to every logger of `trainer` at `step`.
 
     For values logged only on some turns: `LightningModule.log` would re-log their cached value,
-    stale, on every later step.
+    stale, on every later step. The values are also kept in the module's ``latest_scalars`` (when
+    it has one: `OnlineLM` does), the latest value of every key, which chat's /stats shows.
     """
     for logger in trainer.loggers:
         logger.log_metrics(scalars, step=step)
+    latest = getattr(trainer.lightning_module, "latest_scalars", None)
+    if isinstance(latest, dict):
+        latest.update(scalars)

@@ -19,6 +19,7 @@ from types import SimpleNamespace
 
 import pexpect
 import pytest
+import yaml
 import torch
 
 from olm.callbacks.chat import ChatCallback, facts_table, is_command, stats_table, status_line
@@ -42,7 +43,7 @@ def console(stdin, memory: FactMemory | None = None, metrics: dict | None = None
     """A ChatCallback wired to a stand-in trainer and module, reading `stdin`."""
     callback = ChatCallback()
     callback._trainer = SimpleNamespace(callback_metrics={}, callbacks=[])
-    callback._module = SimpleNamespace(memory=memory or FactMemory(), last_scalars=metrics or {})
+    callback._module = SimpleNamespace(memory=memory or FactMemory(), latest_scalars=metrics or {})
     sys.stdin = stdin
     return callback
 
@@ -225,7 +226,8 @@ def test_chat_through_a_pty_teach_quit_restart_and_ctrl_c(tmp_path, tiny_model_d
     assert finish(child) == 0
     state = saved_state(tmp_path)
     assert state["olm"]["turns_trained"] == 3 and state["ChatStreamDataModule"]["next_offset"] == 3
-    assert state["global_step"] == 3  # one optimizer step per turn, across both runs
+    optim = yaml.safe_load(config.read_text())["model"]["optim"]  # one fact, one question, one chat turn
+    assert state["global_step"] == optim["steps_per_fact"] + 2 * optim["steps_per_turn"]  # across both runs
     assert json.loads((adapter / "memory.json").read_text())["facts"][0]["subject"] == "Zara"
 
     # run 3: Ctrl+C at the prompt ends at once, exit 0, state kept

@@ -121,6 +121,13 @@ def test_logged_values_are_consistent(run):
     assert [e.value for e in ea.Scalars("stability/guard_rollbacks")] == [0.0] * 4
 
 
+def test_module_keeps_the_latest_value_of_every_logged_scalar(run):
+    model, _, ea = run
+    latest = model.latest_scalars  # what chat's /stats shows
+    for tag in ("turn/loss", "stability/kl", "facts/recall", "plasticity/slope", "stability/guard_kl"):
+        assert latest[tag] == pytest.approx(ea.Scalars(tag)[-1].value, rel=1e-6), tag
+
+
 def test_transcript_and_hparams_text(run):
     _, _, ea = run
     entries = texts(ea, "transcript/text_summary")

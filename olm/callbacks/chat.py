@@ -216,7 +216,7 @@ class ChatCallback(Callback):
         if name == "/facts":
             self.say(facts_table(self._module.memory, self.max_rows, self.max_cell_chars))
         elif name == "/stats":
-            metrics = {**self._trainer.callback_metrics, **self._module.last_scalars}
+            metrics = {**self._trainer.callback_metrics, **self._module.latest_scalars}
             self.say(stats_table(metrics, self.max_cell_chars))
         elif name == "/save":
             where = self.save_now(self._trainer, self._module)
