@@ -19,8 +19,8 @@ from types import SimpleNamespace
 
 import pexpect
 import pytest
-import yaml
 import torch
+import yaml
 
 from olm.callbacks.chat import ChatCallback, facts_table, is_command, stats_table, status_line
 from olm.data import ChatStreamDataModule, ChatTurnStream

@@ -16,23 +16,20 @@ from torchmetrics.text import Perplexity
 from olm.backbone import LoRASettings, attach_lora, load_base
 from olm.metrics import (
     AnchorPerplexity,
-    AnchorProbe,
     FactRecall,
     LossImprovement,
     LossSlope,
     RecallByRepetitions,
     Regression,
     ValueStd,
-    build_anchor_batch,
-    is_recalled,
-    load_anchors,
     load_metric_state_dict,
     metric_state_dict,
-    normalize_answer,
 )
+from olm.probes import AnchorProbe, build_anchor_batch, is_recalled, load_anchors, normalize_answer
 from olm.render import render_prompt
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``compute`` method of metric")  # after reset()
+
 
 # ----------------------------------------------------------------------------- stability
 def test_anchor_perplexity_matches_hand_computation_over_two_updates():
@@ -74,7 +71,9 @@ def test_kl_divergence_of_log_probs_is_kl_base_to_adapter():
     kl.update(base[2:], adapter[2:])
     hand = (base.exp() * (base - adapter)).sum(-1).mean()
     assert kl.compute().item() == pytest.approx(hand.item(), rel=1e-5)
-    assert kl.compute().item() == pytest.approx(F.kl_div(adapter, base, log_target=True, reduction="batchmean").item(), rel=1e-5)
+    assert kl.compute().item() == pytest.approx(
+        F.kl_div(adapter, base, log_target=True, reduction="batchmean").item(), rel=1e-5
+    )
 
 
 def test_value_std_is_population_std_and_resets():

@@ -39,8 +39,8 @@ import torch.nn.functional as F
 
 from olm.backbone import resolve_model_path
 from olm.callbacks import FactReplay
-from olm.metrics import AnchorProbe, is_recalled, recall_answers
 from olm.module import OnlineLM
+from olm.probes import AnchorProbe, is_recalled, recall_answers
 from olm.turns import trained_turn
 from olm.world.generator import make_world
 from olm.world.quality import WORLD_FILE, load_world
@@ -262,7 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     for row in args.rows:
         runs = [run_once(args, row, seed, args.out) for seed in args.seeds]
         results[row] = aggregate(runs)
-        print(f"[{time.perf_counter() - started:.0f}s] {row}: recall@k {[round(r['mean'], 2) for r in [s for s in results[row]['recall_at_k']]]}", flush=True)
+        print(
+            f"[{time.perf_counter() - started:.0f}s] {row}: recall@k {[round(r['mean'], 2) for r in [s for s in results[row]['recall_at_k']]]}",
+            flush=True,
+        )
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     table = markdown(results, args.reps)
     command = "python -m olm.bench facts " + " ".join(argv if argv is not None else sys.argv[1:])

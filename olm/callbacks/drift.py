@@ -1,7 +1,7 @@
 """DriftGuard: roll the adapter back when it drifts too far from the base on the anchor prompts.
 
 Every `every_n_turns` trained turns the guard measures KL(base ‖ adapter) and the perplexity
-ratio (adapter / base) on the anchor prompts (`olm.metrics.AnchorProbe`, one batched forward;
+ratio (adapter / base) on the anchor prompts (`olm.probes.AnchorProbe`, one batched forward;
 the base pass is cached). Within bounds, it snapshots the LoRA tensors (and, by default, the
 optimizer state); past a bound, it copies the last snapshot back into the adapter, so the
 weights are bit-for-bit those of the last in-bounds check, and logs the event:
@@ -34,7 +34,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from olm.callbacks.monitors import AnchorMetrics, shared_probe, weights_version
-from olm.metrics import AnchorProbe, load_anchors
+from olm.probes import AnchorProbe, load_anchors
 from olm.turns import log_scalars, trained_turn, turn_step
 
 log = logging.getLogger(__name__)

@@ -48,19 +48,16 @@ from torchmetrics.regression import KLDivergence
 from olm.generation import GenerationSettings
 from olm.metrics import (
     AnchorPerplexity,
-    AnchorProbe,
     FactRecall,
     LossImprovement,
     LossSlope,
     RecallByRepetitions,
     Regression,
     ValueStd,
-    is_recalled,
-    load_anchors,
     load_metric_state_dict,
     metric_state_dict,
-    recall_answers,
 )
+from olm.probes import AnchorProbe, is_recalled, load_anchors, recall_answers
 from olm.turns import log_scalars, trained_turn, turn_step
 
 _TAG_UNSAFE = re.compile(r"[^\w\-]+")

@@ -1,7 +1,7 @@
 """Base quality of the built-in model, measured on generated answers (fresh context, greedy).
 
 Four rates (issue 3, item 5), each the share of probes whose generated reply equals the
-expected reply after `olm.metrics.normalize_answer` (case, punctuation, spacing):
+expected reply after `olm.probes.normalize_answer` (case, punctuation, spacing):
 
 - ``known``: every pretraining fact asked in the corpus, with every teaching-side phrasing;
 - ``unknown``: one question (random kind and phrasing) per held-out name → "I don't know who X is.";
@@ -30,7 +30,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from olm.generation import GenerationSettings, generate_replies
-from olm.metrics import normalize_answer
+from olm.probes import normalize_answer
 from olm.render import messages_for
 from olm.world import templates as T
 from olm.world.generator import World, WorldConfig, make_world, random_fact
@@ -107,7 +107,9 @@ def probe_sets(world: World, seed: int = 0) -> dict[str, list[Probe]]:
     for name in world.held_out:
         fact = random_fact(rng, name)
         acks.append((rng.choice(fact.statements), fact.acknowledgement))
-    unseen = [(q, f.answer) for f in world.qa_facts if f.subject not in world.phrasing_people for q in f.held_out_questions]
+    unseen = [
+        (q, f.answer) for f in world.qa_facts if f.subject not in world.phrasing_people for q in f.held_out_questions
+    ]
     seen = [(q, f.answer) for f in world.qa_facts if f.subject in world.phrasing_people for q in f.held_out_questions]
     return {"known": known, "unknown": unknown, "acknowledgement": acks, "paraphrase": unseen,
             "paraphrase_seen": seen, "from_statements": told}  # fmt: skip
