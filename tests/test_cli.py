@@ -43,8 +43,10 @@ def local_config(config: Path, tmp: Path, edits: dict[str, str] | None = None) -
 def run_fit(config: Path, tmp: Path, model_dir: str, monkeypatch, turns: int = 6, *extra: str, edits=None) -> dict:
     """Run `cli.py fit` in-process on a tiny model and a small log (or stdin lines); returns the config."""
     conf = yaml.safe_load(config.read_text())
+    # one optimizer step per turn whatever the config tunes, so max_steps counts turns
     args = ["fit", "--config", str(local_config(config, tmp, edits)), "--model.base_model", model_dir,
-            "--trainer.enable_progress_bar", "false", "--trainer.max_steps", "3", *extra]  # fmt: skip
+            "--trainer.enable_progress_bar", "false", "--trainer.max_steps", "3", "--model.optim.steps_per_fact", "1",
+            *extra]  # fmt: skip
     if conf.get("data", {}).get("source") == "-":
         monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(USERS[:turns]) + "\n"))
     else:
