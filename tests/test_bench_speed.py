@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from olm.backbone import LoRASettings, attach_lora, load_base
-from olm.bench import speed
+from olm.bench import memory, minimal, speed
 from olm.bench.__main__ import main as bench_main
 from olm.facts import DetectorConfig, FactDetector
 from olm.generation import GenerationSettings, generate_reply
@@ -102,7 +102,7 @@ def test_minimal_loop_computes_online_loss_on_rendered_tokens(peft_model):
         if "lora_B" in name:
             p.data.normal_(0, 0.5)  # adapter != base, so the KL term is not 0
     model.eval()  # no LoRA dropout: both computations see the same network
-    loop = speed.MinimalLoop(model, tok, OptimSettings(), kl_lambda=0.3, task_lambda=0.7, max_tokens=512)
+    loop = minimal.MinimalLoop(model, tok, OptimSettings(), kl_lambda=0.3, task_lambda=0.7, max_tokens=512)
     user, reply = "Tell me something nice about tea.", "I think tea makes a calm choice."
     ids = loop.render(user, reply)
     assert torch.equal(ids[0], render_exchange(tok, user, reply).input_ids)
@@ -115,14 +115,14 @@ def test_minimal_loop_computes_online_loss_on_rendered_tokens(peft_model):
 
 def test_minimal_step_updates_only_lora_and_reports_phases(peft_model):
     model, tok = peft_model
-    loop = speed.MinimalLoop(model, tok, OptimSettings(lr=1e-2), kl_lambda=0.1, task_lambda=1.0, max_tokens=512)
+    loop = minimal.MinimalLoop(model, tok, OptimSettings(lr=1e-2), kl_lambda=0.1, task_lambda=1.0, max_tokens=512)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     rec = loop.step("Hello there, how are you today?", "Sure. I find jazz lovely.")
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all("lora_" in n for n in changed)
     assert set(speed.MINIMAL_FIELDS) - {"generate"} <= set(rec) and rec["turn"] >= rec["base_forward"] > 0
     assert loop.activation_bytes("Hello there, how are you today?", "Sure.") > 0
-    generating = speed.MinimalLoop(model, tok, OptimSettings(), 0.1, 1.0, 512, generate_tokens=2)
+    generating = minimal.MinimalLoop(model, tok, OptimSettings(), 0.1, 1.0, 512, generate_tokens=2)
     assert generating.step("Hi", "unused")["generate"] > 0
 
 
@@ -148,9 +148,9 @@ def test_forced_length_reaches_onlinelm_generation(peft_model):
 
 def test_base_copies_counts_a_second_model(peft_model):
     model, _ = peft_model
-    before = speed.base_copies(model)  # >= 1: models of the same shape left by earlier tests may still be alive
+    before = memory.base_copies(model)  # >= 1: models of the same shape left by earlier tests may still be alive
     second = copy.deepcopy(model.get_base_model())  # noqa: F841  (kept alive for the count)
-    assert before >= 1.0 and speed.base_copies(model) == pytest.approx(before + 1.0)
+    assert before >= 1.0 and memory.base_copies(model) == pytest.approx(before + 1.0)
 
 
 def test_stream_turns_are_chat_or_questions_of_varying_length():

@@ -58,20 +58,17 @@ config, the stream and ``raw.json`` (every turn's timings and RSS).
 
 from __future__ import annotations
 
-import gc
 import importlib.util
 import json
 import multiprocessing
 import os
 import platform
 import random
-import resource
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-import warnings
 from array import array
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
@@ -80,13 +77,14 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 import yaml
 from jsonargparse import ArgumentParser
 from lightning.pytorch.callbacks import Callback
 from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
 from olm.backbone import BUILTIN_MODELS
+from olm.bench.memory import base_copies, base_weights, current_rss, peak_rss, read_lines, reset_peak_rss
+from olm.bench.minimal import MinimalLoop, adapter_toggle_ms
 from olm.facts import DetectorConfig, FactDetector
 from olm.turns import trained_turn
 from olm.world.tokenizer import train_bpe_tokenizer
@@ -427,189 +425,6 @@ def load_cli():
     return module
 
 
-# ----------------------------------------------------------------------------- memory
-def current_rss() -> int:
-    """Resident set size of this process now, in bytes (Linux /proc; else the peak)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return peak_rss()
-
-
-def peak_rss() -> int:
-    """Peak resident set size of this process, in bytes: since the last `reset_peak_rss` (Linux
-    VmHWM), else over the process's life."""
-    hwm = next((line.split()[1] for line in _read_lines("/proc/self/status") if line.startswith("VmHWM:")), None)
-    if hwm is not None:
-        return int(hwm) * 1024
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB
-
-
-def reset_peak_rss() -> bool:
-    """Restart `peak_rss` from the current RSS (Linux >= 4.0); returns whether it could."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _storages(tensors) -> dict[int, int]:
-    """data_ptr → nbytes of the distinct storages behind `tensors` (meta tensors skipped)."""
-    out = {}
-    for t in tensors:
-        if t.device.type != "meta":
-            storage = t.untyped_storage()
-            out[storage.data_ptr()] = storage.nbytes()
-    return out
-
-
-def base_weights(model) -> dict[int, int]:
-    """Distinct storages (data_ptr → bytes) of the base (non-LoRA) parameters of a peft model."""
-    return _storages(p for n, p in model.named_parameters() if "lora_" not in n)
-
-
-def base_copies(model) -> float:
-    """Live copies of the base weight matrices: bytes of distinct live tensor storages shaped like a
-    base weight matrix / bytes of the base weight matrices (1.0 = one copy)."""
-    mats = [p for n, p in model.named_parameters() if "lora_" not in n and p.dim() == 2]
-    shapes = {(tuple(p.shape), p.dtype) for p in mats}
-    gc.collect()
-    with warnings.catch_warnings():  # isinstance() on deprecated torch objects found by gc warns
-        warnings.simplefilter("ignore")
-        tensors = [o for o in gc.get_objects() if isinstance(o, torch.Tensor)]
-    live = _storages(t for t in tensors if t.dim() == 2 and (tuple(t.shape), t.dtype) in shapes)
-    return sum(live.values()) / sum(_storages(mats).values())
-
-
-# ----------------------------------------------------------------------------- the minimal loop
-class MinimalLoop:
-    """One OnlineLM turn's arithmetic in plain PyTorch: no Lightning, no olm code.
-
-    Per turn: (generate exactly `generate_tokens` tokens,) render with the chat template and
-    tokenize, base logits with the adapter disabled under no_grad, adapter logits,
-    λ_KL·KL(base ‖ adapter) + λ_task·CE over every next token, backward, clip, AdamW step.
-
-    Args:
-        model: the peft model (shared with OnlineLM: the same base and adapter).
-        tokenizer: its tokenizer with a chat template.
-        optim: OnlineLM's `OptimSettings` (lr, betas, eps, weight decay, clip).
-        kl_lambda: weight of the KL term.
-        task_lambda: weight of the CE term.
-        max_tokens: longer renderings keep their last max_tokens tokens.
-        generate_tokens: tokens generated per turn (0: learn the given reply).
-    """
-
-    def __init__(
-        self, model, tokenizer, optim, kl_lambda: float, task_lambda: float, max_tokens: int, generate_tokens: int = 0
-    ) -> None:
-        self.model, self.tokenizer = model, tokenizer
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(
-            self.params, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay
-        )
-        self.grad_clip, self.kl_lambda, self.task_lambda = optim.grad_clip, kl_lambda, task_lambda
-        self.max_tokens, self.generate_tokens = max_tokens, generate_tokens
-        self.device = next(model.parameters()).device
-
-    def render(self, user: str, reply: str) -> torch.Tensor:
-        """(1, T) token ids of the exchange."""
-        msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
-        ids = self.tokenizer(self.tokenizer.apply_chat_template(msgs, tokenize=False), add_special_tokens=False)
-        return torch.tensor([ids["input_ids"][-self.max_tokens :]], device=self.device)
-
-    @torch.no_grad()
-    def generate(self, user: str) -> str:
-        """Greedy reply of exactly `generate_tokens` tokens (eval mode, then back to train)."""
-        msgs, n = [{"role": "user", "content": user}], self.generate_tokens
-        prompt = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-        ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(self.device)
-        self.model.eval()
-        out = self.model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False,
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
-        self.model.train()
-        return self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
-
-    def base_logits(self, ids: torch.Tensor) -> torch.Tensor:
-        """(1, T, V) logits with the adapter disabled."""
-        with torch.no_grad(), self.model.disable_adapter():
-            return self.model(input_ids=ids).logits
-
-    def loss(self, ids: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-        """λ_KL·KL(base ‖ adapter) + λ_task·CE on (1, T) ids given the (1, T, V) base logits."""
-        logits = self.model(input_ids=ids).logits[:, :-1].float()  # (1, T-1, V)
-        log_q, log_p = F.log_softmax(logits, -1), F.log_softmax(base[:, :-1].float(), -1)
-        kl = F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1).mean()
-        ce = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
-        return self.kl_lambda * kl + self.task_lambda * ce
-
-    def step(self, user: str, reply: str) -> dict[str, float]:
-        """One turn; returns the seconds of each phase, ``turn`` (the total, freeing the turn's
-        tensors included, as in OnlineLM's turn) and ``tokens``."""
-        start = time.perf_counter()
-        laps = self._phases(user, reply)
-        return {**laps, "turn": time.perf_counter() - start}
-
-    def _phases(self, user: str, reply: str) -> dict[str, float]:
-        laps, last = {}, time.perf_counter()
-
-        def lap(name: str) -> None:
-            nonlocal last
-            _sync(self.device)
-            now = time.perf_counter()
-            laps[name], last = now - last, now
-
-        if self.generate_tokens:
-            reply = self.generate(user)
-            lap("generate")
-        ids = self.render(user, reply)
-        lap("render")
-        base = self.base_logits(ids)
-        lap("base_forward")
-        self.loss(ids, base).backward()
-        lap("adapter_forward_backward")
-        torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        lap("optimizer_step")
-        return {**laps, "tokens": ids.shape[1]}
-
-    def activation_bytes(self, user: str, reply: str) -> int:
-        """Bytes of the distinct non-parameter storages saved for backward in one turn's adapter
-        forward + loss, plus the base logits (no optimizer step is taken)."""
-        params = set(_storages(self.model.parameters()))
-        saved: list[torch.Tensor] = []
-        ids = self.render(user, reply)
-        base = self.base_logits(ids)
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-            loss = self.loss(ids, base)
-        held = {k: v for k, v in _storages(saved + [base]).items() if k not in params}
-        loss.backward()
-        self.opt.zero_grad(set_to_none=True)
-        return sum(held.values())
-
-
-def adapter_toggle_ms(model, reps: int) -> float:
-    """Median milliseconds of entering and leaving ``model.disable_adapter()`` (peft walks every
-    module each time: a cost of the base forward in both arms that no arithmetic needs)."""
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        with model.disable_adapter():
-            pass
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * MS
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 # ----------------------------------------------------------------------------- the probe callback
 class SpeedProbe(Callback):
     """Times each loop iteration of ``cli.py fit`` and interleaves the minimal loop on the same turns.
@@ -704,7 +519,9 @@ class SpeedProbe(Callback):
         self._run_pending()
         model = pl_module.model
         self.memory.update(
-            peak_rss_fit=peak_rss(), rss_end=current_rss(), base_copies_end=base_copies(model),  # before the sweep
+            peak_rss_fit=peak_rss(),
+            rss_end=current_rss(),
+            base_copies_end=base_copies(model),  # before the sweep
             base_ptrs_unchanged=base_weights(model) == self._base_ptrs,
         )
         if self._longest[0] >= 0:
@@ -803,7 +620,7 @@ def _mean(values: list[float]) -> float:
 
 def _window(values: list[float], lo: int, hi: int) -> float:
     lo, hi = max(0, min(lo, len(values) - 1)), max(1, min(hi, len(values)))
-    return _median(values[lo:max(hi, lo + 1)])
+    return _median(values[lo : max(hi, lo + 1)])
 
 
 def phase_medians(columns: dict[str, list[float]], phases: tuple[str, ...], skip: int) -> dict[str, float]:
@@ -889,7 +706,7 @@ def machine_info() -> dict[str, Any]:
     import peft
     import transformers
 
-    cpuinfo, meminfo = _read_lines("/proc/cpuinfo"), _read_lines("/proc/meminfo")
+    cpuinfo, meminfo = read_lines("/proc/cpuinfo"), read_lines("/proc/meminfo")
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), None)
     mem = next((int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemTotal")), None)
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -899,13 +716,6 @@ def machine_info() -> dict[str, Any]:
         "lightning": L.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "loadavg_start": os.getloadavg(),
     }  # fmt: skip
-
-
-def _read_lines(path: str) -> list[str]:
-    try:
-        return Path(path).read_text().splitlines()
-    except OSError:
-        return []
 
 
 SUMMARY_HEADER = (
