@@ -84,7 +84,7 @@ from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForC
 
 from olm.backbone import BUILTIN_MODELS
 from olm.bench.memory import base_copies, base_weights, current_rss, peak_rss, read_lines, reset_peak_rss
-from olm.bench.minimal import MinimalLoop, adapter_toggle_ms
+from olm.bench.minimal import MS, MinimalLoop, adapter_toggle_ms
 from olm.facts import DetectorConfig, FactDetector
 from olm.turns import trained_turn
 from olm.world.tokenizer import train_bpe_tokenizer
@@ -106,7 +106,6 @@ MINIMAL_FIELDS: tuple[str, ...] = (*STEP_PHASES[1:], "turn", "tokens")
 MINIMAL_PHASES: tuple[str, ...] = MINIMAL_FIELDS[:-1]
 """Minimal-loop phases reported."""
 TARGETS = {"overhead_ratio": 1.10, "flatness": 1.10, "base_copies": 1.0}
-MS = 1e3
 
 # The stream's language data: chat and question turns that no default fact pattern matches.
 TOPICS = (
