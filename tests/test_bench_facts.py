@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from olm.bench.facts import KEYS, main, round_ends
 from olm.world.generator import make_world
 from olm.world.schedule import teaching_schedule
@@ -30,3 +32,11 @@ def test_facts_bench_writes_results_table_and_plot(tmp_path, tiny_model_dir):
                      row["locality"]["token_agreement"]]:  # fmt: skip
             assert 0.0 <= rate["mean"] <= 1.0 and rate["n"] == 2
     assert (out / "recall.png").stat().st_size > 0 and "| tuned |" in (out / "results.md").read_text()
+
+
+def test_set_overrides_reach_the_cli_of_every_row(tmp_path, tiny_model_dir):
+    argv = ["--out", str(tmp_path), "--model", tiny_model_dir, "--facts", "1", "--reps", "1", "--unrelated", "0",
+            "--seeds", "0", "--rows", "tuned", "--set=--model.optim.lr=-1", "--set=--model.lora.r=0"]  # fmt: skip
+    with pytest.raises(SystemExit) as err:  # the CLI's whole-config validation names both
+        main(argv)
+    assert "optim.lr" in str(err.value) and "lora.r" in str(err.value)

@@ -17,8 +17,9 @@ distractors, then K unrelated turns. A probe callback asks questions in a fresh 
 - base_control    the base (adapter disabled) on the same probes
 
 Rows: the config as is ("tuned"), the original design's values, and ablations without replay,
-importance weighting or KL. Writes DIR/results.json (row → metric → {"mean", "std"}),
-DIR/results.md and DIR/recall.png.
+importance weighting or KL. ``--set=--model.optim.lr=1e-3`` (repeatable) changes the config for
+every row, before the row's own overrides: how the tuned defaults were searched. Writes
+DIR/results.json (row → metric → {"mean", "std"}), DIR/results.md and DIR/recall.png.
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ def run_once(args, row: str, seed: int, workdir: Path) -> dict[str, Any]:
         OnlineLM, ChatStreamDataModule, run=False, auto_configure_optimizers=False,
         args=["--config", str(args.config), f"--model.base_model={args.model}", f"--data.source={stream}",
               f"--seed_everything={seed}", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
-              f"--threads={args.threads}", *overrides],
+              f"--threads={args.threads}", *args.overrides, *overrides],
     )  # fmt: skip
     probe = Probe(schedule, round_ends(schedule), anchor_prompts(world, seed=seed), len(schedule.turns))
     # keep the research callbacks, drop file output (checkpoints, adapters) from the benchmark
@@ -252,6 +253,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=8, help="repetitions of each fact (k)")
     p.add_argument("--unrelated", type=int, default=100, help="unrelated turns before the retention probe (K)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="=--KEY=VALUE",
+                   help="a `cli.py fit` override for every row, before the row's own (repeatable; write it "
+                        "with '=': --set=--model.optim.lr=1e-3)")  # fmt: skip
     return p.parse_args(argv)
 
 
