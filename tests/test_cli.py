@@ -77,7 +77,7 @@ def test_every_config_runs_and_writes_events_and_adapter(config, tmp_path, tiny_
 
 
 def test_resume_continues_at_the_first_untrained_turn(tmp_path, tiny_model_dir, monkeypatch):
-    config = ROOT / "configs" / "default.yaml"
+    config = ROOT / "configs" / "tiny.yaml"
     run_fit(config, tmp_path, tiny_model_dir, monkeypatch, 8)
     [ckpt] = list(tmp_path.rglob("last.ckpt"))
     state = torch.load(ckpt, weights_only=True)
@@ -92,14 +92,14 @@ def test_every_config_problem_is_listed_in_one_message(tmp_path, tiny_model_dir,
     bad = ["--model.optim.lr", "-1", "--model.lora.r", "0", "--data.history_turns", "-2",
            "--model.detector.patterns", '[{"name": "x", "regex": "(?P<subject>\\\\w+", "relation": "r", "question": "q"}]']  # fmt: skip
     with pytest.raises(SystemExit) as err:
-        run_fit(ROOT / "configs" / "default.yaml", tmp_path, tiny_model_dir, monkeypatch, 4, *bad)
+        run_fit(ROOT / "configs" / "tiny.yaml", tmp_path, tiny_model_dir, monkeypatch, 4, *bad)
     msg = str(err.value)
     for part in ("optim.lr", "lora.r", "history_turns", "not a valid regex"):
         assert part in msg, msg
 
 
 def test_corrupt_last_checkpoint_falls_back_to_previous(tmp_path, tiny_model_dir, monkeypatch, caplog):
-    config = ROOT / "configs" / "default.yaml"
+    config = ROOT / "configs" / "tiny.yaml"
     every = {"every_n_turns: 50\n        save_top_k": "every_n_turns: 2\n        save_top_k"}
     run_fit(config, tmp_path, tiny_model_dir, monkeypatch, 12, "--trainer.max_steps", "6", edits=every)
     [last] = list(tmp_path.rglob("last.ckpt"))

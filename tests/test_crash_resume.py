@@ -30,9 +30,9 @@ def trained_offsets(run_dir: Path) -> list[int]:
 
 
 def test_kill_9_then_resume_trains_every_turn_exactly_once(tmp_path, tiny_model_dir):
-    config = local_config(ROOT / "configs" / "default.yaml", tmp_path, EVERY)
+    config = local_config(ROOT / "configs" / "tiny.yaml", tmp_path, EVERY)
     log = write_log(tmp_path / "log.jsonl", TURNS)
-    ckpt = tmp_path / "runs" / "default" / "checkpoints" / "last.ckpt"
+    ckpt = tmp_path / "runs" / "tiny" / "checkpoints" / "last.ckpt"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(fit_cmd(config, tiny_model_dir, log), cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -51,6 +51,6 @@ def test_kill_9_then_resume_trains_every_turn_exactly_once(tmp_path, tiny_model_
                    check=True, capture_output=True)  # fmt: skip
     final = torch.load(ckpt, weights_only=True)
     assert final["olm"]["turns_trained"] == TURNS and final["ChatStreamDataModule"]["next_offset"] == TURNS
-    versions = sorted((tmp_path / "runs" / "default").glob("version_*"))
+    versions = sorted((tmp_path / "runs" / "tiny").glob("version_*"))
     offsets = trained_offsets(versions[-1])
     assert offsets == list(range(resume_at, TURNS)), str(offsets)

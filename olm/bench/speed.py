@@ -208,7 +208,7 @@ class ModelRun:
 
 def _tiny_run() -> ModelRun:
     shape = Shape(hidden_size=256, intermediate_size=768, num_layers=4, num_heads=4, num_kv_heads=2)  # olm-tiny's
-    return ModelRun(config="configs/default.yaml", base_model=BUILTIN, shape=shape, turns=5000)
+    return ModelRun(config="configs/tiny.yaml", base_model=BUILTIN, shape=shape, turns=5000)
 
 
 def _qwen_run() -> ModelRun:

@@ -1,0 +1,128 @@
+"""RecallReport: at the end of a run, ask every remembered fact's question in a fresh context,
+to the base model (adapter disabled) and to the adapted model, and print both answers.
+
+Each question is asked alone, with no chat history, so a correct adapted answer can only come
+from the weights; the base answer shows what the model said before learning. Recall = the fact's
+object appears in the answer (`olm.probes.is_recalled`). The table goes to the console (rank 0)
+and, as ``recall_report.json`` / ``recall_report.md``, to the logger's run directory (or the
+trainer's ``default_root_dir`` when there is no logger).
+
+Config (``trainer.callbacks``)::
+
+    - class_path: olm.callbacks.RecallReport
+      init_args: {max_facts: 50}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_only
+
+from olm.probes import is_recalled, recall_answers
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RecallRow:
+    """One remembered fact, asked in a fresh context."""
+
+    question: str
+    expected: str
+    base_answer: str
+    adapted_answer: str
+    base_recalled: bool
+    adapted_recalled: bool
+    statements: int
+
+
+def recall_rows(pl_module, max_facts: int) -> list[RecallRow]:
+    """Ask the questions of the first `max_facts` remembered facts to the base and the adapted model."""
+    facts = list(pl_module.memory)[:max_facts]
+    if not facts:
+        return []
+    questions = [f.question for f in facts]
+    model, tok, gen = pl_module.model, pl_module.tokenizer, pl_module.generation
+    adapted = recall_answers(model, tok, questions, gen)
+    with model.disable_adapter():
+        base = recall_answers(model, tok, questions, gen)
+    return [
+        RecallRow(q, f.object, b, a, is_recalled(b, f.object), is_recalled(a, f.object), f.count)
+        for q, f, b, a in zip(questions, facts, base, adapted)
+    ]
+
+
+def _cell(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def format_report(rows: list[RecallRow], width: int = 60) -> str:
+    """The report as console text: one block per fact, then the recall shares."""
+    if not rows:
+        return "recall report: no fact was remembered in this run"
+    lines = ["recall from the weights (each question asked alone, no chat history):"]
+    for r in rows:
+        lines += [
+            f"  Q: {r.question}   (expected: {r.expected}; stated {r.statements}x)",
+            f"     base    [{'x' if r.base_recalled else ' '}] {_cell(r.base_answer, width)}",
+            f"     adapted [{'x' if r.adapted_recalled else ' '}] {_cell(r.adapted_answer, width)}",
+        ]
+    n = len(rows)
+    base, adapted = sum(r.base_recalled for r in rows), sum(r.adapted_recalled for r in rows)
+    lines.append(f"recall: adapted {adapted}/{n} = {adapted / n:.2f}   base {base}/{n} = {base / n:.2f}")
+    return "\n".join(lines)
+
+
+def markdown_report(rows: list[RecallRow]) -> str:
+    """The report as a markdown table."""
+    head = "| question | expected | base answer | adapted answer |\n|---|---|---|---|\n"
+    body = "".join(
+        f"| {r.question} | {r.expected} | {'✓' if r.base_recalled else '✗'} {_cell(r.base_answer, 80)} "
+        f"| {'✓' if r.adapted_recalled else '✗'} {_cell(r.adapted_answer, 80)} |\n"
+        for r in rows
+    )
+    n = max(len(rows), 1)
+    share = f"\nrecall: adapted {sum(r.adapted_recalled for r in rows) / n:.2f}, base {sum(r.base_recalled for r in rows) / n:.2f}\n"
+    return head + body + share
+
+
+class RecallReport(Callback):
+    """Print base vs adapted answers to every remembered fact's question at the end of the run.
+
+    Args:
+        max_facts: most facts asked (the first remembered).
+        answer_width: characters of each answer shown on the console (files keep them whole).
+    """
+
+    def __init__(self, max_facts: int = 50, answer_width: int = 60) -> None:
+        problems = []
+        if max_facts < 1:
+            problems.append(f"max_facts must be >= 1, got {max_facts!r}")
+        if answer_width < 10:
+            problems.append(f"answer_width must be >= 10, got {answer_width!r}")
+        if problems:
+            raise ValueError("invalid RecallReport settings: " + "; ".join(problems))
+        self.max_facts, self.answer_width = max_facts, answer_width
+        self.rows: list[RecallRow] = []
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.rows = recall_rows(pl_module, self.max_facts)
+        self._write(trainer)
+
+    @rank_zero_only
+    def _write(self, trainer: L.Trainer) -> None:
+        print(format_report(self.rows, self.answer_width), flush=True)
+        out = Path(trainer.log_dir or trainer.default_root_dir)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "recall_report.json").write_text(json.dumps([asdict(r) for r in self.rows], indent=2))
+            (out / "recall_report.md").write_text(markdown_report(self.rows))
+        except OSError as err:  # the table is on the console; a full disk must not fail the run's end
+            log.warning("could not write the recall report to %s: %s", out, err)
