@@ -7,8 +7,9 @@ untrained turn. History holds up to ``history_turns`` earlier exchanges of the s
 id (a missing reply is "").
 
 Bad input never ends the stream: malformed JSON, wrong-typed or missing fields, empty messages, a
-record with no user message, an overlong record, a binary or non-log file in a directory, an
-unreadable file are skipped; invalid UTF-8 is replaced and an overlong message truncated to
+record with no user message, an overlong record, a line with NUL bytes, a binary or non-log
+file in a directory, a FIFO or other non-regular file, an unreadable file are skipped; trailing
+NUL padding is removed; invalid UTF-8 is replaced and an overlong message truncated to
 ``max_message_chars``. Each such event logs a warning (the first `ReaderLimits.max_warnings` of
 each kind; later ones are only counted) and adds one to `Turn.skipped`.
 

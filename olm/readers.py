@@ -9,8 +9,13 @@ a glob pattern, or ``-`` for stdin. `SourceReader` turns one file into (where, `
 - in ``auto`` mode ``.jsonl`` / ``.ndjson`` lines must be JSON records, ``.txt`` lines are
   DailyDialog (with ``__eou__``) or text, and lines of stdin or other files are records when they
   are JSON objects of a known shape, else text (`olm.formats.line_conversation`);
-- in a directory or pattern, files without a log suffix and binary files (a NUL byte in the
-  first `ReaderLimits.sniff_bytes`) are skipped; an unreadable file ends with a problem;
+- only regular files are read: a FIFO, socket, device or directory is skipped with a problem
+  (opening a FIFO would block until a writer came);
+- in a directory or pattern, files without a log suffix are skipped; any file whose first
+  `ReaderLimits.sniff_bytes` are binary (`binary_reason`: a UTF-16/32 byte-order mark, or control
+  bytes and invalid UTF-8) is skipped; an unreadable file ends with a problem;
+- NUL bytes are judged per line, not per file: trailing NUL padding (what a crash can leave at the
+  end of a log) is removed and reported; a line with other NUL bytes is skipped as malformed;
 - with ``follow`` a single file is polled for appended lines like ``tail -f`` (line records only),
   and a partial last line waits for its end;
 - stdin is read from ``sys.stdin`` or from a line source given instead (the interactive chat's
@@ -26,6 +31,7 @@ import codecs
 import glob
 import json
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -43,6 +49,10 @@ LOG_SUFFIXES: tuple[str, ...] = (".jsonl", ".ndjson", ".json", ".txt", ".log")
 JSONL_SUFFIXES: tuple[str, ...] = (".jsonl", ".ndjson")
 _TAIL = len("\\uXXXX")  # a value or error this close to the buffer's end may be cut off (an escape, "1e-")
 _BOM_AND_SPACE = b"\xef\xbb\xbf \t\r\n"
+_WIDE_BOMS = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+_CONTROL = frozenset(map(chr, (*range(1, 9), *range(14, 27), *range(28, 32), 127)))  # not \t\n\v\f\r, ESC, NUL
+BINARY_FRACTION = 0.3
+"""A file is binary when control bytes and invalid UTF-8 make up more than this share of its non-NUL head."""
 
 LineSource = Callable[[], Iterable[bytes | str | None]]
 """Returns the lines of stdin to read (as `read_lines` yields them); replaces ``sys.stdin``."""
@@ -63,7 +73,7 @@ class ReaderLimits:
     max_conversations: int = 4096
     """Conversations whose history is kept (least recently used dropped first)."""
     sniff_bytes: int = 8192
-    """Leading bytes searched for a NUL byte to recognize a binary file."""
+    """Leading bytes examined to recognize a binary file (`binary_reason`) and a JSON array."""
 
     def __post_init__(self) -> None:
         bad = [f"{k}={v!r}" for k, v in vars(self).items() if not isinstance(v, int) or v < 1]
@@ -87,14 +97,18 @@ def resolve_sources(source: str, follow: bool = False) -> tuple[list[str], bool]
         (the paths, whether they came from a directory or pattern, so non-log files are to be skipped).
 
     Raises:
-        FileNotFoundError: the path does not exist, or no file matches the pattern.
+        FileNotFoundError: the path does not exist or is not a regular file (a FIFO, a device), or
+            no file matches the pattern.
     """
     if source == STDIN:
         return [STDIN], False
     if os.path.isdir(source):
         return _walk(source), True
-    if os.path.isfile(source) or (follow and not is_pattern(source)):
+    if os.path.isfile(source) or (follow and not is_pattern(source) and not os.path.exists(source)):
         return [source], False
+    if os.path.exists(source):
+        kind = not_regular(os.stat(source).st_mode)
+        raise FileNotFoundError(f"log source {source!r} is {kind}: olm reads regular files (or '-' for stdin)")
     if is_pattern(source):
         files = sorted((f for f in glob.glob(source, recursive=True) if os.path.isfile(f)), key=_path_key)
         if not files:
@@ -114,6 +128,60 @@ def _walk(root: str) -> list[str]:
 
 def _path_key(path: str) -> tuple[str, ...]:
     return Path(path).parts
+
+
+def not_regular(mode: int) -> str | None:
+    """What a file of this ``st_mode`` is when it is not a regular file (e.g. ``"a FIFO"``), else None."""
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory"))  # fmt: skip
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+class NotRegularFile(OSError):
+    """A source path that is not a regular file (FIFO, socket, device, directory): it is never read."""
+
+
+def open_regular(path: str) -> Any:
+    """`path` opened for binary reading, only if it is a regular file (symlinks followed).
+
+    It is checked before opening (opening a device can have effects) and again on the open file
+    descriptor (the path may have been replaced meanwhile); the open never blocks: a FIFO is opened
+    non-blocking, found out and closed.
+
+    Raises:
+        NotRegularFile: the path is a FIFO, socket, device or directory.
+        OSError: it cannot be opened.
+    """
+    kind = not_regular(os.stat(path).st_mode)
+    if kind is None:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        try:
+            kind = not_regular(os.fstat(fd).st_mode)
+            if kind is None:
+                os.set_blocking(fd, True)
+                return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    raise NotRegularFile(f"skipped: {kind}, not a regular file")
+
+
+def binary_reason(head: bytes) -> str | None:
+    """Why a file beginning with `head` is not a UTF-8 text log, or None when it is one.
+
+    NUL bytes are left out of the judgement (a crash can pad a log with them; lines decide about
+    those, see `SourceReader`): a UTF-16/32 byte-order mark, or control bytes and invalid UTF-8 in
+    more than `BINARY_FRACTION` of the rest of `head`, make a file binary.
+    """
+    if head.startswith(_WIDE_BOMS):
+        return "UTF-16 or UTF-32 text (olm reads UTF-8)"
+    text = head.replace(b"\0", b"").decode("utf-8", errors="replace")
+    invalid = text.count("\ufffd") - head.count("\ufffd".encode())
+    control = sum(1 for c in text if c in _CONTROL)
+    return "binary file (control bytes or invalid UTF-8)" if invalid + control > BINARY_FRACTION * len(text) else None
 
 
 class Poller:
@@ -261,10 +329,13 @@ class SourceReader:
     def items(self, path: str, filtered: bool) -> Iterator[Item]:
         """The items of `path` (``-`` for stdin); `filtered`: skip files without a log suffix.
 
-        An OSError while reading (unreadable, deleted meanwhile) ends the file with a problem.
+        An OSError while reading (unreadable, deleted meanwhile) ends the file with a problem; a
+        path that is not a regular file (`open_regular`) is skipped with one.
         """
         try:
             yield from self._items(path, filtered)
+        except NotRegularFile as err:
+            yield path, Problem("not_regular", str(err))
         except OSError as err:
             yield path, Problem("unreadable", f"cannot read: {err}")
 
@@ -280,11 +351,12 @@ class SourceReader:
         if self.config.follow:
             yield from self._follow_items(path, file_mode(fmt, suffix, ""))
             return
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             head = fh.read(self.limits.sniff_bytes)
             fh.seek(0)
-            if b"\0" in head:
-                yield path, Problem("binary_file", "skipped: binary file (NUL bytes)")
+            reason = binary_reason(head)
+            if reason is not None:
+                yield path, Problem("binary_file", f"skipped: {reason}")
                 return
             mode = file_mode(fmt, suffix, head.lstrip(_BOM_AND_SPACE)[:1].decode("latin-1"))
             if mode == "json":
@@ -305,7 +377,7 @@ class SourceReader:
             if not poller.wait():
                 yield path, Problem("unreadable", "skipped: the file did not appear")
                 return
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             yield from self._line_items(read_lines(fh, self.limits.max_record_bytes, poller), path, mode)
 
     def _line_items(self, lines: Iterable[bytes | str | None], path: str, mode: LineMode) -> Iterator[Item]:
@@ -319,6 +391,11 @@ class SourceReader:
                 yield where, problem
             text = text.lstrip("\ufeff") if lineno == 1 else text
             text = text.rstrip("\r\n")
+            if "\0" in text:
+                text, problem = strip_nul(text)
+                yield where, problem
+                if problem.kind == "nul_bytes":
+                    continue
             if text.strip():
                 yield where, line_conversation(text, mode, self.config.format, path, lineno)
 
@@ -343,6 +420,15 @@ def file_mode(fmt: str, suffix: str, first: str) -> LineMode:
     if fmt != "auto" or suffix in JSONL_SUFFIXES or suffix == ".json":
         return "jsonl"
     return "txt" if suffix == ".txt" else "mixed"
+
+
+def strip_nul(line: str) -> tuple[str, Problem]:
+    """A line holding NUL bytes: without its trailing NUL padding (problem ``nul_padding``), or, when
+    NULs remain inside it, to be skipped (problem ``nul_bytes``)."""
+    body = line.rstrip("\0")
+    if "\0" in body:
+        return body, Problem("nul_bytes", "line with NUL bytes skipped")
+    return body, Problem("nul_padding", f"{len(line) - len(body)} trailing NUL bytes removed (padding left by a crash?)")
 
 
 def decode(raw: bytes | str) -> tuple[str, Problem | None]:
