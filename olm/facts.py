@@ -41,7 +41,7 @@ _UPPER = "A-ZÀ-ÖØ-Þ"
 _CAP_WORD = rf"[{_UPPER}][^\W\d_]*(?:['’-][{_UPPER}][^\W\d_]*)?\b"  # Zara, O'Brien, Anna-Lena
 _PHRASE_WORD = r"[^\W\d_][\w'’-]*"
 _MONTHS = "January|February|March|April|May|June|July|August|September|October|November|December"
-_TEMPLATE_FIELDS = {"subject", "object"}
+_TEMPLATE_FIELDS = {"subject", "object", "relation", "article"}
 
 
 def _default_question_indicators() -> list[str]:
@@ -100,13 +100,28 @@ class FactPattern:
     regex: str
     """Python regex with named groups ``subject`` and ``object``; may use the module's macros."""
     relation: str
-    """Relation recorded for a match ("relation", "lives_in", ...); with the subject, the memory key."""
+    """Relation recorded for a match: a word ("lives_in") or a template ("{object}" stores the real
+    relation word, "sister", for "Zara is my sister.")."""
     question: str
-    """Recall probe template with ``{subject}`` / ``{object}`` fields, e.g. "Who is {subject}?"."""
+    """Recall probe template, e.g. "Who is {subject}?" (fields: subject, object, relation, article)."""
     confidence: float = 0.8
     """Base confidence of a match, in [0, 1]."""
     min_confidence: float = 0.5
     """Matches whose final confidence is below this are dropped, in [0, 1]."""
+    slot: str = ""
+    """With the subject, the memory key: a later match of the same slot with another object is an
+    update that replaces the old fact ("Zara is my cousin." after "Zara is my sister."). Empty:
+    the relation template itself."""
+    subject: str = ""
+    """Fixed subject for patterns whose regex has no ``subject`` group (first-person facts such as
+    "I live in Lisbon.": subject "me")."""
+    questions: list[str] = field(default_factory=list)
+    """Question templates that fact augmentation trains on (question → `answer`), rotated across
+    steps. Never the benchmark's held-out phrasings (tests/test_augment.py checks)."""
+    answer: str = ""
+    """Answer template, second person: "{subject} is your {object}."."""
+    statements: list[str] = field(default_factory=list)
+    """Paraphrased statement templates that fact augmentation trains on."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -121,39 +136,54 @@ class FactPattern:
 
 
 def _default_patterns() -> list[FactPattern]:
-    who = "Who is {subject}?"
     not_possessed = r"(?!['’]s\b)"  # "My sister is Zara's friend" is not about Zara
+    # Augmentation templates per kind of fact: training questions, the answer, paraphrased statements.
+    # The benchmark's held-out question phrasings (olm.world.templates.HELD_OUT_QUESTIONS) must never
+    # appear here: tests/test_augment.py checks the sets are disjoint.
+    who = dict(
+        relation="{object}", slot="relation", question="Who is {subject}?",
+        questions=["Who is {subject}?", "Do you know who {subject} is?", "Can you tell me who {subject} is?",
+                   "How do I know {subject}?"],
+        answer="{subject} is your {object}.",
+        statements=["{subject} is my {object}.", "My {object} is {subject}.", "My {object}'s name is {subject}."],
+    )  # fmt: skip
     return [
         FactPattern(
             "x_is_my_y",
-            r"(?P<subject>{NAME})(?:\s+is|['’]s)\s+(?i:my)\s+(?P<object>{RELATION})(?!['’]\w|-)",
-            "relation", who,
+            r"(?P<subject>{NAME})(?:\s+is|['’]s)\s+(?i:my)\s+(?P<object>{RELATION})(?!['’]\w|-)", **who,
         ),
         FactPattern(
             "my_ys_name_is_x",
-            r"\b(?i:my)\s+(?P<object>{RELATION})['’]s\s+name\s+is\s+(?P<subject>{NAME})" + not_possessed,
-            "relation", who,
+            r"\b(?i:my)\s+(?P<object>{RELATION})['’]s\s+name\s+is\s+(?P<subject>{NAME})" + not_possessed, **who,
         ),
         FactPattern(
             "my_y_is_x",
             r"\b(?i:my)\s+(?P<object>{RELATION})(?:\s+is|['’]s)\s+(?:(?:called|named)\s+)?(?P<subject>{NAME})"
-            + not_possessed,
-            "relation", who,
+            + not_possessed, **who,
         ),
         FactPattern(
             "i_have_a_y_called_x",
             r"\bI\s+(?:have|have\s+got|got)\s+an?\s+(?P<object>{RELATION})\s+(?:called|named)\s+(?P<subject>{NAME})",
-            "relation", who,
+            **who,
         ),
         FactPattern(
             "lives_in",
             r"(?P<subject>{NAME})\s+(?:lives|is\s+living|resides)\s+in\s+(?P<object>{PLACE})",
             "lives_in", "Where does {subject} live?",
+            questions=["Where does {subject} live?", "Which city does {subject} live in?",
+                       "Do you know where {subject} lives?", "Where is {subject} based?"],
+            answer="{subject} lives in {object}.",
+            statements=["{subject} lives in {object}.", "{subject} is living in {object}.", "{subject}'s home is in {object}."],
         ),
         FactPattern(
             "works_as",
             r"(?P<subject>{NAME})\s+works\s+as\s+(?:an?\s+)?(?P<object>{PHRASE}){END}",
             "works_as", "What does {subject} do for work?",
+            questions=["What does {subject} do for work?", "What does {subject} do for a living?",
+                       "What is {subject}'s job?", "What does {subject} work as?"],
+            answer="{subject} works as {article} {object}.",
+            statements=["{subject} works as {article} {object}.", "{subject} is {article} {object} by trade.",
+                        "{subject}'s job: {object}."],
         ),
         FactPattern(
             "has",
@@ -161,23 +191,96 @@ def _default_patterns() -> list[FactPattern]:
             r"(?!(?:been|to|got|had|no|not|never|just|already|always|some|any|lot|lots)\b)"
             r"(?P<object>{PHRASE}){END}",
             "has", "What does {subject} have?", confidence=0.7,
+            questions=["What does {subject} have?", "What does {subject} own?", "Do you know what {subject} has?"],
+            answer="{subject} has {article} {object}.",
+            statements=["{subject} has {article} {object}.", "{subject} owns {article} {object}."],
         ),
         FactPattern(
             "likes",
             r"(?P<subject>{NAME})\s+(?:likes|loves|enjoys)\s+(?!(?:it|that|this|him|her|me|you)\b)"
             r"(?P<object>{PHRASE}){END}",
             "likes", "What does {subject} like?", confidence=0.7,
+            questions=["What does {subject} like?", "What does {subject} enjoy?", "Do you know what {subject} likes?"],
+            answer="{subject} likes {object}.",
+            statements=["{subject} likes {object}.", "{subject} enjoys {object}.", "{subject} loves {object}."],
         ),
         FactPattern(
             "favourite_colour",
             r"(?P<subject>{NAME})['’]s\s+(?i:favou?rite)\s+colou?r\s+is\s+(?P<object>[a-z]+(?:[ -][a-z]+)?){END}",
             "favourite_colour", "What is {subject}'s favourite colour?",
+            questions=["What is {subject}'s favourite colour?", "Which colour does {subject} like best?",
+                       "Do you know {subject}'s favourite colour?"],
+            answer="{subject}'s favourite colour is {object}.",
+            statements=["{subject}'s favourite colour is {object}.", "{subject}'s favorite color is {object}.",
+                        "{subject} likes the colour {object} best."],
         ),
         FactPattern(
             "birthday",
             r"(?P<subject>{NAME})['’]s\s+birthday\s+is\s+(?:in|on)\s+(?:the\s+)?"
             r"(?P<object>{MONTH}(?:\s+\d{1,2}(?:st|nd|rd|th)?)?|\d{1,2}(?:st|nd|rd|th)?\s+(?:of\s+)?{MONTH})\b",
             "birthday", "When is {subject}'s birthday?",
+            questions=["When is {subject}'s birthday?", "In which month is {subject}'s birthday?",
+                       "Do you know when {subject}'s birthday is?"],
+            answer="{subject}'s birthday is in {object}.",
+            statements=["{subject}'s birthday is in {object}.", "{subject} celebrates a birthday in {object}."],
+        ),
+        # first person: facts about the speaker ("me")
+        FactPattern(
+            "i_live_in",
+            r"\bI(?:\s+|['’]m\s+|\s+am\s+)(?:live|living|reside)\s+in\s+(?P<object>{PLACE})",
+            "lives_in", "Where do I live?", subject="me",
+            questions=["Where do I live?", "Which city do I live in?", "Do you know where I live?"],
+            answer="You live in {object}.",
+            statements=["I live in {object}.", "My home is in {object}.", "I'm living in {object}."],
+        ),
+        FactPattern(
+            "my_name_is",
+            r"\b(?i:my)\s+name\s+is\s+(?P<object>{NAME})" + not_possessed,
+            "name", "What is my name?", subject="me",
+            questions=["What is my name?", "What's my name?", "Do you know my name?", "What am I called?"],
+            answer="Your name is {object}.",
+            statements=["My name is {object}.", "I'm {object}.", "Call me {object}."],
+        ),
+        FactPattern(
+            "i_am_x",
+            r"^\W*(?:I['’]m|I\s+am)\s+(?P<object>{NAME})\s*(?:[.!]|$)",
+            "name", "What is my name?", subject="me", confidence=0.6,
+            questions=["What is my name?", "What's my name?", "Do you know my name?", "What am I called?"],
+            answer="Your name is {object}.",
+            statements=["My name is {object}.", "I'm {object}.", "Call me {object}."],
+        ),
+        FactPattern(
+            "my_favourite_colour",
+            r"\b(?i:my)\s+(?i:favou?rite)\s+colou?r\s+is\s+(?P<object>[a-z]+(?:[ -][a-z]+)?){END}",
+            "favourite_colour", "What is my favourite colour?", subject="me",
+            questions=["What is my favourite colour?", "Which colour do I like best?", "Do you know my favourite colour?"],
+            answer="Your favourite colour is {object}.",
+            statements=["My favourite colour is {object}.", "My favorite color is {object}.", "I like the colour {object} best."],
+        ),
+        FactPattern(
+            "my_birthday",
+            r"\b(?i:my)\s+birthday\s+is\s+(?:in|on)\s+(?:the\s+)?"
+            r"(?P<object>{MONTH}(?:\s+\d{1,2}(?:st|nd|rd|th)?)?|\d{1,2}(?:st|nd|rd|th)?\s+(?:of\s+)?{MONTH})\b",
+            "birthday", "When is my birthday?", subject="me",
+            questions=["When is my birthday?", "In which month is my birthday?", "Do you know when my birthday is?"],
+            answer="Your birthday is in {object}.",
+            statements=["My birthday is in {object}.", "I celebrate my birthday in {object}."],
+        ),
+        FactPattern(
+            "i_work_at",
+            r"\bI\s+work\s+(?:at|for)\s+(?P<object>{PLACE})",
+            "works_at", "Where do I work?", subject="me",
+            questions=["Where do I work?", "Which company do I work for?", "Do you know where I work?"],
+            answer="You work at {object}.",
+            statements=["I work at {object}.", "I work for {object}.", "My employer is {object}."],
+        ),
+        FactPattern(
+            "i_am_allergic_to",
+            r"\bI(?:\s+am|['’]m)\s+allergic\s+to\s+(?P<object>{PHRASE}){END}",
+            "allergic_to", "What am I allergic to?", subject="me",
+            questions=["What am I allergic to?", "Do I have any allergies?", "Do you know what I'm allergic to?"],
+            answer="You are allergic to {object}.",
+            statements=["I am allergic to {object}.", "I'm allergic to {object}.", "I have an allergy to {object}."],
         ),
     ]  # fmt: skip
 
@@ -248,7 +351,8 @@ class FactInfo:
     subject: str
     """Who the fact is about ("Zara")."""
     relation: str
-    """The pattern's relation ("relation", "lives_in", ...)."""
+    """The relation: the real relation word for relations to the speaker ("sister"), else the
+    pattern's relation ("lives_in", ...)."""
     object: str
     """What is stated ("sister", "Oslo")."""
     entities: tuple[str, ...]
@@ -261,10 +365,27 @@ class FactInfo:
     """Name of the pattern that matched."""
     question_template: str = "Who is {subject}?"
     """The pattern's recall probe template."""
+    slot: str = ""
+    """With the subject, the memory key (empty: the relation)."""
+
+    @property
+    def key_slot(self) -> str:
+        """The slot of the memory key: a new object in the same slot replaces the old fact."""
+        return self.slot or self.relation
 
     def question(self) -> str:
         """The recall probe for this fact, e.g. "Who is Zara?"."""
-        return self.question_template.format(subject=self.subject, object=self.object)
+        return fill(self.question_template, self.subject, self.object, self.relation)
+
+
+def article(word: str) -> str:
+    """The indefinite article for `word` ("an" before a vowel letter, else "a")."""
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
+def fill(template: str, subject: str, obj: str, relation: str = "") -> str:
+    """A pattern template with its fields filled: subject, object, relation, article (of the object)."""
+    return template.format(subject=subject, object=obj, relation=relation, article=article(obj))
 
 
 def _alternation(words: list[str]) -> str:
@@ -345,17 +466,22 @@ def _pattern_problems(config: DetectorConfig) -> list[str]:
         errors = _regex_problems(label, expand(p.regex, config))
         problems += errors
         if not errors:
-            missing = {"subject", "object"} - set(re.compile(expand(p.regex, config)).groupindex)
+            needed = {"object"} if p.subject.strip() else {"subject", "object"}
+            missing = needed - set(re.compile(expand(p.regex, config)).groupindex)
             if missing:
                 problems.append(f"{label} lacks named groups {sorted(missing)}: {p.regex!r}")
-        try:
-            fields = {f for _, f, _, _ in string.Formatter().parse(p.question) if f is not None}
-        except ValueError:
-            fields = {"<malformed>"}
-        if not fields <= _TEMPLATE_FIELDS:
-            problems.append(
-                f"detector.patterns[{p.name!r}].question may only use {sorted(_TEMPLATE_FIELDS)}, got {p.question!r}"
-            )
+        templates = {"question": [p.question], "relation": [p.relation], "answer": [p.answer],
+                     "questions": p.questions, "statements": p.statements}  # fmt: skip
+        for field_name, values in templates.items():
+            for value in values:
+                try:
+                    fields = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
+                except ValueError:
+                    fields = {"<malformed>"}
+                if not fields <= _TEMPLATE_FIELDS:
+                    problems.append(
+                        f"detector.patterns[{p.name!r}].{field_name} may only use {sorted(_TEMPLATE_FIELDS)}, got {value!r}"
+                    )
     return problems
 
 
@@ -369,10 +495,15 @@ class FactDetector:
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config if config is not None else DetectorConfig()
         self.compiled = [(p, re.compile(expand(p.regex, self.config))) for p in self.config.patterns]
+        self._by_name = {p.name: p for p in self.config.patterns}
         self._capitalized = re.compile(self.config.capitalized_regex)
         self._first_word = re.compile(r"\W*(\w+)")
         self._indicators = {w.casefold() for w in self.config.question_indicators}
         self._non_names = {w.casefold() for w in self.config.non_names}
+
+    def pattern(self, name: str) -> FactPattern | None:
+        """The configured pattern called `name` (None if there is none, e.g. after a config change)."""
+        return self._by_name.get(name)
 
     def is_question(self, text: str) -> bool:
         """True if `text` contains a question mark or starts with a question word.
@@ -437,7 +568,7 @@ class FactDetector:
         found: list[tuple[int, str]] = []
         if match is not None and self.config.entity_method in ("pattern", "both"):
             for group in ("subject", "object"):
-                value = match.group(group)
+                value = match.groupdict().get(group)
                 if value and value[0].isupper():
                     found.append((match.start(group), value))
         if self.config.entity_method in ("capitalized", "both"):
@@ -456,13 +587,17 @@ class FactDetector:
         has_entity = any(e in match.group(0) for e in entities)
         confidence = pattern.confidence + min(coverage, 1.0) * self.config.coverage_boost
         confidence += self.config.entity_boost if has_entity else 0.0
+        subject = pattern.subject.strip() or match.group("subject").strip()
+        obj = match.group("object").strip()
+        relation = fill(pattern.relation, subject, obj)
         return FactInfo(
-            subject=match.group("subject").strip(),
-            relation=pattern.relation,
-            object=match.group("object").strip(),
+            subject=subject,
+            relation=relation,
+            object=obj,
             entities=entities,
             confidence=min(confidence, 1.0),
             span=(start, end),
             pattern=pattern.name,
             question_template=pattern.question,
+            slot=pattern.slot.strip() or relation,
         )

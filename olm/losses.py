@@ -75,3 +75,43 @@ def online_loss(
     kl = kl_to_base(adapter_logits[:, :-1], base_logits[:, :-1], kl_mask[:, :-1])
     ce = weighted_token_ce(adapter_logits[:, :-1], input_ids[:, 1:], loss_weights[:, 1:])
     return {"loss": kl_lambda * kl + task_lambda * ce, "kl": kl, "ce": ce}
+
+
+def top_k_log_probs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `k` most likely tokens of each distribution: (N, k) log-probabilities and (N, k) ids.
+
+    Args:
+        logits: (N, V) logits.
+        k: tokens kept (clamped to V).
+    """
+    log_p = F.log_softmax(logits.float(), dim=-1)
+    return log_p.topk(min(k, log_p.shape[-1]), dim=-1)
+
+
+def top_k_kl(adapter_logits: torch.Tensor, base_top_log_p: torch.Tensor, base_top_ids: torch.Tensor) -> torch.Tensor:
+    """Mean KL(base ‖ adapter) with the base stored as its top-k tokens plus one "rest" bucket.
+
+    The base distribution is coarsened to k + 1 outcomes (its k most likely tokens and all the
+    others together) and the adapter's distribution to the same outcomes; the KL of the coarsened
+    distributions is a lower bound of the full one, equal to it when k = V. Storing k values per
+    position instead of V is what lets the base's outputs on the locality prompts be cached.
+
+    Args:
+        adapter_logits: (N, V) adapted-model logits at the compared positions.
+        base_top_log_p: (N, k) base log-probabilities of its top-k tokens (`top_k_log_probs`).
+        base_top_ids: (N, k) their token ids.
+
+    Returns:
+        Scalar tensor: the mean over the N positions (0 if N = 0).
+    """
+    if adapter_logits.shape[0] == 0:
+        return adapter_logits.sum() * 0.0
+    log_q = F.log_softmax(adapter_logits.float(), dim=-1)
+    log_q_top = log_q.gather(-1, base_top_ids)  # (N, k)
+    p_top = base_top_log_p.exp()
+    tiny = torch.finfo(log_q.dtype).tiny
+    p_rest = (1.0 - p_top.sum(-1)).clamp_min(0.0)  # (N,)
+    q_rest = (1.0 - log_q_top.exp().sum(-1)).clamp_min(tiny)
+    top = (p_top * (base_top_log_p - log_q_top)).sum(-1)
+    rest = torch.xlogy(p_rest, p_rest) - p_rest * q_rest.log()
+    return (top + rest).mean()

@@ -1,8 +1,10 @@
 """FactMemory: the facts a person has stated, with importance, eviction, decay and replay selection.
 
-Facts are keyed by (subject, relation) — the subject compared case-insensitively — so
-"Zara is my sister." stated again raises the count of the stored fact, and "Zara is my friend."
-later is an *update* that replaces it (logged at INFO as such).
+Facts are keyed by (subject, slot) — the subject compared case-insensitively; the slot is the
+detector pattern's (`FactPattern.slot`, e.g. "relation" for every relation to the speaker) — so
+"Zara is my sister." stated again raises the count of the stored fact, and "Zara is my cousin."
+later is an *update* that replaces it (logged at INFO as such; the fact's next steps teach the new
+object, and replays only ever see the new one). The stored relation is the real word ("cousin").
 
 Importance of a fact at turn t, in [0, 1], computed from its count and the turn it was last
 stated (``age = t − last_turn``):
@@ -40,7 +42,8 @@ Eviction = Literal["fifo", "lru", "importance", "hybrid"]
 ImportanceMode = Literal["repetition", "recency", "hybrid"]
 EVICTIONS: tuple[str, ...] = ("fifo", "lru", "importance", "hybrid")
 IMPORTANCE_MODES: tuple[str, ...] = ("repetition", "recency", "hybrid")
-STATE_VERSION = 1
+STATE_VERSION = 2
+"""2 added `StoredFact.slot` (version 1 states load with slot = relation)."""
 
 
 @dataclass
@@ -104,7 +107,7 @@ class StoredFact:
     subject: str
     """Who the fact is about."""
     relation: str
-    """The relation; (subject, relation) is the memory key."""
+    """The relation ("sister", "lives_in")."""
     object: str
     """The stated value."""
     text: str
@@ -129,10 +132,17 @@ class StoredFact:
     """Highest detector confidence seen for the fact."""
     pattern: str = ""
     """Detector pattern of the latest statement."""
+    slot: str = ""
+    """With the subject, the memory key (empty: the relation)."""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """The memory key: (casefolded subject, slot)."""
+        return _key(self.subject, self.slot or self.relation)
 
 
-def _key(subject: str, relation: str) -> tuple[str, str]:
-    return subject.strip().casefold(), relation
+def _key(subject: str, slot: str) -> tuple[str, str]:
+    return subject.strip().casefold(), slot
 
 
 def _same_object(a: str, b: str) -> bool:
@@ -165,7 +175,7 @@ def importance_score(config: MemoryConfig, count: int, age: int) -> float:
 
 
 class FactMemory:
-    """Facts keyed by (subject, relation), in insertion order.
+    """Facts keyed by (subject, slot), in insertion order.
 
     Args:
         config: memory settings; None uses the defaults.
@@ -181,13 +191,13 @@ class FactMemory:
     def __iter__(self) -> Iterator[StoredFact]:
         return iter(list(self._facts.values()))
 
-    def get(self, subject: str, relation: str) -> StoredFact | None:
-        """The stored fact for (subject, relation), or None."""
-        return self._facts.get(_key(subject, relation))
+    def get(self, subject: str, slot: str) -> StoredFact | None:
+        """The stored fact for (subject, slot), or None."""
+        return self._facts.get(_key(subject, slot))
 
     def count(self, fact: FactInfo) -> int:
         """Times this fact (same key and object) has been stored so far; 0 if new or changed."""
-        stored = self.get(fact.subject, fact.relation)
+        stored = self.get(fact.subject, fact.key_slot)
         return stored.count if stored is not None and _same_object(stored.object, fact.object) else 0
 
     def importance_of(self, fact: FactInfo, turn: int) -> float:
@@ -210,7 +220,7 @@ class FactMemory:
         Returns:
             The stored fact (the memory's own instance).
         """
-        key = _key(fact.subject, fact.relation)
+        key = _key(fact.subject, fact.key_slot)
         stored = self._facts.get(key)
         if stored is not None and _same_object(stored.object, fact.object):
             stored.count += 1
@@ -220,7 +230,7 @@ class FactMemory:
             stored.pattern = fact.pattern
         else:
             if stored is not None:
-                log.info("update: (%s, %s) %r -> %r", fact.subject, fact.relation, stored.object, fact.object)
+                log.info("update: (%s, %s) %r -> %r", fact.subject, fact.key_slot, stored.object, fact.object)
                 del self._facts[key]  # an update is new information: it goes to the end (fifo)
             elif len(self._facts) >= self.config.max_facts:
                 self._evict(turn)
@@ -235,7 +245,7 @@ class FactMemory:
         Raises:
             KeyError: if the fact is not in the memory.
         """
-        stored = self._facts[_key(fact.subject, fact.relation)]
+        stored = self._facts[fact.key]
         stored.last_access = max(stored.last_access, turn)
 
     def decay(self, turn: int) -> list[StoredFact]:
@@ -254,7 +264,7 @@ class FactMemory:
             if turn - f.last_turn > self.config.decay_after and f.importance < self.config.min_importance
         ]
         for f in removed:
-            del self._facts[_key(f.subject, f.relation)]
+            del self._facts[f.key]
             log.debug("decayed: (%s, %s) importance %.3f", f.subject, f.relation, f.importance)
         return removed
 
@@ -287,8 +297,9 @@ class FactMemory:
         Raises:
             ValueError: on an unknown version or malformed facts.
         """
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"memory state version must be {STATE_VERSION}, got {state.get('version')!r}")
+        version = state.get("version")
+        if version not in (1, STATE_VERSION):
+            raise ValueError(f"memory state version must be 1 or {STATE_VERSION}, got {version!r}")
         names = {f.name for f in fields(StoredFact)}
         facts: dict[tuple[str, str], StoredFact] = {}
         for i, raw in enumerate(state["facts"]):
@@ -299,7 +310,9 @@ class FactMemory:
                 fact = StoredFact(**{**raw, "entities": list(raw.get("entities", []))})
             except TypeError as err:
                 raise ValueError(f"memory state fact {i} is malformed: {err}") from None
-            facts[_key(fact.subject, fact.relation)] = fact
+            if version == 1:
+                fact.slot = fact.relation
+            facts[fact.key] = fact
         self._facts = facts
         turn = max((f.last_turn for f in facts.values()), default=0)
         if len(facts) > self.config.max_facts:
@@ -321,6 +334,7 @@ class FactMemory:
             subject=fact.subject, relation=fact.relation, object=fact.object, text=text, reply=reply,
             entities=list(fact.entities), question=fact.question(), count=1, first_turn=turn,
             last_turn=turn, last_access=turn, importance=0.0, confidence=fact.confidence, pattern=fact.pattern,
+            slot=fact.key_slot,
         )  # fmt: skip
 
     def _refresh(self, turn: int) -> None:
@@ -343,6 +357,6 @@ class FactMemory:
 
     def _evict(self, turn: int) -> StoredFact:
         victim = min(self._facts.values(), key=lambda f: self._eviction_score(f, turn))  # first minimum
-        del self._facts[_key(victim.subject, victim.relation)]
-        log.debug("evicted (%s): (%s, %s)", self.config.eviction, victim.subject, victim.relation)
+        del self._facts[victim.key]
+        log.debug("evicted (%s): (%s, %s)", self.config.eviction, victim.subject, victim.slot)
         return victim

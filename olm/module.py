@@ -3,9 +3,12 @@
 Per turn (`training_step`, manual optimization):
   1. classify  FactDetector → Context(chat | question | fact), repetition and importance from memory
   2. respond   the logged assistant reply (respond="auto") or `generate()` in eval mode
-  3. render    chat template → ids, loss mask, token weights (ImportanceWeighter)
-  4. learn     lr = base × multiplier(context) for this step only; KL(base ‖ adapter) with the
-               adapter disabled for the base; weighted CE; backward; clip; AdamW step
+  3. render    chat template → ids, loss mask, token weights (ImportanceWeighter); a fact turn
+               adds its augmentation (`olm.augment`: Q/A pairs, paraphrases), rendered alike
+  4. learn     one right-padded batch of the turn's examples (+ locality prompts on the kinds
+               that carry them, `olm.locality`); lr = base × multiplier(context) for these steps
+               only; KL(base ‖ adapter) with the adapter disabled for the base; weighted CE;
+               λ_loc · KL on the locality prompts; backward; clip; AdamW step
   5. remember  facts go to the FactMemory after their step
 Replays queued by the `FactReplay` callback are learned at the start of the next training_step
 (context "replay"), so their optimizer steps count in `global_step` like any other.
@@ -30,11 +33,13 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
+from olm.augment import AugmentSettings, fact_exchanges
 from olm.backbone import LoRASettings, attach_lora, load_base
 from olm.context import KINDS, Context, ContextPolicy, kl_lambda, lr_multiplier
 from olm.facts import DetectorConfig, FactDetector
 from olm.generation import GenerationSettings, generate_reply
-from olm.losses import online_loss
+from olm.locality import LocalitySettings, LocalityTerm
+from olm.losses import online_loss, top_k_kl
 from olm.memory import FactMemory, MemoryConfig, StoredFact
 from olm.render import Example, LossOn, messages_for, render_exchange
 from olm.turns import log_scalars, turn_step
@@ -135,6 +140,8 @@ class OnlineLM(L.LightningModule):
         detector: fact patterns and question filter.
         memory: fact memory (importance, eviction, decay, replay selection).
         weighting: per-token importance weights of the task loss.
+        augment: extra examples of a fact step (question → answer pairs, paraphrases).
+        locality: KL to the base on unrelated prompts in the steps of some kinds.
     """
 
     def __init__(
@@ -152,6 +159,8 @@ class OnlineLM(L.LightningModule):
         detector: DetectorConfig = DetectorConfig(),
         memory: MemoryConfig = MemoryConfig(),
         weighting: WeightingConfig = WeightingConfig(),
+        augment: AugmentSettings = AugmentSettings(qa_pairs=0, paraphrases=0),
+        locality: LocalitySettings = LocalitySettings(),
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -168,6 +177,8 @@ class OnlineLM(L.LightningModule):
         self.detector = FactDetector(detector)
         self.memory = FactMemory(memory)
         self.weighter = ImportanceWeighter(weighting)
+        self.augment = augment
+        self.locality = LocalityTerm(locality, self.tokenizer)
         self.turns_trained = 0
         self.nonfinite_steps = 0
         self.replay_queue: list[tuple[str, str]] = []
@@ -205,7 +216,10 @@ class OnlineLM(L.LightningModule):
             example = render_exchange(
                 self.tokenizer, turn.user, reply, turn.history, self.objective.loss_on, self.objective.max_tokens
             )
-        stats = self.learn(example, ctx)
+            examples = [example]
+            if ctx.kind == "fact":  # rotate the templates with the statement count
+                examples += self.fact_examples(ctx.fact, ctx.repetition - 1, turn.user)
+        stats = self.learn(examples, ctx)
         if ctx.kind == "fact":
             self.memory.store(ctx.fact, turn.user, reply, self.turns_trained)
         self.memory.decay(self.turns_trained)
@@ -222,6 +236,7 @@ class OnlineLM(L.LightningModule):
             "nonfinite_steps": self.nonfinite_steps,
             "replay_queue": [list(key) for key in self.replay_queue],
             "memory": self.memory.state_dict(),
+            "locality_position": self.locality.position,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -232,6 +247,7 @@ class OnlineLM(L.LightningModule):
         self.nonfinite_steps = int(state["nonfinite_steps"])
         self.replay_queue = [tuple(key) for key in state["replay_queue"]]
         self.memory.load_state_dict(state["memory"])
+        self.locality.position = int(state.get("locality_position", 0)) % len(self.locality.prompts)
 
     # ----------------------------------------------------------------- the per-turn pieces
     def classify(self, user: str) -> Context:
@@ -267,48 +283,84 @@ class OnlineLM(L.LightningModule):
         )
         return weights * example.loss_mask
 
-    def learn(self, example: Example, ctx: Context) -> dict[str, float]:
-        """Take this context's optimizer steps on one rendered example.
+    def fact_examples(self, fact, rotation: int, statement: str = "") -> list[Example]:
+        """The rendered augmentation of a fact (`olm.augment`): Q/A pairs and paraphrases, no history."""
+        pattern = self.detector.pattern(fact.pattern) if fact is not None else None
+        pairs = fact_exchanges(fact.subject, fact.object, fact.relation, pattern, self.augment, rotation, statement)
+        return [
+            render_exchange(self.tokenizer, u, a, (), self.objective.loss_on, self.objective.max_tokens) for u, a in pairs
+        ]
 
-        The LR is base × multiplier for these steps only; a step whose loss or gradient norm is
-        not finite is skipped (the adapter is left unchanged) and counted.
+    def learn(self, examples: Example | list[Example], ctx: Context) -> dict[str, float]:
+        """Take this context's optimizer steps on a batch of rendered examples.
+
+        The examples (the exchange, and for facts its augmentation) go through one right-padded
+        forward; KL(base ‖ adapter) covers every real token, the task loss the weighted targets.
+        On the kinds configured for it, the locality term adds λ_loc · KL(base ‖ adapter) on the
+        next locality prompts, in the same forward (their base outputs are cached). The LR is
+        base × multiplier for these steps only; a step whose loss or gradient norm is not finite
+        is skipped (the adapter is left unchanged) and counted.
 
         Returns:
-            Scalars of the last step: loss, kl, ce, grad_norm, lr, kl_lambda, steps.
+            Scalars of the last step: loss, kl, ce, locality_kl, grad_norm, lr, kl_lambda, steps, examples.
         """
+        examples = [examples] if isinstance(examples, Example) else list(examples)
         opt = self.optimizers()
         steps = {"fact": self.optim.steps_per_fact, "replay": self.optim.steps_per_replay}.get(
             ctx.kind, self.optim.steps_per_turn
         )
         mult, lam = lr_multiplier(ctx, self.policy), kl_lambda(ctx, self.policy)
-        ids = example.input_ids[None].to(self.device)  # (1, T)
-        weights = self.token_weights(example, ctx)[None].to(self.device)  # (1, T)
-        kl_mask = torch.ones_like(weights)
+        rows = self.locality.next_rows(self.model) if self.locality.applies(ctx.kind) else []
+        n, width = len(examples), max(e.num_tokens for e in examples)
+        full = max([width] + [r.input_ids.numel() for r in rows])
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((n + len(rows), full), pad, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        weights = torch.zeros(n, width)
+        loc_positions = torch.zeros(len(rows), full, dtype=torch.bool)
+        for i, e in enumerate(examples):
+            ids[i, : e.num_tokens], attn[i, : e.num_tokens] = e.input_ids, 1
+            weights[i, : e.num_tokens] = self.token_weights(e, ctx)
+        for j, r in enumerate(rows):
+            t = r.input_ids.numel()
+            ids[n + j, :t], attn[n + j, :t], loc_positions[j, :t] = r.input_ids, 1, r.positions
+        ids, attn, weights = ids.to(self.device), attn.to(self.device), weights.to(self.device)
+        kl_mask = attn[:n, :width].to(weights.dtype)
+        if rows:
+            loc_positions = loc_positions.to(self.device)
+            top_log_p = torch.cat([r.top_log_p for r in rows]).to(self.device)
+            top_ids = torch.cat([r.top_ids for r in rows]).to(self.device)
         with self._timed("base_forward"), torch.no_grad(), self.model.disable_adapter():
-            base_logits = self.model(input_ids=ids).logits  # (1, T, V)
+            base_logits = self.model(input_ids=ids[:n, :width], attention_mask=attn[:n, :width]).logits
         self._set_lr(opt, mult)
         try:
             for _ in range(steps):
                 with self._timed("adapter_forward_backward"):
+                    logits = self.model(input_ids=ids, attention_mask=attn).logits
                     out = online_loss(
-                        self.model(input_ids=ids).logits, base_logits, ids, weights, kl_mask, lam,
+                        logits[:n, :width], base_logits, ids[:n, :width], weights, kl_mask, lam,
                         self.objective.task_lambda,
                     )
+                    loss = out["loss"]
+                    if rows:
+                        out["locality_kl"] = top_k_kl(logits[n:][loc_positions], top_log_p, top_ids)
+                        loss = loss + self.locality.settings.weight * out["locality_kl"]
                     opt.zero_grad(set_to_none=True)
-                    self.manual_backward(out["loss"])
+                    self.manual_backward(loss)
                 with self._timed("optimizer_step"):
-                    grad_norm = self._clip_and_step(opt, out["loss"])
+                    grad_norm = self._clip_and_step(opt, loss)
         finally:
             self._set_lr(opt, 1.0)
         return {
-            "loss": out["loss"].item(), "kl": out["kl"].item(), "ce": out["ce"].item(),
+            "loss": loss.item(), "kl": out["kl"].item(), "ce": out["ce"].item(),
+            "locality_kl": out["locality_kl"].item() if rows else 0.0,
             "grad_norm": grad_norm, "lr": opt.param_groups[0]["base_lr"] * mult, "kl_lambda": lam,
-            "steps": steps,
+            "steps": steps, "examples": n + len(rows),
         }  # fmt: skip
 
     def queue_replay(self, facts: list[StoredFact]) -> None:
         """Queue remembered facts to be relearned at the start of the next training_step."""
-        self.replay_queue.extend((f.subject, f.relation) for f in facts)
+        self.replay_queue.extend((f.subject, f.slot or f.relation) for f in facts)
 
     # ----------------------------------------------------------------- helpers
     def _clip_and_step(self, opt, loss: torch.Tensor) -> float:
@@ -337,10 +389,12 @@ class OnlineLM(L.LightningModule):
                 continue
             ctx = Context("replay", fact=fact, repetition=fact.count, importance=fact.importance)
             with self._timed("render"):
-                example = render_exchange(
-                    self.tokenizer, fact.text, fact.reply, (), self.objective.loss_on, self.objective.max_tokens
-                )
-            done.append(self.learn(example, ctx))
+                examples = [
+                    render_exchange(self.tokenizer, fact.text, fact.reply, (), self.objective.loss_on, self.objective.max_tokens)
+                ]
+                if self.augment.on_replay:  # a rotation that moves on with the run
+                    examples += self.fact_examples(fact, fact.count + self.turns_trained, fact.text)
+            done.append(self.learn(examples, ctx))
             self.memory.touch(fact, self.turns_trained)
         return done
 
@@ -363,7 +417,7 @@ class OnlineLM(L.LightningModule):
         fact = ctx.fact
         self.last = TurnRecord(
             user=turn.user, reply=reply, kind=ctx.kind,
-            fact=f"{fact.subject} | {fact.relation} | {fact.object}" if fact is not None else None,
+            fact=f"{fact.subject} | {fact.key_slot} | {fact.object}" if fact is not None else None,
             lr=stats["lr"], loss=stats["loss"], kl=stats["kl"], ce=stats["ce"], tokens=example.num_tokens,
             replayed=len(replayed), timings=dict(self._timings),
         )  # fmt: skip

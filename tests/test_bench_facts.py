@@ -21,15 +21,17 @@ def test_round_ends_are_where_every_fact_has_k_statements():
 def test_facts_bench_writes_results_table_and_plot(tmp_path, tiny_model_dir):
     out = tmp_path / "bench"
     argv = ["--out", str(out), "--model", tiny_model_dir, "--facts", "2", "--reps", "2", "--unrelated", "3",
-            "--seeds", "0", "1", "--rows", "tuned", "no_kl", "--threads", "1"]  # fmt: skip
+            "--seeds", "0", "1", "--rows", "tuned", "update", "--threads", "1"]  # fmt: skip
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
-    assert set(results) == {"tuned", "no_kl"}
+    assert set(results) == {"tuned", "update"}
+    assert 0.0 <= results["update"]["update"]["mean"] <= 1.0 and results["tuned"]["update"]["mean"] is None
     for row in results.values():
         assert set(row) == set(KEYS)
         assert len(row["recall_at_k"]) == 2
         for rate in [*row["recall_at_k"], row["generalization"], row["retention"], row["base_control"],
-                     row["locality"]["token_agreement"]]:  # fmt: skip
+                     row["locality"]["token_agreement"], row["locality"]["teacher_forced"],
+                     row["locality_after"]["teacher_forced"], row["locality"]["gk_base"], row["locality_after"]["gk_adapted"]]:  # fmt: skip
             assert 0.0 <= rate["mean"] <= 1.0 and rate["n"] == 2
     assert (out / "recall.png").stat().st_size > 0 and "| tuned |" in (out / "results.md").read_text()
 

@@ -40,7 +40,7 @@ def test_each_default_pattern_on_canonical_statements(detector, text, subject, r
     for variant in (text, text.rstrip(".")):  # the trailing "." is optional
         fact = detector.detect(variant)
         assert fact is not None, variant
-        assert (fact.subject, fact.relation, fact.object, fact.pattern) == (subject, relation, obj, pattern)
+        assert (fact.subject, fact.key_slot, fact.object, fact.pattern) == (subject, relation, obj, pattern)
         assert 0.0 <= fact.confidence <= 1.0
         assert variant[fact.span[0] : fact.span[1]].startswith(("Zara", "My", "I"))
 
@@ -64,7 +64,8 @@ def test_each_default_pattern_on_canonical_statements(detector, text, subject, r
 def test_everyday_relation_variants(detector, text, subject, obj):
     fact = detector.detect(text)
     assert fact is not None, text
-    assert (fact.subject, fact.relation, fact.object) == (subject, "relation", obj)
+    assert (fact.subject, fact.key_slot, fact.object) == (subject, "relation", obj)
+    assert fact.relation == obj  # the real relation word is stored, not the literal "relation"
 
 
 @pytest.mark.parametrize("relation", RELATIONS)
@@ -72,7 +73,7 @@ def test_toy_world_relation_kinds_share_one_key_across_forms(detector, relation)
     forms = [f"Xiomara is my {relation}.", f"My {relation} is Xiomara.", f"My {relation}'s name is Xiomara."]
     facts = [detector.detect(form) for form in forms]
     assert all(f is not None for f in facts), forms
-    assert {(f.subject, f.relation, f.object) for f in facts} == {("Xiomara", "relation", relation)}
+    assert {(f.subject, f.key_slot, f.object, f.relation) for f in facts} == {("Xiomara", "relation", relation, relation)}
 
 
 @pytest.mark.parametrize(
@@ -125,8 +126,8 @@ def test_statements_are_not_questions(detector):
 
 def test_update_keeps_the_memory_key(detector):
     a, b = detector.detect("Zara is my sister."), detector.detect("Zara is my friend.")
-    assert (a.subject, a.relation) == (b.subject, b.relation)
-    assert (a.object, b.object) == ("sister", "friend")
+    assert (a.subject, a.key_slot) == (b.subject, b.key_slot)
+    assert (a.object, b.object) == ("sister", "friend") and (a.relation, b.relation) == ("sister", "friend")
 
 
 def test_question_templates(detector):

@@ -12,9 +12,16 @@ distractors, then K unrelated turns. A probe callback asks questions in a fresh 
 - recall_at_k     recall of every fact after round k (k = 1..reps); reps_to_recall: median first k
 - generalization  recall on held-out question phrasings after the last round
 - retention       recall after the K unrelated turns; forgetting = recall_at_k[-1] − retention
-- locality        on anchor prompts after the last round: share of greedy tokens unchanged vs the
-                  base ("token_agreement"), KL(base ‖ adapter) and the perplexity ratio
+- locality        after the last round and again after the unrelated turns ("locality_after"), on
+                  general prompts never trained on (`GENERAL_PROMPTS`; the locality term trains on
+                  olm/assets/locality.txt): "teacher_forced" top-1 agreement with the base along the
+                  base's own greedy reply, share of greedy tokens unchanged ("token_agreement", which
+                  collapses on any harmless early rewording), KL(base ‖ adapter) and perplexity ratio;
+                  "gk_base" / "gk_adapted": share of `GK_QUESTIONS` (general knowledge) answered correctly
 - base_control    the base (adapter disabled) on the same probes
+- update          (row "update" only) after teaching, every fact is contradicted ("Zara is my cousin."
+                  after "Zara is my sister.") `reps` times: share answered with the new object and
+                  not the old; retention is then asked about the new objects
 
 Rows: the config as is ("tuned"), the original design's values, and ablations without replay,
 importance weighting or KL. ``--set=--model.optim.lr=1e-3`` (repeatable) changes the config for
@@ -27,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import statistics
 import sys
 import time
@@ -43,12 +51,20 @@ from olm.callbacks import FactReplay
 from olm.module import OnlineLM
 from olm.probes import AnchorProbe, is_recalled, recall_answers
 from olm.turns import trained_turn
-from olm.world.generator import make_world
+from olm.probes import load_anchors
+from olm.render import messages_for, render_prompt
+from olm.world.generator import Fact, make_world, random_object
 from olm.world.quality import WORLD_FILE, load_world
-from olm.world.schedule import TeachingSchedule, anchor_prompts, teaching_schedule, unrelated_turns
+from olm.world.schedule import TeachingSchedule, teaching_schedule, unrelated_turns
 
 ROOT = Path(__file__).resolve().parents[2]
-KEYS = ("recall_at_k", "reps_to_recall", "generalization", "retention", "forgetting", "locality", "base_control")
+KEYS = ("recall_at_k", "reps_to_recall", "generalization", "retention", "forgetting", "locality", "locality_after",
+        "base_control", "update", "fact_turn_ratio")
+DATA = Path(__file__).parent / "data"
+GENERAL_PROMPTS = DATA / "general_prompts.txt"
+"""Locality prompts of the benchmark: disjoint from the training locality prompts (tests check)."""
+GK_QUESTIONS = DATA / "gk_questions.jsonl"
+"""General-knowledge questions with accepted answers: what the base knows must stay known."""
 ORIGINAL = [  # the original design's values on the same model
     "--model.optim.lr=1e-6", "--model.optim.steps_per_fact=1", "--model.optim.steps_per_turn=1",
     "--model.optim.steps_per_replay=1", "--model.optim.grad_clip=0.1",
@@ -59,6 +75,7 @@ ORIGINAL = [  # the original design's values on the same model
 NO_KL = ['--model.policy.kl_lambdas={"chat": 0, "question": 0, "fact": 0, "replay": 0}', "--model.policy.min_kl=0"]
 ROWS: dict[str, tuple[list[str], bool]] = {  # name → (CLI overrides, keep replay)
     "tuned": ([], True),
+    "update": ([], True),
     "original": (ORIGINAL, True),
     "no_replay": ([], False),
     "no_weighting": (["--model.weighting.strategies=[]"], True),
@@ -67,41 +84,128 @@ ROWS: dict[str, tuple[list[str], bool]] = {  # name → (CLI overrides, keep rep
 
 
 @dataclass
+class Reference:
+    """What the base model does on the general prompts and questions (computed once per run)."""
+
+    ids: torch.Tensor
+    attention: torch.Tensor
+    positions: torch.Tensor
+    base_top1: torch.Tensor
+    base_replies: list[str]
+    gk: list[dict[str, Any]]
+    gk_base: list[bool]
+
+
+def gk_correct(answers: list[str], gk: list[dict[str, Any]]) -> list[bool]:
+    return [any(is_recalled(a, ok) for ok in q["answers"]) for a, q in zip(answers, gk)]
+
+
+@torch.no_grad()
+def reference(pl_module: OnlineLM, prompts: list[str], gk: list[dict[str, Any]]) -> Reference:
+    """The base's greedy replies to `prompts` (rendered with them as one padded batch), its top-1
+    token along them, and its answers to the general-knowledge questions."""
+    model, tok, gen = pl_module.model, pl_module.tokenizer, pl_module.generation
+    with model.disable_adapter():
+        replies = recall_answers(model, tok, prompts, gen)
+        gk_answers = recall_answers(model, tok, [q["question"] for q in gk], gen)
+    rows, spans = [], []
+    for prompt, reply in zip(prompts, replies):
+        head = tok(render_prompt(tok, messages_for(prompt)), add_special_tokens=False).input_ids
+        body = tok(reply, add_special_tokens=False).input_ids
+        rows.append(head + body)
+        spans.append((len(head) - 1, len(head) + len(body) - 1))  # positions predicting the reply
+    width = max(len(r) for r in rows)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+    attention = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    positions = torch.zeros_like(ids, dtype=torch.bool)
+    for i, (a, b) in enumerate(spans):
+        positions[i, a:b] = True
+    with model.disable_adapter():
+        base_top1 = top1(pl_module, ids, attention, positions)
+    return Reference(ids, attention, positions, base_top1, replies, gk, gk_correct(gk_answers, gk))
+
+
+def top1(pl_module: OnlineLM, ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    model = pl_module.model
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(input_ids=ids.to(pl_module.device), attention_mask=attention.to(pl_module.device)).logits
+    finally:
+        model.train(was_training)
+    return logits[positions.to(pl_module.device)].argmax(-1).cpu()
+
+
+@dataclass
 class Probe(L.Callback):
-    """Asks the schedule's probes at the end of each round and at the end of the stream."""
+    """Asks the schedule's probes at the end of each round, of teaching, of the updates and of the stream."""
 
     schedule: TeachingSchedule
     round_ends: dict[int, int]
     anchors: list[str]
     teaching_turns: int
+    updates: list[Fact] = field(default_factory=list)
+    update_end: int = 0
+    gk: list[dict[str, Any]] = field(default_factory=list)
     recall: dict[int, list[bool]] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
+    ref: Reference | None = None
+    turn_times: dict[str, list[float]] = field(default_factory=lambda: {"fact": [], "other": []})
 
     def on_train_batch_end(self, trainer, pl_module: OnlineLM, outputs, *args) -> None:
         if not trained_turn(outputs):
             return
+        last = pl_module.last
+        if last is not None and not last.replayed:
+            self.turn_times["fact" if last.kind == "fact" else "other"].append(last.timings.get("turn", 0.0))
         done = pl_module.turns_trained
         if done in self.round_ends.values():
             k = next(k for k, end in self.round_ends.items() if end == done)
             self.recall[k] = self.ask(pl_module, [f.probe for f in self.schedule.facts])
         if done == self.teaching_turns:
             self.end_of_teaching(pl_module)
+        if self.updates and done == self.update_end:
+            self.results["update"] = self.ask_updates(pl_module)
 
     def on_train_end(self, trainer, pl_module: OnlineLM) -> None:
-        self.results["retention"] = mean(self.ask(pl_module, [f.probe for f in self.schedule.facts]))
+        if self.updates:
+            answers = recall_answers(pl_module.model, pl_module.tokenizer, [f.probe for f in self.updates], pl_module.generation)
+            self.results["retention"] = mean([is_recalled(a, f.object) for a, f in zip(answers, self.updates)])
+        else:
+            self.results["retention"] = mean(self.ask(pl_module, [f.probe for f in self.schedule.facts]))
+        self.results["locality_after"] = self.locality(pl_module)
+        fact, other = (statistics.median(v) if v else math.nan for v in self.turn_times.values())
+        self.results["fact_turn_ratio"] = fact / other if other else math.nan
 
     def ask(self, pl_module: OnlineLM, questions: list[str], facts=None) -> list[bool]:
         facts = facts or self.schedule.facts
         answers = recall_answers(pl_module.model, pl_module.tokenizer, questions, pl_module.generation)
         return [is_recalled(a, f.expected) for a, f in zip(answers, facts)]
 
+    def ask_updates(self, pl_module: OnlineLM) -> float:
+        """Share of contradicted facts answered with the new object and without the old one."""
+        answers = recall_answers(pl_module.model, pl_module.tokenizer, [f.probe for f in self.updates], pl_module.generation)
+        old = [f.expected for f in self.schedule.facts]
+        return mean([is_recalled(a, new.object) and not is_recalled(a, o) for a, new, o in zip(answers, self.updates, old)])
+
     def end_of_teaching(self, pl_module: OnlineLM) -> None:
         facts = self.schedule.facts
         para = [(q, f) for f in facts for q in f.paraphrases]
         self.results["generalization"] = mean(self.ask(pl_module, [q for q, _ in para], [f for _, f in para]))
-        self.results["locality"] = locality(pl_module, self.anchors)
+        self.results["locality"] = self.locality(pl_module)
         with pl_module.model.disable_adapter():
             self.results["base_control"] = mean(self.ask(pl_module, [f.probe for f in facts]))
+
+    def locality(self, pl_module: OnlineLM) -> dict[str, float]:
+        if self.ref is None:
+            self.ref = reference(pl_module, self.anchors, self.gk)
+        ref = self.ref
+        out = locality(pl_module, self.anchors, ref.base_replies)
+        out["teacher_forced"] = float((top1(pl_module, ref.ids, ref.attention, ref.positions) == ref.base_top1).float().mean())
+        answers = recall_answers(pl_module.model, pl_module.tokenizer, [q["question"] for q in ref.gk], pl_module.generation)
+        out["gk_base"], out["gk_adapted"] = mean(ref.gk_base), mean(gk_correct(answers, ref.gk))
+        return out
 
 
 def mean(values: list[bool] | list[float]) -> float:
@@ -109,12 +213,13 @@ def mean(values: list[bool] | list[float]) -> float:
 
 
 @torch.no_grad()
-def locality(pl_module: OnlineLM, anchors: list[str]) -> dict[str, float]:
+def locality(pl_module: OnlineLM, anchors: list[str], base: list[str] | None = None) -> dict[str, float]:
     """Greedy-token agreement with the base, anchor KL(base ‖ adapter) and perplexity ratio."""
     model, tok = pl_module.model, pl_module.tokenizer
     adapted = recall_answers(model, tok, anchors, pl_module.generation)
-    with model.disable_adapter():
-        base = recall_answers(model, tok, anchors, pl_module.generation)
+    if base is None:
+        with model.disable_adapter():
+            base = recall_answers(model, tok, anchors, pl_module.generation)
     same = total = 0
     for a, b in zip(adapted, base):
         ta, tb = tok(a, add_special_tokens=False).input_ids, tok(b, add_special_tokens=False).input_ids
@@ -129,10 +234,29 @@ def locality(pl_module: OnlineLM, anchors: list[str]) -> dict[str, float]:
     return {"token_agreement": same / total, "anchor_kl": float(kl), "ppl_ratio": float(torch.exp(nll_a - nll_b))}
 
 
-def write_stream(path: Path, schedule: TeachingSchedule, unrelated: list[dict[str, str]]) -> None:
-    """Each turn as its own conversation (fresh context) in messages-JSONL."""
+def contradictions(facts: list[Fact], reps: int, seed: int) -> tuple[list[Fact], list[dict[str, str]]]:
+    """A new object for every fact (same subject and kind), and `reps` rounds of turns stating it."""
+    rng = random.Random(seed)
+    updates = []
+    for f in facts:
+        obj = random_object(rng, f.kind)
+        while obj == f.object:
+            obj = random_object(rng, f.kind)
+        updates.append(Fact(f.subject, f.kind, obj))
+    turns = []
+    for r in range(reps):
+        order = list(range(len(updates)))
+        rng.shuffle(order)
+        for i in order:
+            u = updates[i]
+            turns.append({"user": u.statements[r % len(u.statements)], "assistant": u.acknowledgement})
+    return updates, turns
+
+
+def write_stream(path: Path, schedule: TeachingSchedule, unrelated: list[dict[str, str]], extra=()) -> None:
+    """Each turn as its own conversation (fresh context) in messages-JSONL: teaching, `extra`, unrelated."""
     with path.open("w") as f:
-        for i, turn in enumerate([*schedule.turns, *unrelated]):
+        for i, turn in enumerate([*schedule.turns, *extra, *unrelated]):
             messages = [{"role": "user", "content": turn["user"]}, {"role": "assistant", "content": turn["assistant"]}]
             f.write(json.dumps({"id": f"t{i}", "messages": messages}) + "\n")
 
@@ -157,14 +281,17 @@ def run_once(args, row: str, seed: int, workdir: Path) -> dict[str, Any]:
     world = world_for(args.model)
     schedule = teaching_schedule(world, args.facts, args.reps, seed=seed)
     stream = workdir / f"{row}-{seed}.jsonl"
-    write_stream(stream, schedule, unrelated_turns(args.unrelated, seed=seed + 1000))
+    updates, update_turns = contradictions([f.fact for f in schedule.facts], args.reps, seed + 2000) if row == "update" else ([], [])
+    write_stream(stream, schedule, unrelated_turns(args.unrelated, seed=seed + 1000), update_turns)
     cli = OlmCLI(
         OnlineLM, ChatStreamDataModule, run=False, auto_configure_optimizers=False,
         args=["--config", str(args.config), f"--model.base_model={args.model}", f"--data.source={stream}",
               f"--seed_everything={seed}", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
               f"--threads={args.threads}", *args.overrides, *overrides],
     )  # fmt: skip
-    probe = Probe(schedule, round_ends(schedule), anchor_prompts(world, seed=seed), len(schedule.turns))
+    gk = [json.loads(line) for line in GK_QUESTIONS.read_text().splitlines() if line.strip()]
+    probe = Probe(schedule, round_ends(schedule), load_anchors(GENERAL_PROMPTS), len(schedule.turns),
+                  updates, len(schedule.turns) + len(update_turns), gk)  # fmt: skip
     # keep the research callbacks, drop file output (checkpoints, adapters) from the benchmark
     cli.trainer.callbacks[:] = [c for c in cli.trainer.callbacks if isinstance(c, FactReplay) and keep_replay]
     cli.trainer.callbacks.append(probe)
@@ -183,7 +310,8 @@ def summarize(probe: Probe, reps: int) -> dict[str, Any]:
         "recall_at_k": per_k, "reps_to_recall": None if math.isinf(median) else float(median),
         "generalization": probe.results["generalization"], "retention": probe.results["retention"],
         "forgetting": per_k[-1] - probe.results["retention"], "locality": probe.results["locality"],
-        "base_control": probe.results["base_control"],
+        "locality_after": probe.results["locality_after"], "base_control": probe.results["base_control"],
+        "update": probe.results.get("update"), "fact_turn_ratio": probe.results["fact_turn_ratio"],
     }  # fmt: skip
 
 
@@ -209,14 +337,18 @@ def fmt(stat: dict[str, Any]) -> str:
 
 def markdown(results: dict[str, Any], reps: int) -> str:
     ks = sorted({1, 2, 3, reps} & set(range(1, reps + 1)))
-    head = ["row", *[f"recall@{k}" for k in ks], "reps→recall", "generalization", "retention", "forgetting",
-            "locality", "anchor KL", "ppl ratio", "base control"]  # fmt: skip
+    head = ["row", *[f"recall@{k}" for k in ks], "reps→recall", "generalization", "retention", "update",
+            "locality TF (teach / after)", "GK adapted (teach / after)", "GK base", "token agreement", "anchor KL",
+            "ppl ratio", "base control", "fact/plain turn time"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row, r in results.items():
-        loc = r["locality"]
+        loc, after = r["locality"], r["locality_after"]
         cells = [row, *[fmt(r["recall_at_k"][k - 1]) for k in ks], fmt(r["reps_to_recall"]), fmt(r["generalization"]),
-                 fmt(r["retention"]), fmt(r["forgetting"]), fmt(loc["token_agreement"]), fmt(loc["anchor_kl"]),
-                 fmt(loc["ppl_ratio"]), fmt(r["base_control"])]  # fmt: skip
+                 fmt(r["retention"]), fmt(r["update"]),
+                 f"{fmt(loc['teacher_forced'])} / {fmt(after['teacher_forced'])}",
+                 f"{fmt(loc['gk_adapted'])} / {fmt(after['gk_adapted'])}", fmt(loc["gk_base"]),
+                 fmt(loc["token_agreement"]), fmt(loc["anchor_kl"]), fmt(loc["ppl_ratio"]), fmt(r["base_control"]),
+                 fmt(r["fact_turn_ratio"])]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -246,7 +378,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--config", type=Path, default=ROOT / "configs" / "default.yaml", help="the tuned config")
-    p.add_argument("--model", default="olm-tiny", help="base model (built-in name, directory or hub id)")
+    p.add_argument("--model", default="smollm2-135m", help="base model (built-in name, directory or hub id)")
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), help="rows to run")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (mean ± spread over them)")
     p.add_argument("--facts", type=int, default=20, help="held-out facts taught (N)")

@@ -11,7 +11,7 @@ ForgettingMonitor (every `every_n_turns` turns: batched greedy answers to the re
 questions in a fresh context) logs
     facts/recall, forgetting, ever_recalled, turns_since_first_recall, reps_to_first_recall,
     facts/probed, facts/recall_by_reps/<k> (pooled over the run; the last bin also holds facts
-    taught more often), facts/forgetting/<subject.relation> (the first few facts).
+    taught more often), facts/forgetting/<subject.slot> (the first few facts; slot = the memory key, e.g. "relation").
 Both log their own cost as time/monitor_stability (every turn) and time/monitor_forgetting (at
 each round), in seconds (DriftGuard: time/monitor_drift_guard); `python -m olm.report` sums
 time/monitor_* into the monitors' share of turn time. The metrics fed with Python floats stay
@@ -64,7 +64,7 @@ _TAG_UNSAFE = re.compile(r"[^\w\-]+")
 
 
 def fact_tag(key: str) -> str:
-    """A fact key "subject|relation" as a tag name: "subject.relation", other symbols as "_"."""
+    """A fact key "subject|slot" as a tag name: "subject.slot", other symbols as "_"."""
     subject, _, relation = key.partition("|")
     return f"{_TAG_UNSAFE.sub('_', subject)}.{_TAG_UNSAFE.sub('_', relation)}"
 
@@ -293,7 +293,7 @@ class ForgettingMonitor(Callback):
         """Probe the next facts, update the metrics and log them; returns the scalars."""
         start = time.perf_counter()
         facts = self._select(list(pl_module.memory))
-        keys = [f"{f.subject}|{f.relation}" for f in facts]
+        keys = [f"{f.subject}|{getattr(f, 'slot', '') or f.relation}" for f in facts]
         answers: list[str] = []
         for i in range(0, len(facts), self.batch_size):
             chunk = [f.question for f in facts[i : i + self.batch_size]]
@@ -311,7 +311,7 @@ class ForgettingMonitor(Callback):
         return scalars
 
     def _select(self, facts: list) -> list:
-        facts = sorted(facts, key=lambda f: (f.first_turn, f.subject, f.relation))
+        facts = sorted(facts, key=lambda f: (f.first_turn, f.subject, getattr(f, "slot", "") or f.relation))
         if len(facts) <= self.max_facts:
             return facts
         start = self.cursor % len(facts)

@@ -1,0 +1,95 @@
+"""Fact augmentation: what a fact step trains on besides the exchange itself (pure, no tensors).
+
+A fact seen as one statement is memorised but not *extractable*: asked "Who is Zara?" in a fresh
+context, the model does not answer from it (Allen-Zhu & Li, "Physics of Language Models 3.1").
+Seeing the fact in several forms fixes that. So when a fact is stated — and when it is replayed —
+the step trains on a small batch:
+
+- the exchange itself (the user's statement and the reply), rendered by `olm.render`;
+- `qa_pairs` question → answer pairs from the detector pattern's templates
+  (`FactPattern.questions` → `FactPattern.answer`): "Who is Zara?" → "Zara is your sister.";
+- `paraphrases` restatements from `FactPattern.statements` ("My sister is Zara."), each answered
+  with `acknowledgement` ("Got it. Zara is your sister.").
+
+Templates rotate with `rotation` (the fact's statement count or replay count), so successive steps
+on one fact see different phrasings. The benchmark's held-out question phrasings are never among the
+templates (tests/test_augment.py), so generalization stays a measurement.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+
+from olm.facts import FactPattern, fill
+
+Exchange = tuple[str, str]
+"""(user message, assistant reply)."""
+
+
+@dataclass
+class AugmentSettings:
+    """How many extra examples a fact step trains on, beside the exchange itself."""
+
+    qa_pairs: int = 2
+    """Question → answer pairs per fact step."""
+    paraphrases: int = 1
+    """Paraphrased statements per fact step."""
+    acknowledgement: str = "Got it. {answer}"
+    """Reply to a paraphrased statement; ``{answer}`` is the pattern's filled answer template."""
+    on_replay: bool = True
+    """Augment replayed facts as well (a replay then trains on the stored exchange + the extras)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("qa_pairs", "paraphrases"):
+            if getattr(self, name) < 0:
+                problems.append(f"augment.{name} must be >= 0, got {getattr(self, name)!r}")
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(self.acknowledgement) if f is not None}
+        except ValueError:
+            fields = {"<malformed>"}
+        if not fields <= {"answer"}:
+            problems.append(f"augment.acknowledgement may only use {{answer}}, got {self.acknowledgement!r}")
+        if problems:
+            raise ValueError("invalid augmentation settings: " + "; ".join(problems))
+
+
+def _rotated(templates: list[str], n: int, rotation: int, skip: str = "") -> list[str]:
+    """`n` distinct templates (fewer if there are fewer), starting at rotation × n, never `skip`."""
+    usable = [t for t in templates if t != skip]
+    if not usable or n == 0:
+        return []
+    start = (rotation * n) % len(usable)
+    return [usable[(start + i) % len(usable)] for i in range(min(n, len(usable)))]
+
+
+def fact_exchanges(
+    subject: str, obj: str, relation: str, pattern: FactPattern | None, settings: AugmentSettings,
+    rotation: int = 0, statement: str = "",
+) -> list[Exchange]:  # fmt: skip
+    """The extra exchanges a fact step trains on (the exchange itself not included).
+
+    Args:
+        subject: the fact's subject ("Zara", "me" for first-person facts).
+        obj: its object ("sister").
+        relation: its relation word ("sister", "lives_in").
+        pattern: the detector pattern that found it (its templates); None gives no extras.
+        settings: counts and acknowledgement.
+        rotation: which templates to start from (e.g. the statement count), so steps vary.
+        statement: the user's own statement; a paraphrase never repeats it verbatim.
+
+    Returns:
+        Q/A pairs first, then paraphrases: ``[(user, reply), ...]``.
+    """
+    if pattern is None or not pattern.answer:
+        return []
+    answer = fill(pattern.answer, subject, obj, relation)
+    out: list[Exchange] = []
+    for q in _rotated(pattern.questions, settings.qa_pairs, rotation):
+        out.append((fill(q, subject, obj, relation), answer))
+    own = statement.strip()
+    statements = [fill(t, subject, obj, relation) for t in pattern.statements]
+    for text in _rotated(statements, settings.paraphrases, rotation, skip=own):
+        out.append((text, settings.acknowledgement.format(answer=answer)))
+    return out

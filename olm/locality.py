@@ -1,0 +1,144 @@
+"""The locality term: KL(base ‖ adapter) on unrelated prompts, in the same step as the fact.
+
+The KL of the online loss covers only the tokens of the exchange being learned; nothing stops a
+fact step from changing how the model answers everything else. Following the locality loss of
+knowledge-editing methods (EasyEdit) and Learning without Forgetting, each step of the configured
+kinds (fact and replay by default) also pulls the adapter towards the base on `per_step` prompts
+drawn in rotation from a bundled, configurable file of varied general prompts (chit-chat,
+arithmetic, general knowledge, writing: ``olm/assets/locality.txt``), weighted by its own λ.
+
+What is compared: each prompt rendered as a fresh chat followed by the *base* model's greedy reply
+(up to `reply_tokens`); at every position that predicts a reply token (and the end of the turn),
+the base's next-token distribution. The base never changes, so both are computed once per prompt,
+the first time it comes up, and cached as the top-`top_k` log-probabilities plus a "rest" bucket
+(`olm.losses.top_k_kl`): ~k × 12 bytes per position instead of a full vocabulary row.
+
+The benchmark measures locality on *other* prompts (``olm/bench/general_prompts.txt``); a test
+checks the two files share no prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from olm.context import KINDS
+from olm.generation import GenerationSettings, generate_replies
+from olm.losses import top_k_log_probs
+from olm.probes import load_anchors
+from olm.render import messages_for, render_prompt
+
+DEFAULT_PROMPTS = Path(__file__).parent / "assets" / "locality.txt"
+
+
+def _default_kinds() -> list[str]:
+    return ["fact", "replay"]
+
+
+@dataclass
+class LocalitySettings:
+    """KL to the base on unrelated prompts, added to the steps of `kinds`."""
+
+    weight: float = 0.0
+    """λ of the locality KL (0 turns the term off)."""
+    prompts: str | None = None
+    """File of prompts, one per line ('#' comments); None = the bundled ``olm/assets/locality.txt``."""
+    per_step: int = 2
+    """Prompts per step, drawn in rotation."""
+    kinds: list[str] = field(default_factory=_default_kinds)
+    """Turn kinds whose steps carry the term (chat, question, fact, replay)."""
+    reply_tokens: int = 24
+    """Tokens of the base's greedy reply whose predictions are compared."""
+    top_k: int = 64
+    """Base tokens kept per position in the cache (the rest is one bucket)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.weight < 0:
+            problems.append(f"locality.weight must be >= 0, got {self.weight!r}")
+        for name in ("per_step", "reply_tokens", "top_k"):
+            if getattr(self, name) < 1:
+                problems.append(f"locality.{name} must be >= 1, got {getattr(self, name)!r}")
+        unknown = [k for k in self.kinds if k not in KINDS]
+        if unknown:
+            problems.append(f"locality.kinds has unknown kinds {unknown} (known: {list(KINDS)})")
+        if self.prompts is not None and not Path(self.prompts).is_file():
+            problems.append(f"locality.prompts: file not found: {self.prompts!r}")
+        if problems:
+            raise ValueError("invalid locality settings: " + "; ".join(problems))
+
+
+@dataclass
+class LocalityRow:
+    """One cached locality prompt.
+
+    Attributes:
+        input_ids: (T,) prompt + the base's greedy reply.
+        positions: (T,) bool; positions whose next-token distribution is compared.
+        top_log_p: (N, k) the base's top-k log-probabilities at those positions.
+        top_ids: (N, k) their token ids.
+    """
+
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    top_log_p: torch.Tensor
+    top_ids: torch.Tensor
+
+
+class LocalityTerm:
+    """The rotating prompts and the cache of the base's outputs on them.
+
+    Args:
+        settings: the term's settings.
+        tokenizer: the model's tokenizer (with a chat template).
+    """
+
+    def __init__(self, settings: LocalitySettings, tokenizer) -> None:
+        self.settings = settings
+        self.tokenizer = tokenizer
+        self.prompts = load_anchors(settings.prompts if settings.prompts is not None else DEFAULT_PROMPTS)
+        self.position = 0
+        """Index of the next prompt in the rotation (saved in checkpoints)."""
+        self._cache: dict[int, LocalityRow] = {}
+
+    def applies(self, kind: str) -> bool:
+        return self.settings.weight > 0 and kind in self.settings.kinds
+
+    def next_rows(self, model) -> list[LocalityRow]:
+        """The next `per_step` prompts of the rotation, their base outputs computed on first use.
+
+        Args:
+            model: the peft model; its base (adapter disabled) gives the cached outputs.
+        """
+        n = min(self.settings.per_step, len(self.prompts))
+        idx = [(self.position + i) % len(self.prompts) for i in range(n)]
+        self.position = (self.position + n) % len(self.prompts)
+        missing = [i for i in idx if i not in self._cache]
+        if missing:
+            self._fill(model, missing)
+        return [self._cache[i] for i in idx]
+
+    @torch.no_grad()
+    def _fill(self, model, indices: list[int]) -> None:
+        tok = self.tokenizer
+        gen = GenerationSettings(max_new_tokens=self.settings.reply_tokens)
+        device = next(model.parameters()).device
+        with model.disable_adapter():
+            replies = generate_replies(model, tok, [messages_for(self.prompts[i]) for i in indices], gen)
+            was_training = model.training
+            model.eval()
+            try:
+                for i, reply in zip(indices, replies):
+                    prompt_ids = tok(render_prompt(tok, messages_for(self.prompts[i])), add_special_tokens=False).input_ids
+                    reply_ids = tok(reply, add_special_tokens=False).input_ids[: self.settings.reply_tokens]
+                    end = [tok.eos_token_id] if tok.eos_token_id is not None else []
+                    ids = torch.tensor(prompt_ids + reply_ids + end, dtype=torch.long)
+                    positions = torch.zeros(len(ids), dtype=torch.bool)
+                    positions[len(prompt_ids) - 1 : len(ids) - 1] = True  # each predicts a reply token / the end
+                    logits = model(input_ids=ids[None].to(device)).logits[0]
+                    top_log_p, top_ids = top_k_log_probs(logits[positions.to(device)], self.settings.top_k)
+                    self._cache[i] = LocalityRow(ids, positions, top_log_p, top_ids)
+            finally:
+                model.train(was_training)

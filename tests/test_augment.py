@@ -1,0 +1,154 @@
+"""Fact augmentation, the locality term, first-person facts and contradiction updates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from olm.augment import AugmentSettings, fact_exchanges
+from olm.bench.facts import GENERAL_PROMPTS
+from olm.context import Context
+from olm.facts import DetectorConfig, FactDetector, fill
+from olm.locality import DEFAULT_PROMPTS, LocalitySettings
+from olm.losses import kl_to_base, top_k_kl, top_k_log_probs
+from olm.memory import FactMemory
+from olm.module import OnlineLM, OptimSettings
+from olm.probes import load_anchors
+from olm.render import render_exchange
+from olm.world import templates as T
+
+NAMES = ("Zara", "Anna Maria")
+
+
+def test_training_templates_never_hold_a_held_out_question():
+    """Generalization asks held-out phrasings: none may be trained on, for any subject."""
+    held_out = {
+        " ".join(T.fill(q, name).casefold().split()) for qs in T.HELD_OUT_QUESTIONS.values() for q in qs for name in NAMES
+    }
+    trained = set()
+    for p in DetectorConfig().patterns:
+        for t in [p.question, *p.questions, *p.statements, p.answer]:
+            for name in NAMES:
+                trained.add(" ".join(fill(t, p.subject or name, "sister", p.relation).casefold().split()))
+    assert trained and not trained & held_out, sorted(trained & held_out)
+
+
+def test_locality_training_prompts_and_benchmark_prompts_are_disjoint():
+    train = {p.casefold() for p in load_anchors(DEFAULT_PROMPTS)}
+    bench = {p.casefold() for p in load_anchors(GENERAL_PROMPTS)}
+    assert len(train) >= 50 and len(bench) >= 20 and not train & bench
+
+
+def test_fact_exchanges_counts_rotation_and_no_verbatim_statement():
+    detector = FactDetector()
+    fact = detector.detect("Zara is my sister.")
+    pattern = detector.pattern(fact.pattern)
+    settings = AugmentSettings(qa_pairs=2, paraphrases=1)
+    first = fact_exchanges(fact.subject, fact.object, fact.relation, pattern, settings, 0, "Zara is my sister.")
+    assert len(first) == 3
+    assert first[0] == ("Who is Zara?", "Zara is your sister.") and first[1][1] == "Zara is your sister."
+    assert first[2][0] != "Zara is my sister." and first[2][1] == "Got it. Zara is your sister."
+    second = fact_exchanges(fact.subject, fact.object, fact.relation, pattern, settings, 1, "Zara is my sister.")
+    assert [q for q, _ in second[:2]] != [q for q, _ in first[:2]]  # rotated
+    assert fact_exchanges("Zara", "sister", "sister", None, settings) == []
+    assert fact_exchanges("Zara", "sister", "sister", pattern, AugmentSettings(0, 0)) == []
+    with pytest.raises(ValueError, match="qa_pairs"):
+        AugmentSettings(qa_pairs=-1)
+    with pytest.raises(ValueError, match="acknowledgement"):
+        AugmentSettings(acknowledgement="Got {it}")
+
+
+@pytest.mark.parametrize(
+    "text, slot, obj, question",
+    [
+        ("I live in Lisbon.", "lives_in", "Lisbon", "Where do I live?"),
+        ("My name is Sam.", "name", "Sam", "What is my name?"),
+        ("I'm Sam.", "name", "Sam", "What is my name?"),
+        ("My favourite colour is green.", "favourite_colour", "green", "What is my favourite colour?"),
+        ("My birthday is in May.", "birthday", "May", "When is my birthday?"),
+        ("I work at Google.", "works_at", "Google", "Where do I work?"),
+        ("I am allergic to peanuts.", "allergic_to", "peanuts", "What am I allergic to?"),
+    ],
+)
+def test_first_person_facts(text, slot, obj, question):
+    fact = FactDetector().detect(text)
+    assert fact is not None, text
+    assert (fact.subject, fact.key_slot, fact.object, fact.question()) == ("me", slot, obj, question)
+
+
+def test_first_person_non_facts():
+    detector = FactDetector()
+    for text in ("I'm tired.", "I'm fine, thanks.", "I work at home.", "My name is not important."):
+        assert detector.detect(text) is None, text
+
+
+def test_top_k_kl_is_exact_at_full_k_and_a_lower_bound_below():
+    torch.manual_seed(0)
+    adapter, base = torch.randn(5, 50), torch.randn(5, 50) * 2
+    exact = kl_to_base(adapter[None], base[None], torch.ones(1, 5))
+    log_p, ids = top_k_log_probs(base, 50)
+    assert torch.allclose(top_k_kl(adapter, log_p, ids), exact, atol=1e-5)
+    log_p, ids = top_k_log_probs(base, 5)
+    coarse = top_k_kl(adapter, log_p, ids)
+    assert 0 <= coarse <= exact + 1e-6
+    assert top_k_kl(base, *top_k_log_probs(base, 5)) == pytest.approx(0.0, abs=1e-5)
+    adapter.requires_grad_(True)
+    top_k_kl(adapter, log_p, ids).backward()
+    assert adapter.grad.abs().sum() > 0
+
+
+def test_fact_step_trains_on_one_padded_batch_with_locality(tiny_model_dir, monkeypatch):
+    model = OnlineLM(
+        base_model=tiny_model_dir, optim=OptimSettings(lr=1e-3),
+        augment=AugmentSettings(qa_pairs=2, paraphrases=1), locality=LocalitySettings(weight=1.0, per_step=2),
+    )  # fmt: skip
+    model.optimizers = lambda: model._opt  # outside a trainer
+    model._opt = model.configure_optimizers()
+    model.manual_backward = lambda loss: loss.backward()
+    calls = []
+    forward = model.model.forward
+    monkeypatch.setattr(model.model, "forward", lambda *a, **k: (calls.append(k["input_ids"].shape), forward(*a, **k))[1])
+    fact = model.detector.detect("Zara is my sister.")
+    ctx = Context("fact", fact=fact)
+    examples = [render_exchange(model.tokenizer, "Zara is my sister.", "Got it.")]
+    examples += model.fact_examples(fact, 0, "Zara is my sister.")
+    assert len(examples) == 4
+    calls.clear()
+    before = {k: v.clone() for k, v in model.model.named_parameters() if v.requires_grad}
+    stats = model.learn(examples, ctx)
+    assert stats["examples"] == 6 and stats["locality_kl"] == pytest.approx(0.0, abs=1e-5)  # first step: adapter = base
+    trained = [shape for shape in calls if shape[0] == 6]
+    assert len(trained) == model.optim.steps_per_fact  # one forward per step for all 6 rows
+    assert any(not torch.equal(v, before[k]) for k, v in model.model.named_parameters() if v.requires_grad)
+    cached = dict(model.locality._cache)
+    assert len(cached) == 2 and model.locality.position == 2
+    model.learn(examples, ctx)  # next rotation: two more prompts cached, the first two kept
+    assert len(model.locality._cache) == 4 and all(model.locality._cache[i] is cached[i] for i in cached)
+    assert model.learn(examples, Context("chat"))["examples"] == 4  # chat steps carry no locality term
+
+
+def test_contradiction_replaces_the_fact_in_memory_and_what_is_replayed(tiny_model_dir):
+    model = OnlineLM(base_model=tiny_model_dir, augment=AugmentSettings(qa_pairs=1, paraphrases=0))
+    old, new = model.detector.detect("Zara is my sister."), model.detector.detect("Zara is my cousin.")
+    model.memory.store(old, "Zara is my sister.", "Got it.", 0)
+    model.memory.store(new, "Zara is my cousin.", "Got it.", 1)
+    [stored] = list(model.memory)
+    assert (stored.relation, stored.object, stored.count) == ("cousin", "cousin", 1)
+    model.queue_replay([stored])
+    assert model.replay_queue == [("Zara", "relation")]
+    [qa] = model.fact_examples(stored, 0)
+    assert "cousin" in qa.text and "sister" not in qa.text
+
+
+def test_memory_state_version_1_loads_with_slot_from_relation():
+    mem = FactMemory()
+    mem.store(FactDetector().detect("Xiomara lives in Lisbon."), "Xiomara lives in Lisbon.", "Got it.", 0)
+    state = mem.state_dict()
+    assert state["version"] == 2
+    for f in state["facts"]:
+        del f["slot"]
+    state["version"] = 1
+    old = FactMemory()
+    old.load_state_dict(state)
+    assert old.get("Xiomara", "lives_in").slot == "lives_in"
