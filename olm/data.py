@@ -13,6 +13,11 @@ NUL padding is removed; invalid UTF-8 is replaced and an overlong message trunca
 ``max_message_chars``. Each such event logs a warning (the first `ReaderLimits.max_warnings` of
 each kind; later ones are only counted) and adds one to `Turn.skipped`.
 
+Stopping: SIGINT (Ctrl+C), SIGTERM and SIGHUP end the stream as its end would: the data module's
+`StopRequest` (see `olm.readers`) is installed when training starts reading; the turn in progress
+finishes, no further turn is read, and the run ends normally — the checkpoint callbacks save at
+train end and the process exits 0. A line already read from stdin is trained first.
+
 Resume: turns before ``start_offset`` are read again (offsets, history and counts stay exact) but not
 yielded; stdin cannot be replayed, so its turns are numbered on from ``start_offset`` instead.
 With DataLoader workers each worker reads the whole stream and keeps every n-th turn.
@@ -36,7 +41,7 @@ import lightning as L
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from olm.formats import FORMATS, Conversation, Format, Problem, build_exchanges
-from olm.readers import STDIN, LineSource, ReaderLimits, SourceReader, is_pattern, resolve_sources
+from olm.readers import STDIN, LineSource, ReaderLimits, SourceReader, StopRequest, is_pattern, resolve_sources
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +145,7 @@ class ChatTurnStream(IterableDataset):
             cannot be replayed, nothing is skipped: its turns are numbered from `start_offset` on.
         limits: reader bounds (default `ReaderLimits()`).
         stdin: lines to read for ``-`` instead of ``sys.stdin`` (the interactive chat's console).
+        stop: ends a wait for stdin or a followed file (the data module's; None: never requested).
 
     Raises:
         ValueError: invalid settings (all problems in one message).
@@ -159,6 +165,7 @@ class ChatTurnStream(IterableDataset):
         *,
         limits: ReaderLimits | None = None,
         stdin: LineSource | None = None,
+        stop: StopRequest | None = None,
     ) -> None:
         super().__init__()
         self.config = StreamConfig(
@@ -167,18 +174,19 @@ class ChatTurnStream(IterableDataset):
         )
         if not isinstance(start_offset, int) or start_offset < 0:
             raise ValueError(f"start_offset must be an integer >= 0, got {start_offset!r}")
-        self.start_offset, self.stdin = start_offset, stdin
+        self.start_offset, self.stdin, self.stop = start_offset, stdin, stop
         self.files, self.filtered = resolve_sources(source, follow)
 
     @classmethod
     def from_config(
-        cls, config: StreamConfig, start_offset: int = 0, stdin: LineSource | None = None
+        cls, config: StreamConfig, start_offset: int = 0, stdin: LineSource | None = None,
+        stop: StopRequest | None = None,
     ) -> ChatTurnStream:
         """The stream `config` describes (its `num_workers` is the DataLoader's), from `start_offset` on."""
         c = config
         return cls(
             c.source, c.format, c.history_turns, c.max_message_chars, c.follow, c.poll_interval, c.idle_timeout,
-            start_offset, limits=c.limits, stdin=stdin,
+            start_offset, limits=c.limits, stdin=stdin, stop=stop,
         )
 
     def __iter__(self) -> Iterator[Turn]:
@@ -186,7 +194,8 @@ class ChatTurnStream(IterableDataset):
         shard, shards = (worker.id, worker.num_workers) if worker is not None else (0, 1)
         if shards > 1 and (self.config.source == STDIN or self.config.follow):
             raise RuntimeError("stdin and follow mode must be read with num_workers=0")
-        reader = _TurnReader(self.config, self.start_offset, warn=shard == 0, stdin=self.stdin)
+        stop = self.stop if worker is None else None  # a worker never sees the main process's signals
+        reader = _TurnReader(self.config, self.start_offset, warn=shard == 0, stdin=self.stdin, stop=stop)
         for turn in reader.turns(self.files, self.filtered):
             # shard relative to start_offset so that the DataLoader's round robin over workers keeps offset order
             if (turn.offset - self.start_offset) % shards == shard:
@@ -196,9 +205,12 @@ class ChatTurnStream(IterableDataset):
 class _TurnReader:
     """One pass over the sources: numbering, history, problem counting and warnings."""
 
-    def __init__(self, config: StreamConfig, start_offset: int, warn: bool, stdin: LineSource | None = None) -> None:
+    def __init__(
+        self, config: StreamConfig, start_offset: int, warn: bool, stdin: LineSource | None = None,
+        stop: StopRequest | None = None,
+    ) -> None:
         self.config, self.limits = config, config.limits
-        self.source = SourceReader(config, stdin)
+        self.source = SourceReader(config, stdin, stop)
         self.start_offset = start_offset
         self.offset = start_offset if config.source == STDIN else 0
         self.skipped = 0
@@ -240,6 +252,23 @@ class _TurnReader:
 
 
 # ----------------------------------------------------------------------------- data module
+class StreamLoader(DataLoader):
+    """The stream's DataLoader: its iteration ends, in the main process, once `stop` is requested.
+
+    With `handle_signals` (a trainer is running) iterating it installs `stop`'s signal handlers:
+    reading starts after Lightning installed its own, which they replace.
+    """
+
+    def __init__(self, dataset: ChatTurnStream, stop: StopRequest, handle_signals: bool, **kwargs: Any) -> None:
+        super().__init__(dataset, **kwargs)
+        self.stop, self.handle_signals = stop, handle_signals
+
+    def __iter__(self) -> Iterator[Any]:
+        if self.handle_signals:
+            self.stop.install()
+        return self.stop.iterate(super().__iter__())
+
+
 class ChatStreamDataModule(L.LightningDataModule):
     """Owns the chat-turn stream and its resume position (the offset of the first untrained turn).
 
@@ -278,16 +307,24 @@ class ChatStreamDataModule(L.LightningDataModule):
         self.next_offset = 0
         self.skipped = 0
         self.console: LineSource | None = None
+        self.stop = StopRequest()
 
     @property
     def source(self) -> str:
         """The configured source (a path, a glob or ``-``)."""
         return self.config.source
 
-    def train_dataloader(self) -> DataLoader:
-        """Turns from `next_offset` on, uncollated (``batch_size=None``), in stream order."""
-        stream = ChatTurnStream.from_config(self.config, self.next_offset, stdin=self.console)
-        return DataLoader(stream, batch_size=None, num_workers=self.config.num_workers)
+    def train_dataloader(self) -> StreamLoader:
+        """Turns from `next_offset` on, uncollated (``batch_size=None``), in stream order, until `stop`."""
+        stream = ChatTurnStream.from_config(self.config, self.next_offset, stdin=self.console, stop=self.stop)
+        handle_signals = self.trainer is not None  # restored at teardown / on_exception
+        return StreamLoader(stream, self.stop, handle_signals, batch_size=None, num_workers=self.config.num_workers)
+
+    def teardown(self, stage: str) -> None:
+        self.stop.restore()
+
+    def on_exception(self, exception: BaseException) -> None:
+        self.stop.restore()
 
     def use_console(self, lines: LineSource | None) -> None:
         """Read stdin through `lines()` instead of ``sys.stdin`` (None: back to ``sys.stdin``).

@@ -19,7 +19,9 @@ a glob pattern, or ``-`` for stdin. `SourceReader` turns one file into (where, `
 - with ``follow`` a single file is polled for appended lines like ``tail -f`` (line records only),
   and a partial last line waits for its end;
 - stdin is read from ``sys.stdin`` or from a line source given instead (the interactive chat's
-  console, which prompts and handles commands).
+  console, which prompts and handles commands);
+- a `StopRequest` (SIGINT, SIGTERM, SIGHUP) ends reading without losing input: its handler raises
+  only inside a wait that consumes nothing (``select`` on stdin, the follow-mode sleep).
 
 Invalid UTF-8 is replaced by U+FFFD (a problem), and a line or value over
 `ReaderLimits.max_record_bytes` is skipped without being held in memory.
@@ -30,11 +32,16 @@ from __future__ import annotations
 import codecs
 import glob
 import json
+import logging
 import os
+import select
+import signal
 import stat
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +50,8 @@ from olm.formats import Conversation, LineMode, Problem, line_conversation, reco
 
 if TYPE_CHECKING:
     from olm.data import StreamConfig
+
+log = logging.getLogger(__name__)
 
 STDIN = "-"
 LOG_SUFFIXES: tuple[str, ...] = (".jsonl", ".ndjson", ".json", ".txt", ".log")
@@ -184,11 +193,135 @@ def binary_reason(head: bytes) -> str | None:
     return "binary file (control bytes or invalid UTF-8)" if invalid + control > BINARY_FRACTION * len(text) else None
 
 
-class Poller:
-    """Waits for a growing file in follow mode: sleeps `interval`, gives up after `timeout` s without growth."""
+# ----------------------------------------------------------------------------- stopping
+STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+"""Ctrl+C; what kill, systemd and docker send; what a closed terminal sends."""
 
-    def __init__(self, interval: float, timeout: float | None) -> None:
+
+class StopRequest:
+    """A request to end the stream early so that the run finishes normally and saves.
+
+    SIGINT (Ctrl+C), SIGTERM (``kill``, systemd, docker) and SIGHUP (a closed terminal) all mean the
+    same: the turn in progress finishes, no further input is read, the stream ends, the checkpoint
+    callbacks save at train end and the process exits 0. Lightning's own SIGTERM handler (which
+    would exit 0 *without* saving) is replaced while this is installed; Lightning restores the
+    original handlers at its teardown, and `restore` does so for ours.
+
+    `handle` only sets `requested`, except inside `waiting` — a wait for input that consumes
+    nothing (``select`` on stdin, the follow-mode sleep) — where it also raises KeyboardInterrupt
+    to end the wait at once; `next` turns that into the end of the input. So a line that was read
+    is never dropped: a stop that comes later lets it be trained first. On SIGHUP the terminal is
+    gone: output to it is sent to the null device from then on (writing to it would fail).
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.reading = False
+        self._previous: dict[int, Any] = {}
+
+    def handle(self, signum: int, frame: Any) -> None:
+        """The signal handler (see the class docstring)."""
+        name = signal.Signals(signum).name
+        if signum == getattr(signal, "SIGHUP", None):
+            silence_terminal()
+        if self.requested:
+            log.warning("%s: already stopping after the current turn (SIGKILL stops at once, losing it)", name)
+        else:
+            log.warning("%s: finishing the current turn, then saving and exiting", name)
+        self.requested = True
+        if self.reading:
+            raise KeyboardInterrupt
+
+    def install(self) -> None:
+        """Handle `STOP_SIGNALS` with `handle` (main thread only; again after Lightning replaced one).
+
+        The first install of a run clears an old request.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if not self._previous:
+            self.requested = False
+        for sig in STOP_SIGNALS:
+            current = signal.getsignal(sig)
+            if current != self.handle:
+                self._previous.setdefault(sig, current)
+                signal.signal(sig, self.handle)
+
+    def restore(self) -> None:
+        """Put back the handlers `install` replaced, where ours is still installed."""
+        for sig, previous in self._previous.items():
+            if signal.getsignal(sig) == self.handle:
+                signal.signal(sig, previous)
+        self._previous.clear()
+
+    @contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Marks a wait that consumes no input: a stop signal inside it raises KeyboardInterrupt."""
+        outer, self.reading = self.reading, True
+        try:
+            yield
+        finally:
+            self.reading = outer
+
+    def next(self, iterator: Iterator[Any], default: Any) -> Any:
+        """``next(iterator, default)``, or `default` once a stop is requested (before or during the read)."""
+        if self.requested:
+            return default
+        try:
+            return next(iterator, default)
+        except KeyboardInterrupt:  # raised by `handle` inside `waiting`
+            if not self.requested:
+                raise
+            return default
+
+    def iterate(self, iterable: Iterable[Any]) -> Iterator[Any]:
+        """The items of `iterable` until a stop is requested (checked before each one is read)."""
+        iterator, end = iter(iterable), object()
+        while (item := self.next(iterator, end)) is not end:
+            yield item
+
+    def sleep(self, seconds: float) -> bool:
+        """Sleeps; False (at once) when a stop is requested before or during the sleep."""
+        if self.requested:
+            return False
+        try:
+            with self.waiting():
+                time.sleep(seconds)
+        except KeyboardInterrupt:
+            if not self.requested:
+                raise
+        return not self.requested
+
+    def wait_readable(self, fd: int) -> None:
+        """Blocks until `fd` has input (or EOF); a stop signal meanwhile raises KeyboardInterrupt."""
+        with self.waiting():
+            select.select([fd], [], [])
+
+
+def silence_terminal() -> None:
+    """Point stdout and stderr at the null device when they are a terminal (it hung up: writes would fail)."""
+    try:
+        null = os.stat(os.devnull).st_rdev
+        for stream in (sys.stdout, sys.stderr):
+            fd = stream.fileno()
+            mode = os.fstat(fd)
+            if stat.S_ISCHR(mode.st_mode) and mode.st_rdev != null:
+                with open(os.devnull, "wb") as sink:
+                    os.dup2(sink.fileno(), fd)
+    except (AttributeError, OSError, ValueError):  # no real file behind a stream: nothing to protect
+        pass
+
+
+class Poller:
+    """Waits for a growing file in follow mode: sleeps `interval`, gives up after `timeout` s without
+    growth, and at once on a stop request (`stopped`)."""
+
+    def __init__(self, interval: float, timeout: float | None, stop: StopRequest | None = None) -> None:
         self.interval, self.timeout, self.last = interval, timeout, time.monotonic()
+        self.stop = stop or StopRequest()
+        self.stopped = False
 
     def grew(self) -> None:
         self.last = time.monotonic()
@@ -196,15 +329,65 @@ class Poller:
     def wait(self) -> bool:
         if self.timeout is not None and time.monotonic() - self.last >= self.timeout:
             return False
-        time.sleep(self.interval)
-        return True
+        self.stopped = not self.stop.sleep(self.interval)
+        return not self.stopped
+
+
+class FdLineReader:
+    """``readline(size)`` over a raw file descriptor that waits for input with `StopRequest.wait_readable`
+    before each read, so a stop signal ends a blocked read without consuming (or losing) anything."""
+
+    def __init__(self, fd: int, stop: StopRequest, chunk: int = 2**16) -> None:
+        self.fd, self.stop, self.chunk = fd, stop, chunk
+        self.buf, self.eof = bytearray(), False
+
+    def readline(self, size: int) -> bytes:
+        start = 0
+        while True:
+            end = self.buf.find(b"\n", start, size)
+            if end >= 0 or len(self.buf) >= size or self.eof:
+                cut = end + 1 if end >= 0 else min(size, len(self.buf))
+                line = bytes(self.buf[:cut])
+                del self.buf[:cut]
+                return line
+            start = len(self.buf)
+            self.stop.wait_readable(self.fd)
+            data = os.read(self.fd, self.chunk)
+            self.eof = not data
+            self.buf += data
+
+
+class WaitingLineReader:
+    """``readline(size)`` of a file object without a descriptor (a test's StringIO), the whole call
+    marked as a wait (`StopRequest.waiting`)."""
+
+    def __init__(self, fh: Any, stop: StopRequest) -> None:
+        self.fh, self.stop = fh, stop
+
+    def readline(self, size: int) -> bytes | str:
+        with self.stop.waiting():
+            return self.fh.readline(size)
+
+
+def stdin_lines(limit: int, stop: StopRequest) -> Iterator[bytes | str | None]:
+    """The lines of ``sys.stdin`` (see `read_lines`), read so that `stop` can end a blocked read.
+
+    A real stdin is read from its descriptor (`FdLineReader`; nothing is to have been read through
+    ``sys.stdin`` before), anything else (a StringIO) with `WaitingLineReader`.
+    """
+    stream = getattr(sys.stdin, "buffer", sys.stdin)
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return read_lines(WaitingLineReader(stream, stop), limit)
+    return read_lines(FdLineReader(fd, stop), limit)
 
 
 def read_lines(fh: Any, limit: int, poller: Poller | None = None) -> Iterator[bytes | str | None]:
     """Complete lines of a binary or text file object; None for a line over `limit` (its rest is discarded).
 
     At the end of the file, the partial last line is yielded, unless `poller` says more may come:
-    then the partial line waits for the rest of it.
+    then the partial line waits for the rest of it (and is dropped when a stop ends the wait).
     """
     pending, discarding = None, False
     while True:
@@ -212,7 +395,7 @@ def read_lines(fh: Any, limit: int, poller: Poller | None = None) -> Iterator[by
         if not piece:
             if poller is not None and poller.wait():
                 continue
-            if pending and not discarding:
+            if pending and not discarding and not (poller is not None and poller.stopped):
                 yield pending
             return
         if poller is not None:
@@ -321,10 +504,12 @@ class SourceReader:
     Args:
         config: the stream settings (format, limits, follow, poll_interval, idle_timeout).
         stdin: lines to read for ``-`` instead of ``sys.stdin`` (None: ``sys.stdin``).
+        stop: ends a wait for stdin or for a followed file early (None: never requested).
     """
 
-    def __init__(self, config: StreamConfig, stdin: LineSource | None = None) -> None:
+    def __init__(self, config: StreamConfig, stdin: LineSource | None = None, stop: StopRequest | None = None) -> None:
         self.config, self.limits, self.stdin = config, config.limits, stdin
+        self.stop = stop or StopRequest()
 
     def items(self, path: str, filtered: bool) -> Iterator[Item]:
         """The items of `path` (``-`` for stdin); `filtered`: skip files without a log suffix.
@@ -369,13 +554,14 @@ class SourceReader:
     def _stdin_lines(self) -> Iterable[bytes | str | None]:
         if self.stdin is not None:
             return self.stdin()
-        return read_lines(getattr(sys.stdin, "buffer", sys.stdin), self.limits.max_record_bytes)
+        return stdin_lines(self.limits.max_record_bytes, self.stop)
 
     def _follow_items(self, path: str, mode: LineMode) -> Iterator[Item]:
-        poller = Poller(self.config.poll_interval, self.config.idle_timeout)
+        poller = Poller(self.config.poll_interval, self.config.idle_timeout, self.stop)
         while not os.path.exists(path):
             if not poller.wait():
-                yield path, Problem("unreadable", "skipped: the file did not appear")
+                if not poller.stopped:
+                    yield path, Problem("unreadable", "skipped: the file did not appear")
                 return
         with open_regular(path) as fh:
             yield from self._line_items(read_lines(fh, self.limits.max_record_bytes, poller), path, mode)
@@ -428,7 +614,8 @@ def strip_nul(line: str) -> tuple[str, Problem]:
     body = line.rstrip("\0")
     if "\0" in body:
         return body, Problem("nul_bytes", "line with NUL bytes skipped")
-    return body, Problem("nul_padding", f"{len(line) - len(body)} trailing NUL bytes removed (padding left by a crash?)")
+    removed = len(line) - len(body)
+    return body, Problem("nul_padding", f"{removed} trailing NUL bytes removed (padding left by a crash?)")
 
 
 def decode(raw: bytes | str) -> tuple[str, Problem | None]:

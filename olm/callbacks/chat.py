@@ -14,18 +14,18 @@ After each trained turn it prints the reply to the message just typed (`OnlineLM
 ``training_step(dataloader_iter)`` reads one turn per step, so there is no one-message lag) and a
 one-line status: context kind, detected fact, LR, loss, memory size, turns trained.
 
-Ending: /quit, Ctrl+D (EOF) and Ctrl+C end the *stream*, so the run finishes normally: the checkpoint
-callbacks save adapter, fact memory and stream position at train end, and the process exits 0.
-Lightning would turn a KeyboardInterrupt into ``on_exception`` and exit code 1, so while the chat
-runs a SIGINT handler replaces it: Ctrl+C while waiting for input ends the input; Ctrl+C during a
-turn lets the turn finish and then ends. The previous handler is restored at teardown.
+Ending: /quit, Ctrl+D (EOF), Ctrl+C, SIGTERM and SIGHUP (a closed terminal) end the *stream*, so
+the run finishes normally: the checkpoint callbacks save adapter, fact memory and stream position at
+train end, and the process exits 0. The signals go through the data module's `StopRequest`
+(`olm.readers`), the one mechanism that also stops runs over logs, installed here from setup on:
+a signal while waiting for input ends the input (a line already read is still trained); during a
+turn it lets the turn finish and then ends. The previous handlers are restored at teardown. After
+SIGHUP the terminal is gone: output goes to the null device, and the state is still saved.
 """
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -34,7 +34,7 @@ from lightning.pytorch.callbacks import Callback
 
 from olm.callbacks.checkpoint import AdapterCheckpoint, TurnCheckpoint
 from olm.data import ChatStreamDataModule
-from olm.readers import STDIN, ReaderLimits, decode, read_lines
+from olm.readers import STDIN, ReaderLimits, StopRequest, decode, stdin_lines
 from olm.turns import trained_turn
 
 COMMANDS: dict[str, str] = {
@@ -46,7 +46,6 @@ COMMANDS: dict[str, str] = {
 }
 FACT_COLUMNS: tuple[str, ...] = ("subject", "relation", "object", "count", "importance", "last_turn")
 _EOF = object()  # end of input (read_lines yields None for an overlong line)
-_UNSET = object()  # no SIGINT handler of ours installed
 
 
 # ----------------------------------------------------------------------------- text (pure)
@@ -126,13 +125,30 @@ class ChatCallback(Callback):
             raise ValueError("invalid ChatCallback settings: " + "; ".join(problems))
         self.prompt, self.reply_prefix = prompt, reply_prefix
         self.max_rows, self.max_cell_chars = max_rows, max_cell_chars
-        self.stop_requested = False
-        self.reading = False
+        self.stop = StopRequest()  # the data module's, once attached
         self.max_line_bytes = ReaderLimits().max_record_bytes  # the data module's, once attached
         self._trainer: L.Trainer | None = None
         self._module: L.LightningModule | None = None
         self._datamodule: ChatStreamDataModule | None = None
-        self._previous_sigint: Any = _UNSET
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether the chat is to end (/quit, or a signal through `stop`)."""
+        return self.stop.requested
+
+    @stop_requested.setter
+    def stop_requested(self, value: bool) -> None:
+        self.stop.requested = value
+
+    @property
+    def reading(self) -> bool:
+        """Whether the console is waiting for input (a signal then ends the input at once)."""
+        return self.stop.reading
+
+    @property
+    def _on_sigint(self) -> Any:
+        """The handler installed for SIGINT, SIGTERM and SIGHUP (`StopRequest.handle`)."""
+        return self.stop.handle
 
     # ----------------------------------------------------------------- Lightning hooks
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -140,11 +156,11 @@ class ChatCallback(Callback):
         datamodule = getattr(trainer, "datamodule", None)
         if stage != "fit" or not isinstance(datamodule, ChatStreamDataModule) or datamodule.source != STDIN:
             return  # reading a log: replies and status are still printed, there is nothing to type
-        self.stop_requested = False
+        self.stop = datamodule.stop
         self.max_line_bytes = datamodule.config.limits.max_record_bytes
         self._datamodule = datamodule
         datamodule.use_console(self.lines)
-        self._install_sigint()
+        self.stop.install()  # from setup on, not only once reading starts: a signal meanwhile also saves
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._datamodule is None:
@@ -174,11 +190,11 @@ class ChatCallback(Callback):
 
     # ----------------------------------------------------------------- the console
     def lines(self) -> Iterator[bytes | str | None]:
-        """The person's lines from stdin, without commands; ends on /quit, EOF or Ctrl+C.
+        """The person's lines from stdin, without commands; ends on /quit, EOF or a stop signal.
 
         Prints the prompt before each read; runs commands (`run_command`) in place.
         """
-        source = read_lines(getattr(sys.stdin, "buffer", sys.stdin), self.max_line_bytes)
+        source = stdin_lines(self.max_line_bytes, self.stop)
         while not self.stop_requested:
             self.say(self.prompt, end="")
             raw = self._read(source)
@@ -192,17 +208,8 @@ class ChatCallback(Callback):
         self.say("Saving and exiting ...")
 
     def _read(self, source: Iterator[bytes | str | None]) -> Any:
-        # Ctrl+C raises KeyboardInterrupt only while `reading` (see _on_sigint); the outer `try`
-        # also catches one that lands in the inner `finally` before `reading` is cleared.
-        try:
-            try:
-                self.reading = True
-                return next(source, _EOF)
-            finally:
-                self.reading = False
-        except KeyboardInterrupt:
-            self.stop_requested = True
-            return _EOF
+        # a stop signal while waiting for input ends it (KeyboardInterrupt, see StopRequest.handle)
+        return self.stop.next(source, _EOF)
 
     def run_command(self, line: str) -> bool:
         """Run a chat command; returns False when the chat should end (/quit).
@@ -252,24 +259,15 @@ class ChatCallback(Callback):
 
     @staticmethod
     def say(text: str, end: str = "\n") -> None:
-        """Print to stdout and flush (a prompt must show before the read blocks)."""
-        print(text, end=end, file=sys.stdout, flush=True)
-
-    # ----------------------------------------------------------------- Ctrl+C
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        self.stop_requested = True
-        if self.reading:  # blocked in readline: end the input now
-            raise KeyboardInterrupt
-        # mid-turn: the turn finishes, then `lines` sees the flag and ends the stream
-
-    def _install_sigint(self) -> None:
-        if threading.current_thread() is threading.main_thread() and self._previous_sigint is _UNSET:
-            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+        """Print to stdout and flush (a prompt must show before the read blocks); a terminal that
+        is gone (EIO after a hang-up) does not keep the chat from saving."""
+        try:
+            print(text, end=end, file=sys.stdout, flush=True)
+        except OSError:
+            pass
 
     def _detach(self) -> None:
-        if self._previous_sigint is not _UNSET:
-            signal.signal(signal.SIGINT, self._previous_sigint)
-            self._previous_sigint = _UNSET
+        self.stop.restore()
         if self._datamodule is not None:
             self._datamodule.use_console(None)
             self._datamodule = None
