@@ -16,8 +16,10 @@ a glob pattern, or ``-`` for stdin. `SourceReader` turns one file into (where, `
   bytes and invalid UTF-8) is skipped; an unreadable file ends with a problem;
 - NUL bytes are judged per line, not per file: trailing NUL padding (what a crash can leave at the
   end of a log) is removed and reported; a line with other NUL bytes is skipped as malformed;
-- with ``follow`` a single file is polled for appended lines like ``tail -f`` (line records only),
-  and a partial last line waits for its end;
+- with ``follow`` a single file is polled for appended lines like ``tail -F`` (line records only),
+  and a partial last line waits for its end; truncation (copytruncate), a rewrite in place and
+  replacement by a new file (rename rotation) are noticed at the end of the data (`FollowedFile`),
+  logged, and the file is read again from its start;
 - stdin is read from ``sys.stdin`` or from a line source given instead (the interactive chat's
   console, which prompts and handles commands);
 - a `StopRequest` (SIGINT, SIGTERM, SIGHUP) ends reading without losing input: its handler raises
@@ -333,6 +335,94 @@ class Poller:
         return not self.stopped
 
 
+FINGERPRINT_BYTES = 4096
+"""Leading bytes of a followed file compared at each poll to notice that it was rewritten in place."""
+
+
+class FollowedFile:
+    """``readline(size)`` over the file at `path` in follow mode, noticing at the end of the data when
+    the path now holds other content, and then reading that from its start (with a logged warning):
+
+    - truncated: the file is shorter than what was read (``copytruncate``);
+    - rewritten: same file, but its first bytes (up to `FINGERPRINT_BYTES`) changed;
+    - replaced: the path names another file (rename rotation, or a new file moved over it); the old
+      one was read to its end first, and is kept until the new one exists.
+
+    A partial last line of the old content ends there: a line break is returned before the new data.
+    Use as a context manager (closes the open file).
+
+    Raises:
+        NotRegularFile, OSError: as `open_regular`, for the first file.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path, self.fh = path, open_regular(path)
+        self.read, self.head, self.partial, self.waited = 0, b"", False, False
+
+    def __enter__(self) -> FollowedFile:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.fh.close()
+
+    def readline(self, size: int) -> bytes:
+        if self.waited:  # new data after a wait: first check that the file was not cut or rewritten
+            self.waited = False
+            change = self._rewritten()
+            if change is not None:
+                return self._switch(change, size)
+        piece = self.fh.readline(size)
+        if not piece:
+            change = self._replaced()  # only now: the old file is read to its end first
+            if change is None:
+                self.waited = True
+                return b""
+            return self._switch(change, size)
+        return self._took(piece)
+
+    def _took(self, piece: bytes) -> bytes:
+        if self.read < FINGERPRINT_BYTES:
+            self.head += piece[: FINGERPRINT_BYTES - self.read]
+        self.read += len(piece)
+        self.partial = not piece.endswith(b"\n")
+        return piece
+
+    def _switch(self, change: str, size: int) -> bytes:
+        log.warning("%s: %s: reading it from the start", self.path, change)
+        self.read, self.head = 0, b""
+        if self.partial:  # end the old content's partial line before the new content
+            self.partial = False
+            return b"\n"
+        piece = self.fh.readline(size)
+        self.waited = not piece
+        return self._took(piece) if piece else b""
+
+    def _rewritten(self) -> str | None:
+        """Whether the open file was truncated or rewritten in place (then it is read from 0 again)."""
+        size = os.fstat(self.fh.fileno()).st_size
+        if size < self.read:
+            what = f"truncated to {size} bytes after {self.read} were read"
+        elif os.pread(self.fh.fileno(), len(self.head), 0) != self.head:
+            what = "rewritten in place (its first bytes changed)"
+        else:
+            return None
+        self.fh.seek(0)
+        return what
+
+    def _replaced(self) -> str | None:
+        """Whether the path names another file now (then that one is opened), else None."""
+        try:
+            now, mine = os.stat(self.path), os.fstat(self.fh.fileno())
+            if (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+                return None
+            fresh = open_regular(self.path)
+        except OSError:
+            return None  # renamed away, the new file not there (or not readable) yet: the old one may still grow
+        self.fh.close()
+        self.fh = fresh
+        return f"replaced by a new file after {self.read} bytes were read from the old one"
+
+
 class FdLineReader:
     """``readline(size)`` over a raw file descriptor that waits for input with `StopRequest.wait_readable`
     before each read, so a stop signal ends a blocked read without consuming (or losing) anything."""
@@ -563,8 +653,8 @@ class SourceReader:
                 if not poller.stopped:
                     yield path, Problem("unreadable", "skipped: the file did not appear")
                 return
-        with open_regular(path) as fh:
-            yield from self._line_items(read_lines(fh, self.limits.max_record_bytes, poller), path, mode)
+        with FollowedFile(path) as followed:
+            yield from self._line_items(read_lines(followed, self.limits.max_record_bytes, poller), path, mode)
 
     def _line_items(self, lines: Iterable[bytes | str | None], path: str, mode: LineMode) -> Iterator[Item]:
         for lineno, raw in enumerate(lines, start=1):

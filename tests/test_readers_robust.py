@@ -126,3 +126,64 @@ def wait_for(turns: list, n: int, seconds: float = 10) -> None:
     while len(turns) < n:
         assert time.monotonic() < deadline, f"only {len(turns)} of {n} turns after {seconds} s"
         time.sleep(0.02)
+
+
+def test_follow_mode_rereads_a_copytruncated_log_from_its_start(tmp_path, caplog):
+    path = tmp_path / "live.jsonl"
+    path.write_bytes(record("a") + record("b"))
+    with caplog.at_level(logging.WARNING, logger="olm.readers"):
+        thread, turns = follow_in_thread(path, idle_timeout=1.5)
+        wait_for(turns, 2)
+        (tmp_path / "live.jsonl.1").write_bytes(path.read_bytes())  # logrotate's copytruncate
+        with path.open("r+b") as f:
+            f.truncate(0)
+        time.sleep(0.2)
+        with path.open("ab") as f:
+            f.write(record("c") + record("d"))
+        thread.join(20)
+    assert [t.user for t in turns] == ["a", "b", "c", "d"] and turns[-1].skipped == 0
+    assert "truncated to 0 bytes after" in caplog.text and "reading it from the start" in caplog.text
+
+
+def test_follow_mode_notices_a_rewrite_in_place_that_is_not_shorter(tmp_path, caplog):
+    path = tmp_path / "live.jsonl"
+    path.write_bytes(record("a"))
+    with caplog.at_level(logging.WARNING, logger="olm.readers"):
+        thread, turns = follow_in_thread(path, idle_timeout=1.5)
+        wait_for(turns, 1)
+        fd = os.open(path, os.O_WRONLY)  # new content over the old, no shorter: the size alone misses it
+        os.pwrite(fd, record("x") + record("y"), 0)
+        os.close(fd)
+        thread.join(20)
+    assert [t.user for t in turns] == ["a", "x", "y"]
+    assert "rewritten in place" in caplog.text
+
+
+def test_follow_mode_follows_a_rename_rotation_to_the_new_file(tmp_path, caplog):
+    path = tmp_path / "live.jsonl"
+    path.write_bytes(record("a") + b'{"user": "torn')
+    with caplog.at_level(logging.WARNING):
+        thread, turns = follow_in_thread(path, idle_timeout=1.5)
+        wait_for(turns, 1)
+        os.rename(path, tmp_path / "live.jsonl.1")
+        with (tmp_path / "live.jsonl.1").open("ab") as f:  # the writer still has the old file open
+            f.write(b' line"}\n' + record("b"))
+        time.sleep(0.3)
+        path.write_bytes(record("c"))  # the writer reopens: a new file at the path
+        thread.join(20)
+    assert [t.user for t in turns] == ["a", "torn line", "b", "c"] and turns[-1].skipped == 0
+    assert "replaced by a new file" in caplog.text
+
+
+def test_follow_mode_ends_a_partial_line_when_the_file_is_replaced(tmp_path, caplog):
+    path = tmp_path / "live.jsonl"
+    path.write_bytes(record("a") + b'{"user": "never finis')
+    with caplog.at_level(logging.WARNING):
+        thread, turns = follow_in_thread(path, idle_timeout=1.5)
+        wait_for(turns, 1)
+        new = tmp_path / "new.jsonl"
+        new.write_bytes(record("b"))
+        os.replace(new, path)
+        thread.join(20)
+    assert [t.user for t in turns] == ["a", "b"] and turns[-1].skipped == 1  # the cut line: malformed
+    assert "replaced by a new file" in caplog.text and "invalid JSON" in caplog.text
