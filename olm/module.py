@@ -67,7 +67,7 @@ class OptimSettings:
     steps_per_fact: int = 1
     """Optimizer steps on a fact turn (the original design's iterations_per_fact)."""
     steps_per_replay: int = 1
-    """Optimizer steps per replayed fact."""
+    """Optimizer steps per replay (the replayed facts are learned together, in one batch)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -291,7 +291,9 @@ class OnlineLM(L.LightningModule):
             render_exchange(self.tokenizer, u, a, (), self.objective.loss_on, self.objective.max_tokens) for u, a in pairs
         ]
 
-    def learn(self, examples: Example | list[Example], ctx: Context) -> dict[str, float]:
+    def learn(
+        self, examples: Example | list[Example], ctx: Context, contexts: list[Context] | None = None
+    ) -> dict[str, float]:
         """Take this context's optimizer steps on a batch of rendered examples.
 
         The examples (the exchange, and for facts its augmentation) go through one right-padded
@@ -299,7 +301,8 @@ class OnlineLM(L.LightningModule):
         On the kinds configured for it, the locality term adds λ_loc · KL(base ‖ adapter) on the
         next locality prompts, in the same forward (their base outputs are cached). The LR is
         base × multiplier for these steps only; a step whose loss or gradient norm is not finite
-        is skipped (the adapter is left unchanged) and counted.
+        is skipped (the adapter is left unchanged) and counted. `contexts` gives each example's own
+        context for its token weights (a replay batch holds several facts); default `ctx`.
 
         Returns:
             Scalars of the last step: loss, kl, ce, locality_kl, grad_norm, lr, kl_lambda, steps, examples.
@@ -320,7 +323,7 @@ class OnlineLM(L.LightningModule):
         loc_positions = torch.zeros(len(rows), full, dtype=torch.bool)
         for i, e in enumerate(examples):
             ids[i, : e.num_tokens], attn[i, : e.num_tokens] = e.input_ids, 1
-            weights[i, : e.num_tokens] = self.token_weights(e, ctx)
+            weights[i, : e.num_tokens] = self.token_weights(e, contexts[i] if contexts else ctx)
         for j, r in enumerate(rows):
             t = r.input_ids.numel()
             ids[n + j, :t], attn[n + j, :t], loc_positions[j, :t] = r.input_ids, 1, r.positions
@@ -380,23 +383,32 @@ class OnlineLM(L.LightningModule):
             group["lr"] = group["base_lr"] * mult
 
     def _run_replay_queue(self) -> list[dict[str, float]]:
-        """Learn the queued facts; their scalars are logged with the turn that follows (a step that
-        ends the stream logs nothing, or Lightning would flush stale values of the previous turn)."""
-        done: list[dict[str, float]] = []
+        """Learn the queued facts in one batch (each fact's stored exchange and, with
+        `augment.on_replay`, its augmentation); the scalars are logged with the turn that follows (a
+        step that ends the stream logs nothing, or Lightning would flush stale values of the
+        previous turn). Returns one stats dict (with "facts": how many were replayed) or none."""
+        facts = []
         while self.replay_queue:
             fact = self.memory.get(*self.replay_queue.pop(0))
-            if fact is None:  # evicted or decayed since it was queued
-                continue
-            ctx = Context("replay", fact=fact, repetition=fact.count, importance=fact.importance)
-            with self._timed("render"):
-                examples = [
-                    render_exchange(self.tokenizer, fact.text, fact.reply, (), self.objective.loss_on, self.objective.max_tokens)
-                ]
+            if fact is not None and fact not in facts:  # None: evicted or decayed since it was queued
+                facts.append(fact)
+        if not facts:
+            return []
+        examples, contexts = [], []
+        with self._timed("render"):
+            for fact in facts:
+                ctx = Context("replay", fact=fact, repetition=fact.count, importance=fact.importance)
+                mine = [render_exchange(self.tokenizer, fact.text, fact.reply, (), self.objective.loss_on, self.objective.max_tokens)]
                 if self.augment.on_replay:  # a rotation that moves on with the run
-                    examples += self.fact_examples(fact, fact.count + self.turns_trained, fact.text)
-            done.append(self.learn(examples, ctx))
+                    mine += self.fact_examples(fact, fact.count + self.turns_trained, fact.text)
+                examples += mine
+                contexts += [ctx] * len(mine)
+        # the batch's LR multiplier and KL λ are those of its most important fact
+        lead = max(contexts, key=lambda c: c.importance)
+        stats = self.learn(examples, lead, contexts)
+        for fact in facts:
             self.memory.touch(fact, self.turns_trained)
-        return done
+        return [{**stats, "facts": len(facts)}]
 
     def _mark_trained(self, turn) -> None:
         from olm.data import ChatStreamDataModule  # local: data imports nothing from here
@@ -419,13 +431,13 @@ class OnlineLM(L.LightningModule):
             user=turn.user, reply=reply, kind=ctx.kind,
             fact=f"{fact.subject} | {fact.key_slot} | {fact.object}" if fact is not None else None,
             lr=stats["lr"], loss=stats["loss"], kl=stats["kl"], ce=stats["ce"], tokens=example.num_tokens,
-            replayed=len(replayed), timings=dict(self._timings),
+            replayed=sum(r["facts"] for r in replayed), timings=dict(self._timings),
         )  # fmt: skip
         scalars = {f"turn/{k}": float(v) for k, v in stats.items()}
         scalars.update({
             "turn/kind": float(KINDS.index(ctx.kind)), "turn/tokens": float(example.num_tokens),
             "turn/time_s": self._timings["turn"], "turn/is_fact": float(ctx.kind == "fact"),
-            "facts/memory_size": float(len(self.memory)), "facts/replayed": float(len(replayed)),
+            "facts/memory_size": float(len(self.memory)), "facts/replayed": float(sum(r["facts"] for r in replayed)),
             "data/skipped": float(turn.skipped), "data/offset": float(turn.offset), "turn/nonfinite_steps": float(self.nonfinite_steps),
         })  # fmt: skip
         scalars.update({f"time/{k}": v for k, v in self._timings.items()})

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 from olm.backbone import resolve_model_path
 from olm.callbacks import FactReplay
+from olm.generation import GenerationSettings
 from olm.module import OnlineLM
 from olm.probes import AnchorProbe, is_recalled, recall_answers
 from olm.turns import trained_turn
@@ -295,6 +296,8 @@ def run_once(args, row: str, seed: int, workdir: Path) -> dict[str, Any]:
     # keep the research callbacks, drop file output (checkpoints, adapters) from the benchmark
     cli.trainer.callbacks[:] = [c for c in cli.trainer.callbacks if isinstance(c, FactReplay) and keep_replay]
     cli.trainer.callbacks.append(probe)
+    # every bench turn has a logged reply, so generation serves only the probes: short answers suffice
+    cli.model.generation = GenerationSettings(max_new_tokens=args.probe_tokens)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     return summarize(probe, args.reps)
 
@@ -385,6 +388,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=8, help="repetitions of each fact (k)")
     p.add_argument("--unrelated", type=int, default=100, help="unrelated turns before the retention probe (K)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--probe-tokens", type=int, default=32, help="most tokens generated per probe answer")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="=--KEY=VALUE",
                    help="a `cli.py fit` override for every row, before the row's own (repeatable; write it "
                         "with '=': --set=--model.optim.lr=1e-3)")  # fmt: skip
