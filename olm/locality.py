@@ -10,7 +10,7 @@ arithmetic, general knowledge, writing: ``olm/assets/locality.txt``), weighted b
 What is compared: each prompt rendered as a fresh chat followed by the *base* model's greedy reply
 (up to `reply_tokens`); at every position that predicts a reply token (and the end of the turn),
 the base's next-token distribution. The base never changes, so both are computed once per prompt,
-the first time it comes up, and cached as the top-`top_k` log-probabilities plus a "rest" bucket
+all at the first step that needs them (one batched generation), and cached as the top-`top_k` log-probabilities plus a "rest" bucket
 (`olm.losses.top_k_kl`): ~k × 12 bytes per position instead of a full vocabulary row.
 
 The benchmark measures locality on *other* prompts (``olm/bench/general_prompts.txt``); a test
@@ -31,6 +31,8 @@ from olm.probes import load_anchors
 from olm.render import messages_for, render_prompt
 
 DEFAULT_PROMPTS = Path(__file__).parent / "assets" / "locality.txt"
+FILL_BATCH = 32
+"""Prompts per batched generation when the cache is filled."""
 
 
 def _default_kinds() -> list[str]:
@@ -115,9 +117,8 @@ class LocalityTerm:
         n = min(self.settings.per_step, len(self.prompts))
         idx = [(self.position + i) % len(self.prompts) for i in range(n)]
         self.position = (self.position + n) % len(self.prompts)
-        missing = [i for i in idx if i not in self._cache]
-        if missing:
-            self._fill(model, missing)
+        if any(i not in self._cache for i in idx):  # first use: every prompt at once (batched generation)
+            self._fill(model, [i for i in range(len(self.prompts)) if i not in self._cache])
         return [self._cache[i] for i in idx]
 
     @torch.no_grad()
@@ -126,7 +127,10 @@ class LocalityTerm:
         gen = GenerationSettings(max_new_tokens=self.settings.reply_tokens)
         device = next(model.parameters()).device
         with model.disable_adapter():
-            replies = generate_replies(model, tok, [messages_for(self.prompts[i]) for i in indices], gen)
+            replies = []
+            for start in range(0, len(indices), FILL_BATCH):
+                chunk = indices[start : start + FILL_BATCH]
+                replies += generate_replies(model, tok, [messages_for(self.prompts[i]) for i in chunk], gen)
             was_training = model.training
             model.eval()
             try:

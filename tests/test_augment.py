@@ -122,9 +122,9 @@ def test_fact_step_trains_on_one_padded_batch_with_locality(tiny_model_dir, monk
     assert len(trained) == model.optim.steps_per_fact  # one forward per step for all 6 rows
     assert any(not torch.equal(v, before[k]) for k, v in model.model.named_parameters() if v.requires_grad)
     cached = dict(model.locality._cache)
-    assert len(cached) == 2 and model.locality.position == 2
-    model.learn(examples, ctx)  # next rotation: two more prompts cached, the first two kept
-    assert len(model.locality._cache) == 4 and all(model.locality._cache[i] is cached[i] for i in cached)
+    assert len(cached) == len(model.locality.prompts) and model.locality.position == 2  # filled once, batched
+    model.learn(examples, ctx)  # next rotation: served from the cache, nothing recomputed
+    assert model.locality.position == 4 and all(model.locality._cache[i] is cached[i] for i in cached)
     assert model.learn(examples, Context("chat"))["examples"] == 4  # chat steps carry no locality term
 
 
