@@ -173,7 +173,8 @@ class OnlineLM(L.LightningModule):
             if chat_template is None:
                 raise ValueError(f"{base_model!r} has no chat template: set --model.chat_template")
             self.tokenizer.chat_template = chat_template
-        self.model = attach_lora(base, lora, adapter).train()  # from_pretrained leaves eval mode
+        self.model = attach_lora(base, lora, adapter).train()
+        self.base_model_name, self.lora_settings = str(base_model), lora  # from_pretrained leaves eval mode
         self.detector = FactDetector(detector)
         self.memory = FactMemory(memory)
         self.weighter = ImportanceWeighter(weighting)
@@ -237,12 +238,48 @@ class OnlineLM(L.LightningModule):
             "replay_queue": [list(key) for key in self.replay_queue],
             "memory": self.memory.state_dict(),
             "locality_position": self.locality.position,
+            "identity": self.identity(),
         }
+
+    def identity(self) -> dict[str, Any]:
+        """What a checkpoint's LoRA weights only fit: the base model (architecture sizes and a
+        fingerprint of its embedding weights, so a different model of the same shape is told
+        apart) and the adapter's shape (r, alpha, target modules)."""
+        if not hasattr(self, "_identity"):
+            config = self.model.get_base_model().config
+            embed = self.model.get_base_model().get_input_embeddings().weight
+            lora = self.lora_settings
+            self._identity = {
+                "base_model": self.base_model_name,
+                "base_shape": f"{config.model_type} hidden {config.hidden_size} layers {config.num_hidden_layers} vocab {config.vocab_size}",
+                "base_fingerprint": f"{float(embed.detach().double().sum()):.8e}",
+                "lora": f"r {lora.r} alpha {lora.alpha} targets {sorted(lora.target_modules)}",
+            }  # fmt: skip
+        return self._identity
+
+    def check_identity(self, saved: dict[str, Any] | None) -> None:
+        """Raise one sentence naming what differs between a checkpoint and this model (older
+        checkpoints without the record are accepted)."""
+        if not saved:
+            return
+        mine = self.identity()
+        if saved.get("base_shape") != mine["base_shape"] or saved.get("base_fingerprint") != mine["base_fingerprint"]:
+            raise ValueError(
+                f"checkpoint was trained on base model {saved.get('base_model')!r} ({saved.get('base_shape')}), "
+                f"not on this run's {mine['base_model']!r} ({mine['base_shape']}): use the same --model.base_model "
+                "or start fresh with --ckpt_path null"
+            )
+        if saved.get("lora") != mine["lora"]:
+            raise ValueError(
+                f"checkpoint's adapter has LoRA {saved.get('lora')}, this run's has {mine['lora']}: use the same "
+                "--model.lora settings or start fresh with --ckpt_path null"
+            )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("olm")
         if state is None:
             raise KeyError("checkpoint has no 'olm' section: it was not written by OnlineLM")
+        self.check_identity(state.get("identity"))
         self.turns_trained = int(state["turns_trained"])
         self.nonfinite_steps = int(state["nonfinite_steps"])
         self.replay_queue = [tuple(key) for key in state["replay_queue"]]

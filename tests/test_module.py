@@ -149,3 +149,21 @@ def test_a_nan_adapter_is_never_saved(model, tmp_path, caplog):
     assert (tmp_path / "adapter" / "adapter_model.safetensors").read_bytes() == good
     assert not (tmp_path / "ckpt" / "previous.ckpt").exists()  # last.ckpt was neither rotated nor replaced
     assert "NaN/inf" in caplog.text
+
+
+def test_checkpoint_of_another_base_or_adapter_shape_fails_with_one_sentence(tiny_model_dir, tmp_path):
+    from olm.backbone import LoRASettings
+    from conftest import build_tiny_model
+
+    saved: dict = {"state_dict": {}}
+    OnlineLM(base_model=tiny_model_dir).on_save_checkpoint(saved)
+    OnlineLM(base_model=tiny_model_dir).on_load_checkpoint(saved)  # the same model and shape: accepted
+    with pytest.raises(ValueError, match=r"LoRA r 4 alpha 16 .* this run's has r 8 alpha 16"):
+        OnlineLM(base_model=tiny_model_dir, lora=LoRASettings(r=8)).on_load_checkpoint(saved)
+    with pytest.raises(ValueError, match="alpha 16.*alpha 32"):
+        OnlineLM(base_model=tiny_model_dir, lora=LoRASettings(alpha=32)).on_load_checkpoint(saved)
+    other = build_tiny_model(tmp_path / "other", seed=1)  # same shape, other weights
+    with pytest.raises(ValueError, match="trained on base model"):
+        OnlineLM(base_model=other).on_load_checkpoint(saved)
+    del saved["olm"]["identity"]  # a checkpoint from before the record: accepted
+    OnlineLM(base_model=other).on_load_checkpoint(saved)
