@@ -39,9 +39,26 @@ class GenerationSettings:
             raise ValueError("invalid generation settings: " + "; ".join(problems))
 
 
+class CallbackStreamer:
+    """Sends the decoded text of a single reply to `on_text(text, end)` as tokens are generated
+    (a transformers streamer: `put` gets token ids, `end` closes the reply); prompt tokens are skipped."""
+
+    def __init__(self, tokenizer, on_text) -> None:
+        from transformers import TextStreamer
+
+        outer = self
+
+        class _Streamer(TextStreamer):
+            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+                outer.on_text(text, stream_end)
+
+        self.on_text = on_text
+        self.streamer = _Streamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+
 @torch.no_grad()
 def generate_replies(
-    model, tokenizer, conversations: list[list[dict[str, str]]], settings: GenerationSettings
+    model, tokenizer, conversations: list[list[dict[str, str]]], settings: GenerationSettings, streamer=None
 ) -> list[str]:
     """Generate one assistant reply per conversation, batched with left padding.
 
@@ -50,6 +67,7 @@ def generate_replies(
         tokenizer: its fast tokenizer with a chat template and a pad token.
         conversations: each a list of {"role", "content"} messages ending with a user message.
         settings: decoding settings.
+        streamer: a `CallbackStreamer` for a single conversation: its text is sent as it is generated.
 
     Returns:
         The decoded replies, special tokens removed and whitespace stripped.
@@ -75,6 +93,7 @@ def generate_replies(
             do_sample=settings.do_sample,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
+            **({"streamer": streamer.streamer} if streamer is not None and len(prompts) == 1 else {}),
             **sampling,
         )
     finally:
@@ -83,6 +102,8 @@ def generate_replies(
     return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
 
 
-def generate_reply(model, tokenizer, messages: list[dict[str, str]], settings: GenerationSettings) -> str:
+def generate_reply(
+    model, tokenizer, messages: list[dict[str, str]], settings: GenerationSettings, streamer=None
+) -> str:
     """Generate the assistant reply to one conversation (see `generate_replies`)."""
-    return generate_replies(model, tokenizer, [messages], settings)[0]
+    return generate_replies(model, tokenizer, [messages], settings, streamer)[0]

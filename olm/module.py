@@ -37,7 +37,7 @@ from olm.augment import AugmentSettings, fact_exchanges
 from olm.backbone import LoRASettings, attach_lora, load_base
 from olm.context import KINDS, Context, ContextPolicy, kl_lambda, lr_multiplier
 from olm.facts import DetectorConfig, FactDetector
-from olm.generation import GenerationSettings, generate_reply
+from olm.generation import CallbackStreamer, GenerationSettings, generate_reply
 from olm.locality import LocalitySettings, LocalityTerm
 from olm.losses import online_loss, top_k_kl
 from olm.memory import FactMemory, MemoryConfig, StoredFact
@@ -183,6 +183,8 @@ class OnlineLM(L.LightningModule):
         self.turns_trained = 0
         self.nonfinite_steps = 0
         self.replay_queue: list[tuple[str, str]] = []
+        self.reply_listener = None
+        """Called with (text, end) as a generated reply is produced (the chat prints it at once)."""
         self.last: TurnRecord | None = None
         self.latest_scalars: dict[str, float] = {}  # latest value of every scalar logged (chat /stats)
         self._timings: dict[str, float] = defaultdict(float)
@@ -300,15 +302,31 @@ class OnlineLM(L.LightningModule):
             return Context("fact", fact=fact, repetition=repetition, importance=importance)
 
     def respond(self, turn) -> str:
-        """The reply to learn: the logged one (respond="auto") or a generated one."""
+        """The reply to learn: the logged one (respond="auto") or a generated one.
+
+        With `reply_listener` set (the chat sets it), a generated reply is streamed to it as it is
+        generated, *before* the learning step: the person reads while the model learns. The time
+        to the first text and to the end of the reply are kept as timings reply_first_s / reply_s.
+        """
         if self.respond_mode == "auto" and turn.assistant is not None:
             return turn.assistant
-        with self._timed("generate"):
-            return self.generate(turn.user, turn.history)
+        start = time.perf_counter()
+        streamer = None
+        if self.reply_listener is not None:
+            def on_text(text: str, end: bool) -> None:
+                if text and "reply_first_s" not in self._timings:
+                    self._timings["reply_first_s"] = time.perf_counter() - start
+                self.reply_listener(text, end)
 
-    def generate(self, user: str, history: tuple[tuple[str, str], ...] = ()) -> str:
+            streamer = CallbackStreamer(self.tokenizer, on_text)
+        with self._timed("generate"):
+            reply = self.generate(turn.user, turn.history, streamer)
+        self._timings["reply_s"] = time.perf_counter() - start
+        return reply
+
+    def generate(self, user: str, history: tuple[tuple[str, str], ...] = (), streamer=None) -> str:
         """The adapted model's reply to `user` after `history` (eval mode, no grad)."""
-        return generate_reply(self.model, self.tokenizer, messages_for(user, history), self.generation)
+        return generate_reply(self.model, self.tokenizer, messages_for(user, history), self.generation, streamer)
 
     def token_weights(self, example: Example, ctx: Context) -> torch.Tensor:
         """(T,) task-loss weight of each token as a target: importance weights × loss mask."""

@@ -167,3 +167,16 @@ def test_checkpoint_of_another_base_or_adapter_shape_fails_with_one_sentence(tin
         OnlineLM(base_model=other).on_load_checkpoint(saved)
     del saved["olm"]["identity"]  # a checkpoint from before the record: accepted
     OnlineLM(base_model=other).on_load_checkpoint(saved)
+
+
+def test_generated_reply_reaches_the_listener_before_the_learning_step(model):
+    chunks: list[tuple[str, bool]] = []
+    model.reply_listener = lambda text, end: chunks.append((text, end))
+    seen_at_learn: list[list] = []
+    learn = model.learn
+    model.learn = lambda *a, **k: (seen_at_learn.append(list(chunks)), learn(*a, **k))[1]
+    fit(model, turns(("Hello there", None)))
+    [before] = seen_at_learn
+    assert before and before[-1][1] is True  # the whole reply was out before the step began
+    assert "".join(t for t, _ in before).strip() == model.last.reply
+    assert 0 < model.last.timings["reply_first_s"] <= model.last.timings["reply_s"]

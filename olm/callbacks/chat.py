@@ -124,6 +124,7 @@ class ChatCallback(Callback):
         if problems:
             raise ValueError("invalid ChatCallback settings: " + "; ".join(problems))
         self.prompt, self.reply_prefix = prompt, reply_prefix
+        self._streamed = False
         self.max_rows, self.max_cell_chars = max_rows, max_cell_chars
         self.stop = StopRequest()  # the data module's, once attached
         self.max_line_bytes = ReaderLimits().max_record_bytes  # the data module's, once attached
@@ -165,6 +166,7 @@ class ChatCallback(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._datamodule is None:
             return
+        pl_module.reply_listener = self._stream_reply  # replies show before the step, not after it
         self.say(
             f"olm chat: {pl_module.turns_trained} turns learned so far, {len(pl_module.memory)} facts remembered."
             " Type a message; /help lists the commands; Ctrl+C or Ctrl+D saves and exits."
@@ -174,8 +176,20 @@ class ChatCallback(Callback):
         record = pl_module.last
         if not trained_turn(outputs) or record is None:
             return
-        self.say(f"{self.reply_prefix}{record.reply}")
+        if not self._streamed:  # a reply that was not generated (or produced no text) is shown now
+            self.say(f"{self.reply_prefix}{record.reply}")
+        self._streamed = False
         self.say(status_line(record, len(pl_module.memory), pl_module.turns_trained))
+
+    def _stream_reply(self, text: str, end: bool) -> None:
+        """The reply as it is generated, before the learning step (the status line follows it)."""
+        if not self._streamed and not text:
+            return
+        text = text.replace("\n", " ")
+        if not self._streamed:
+            self.say(self.reply_prefix, end="")
+            self._streamed, text = True, text.lstrip()
+        self.say(text.rstrip() if end else text, end="\n" if end else "")
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self._datamodule is None:
