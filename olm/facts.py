@@ -147,6 +147,11 @@ def _default_patterns() -> list[FactPattern]:
         answer="{subject} is your {object}.",
         statements=["{subject} is my {object}.", "My {object} is {subject}.", "My {object}'s name is {subject}."],
     )  # fmt: skip
+    name = dict(
+        questions=["What is my name?", "What's my name?", "Do you know my name?", "What am I called?"],
+        answer="Your name is {object}.",
+        statements=["My name is {object}.", "I'm {object}.", "Call me {object}."],
+    )  # fmt: skip
     return [
         FactPattern(
             "x_is_my_y",
@@ -237,17 +242,13 @@ def _default_patterns() -> list[FactPattern]:
             "my_name_is",
             r"\b(?i:my)\s+name\s+is\s+(?P<object>{NAME})" + not_possessed,
             "name", "What is my name?", subject="me",
-            questions=["What is my name?", "What's my name?", "Do you know my name?", "What am I called?"],
-            answer="Your name is {object}.",
-            statements=["My name is {object}.", "I'm {object}.", "Call me {object}."],
+            **name,
         ),
         FactPattern(
             "i_am_x",
             r"^\W*(?:I['’]m|I\s+am)\s+(?P<object>{NAME})\s*(?:[.!]|$)",
             "name", "What is my name?", subject="me", confidence=0.6,
-            questions=["What is my name?", "What's my name?", "Do you know my name?", "What am I called?"],
-            answer="Your name is {object}.",
-            statements=["My name is {object}.", "I'm {object}.", "Call me {object}."],
+            **name,
         ),
         FactPattern(
             "my_favourite_colour",
