@@ -55,6 +55,9 @@ class LoRASettings:
     """Names of the linear layers that get adapters."""
     bias: Literal["none", "all", "lora_only"] = "none"
     """Which biases are trained."""
+    layers: list[int] | None = None
+    """Indices of the transformer blocks that get adapters (peft `layers_to_transform`); None = all.
+    Negative indices count from the last block."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -66,6 +69,8 @@ class LoRASettings:
             problems.append(f"lora.dropout must be in [0, 1), got {self.dropout!r}")
         if not self.target_modules:
             problems.append("lora.target_modules must name at least one module")
+        if self.layers is not None and not self.layers:
+            problems.append("lora.layers must name at least one block (or be null for all)")
         if problems:
             raise ValueError("invalid LoRA settings: " + "; ".join(problems))
 
@@ -194,12 +199,19 @@ def attach_lora(model: PreTrainedModel, settings: LoRASettings, adapter: str | N
     model.requires_grad_(False)
     if adapter is not None:
         return PeftModel.from_pretrained(model, adapter, is_trainable=True)
+    layers = None
+    if settings.layers is not None:
+        depth = model.config.num_hidden_layers
+        if bad := [i for i in settings.layers if not -depth <= i < depth]:
+            raise ValueError(f"lora.layers {bad} out of range for a model of {depth} blocks")
+        layers = sorted({i % depth for i in settings.layers})
     config = LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
         target_modules=list(settings.target_modules),
         bias=settings.bias,
+        layers_to_transform=layers,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)

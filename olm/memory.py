@@ -19,6 +19,12 @@ such facts once their importance falls under `min_importance`. Importance depend
 turn, not on how often `decay()` is called. Replays and recalls (`touch`) update only the
 access time used by LRU eviction, not the recency of the statement.
 
+Replay selection (`replay_candidates`) ranks facts by `replay_order`: "importance" (the most
+important first — with recency in the importance, the facts just stated, which need it least) or
+"spaced" (importance × turns since the fact was last rehearsed — stated, replayed or recalled — so
+every fact comes round in turn, the important ones more often: spaced rehearsal against the
+interference of later facts).
+
 Eviction happens when a new key arrives at `max_facts`: the oldest inserted ("fifo"), the
 least recently accessed ("lru"), the least important ("importance"), or the lowest mix of
 importance and access recency ("hybrid"); ties go to the oldest inserted. The state is plain
@@ -40,6 +46,8 @@ log = logging.getLogger(__name__)
 
 Eviction = Literal["fifo", "lru", "importance", "hybrid"]
 ImportanceMode = Literal["repetition", "recency", "hybrid"]
+ReplayOrder = Literal["importance", "spaced"]
+REPLAY_ORDERS: tuple[str, ...] = ("importance", "spaced")
 EVICTIONS: tuple[str, ...] = ("fifo", "lru", "importance", "hybrid")
 IMPORTANCE_MODES: tuple[str, ...] = ("repetition", "recency", "hybrid")
 STATE_VERSION = 2
@@ -74,11 +82,15 @@ class MemoryConfig:
     """Decaying facts whose importance falls below this are removed, in [0, 1]."""
     replay_limit: int = 5
     """Facts per replay (`replay_candidates` without an explicit limit)."""
+    replay_order: ReplayOrder = "spaced"
+    """Replay ranking: "importance", or "spaced" (importance × turns since last rehearsed)."""
 
     def __post_init__(self) -> None:
         problems = []
         if self.eviction not in EVICTIONS:
             problems.append(f"memory.eviction must be one of {list(EVICTIONS)}, got {self.eviction!r}")
+        if self.replay_order not in REPLAY_ORDERS:
+            problems.append(f"memory.replay_order must be one of {list(REPLAY_ORDERS)}, got {self.replay_order!r}")
         if self.importance not in IMPORTANCE_MODES:
             problems.append(f"memory.importance must be one of {list(IMPORTANCE_MODES)}, got {self.importance!r}")
         for name in ("max_facts", "repetition_saturation", "replay_limit"):
@@ -269,7 +281,7 @@ class FactMemory:
         return removed
 
     def replay_candidates(self, turn: int, limit: int | None = None) -> list[StoredFact]:
-        """The most important facts at `turn`, descending; ties keep insertion order.
+        """The facts to replay at `turn`, ranked by `replay_order`, descending; ties keep insertion order.
 
         Args:
             turn: the current turn.
@@ -285,6 +297,8 @@ class FactMemory:
         if limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit!r}")
         self._refresh(turn)
+        if self.config.replay_order == "spaced":
+            return sorted(self._facts.values(), key=lambda f: -f.importance * max(turn - f.last_access, 0))[:limit]
         return sorted(self._facts.values(), key=lambda f: -f.importance)[:limit]
 
     def state_dict(self) -> dict[str, Any]:

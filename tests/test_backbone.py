@@ -18,6 +18,18 @@ def test_local_dir_loads_frozen_and_lora_attaches(tiny_model_dir):
     assert tok.chat_template is not None and tok.pad_token is not None
 
 
+def test_lora_layers_restrict_the_adapted_blocks(tiny_model_dir):
+    model, _ = load_base(tiny_model_dir)
+    depth = model.config.num_hidden_layers
+    peft_model = attach_lora(model, LoRASettings(r=2, target_modules=["up_proj"], layers=[0, -1]))
+    blocks = {int(n.split(".layers.")[1].split(".")[0]) for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert blocks == {0, depth - 1}
+    with pytest.raises(ValueError, match="out of range"):
+        attach_lora(load_base(tiny_model_dir)[0], LoRASettings(target_modules=["up_proj"], layers=[depth]))
+    with pytest.raises(ValueError, match="lora.layers"):
+        LoRASettings(layers=[])
+
+
 def test_unreachable_hub_fails_fast_naming_local_dir(monkeypatch):
     monkeypatch.setattr(backbone, "_hub_reachable", lambda: False)
     start = time.perf_counter()

@@ -151,7 +151,7 @@ def test_decay_depends_on_the_turn_not_on_calls_and_restating_resets_it():
 
 
 def test_replay_candidates_by_importance_with_stable_ties():
-    mem = memory(importance="repetition", replay_limit=2)
+    mem = memory(importance="repetition", replay_limit=2, replay_order="importance")
     _fill(mem, "ABCD")
     for turn in (5, 6):
         mem.store(fact("C"), "t", "r", turn)
@@ -161,6 +161,22 @@ def test_replay_candidates_by_importance_with_stable_ties():
     assert mem.replay_candidates(8, limit=0) == []
     with pytest.raises(ValueError, match="limit"):
         mem.replay_candidates(8, limit=-1)
+
+
+def test_spaced_replay_brings_round_stale_facts_and_replays_rotate():
+    mem = memory(importance="repetition", replay_limit=2)  # spaced is the default order
+    _fill(mem, "ABCD")
+    for turn in (5, 6):
+        mem.store(fact("C"), "t", "r", turn)  # C: count 3, just stated
+    mem.store(fact("D"), "t", "r", 7)
+    # importance order would pick C and D (stated most); spaced weighs in the time since last rehearsal
+    first = mem.replay_candidates(8)
+    assert [f.subject for f in first] == ["A", "B"]
+    for f in first:
+        mem.touch(f, 8)  # the replay rehearses them
+    assert [f.subject for f in mem.replay_candidates(9)] == ["C", "D"]
+    with pytest.raises(ValueError, match="replay_order"):
+        memory(replay_order="random")
 
 
 def _populated() -> FactMemory:
