@@ -11,7 +11,15 @@ record with no user message, an overlong record, a line with NUL bytes, a binary
 file in a directory, a FIFO or other non-regular file, an unreadable file are skipped; trailing
 NUL padding is removed; invalid UTF-8 is replaced and an overlong message truncated to
 ``max_message_chars``. Each such event logs a warning (the first `ReaderLimits.max_warnings` of
-each kind; later ones are only counted) and adds one to `Turn.skipped`.
+each kind; later ones are only counted) and adds one to `Turn.truncated` (a message cut to
+``max_message_chars``) or to `Turn.skipped` (everything else).
+
+Tool calls and tool results are never assistant speech (``tools``): ``context`` (the default)
+keeps them in the reply, labelled, as spans the renderer masks from the loss (the reply that
+follows a tool result is learned with the result in view, not as if from nowhere); ``drop``
+leaves them out. System prompts (``system``): ``drop`` (the default: a long system prompt would
+fill the token budget of every turn) or ``context`` (rendered before each turn, never trained).
+The first message left out by choice is announced in the log; see `olm.formats`.
 
 Stopping: SIGINT (Ctrl+C), SIGTERM and SIGHUP end the stream as its end would: the data module's
 `StopRequest` (see `olm.readers`) is installed when training starts reading; the turn in progress
@@ -40,7 +48,7 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from olm.formats import FORMATS, Conversation, Format, Problem, build_exchanges
+from olm.formats import CONTEXT_MODES, FORMATS, ContextMode, Conversation, Format, Problem, build_exchanges
 from olm.readers import STDIN, LineSource, ReaderLimits, SourceReader, StopRequest, is_pattern, resolve_sources
 
 log = logging.getLogger(__name__)
@@ -59,7 +67,11 @@ class Turn:
         history: up to ``history_turns`` earlier (user, assistant) exchanges, oldest first.
         source: the file the turn came from, ``-`` for stdin.
         offset: 0-based index of this turn in the whole stream: the resume key.
-        skipped: cumulative count of skipped / truncated / repaired inputs so far.
+        skipped: cumulative count of skipped / repaired inputs so far (not truncations).
+        truncated: cumulative count of messages cut to ``max_message_chars`` so far.
+        system: the conversation's system prompt, as context (None: none, or ``system: drop``).
+        context_spans: (start, end) character spans of `assistant` that are tool calls / results:
+            context, never a training target.
     """
 
     conversation_id: str
@@ -69,6 +81,9 @@ class Turn:
     source: str
     offset: int
     skipped: int
+    truncated: int = 0
+    system: str | None = None
+    context_spans: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -91,8 +106,16 @@ class StreamConfig:
     """Follow mode ends after this many seconds without new data (None: never)."""
     num_workers: int = 0
     """DataLoader worker processes; each reads the stream and keeps every num_workers-th turn."""
+    max_turns: int | None = None
+    """The stream ends after this many turns in all (a resumed run counts those trained before it);
+    None: at the source's end. Unlike ``trainer.max_steps``, which counts optimizer steps (a fact
+    turn takes ``steps_per_fact``, a replay more), this counts turns."""
     limits: ReaderLimits = field(default_factory=ReaderLimits)
     """Safety bounds of the readers."""
+    tools: ContextMode = "context"
+    """Tool calls and results: ``context`` (in view, masked from the loss) or ``drop`` (left out)."""
+    system: ContextMode = "drop"
+    """System prompts: ``drop`` (left out) or ``context`` (rendered before each turn, never trained)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -100,6 +123,9 @@ class StreamConfig:
             problems.append(f"source must be a path, a glob or '-', got {self.source!r}")
         if self.format not in FORMATS:
             problems.append(f"format must be one of {FORMATS}, got {self.format!r}")
+        for name in ("tools", "system"):
+            if getattr(self, name) not in CONTEXT_MODES:
+                problems.append(f"{name} must be one of {CONTEXT_MODES}, got {getattr(self, name)!r}")
         if not isinstance(self.history_turns, int) or self.history_turns < 0:
             problems.append(f"history_turns must be an integer >= 0, got {self.history_turns!r}")
         if not isinstance(self.max_message_chars, int) or self.max_message_chars < 1:
@@ -112,6 +138,8 @@ class StreamConfig:
             problems.append(f"num_workers must be an integer >= 0, got {self.num_workers!r}")
         elif self.num_workers > 0 and (self.source == STDIN or self.follow):
             problems.append(f"num_workers must be 0 when reading stdin or following a file, got {self.num_workers}")
+        if self.max_turns is not None and (not isinstance(self.max_turns, int) or self.max_turns < 1):
+            problems.append(f"max_turns must be None or an integer >= 1, got {self.max_turns!r}")
         if self.follow and isinstance(self.source, str) and (os.path.isdir(self.source) or is_pattern(self.source)):
             problems.append(f"follow needs a single file or '-', got the directory or pattern {self.source!r}")
         if problems:
@@ -119,6 +147,16 @@ class StreamConfig:
 
 
 _DEFAULTS = StreamConfig()
+
+
+def source_problems(source: str, follow: bool = False) -> list[str]:
+    """[] when `source` names something to read, else its one-line problem as ``--data.source``'s
+    (checked before the model loads: `cli.OlmCLI`)."""
+    try:
+        resolve_sources(source, follow)
+    except FileNotFoundError as err:
+        return [f"--data.source: {err}"]
+    return []
 
 
 # ----------------------------------------------------------------------------- the stream
@@ -144,6 +182,8 @@ class ChatTurnStream(IterableDataset):
         start_offset: turns before this offset are read but not yielded (resume). For stdin, which
             cannot be replayed, nothing is skipped: its turns are numbered from `start_offset` on.
         limits: reader bounds (default `ReaderLimits()`).
+        max_turns: the stream ends at this turn offset (see `StreamConfig.max_turns`).
+        tools, system: what becomes of tool steps and system prompts (see `StreamConfig`).
         stdin: lines to read for ``-`` instead of ``sys.stdin`` (the interactive chat's console).
         stop: ends a wait for stdin or a followed file (the data module's; None: never requested).
 
@@ -164,13 +204,16 @@ class ChatTurnStream(IterableDataset):
         start_offset: int = 0,
         *,
         limits: ReaderLimits | None = None,
+        max_turns: int | None = None,
+        tools: ContextMode = _DEFAULTS.tools,
+        system: ContextMode = _DEFAULTS.system,
         stdin: LineSource | None = None,
         stop: StopRequest | None = None,
     ) -> None:
         super().__init__()
         self.config = StreamConfig(
             source, format, history_turns, max_message_chars, follow, poll_interval, idle_timeout,
-            limits=limits or ReaderLimits(),
+            max_turns=max_turns, limits=limits or ReaderLimits(), tools=tools, system=system,
         )
         if not isinstance(start_offset, int) or start_offset < 0:
             raise ValueError(f"start_offset must be an integer >= 0, got {start_offset!r}")
@@ -186,7 +229,8 @@ class ChatTurnStream(IterableDataset):
         c = config
         return cls(
             c.source, c.format, c.history_turns, c.max_message_chars, c.follow, c.poll_interval, c.idle_timeout,
-            start_offset, limits=c.limits, stdin=stdin, stop=stop,
+            start_offset, limits=c.limits, max_turns=c.max_turns, tools=c.tools, system=c.system, stdin=stdin,
+            stop=stop,
         )
 
     def __iter__(self) -> Iterator[Turn]:
@@ -214,30 +258,59 @@ class _TurnReader:
         self.start_offset = start_offset
         self.offset = start_offset if config.source == STDIN else 0
         self.skipped = 0
+        self.truncated = 0
+        self.dropped: dict[str, int] = {}  # kind → messages left out by the tools / system settings
         self.warn = _Warner(self.limits.max_warnings, warn)
         self.histories: OrderedDict[str, deque] = OrderedDict()
 
     def turns(self, files: list[str], filtered: bool) -> Iterator[Turn]:
+        if self._limit_reached():  # a resume past the limit reads nothing (stdin would wait for a line)
+            return
         for path in files:
             for where, item in self.source.items(path, filtered):
                 if isinstance(item, Problem):
                     self._problem(where, item)
                 else:
                     yield from self._conversation_turns(path, where, item)
+                if self._limit_reached():  # checked before the next read, which may wait (stdin, follow)
+                    return
+
+    def _limit_reached(self) -> bool:
+        return self.config.max_turns is not None and self.offset >= self.config.max_turns
 
     def _problem(self, where: str, problem: Problem) -> None:
-        self.skipped += 1
+        if problem.kind == "truncated":
+            self.truncated += 1
+        else:
+            self.skipped += 1
         self.warn(where, problem)
 
     def _conversation_turns(self, path: str, where: str, conv: Conversation) -> Iterator[Turn]:
-        exchanges, problems = build_exchanges(conv.messages, self.config.max_message_chars)
+        c = self.config
+        exchanges, problems = build_exchanges(conv.messages, c.max_message_chars, c.tools, c.system)
         for p in problems:
             self._problem(where, p)
-        for user, reply in exchanges:
-            turn = Turn(conv.id, user, reply, self._history(conv.id, user, reply), path, self.offset, self.skipped)
+        for ex in exchanges:
+            if self._limit_reached():
+                return
+            for kind in ex.dropped:
+                self._dropped(where, kind)
+            history = self._history(conv.id, ex.user, ex.reply)
+            turn = Turn(
+                conv.id, ex.user, ex.reply, history, path, self.offset, self.skipped, self.truncated,
+                ex.system, ex.context_spans,
+            )
             self.offset += 1
             if turn.offset >= self.start_offset:
                 yield turn
+
+    def _dropped(self, where: str, kind: str) -> None:
+        """Count a message left out by choice; the first of each kind is announced."""
+        first = not any(self.dropped.get(k) for k in ((kind,) if kind == "system" else ("tool", "tool_call")))
+        self.dropped[kind] = self.dropped.get(kind, 0) + 1
+        if first and self.warn.enabled:
+            what, flag = ("system prompts", "system") if kind == "system" else ("tool calls and results", "tools")
+            log.warning("%s: %s are left out (--data.%s drop; 'context' keeps them, untrained)", where, what, flag)
 
     def _history(self, conv_id: str, user: str, reply: str | None) -> tuple[tuple[str, str], ...]:
         if self.config.history_turns == 0:
@@ -281,7 +354,11 @@ class ChatStreamDataModule(L.LightningDataModule):
         poll_interval: seconds between checks in follow mode.
         idle_timeout: follow mode ends after this many seconds without new data (None: never).
         num_workers: DataLoader workers (0 for stdin and follow mode).
+        max_turns: the stream ends after this many turns in all, counting those trained before a
+            resume (None: at the source's end). ``trainer.max_steps`` counts optimizer steps instead.
         limits: reader safety bounds (default `ReaderLimits()`).
+        tools: tool calls and results: ``context`` (kept in view, masked from the loss) or ``drop``.
+        system: system prompts: ``drop`` or ``context`` (rendered before each turn, never trained).
 
     Raises:
         ValueError: invalid settings, all listed in one message.
@@ -297,15 +374,19 @@ class ChatStreamDataModule(L.LightningDataModule):
         poll_interval: float = _DEFAULTS.poll_interval,
         idle_timeout: float | None = _DEFAULTS.idle_timeout,
         num_workers: int = _DEFAULTS.num_workers,
+        max_turns: int | None = _DEFAULTS.max_turns,
         limits: ReaderLimits | None = None,
+        tools: ContextMode = _DEFAULTS.tools,
+        system: ContextMode = _DEFAULTS.system,
     ) -> None:
         super().__init__()
         self.config = StreamConfig(
             source, format, history_turns, max_message_chars, follow, poll_interval, idle_timeout, num_workers,
-            limits or ReaderLimits(),
+            max_turns, limits or ReaderLimits(), tools, system,
         )
         self.next_offset = 0
         self.skipped = 0
+        self.truncated = 0
         self.console: LineSource | None = None
         self.stop = StopRequest()
 
@@ -338,11 +419,14 @@ class ChatStreamDataModule(L.LightningDataModule):
     def mark_trained(self, turn: Turn) -> None:
         """Record that `turn` was trained: a resume starts after it."""
         self.next_offset = turn.offset + 1
-        self.skipped = turn.skipped
+        self.skipped, self.truncated = turn.skipped, turn.truncated
 
     def state_dict(self) -> dict[str, Any]:
         """Plain-typed resume state, saved in Lightning checkpoints."""
-        return {"source": self.config.source, "next_offset": self.next_offset, "skipped": self.skipped}
+        return {
+            "source": self.config.source, "next_offset": self.next_offset, "skipped": self.skipped,
+            "truncated": self.truncated,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume at ``state["next_offset"]``; a state saved for another source restarts at 0 (with a warning).
@@ -355,9 +439,10 @@ class ChatStreamDataModule(L.LightningDataModule):
             raise ValueError(f"stream state needs a 'source' string and a 'next_offset' >= 0, got {state!r}")
         if not _same_source(source, self.config.source):
             log.warning("stream state is for source %r, not %r: starting at turn 0", source, self.config.source)
-            self.next_offset, self.skipped = 0, 0
+            self.next_offset, self.skipped, self.truncated = 0, 0, 0
             return
         self.next_offset, self.skipped = offset, int(state.get("skipped", 0))
+        self.truncated = int(state.get("truncated", 0))
 
 
 def _same_source(a: str, b: str) -> bool:
@@ -369,12 +454,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m olm.data", description=main.__doc__)
     parser.add_argument("source")
     parser.add_argument("--format", default=_DEFAULTS.format, choices=FORMATS)
+    parser.add_argument("--tools", default=_DEFAULTS.tools, choices=CONTEXT_MODES)
+    parser.add_argument("--system", default=_DEFAULTS.system, choices=CONTEXT_MODES)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    stream = ChatTurnStream(args.source, args.format)
+    stream = ChatTurnStream(args.source, args.format, tools=args.tools, system=args.system)
     reader = _TurnReader(stream.config, 0, warn=True)
-    count = sum(1 for _ in reader.turns(stream.files, stream.filtered))
-    print(f"{args.source}: {count} turns, {reader.skipped} inputs skipped, truncated or repaired")
+    turns = list(reader.turns(stream.files, stream.filtered))
+    with_tools = sum(1 for t in turns if t.context_spans)
+    dropped = ", ".join(f"{n} {k}" for k, n in sorted(reader.dropped.items())) or "none"
+    print(
+        f"{args.source}: {len(turns)} turns ({sum(t.assistant is None for t in turns)} without a logged reply, "
+        f"{with_tools} with tool steps as context), {reader.skipped} inputs skipped or repaired, "
+        f"{reader.truncated} messages truncated; left out by choice: {dropped}"
+    )
     return 0
 
 

@@ -8,8 +8,15 @@ Formats (``StreamConfig.format``), detected per record with ``auto``:
   dailydialog  a text line of utterances separated by ``__eou__``, speakers alternating user/assistant
   text         every non-empty line is a user message with no logged reply
 
-One exchange per user message, with the assistant (and tool) messages that follow it joined by a
-newline as its reply (None when none follow). System messages are context, not exchanges.
+One `Exchange` per user message, with the assistant messages that follow it joined by a newline
+as its reply (None when none follow). Tool steps are never assistant speech: a tool call (ShareGPT
+``function_call``, OpenAI ``tool_calls`` / ``function_call`` fields) and a tool result (roles
+``tool``, ``function``, ``observation``, ``ipython``) are, by the stream's ``tools`` setting,
+``context`` — kept in the reply text, labelled (`TOOL_CALL_LABEL`, `TOOL_RESULT_LABEL`) and listed
+in `Exchange.context_spans`, so the renderer masks them from the loss — or ``drop``ped. System
+messages are never exchanges: with ``system="context"`` the record's system prompt rides along with
+each exchange (`Exchange.system`, rendered as an untrained system message), with ``drop`` it is
+left out. What is dropped by choice is listed in `Exchange.dropped` (not a problem).
 Nothing here raises on bad input except `parse_record` (`BadRecord`, which readers turn into a
 `Problem`): a bad role or content, an empty message, an overlong message (truncated to
 ``max_chars``) or a record without a user message is reported as a `Problem` beside the result.
@@ -26,13 +33,19 @@ from typing import Any, Literal
 
 Format = Literal["auto", "messages", "sharegpt", "transcript", "pair", "dailydialog", "text"]
 FORMATS: tuple[str, ...] = ("auto", "messages", "sharegpt", "transcript", "pair", "dailydialog", "text")
+ContextMode = Literal["context", "drop"]
+"""What becomes of tool steps / system prompts: untrained context, or left out."""
+CONTEXT_MODES: tuple[str, ...] = ("context", "drop")
+TOOL_CALL_LABEL = "[tool call] "
+TOOL_RESULT_LABEL = "[tool result] "
 RECORD_KEYS: dict[str, str] = {  # detection order: the first key present picks the record format
     "messages": "messages", "conversations": "sharegpt", "messages_display": "transcript", "user": "pair",
 }
 ROLES: dict[str, str] = {
     "user": "user", "human": "user",
     "assistant": "assistant", "gpt": "assistant", "model": "assistant", "bot": "assistant", "chatgpt": "assistant",
-    "tool": "tool", "function": "tool", "function_call": "tool", "observation": "tool", "ipython": "tool",
+    "tool": "tool", "function": "tool", "observation": "tool", "ipython": "tool",
+    "function_call": "tool_call", "tool_call": "tool_call",
     "system": "system", "developer": "system",
 }
 EOU = "__eou__"
@@ -56,6 +69,27 @@ class Problem:
 
     kind: str
     message: str
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One user message and what answered it.
+
+    Attributes:
+        user: the stripped user message.
+        reply: the assistant messages (and, as context, tool steps) after it, joined by newlines;
+            None when nothing followed.
+        context_spans: (start, end) character spans of `reply` that are tool steps: context, never
+            a training target.
+        system: the record's system prompt(s) before this message, kept as context (None: none, or dropped).
+        dropped: the kinds (``tool_call``, ``tool``, ``system``) of messages left out by choice.
+    """
+
+    user: str
+    reply: str | None
+    context_spans: tuple[tuple[int, int], ...] = ()
+    system: str | None = None
+    dropped: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,11 +137,30 @@ def _list_messages(value: Any, role_key: str, text_key: str) -> list[tuple[Any, 
         if not isinstance(m, dict):
             out.append((None, m))
             continue
+        calls = m.get("tool_calls") if isinstance(m.get("tool_calls"), list) else None
+        if calls is None and isinstance(m.get("function_call"), dict):  # OpenAI's older single-call field
+            calls = [m["function_call"]]
         content = m.get(text_key)
-        if content in (None, "") and isinstance(m.get("tool_calls"), list):  # OpenAI: the call is the reply
-            content = _dumps(m["tool_calls"])
-        out.append((m.get(role_key), content))
+        if calls is None or content not in (None, "", []):
+            out.append((m.get(role_key), content))
+        if calls is not None:  # OpenAI: an assistant's tool calls are a tool step, not speech
+            out.append(("tool_call", "\n".join(filter(None, map(call_text, calls))) or None))
     return out
+
+
+def call_text(call: Any) -> str | None:
+    """A tool call as ``{"name": ..., "arguments": ...}`` JSON (OpenAI call ids and types left out)."""
+    if isinstance(call, dict):
+        fn = call.get("function") if isinstance(call.get("function"), dict) else call
+        if "name" in fn:
+            args = fn.get("arguments")
+            if isinstance(args, str):
+                try:
+                    args = json.loads(args)
+                except (ValueError, RecursionError):
+                    pass
+            return _dumps({"name": fn["name"], "arguments": args})
+    return _dumps(call)
 
 
 def _dumps(value: Any) -> str | None:
@@ -139,9 +192,15 @@ def dialogue_messages(line: str) -> list[tuple[str, str]]:
     return [("user" if i % 2 == 0 else "assistant", p) for i, p in enumerate(parts)]
 
 
+def _system_field(record: dict) -> list[tuple[Any, Any]]:
+    """A ShareGPT record's top-level ``system`` prompt (LLaMA-Factory's layout) as a first message."""
+    system = record.get("system")
+    return [("system", system)] if isinstance(system, str) and system.strip() else []
+
+
 _PARSERS = {
     "messages": lambda v, _: _list_messages(v, "role", "content"),
-    "conversations": lambda v, _: _list_messages(v, "from", "value"),
+    "conversations": lambda v, rec: _system_field(rec) + _list_messages(v, "from", "value"),
     "messages_display": lambda v, _: transcript_messages(v),
     "user": lambda v, rec: [("user", v)] + [("assistant", a) for a in [rec.get("assistant")] if a is not None],
 }
@@ -171,35 +230,79 @@ def truncate(text: str, max_chars: int, what: str, problems: list[Problem]) -> s
 
 
 def build_exchanges(
-    messages: Iterable[tuple[Any, Any]], max_chars: int
-) -> tuple[list[tuple[str, str | None]], list[Problem]]:
-    """Pair every user message with the assistant / tool messages that follow it.
+    messages: Iterable[tuple[Any, Any]], max_chars: int, tools: ContextMode = "context", system: ContextMode = "drop"
+) -> tuple[list[Exchange], list[Problem]]:
+    """Pair every user message with the assistant messages (and tool steps) that follow it.
 
     Args:
         messages: (role, content) pairs in log order, unchecked.
-        max_chars: longer user messages and replies are truncated.
+        max_chars: longer user messages, replies and system prompts are truncated.
+        tools: tool calls and results after a user message become labelled context spans of its
+            reply (``context``) or are left out (``drop``).
+        system: system messages become each later exchange's `Exchange.system` (``context``) or are
+            left out (``drop``).
 
     Returns:
-        (exchanges as (stripped user text, joined reply or None), problems: bad roles or contents, empty
-        messages, truncations, or a record without any user message). A bad user message drops its replies.
+        (the exchanges, problems: bad roles or contents, empty messages, truncations, or a record
+        without any user message). A bad user message drops its replies.
     """
-    exchanges: list[tuple[str, str | None]] = []
+    exchanges: list[Exchange] = []
     problems: list[Problem] = []
-    user: str | None = None
-    reply: list[str] = []
+    turn: _Open | None = None
+    prompts: list[str] = []  # system prompts seen so far (context mode)
+    prompt: str | None = None  # their text, truncated once
+    dropped: list[str] = []  # kinds left out before the next exchange is opened
     for role, content in messages:
         kind, text, problem = _message(role, content)
         if problem is not None:
             problems.append(problem)
         if kind == "user":
-            _close(exchanges, user, reply, max_chars, problems)
-            user, reply = text, []
-        elif kind in ("assistant", "tool") and user is not None and text is not None:
-            reply.append(text)  # a reply before the first user message is context, not a turn
-    _close(exchanges, user, reply, max_chars, problems)
+            _close(exchanges, turn, max_chars, problems)
+            turn, dropped = (_Open(text, prompt, dropped), []) if text is not None else (None, dropped)
+        elif text is None:
+            continue
+        elif kind == "system" and system == "context":
+            prompts.append(text)
+            prompt = truncate("\n".join(prompts), max_chars, "system prompt", problems)
+        elif kind == "system":
+            dropped.append(kind)
+        elif kind in ("tool", "tool_call") and tools == "drop":
+            (turn.dropped if turn is not None else dropped).append(kind)
+        elif kind in ("assistant", "tool", "tool_call") and turn is not None:
+            turn.add(kind, text)  # a reply before the first user message is context, not a turn
+    _close(exchanges, turn, max_chars, problems)
     if not exchanges and not problems:
         problems.append(Problem("no_user_message", "record has no user message"))
     return exchanges, problems
+
+
+class _Open:
+    """The exchange being gathered: its user message, reply parts and the spans of its tool steps."""
+
+    LABELS = {"tool_call": TOOL_CALL_LABEL, "tool": TOOL_RESULT_LABEL}
+
+    def __init__(self, user: str, system: str | None, dropped: list[str]) -> None:
+        self.user, self.system, self.dropped = user, system, dropped
+        self.parts: list[str] = []
+        self.spans: list[tuple[int, int]] = []
+        self.length = -1  # of "\n".join(parts)
+
+    def add(self, kind: str, text: str) -> None:
+        start = self.length + 1
+        part = self.LABELS.get(kind, "") + text
+        self.parts.append(part)
+        self.length = start + len(part)
+        if kind != "assistant":
+            self.spans.append((start, self.length))
+
+
+def _close(exchanges: list[Exchange], turn: _Open | None, max_chars: int, problems: list[Problem]) -> None:
+    if turn is None:
+        return
+    reply = truncate("\n".join(turn.parts), max_chars, "reply", problems) if turn.parts else None
+    spans = tuple((a, min(b, len(reply))) for a, b in turn.spans if reply is not None and a < len(reply))
+    user = truncate(turn.user, max_chars, "user message", problems)
+    exchanges.append(Exchange(user, reply, spans, turn.system, tuple(turn.dropped)))
 
 
 def _message(role: Any, content: Any) -> tuple[str | None, str | None, Problem | None]:
@@ -211,17 +314,10 @@ def _message(role: Any, content: Any) -> tuple[str | None, str | None, Problem |
     if text is None:
         return kind, None, Problem("bad_field", f"{kind} message skipped: content is {type(content).__name__}")
     if not text.strip():
-        # an empty tool result is a legitimate output; an empty system prompt is harmless
-        return kind, None, None if kind in ("tool", "system") else Problem("empty_message", f"empty {kind} message")
+        # an empty tool result or call is a legitimate output; an empty system prompt is harmless
+        quiet = kind in ("tool", "tool_call", "system")
+        return kind, None, None if quiet else Problem("empty_message", f"empty {kind} message")
     return kind, text.strip(), None
-
-
-def _close(
-    exchanges: list[tuple[str, str | None]], user: str | None, reply: list[str], max_chars: int, problems: list
-) -> None:
-    if user is not None:
-        joined = truncate("\n".join(reply), max_chars, "reply", problems) if reply else None
-        exchanges.append((truncate(user, max_chars, "user message", problems), joined))
 
 
 def _short(value: Any, limit: int = 40) -> str:

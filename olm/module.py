@@ -2,8 +2,10 @@
 
 Per turn (`training_step`, manual optimization):
   1. classify  FactDetector → Context(chat | question | fact), repetition and importance from memory
-  2. respond   the logged assistant reply (respond="auto") or `generate()` in eval mode
-  3. render    chat template → ids, loss mask, token weights (ImportanceWeighter); a fact turn
+  2. respond   the logged assistant reply (respond="auto") or `generate()` in eval mode; with
+               respond="skip" a turn without a logged reply is skipped (counted) instead
+  3. render    chat template → ids, loss mask (system prompt, history and tool steps are context,
+               never targets), token weights (ImportanceWeighter); a fact turn
                adds its augmentation (`olm.augment`: Q/A pairs, paraphrases), rendered alike
   4. learn     one right-padded batch of the turn's examples (+ locality prompts on the kinds
                that carry them, `olm.locality`); lr = base × multiplier(context) for these steps
@@ -93,7 +95,9 @@ class ObjectiveSettings:
     loss_on: LossOn = "exchange"
     """Task-loss targets: the whole exchange (user message + reply) or the reply only."""
     max_tokens: int = 512
-    """Longer renderings keep their last max_tokens tokens."""
+    """Longer renderings keep their last max_tokens tokens (counted as data/truncated_tokens, with a warning)."""
+    max_warnings: int = 5
+    """Warnings logged about renderings cut to max_tokens; later ones are only counted."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -101,6 +105,8 @@ class ObjectiveSettings:
             problems.append(f"objective.task_lambda must be >= 0, got {self.task_lambda!r}")
         if self.max_tokens < 8:
             problems.append(f"objective.max_tokens must be >= 8, got {self.max_tokens!r}")
+        if self.max_warnings < 0:
+            problems.append(f"objective.max_warnings must be >= 0, got {self.max_warnings!r}")
         if problems:
             raise ValueError("invalid objective settings: " + "; ".join(problems))
 
@@ -134,7 +140,8 @@ class OnlineLM(L.LightningModule):
         policy: LR multipliers and KL λ per turn kind.
         objective: loss weights and targets.
         respond: "auto" learns the logged reply when the turn has one and generates otherwise;
-            "generate" always generates.
+            "generate" always generates; "skip" learns the logged reply and skips a turn without one
+            (counted as data/no_reply_skipped; nothing is learned from it).
         generation: decoding settings for generated replies.
         chat_template: a Jinja chat template used when the tokenizer has none.
         detector: fact patterns and question filter.
@@ -153,7 +160,7 @@ class OnlineLM(L.LightningModule):
         optim: OptimSettings = OptimSettings(),
         policy: ContextPolicy = ContextPolicy(),
         objective: ObjectiveSettings = ObjectiveSettings(),
-        respond: Literal["auto", "generate"] = "auto",
+        respond: Literal["auto", "generate", "skip"] = "auto",
         generation: GenerationSettings = GenerationSettings(),
         chat_template: str | None = None,
         detector: DetectorConfig = DetectorConfig(),
@@ -182,6 +189,8 @@ class OnlineLM(L.LightningModule):
         self.locality = LocalityTerm(locality, self.tokenizer)
         self.turns_trained = 0
         self.nonfinite_steps = 0
+        self.no_reply_skipped = 0  # turns without a logged reply skipped (respond="skip")
+        self.truncated_tokens = 0  # turns whose rendering was cut to objective.max_tokens
         self.replay_queue: list[tuple[str, str]] = []
         self.reply_listener = None
         """Called with (text, end) as a generated reply is produced (the chat prints it at once)."""
@@ -199,7 +208,7 @@ class OnlineLM(L.LightningModule):
             group["base_lr"] = group["lr"]  # per-turn lr = base_lr × multiplier, never compounded
         return opt
 
-    def training_step(self, dataloader_iter: Iterator) -> dict[str, Any]:
+    def training_step(self, dataloader_iter: Iterator) -> dict[str, Any] | None:
         self._timings.clear()
         replayed = self._run_replay_queue()
         try:
@@ -212,13 +221,18 @@ class OnlineLM(L.LightningModule):
             self.trainer.should_stop = True
             self.trainer._results.reset(metrics=False)
             raise
+        if self.respond_mode == "skip" and turn.assistant is None:
+            return self._skip_unanswered(turn)
         start = time.perf_counter()
         ctx = self.classify(turn.user)
         reply = self.respond(turn)
         with self._timed("render"):
+            spans = turn.context_spans if self.logged_reply(turn) else ()
             example = render_exchange(
-                self.tokenizer, turn.user, reply, turn.history, self.objective.loss_on, self.objective.max_tokens
+                self.tokenizer, turn.user, reply, turn.history, self.objective.loss_on, self.objective.max_tokens,
+                turn.system, spans,
             )
+            self._count_cut(example, turn)
             examples = [example]
             if ctx.kind == "fact":  # rotate the templates with the statement count
                 examples += self.fact_examples(ctx.fact, ctx.repetition - 1, turn.user)
@@ -240,6 +254,8 @@ class OnlineLM(L.LightningModule):
             "replay_queue": [list(key) for key in self.replay_queue],
             "memory": self.memory.state_dict(),
             "locality_position": self.locality.position,
+            "no_reply_skipped": self.no_reply_skipped,
+            "truncated_tokens": self.truncated_tokens,
             "identity": self.identity(),
         }
 
@@ -284,6 +300,8 @@ class OnlineLM(L.LightningModule):
         self.check_identity(state.get("identity"))
         self.turns_trained = int(state["turns_trained"])
         self.nonfinite_steps = int(state["nonfinite_steps"])
+        self.no_reply_skipped = int(state.get("no_reply_skipped", 0))
+        self.truncated_tokens = int(state.get("truncated_tokens", 0))
         self.replay_queue = [tuple(key) for key in state["replay_queue"]]
         self.memory.load_state_dict(state["memory"])
         self.locality.position = int(state.get("locality_position", 0)) % len(self.locality.prompts)
@@ -301,14 +319,18 @@ class OnlineLM(L.LightningModule):
             importance = self.memory.importance_of(fact, self.turns_trained)
             return Context("fact", fact=fact, repetition=repetition, importance=importance)
 
+    def logged_reply(self, turn) -> bool:
+        """Whether the turn's logged reply is the one learned (else a reply is generated)."""
+        return self.respond_mode != "generate" and turn.assistant is not None
+
     def respond(self, turn) -> str:
-        """The reply to learn: the logged one (respond="auto") or a generated one.
+        """The reply to learn: the logged one (respond="auto" or "skip") or a generated one.
 
         With `reply_listener` set (the chat sets it), a generated reply is streamed to it as it is
         generated, *before* the learning step: the person reads while the model learns. The time
         to the first text and to the end of the reply are kept as timings reply_first_s / reply_s.
         """
-        if self.respond_mode == "auto" and turn.assistant is not None:
+        if self.logged_reply(turn):
             return turn.assistant
         start = time.perf_counter()
         streamer = None
@@ -320,13 +342,16 @@ class OnlineLM(L.LightningModule):
 
             streamer = CallbackStreamer(self.tokenizer, on_text)
         with self._timed("generate"):
-            reply = self.generate(turn.user, turn.history, streamer)
+            reply = self.generate(turn.user, turn.history, streamer, turn.system)
         self._timings["reply_s"] = time.perf_counter() - start
         return reply
 
-    def generate(self, user: str, history: tuple[tuple[str, str], ...] = (), streamer=None) -> str:
-        """The adapted model's reply to `user` after `history` (eval mode, no grad)."""
-        return generate_reply(self.model, self.tokenizer, messages_for(user, history), self.generation, streamer)
+    def generate(
+        self, user: str, history: tuple[tuple[str, str], ...] = (), streamer=None, system: str | None = None
+    ) -> str:
+        """The adapted model's reply to `user` after `system` and `history` (eval mode, no grad)."""
+        messages = messages_for(user, history, system)
+        return generate_reply(self.model, self.tokenizer, messages, self.generation, streamer)
 
     def token_weights(self, example: Example, ctx: Context) -> torch.Tensor:
         """(T,) task-loss weight of each token as a target: importance weights × loss mask."""
@@ -465,6 +490,25 @@ class OnlineLM(L.LightningModule):
             self.memory.touch(fact, self.turns_trained)
         return [{**stats, "facts": len(facts)}]
 
+    def _skip_unanswered(self, turn) -> None:
+        """respond="skip": a turn without a logged reply is not trained on, only counted and passed."""
+        self.no_reply_skipped += 1
+        self._mark_trained(turn)
+        log_scalars(self.trainer, {"data/no_reply_skipped": float(self.no_reply_skipped)}, turn_step(self))
+
+    def _count_cut(self, example: Example, turn) -> None:
+        """Count (and warn about the first few) renderings cut to objective.max_tokens."""
+        if not example.cut_tokens:
+            return
+        self.truncated_tokens += 1
+        if self.truncated_tokens <= self.objective.max_warnings:
+            more = " (further cuts are only counted: data/truncated_tokens)" if (
+                self.truncated_tokens == self.objective.max_warnings) else ""
+            log.warning(
+                "turn %d: rendering of %d tokens cut to objective.max_tokens=%d (its first %d tokens dropped)%s",
+                turn.offset, example.num_tokens + example.cut_tokens, example.num_tokens, example.cut_tokens, more,
+            )
+
     def _mark_trained(self, turn) -> None:
         from olm.data import ChatStreamDataModule  # local: data imports nothing from here
 
@@ -494,6 +538,8 @@ class OnlineLM(L.LightningModule):
             "turn/time_s": self._timings["turn"], "turn/is_fact": float(ctx.kind == "fact"),
             "facts/memory_size": float(len(self.memory)), "facts/replayed": float(sum(r["facts"] for r in replayed)),
             "data/skipped": float(turn.skipped), "data/offset": float(turn.offset), "turn/nonfinite_steps": float(self.nonfinite_steps),
+            "data/truncated": float(turn.truncated), "data/truncated_tokens": float(self.truncated_tokens),
+            "data/no_reply_skipped": float(self.no_reply_skipped),
         })  # fmt: skip
         scalars.update({f"time/{k}": v for k, v in self._timings.items()})
         if replayed:

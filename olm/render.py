@@ -1,7 +1,8 @@
 """Render a chat exchange into training tensors: token ids, loss mask and char offsets.
 
 The chat template of the tokenizer renders the messages; the loss mask is built here because
-Qwen-style templates carry no assistant mask. Offsets (from the fast tokenizer) let the
+Qwen-style templates carry no assistant mask; it also keeps context out of the loss: a system
+prompt, history, and the tool calls / results inside a logged reply (its context spans). Offsets (from the fast tokenizer) let the
 importance weighter align characters to tokens without decoding.
 """
 
@@ -24,21 +25,25 @@ class Example:
         loss_mask: (T,) bool; True where the token is a training target of the task loss.
         offsets: (T,) list of (start, end) char spans of each token in `text`.
         text: the rendered text.
+        cut_tokens: leading tokens dropped to fit ``max_tokens`` (0: none).
     """
 
     input_ids: torch.Tensor
     loss_mask: torch.Tensor
     offsets: list[tuple[int, int]]
     text: str
+    cut_tokens: int = 0
 
     @property
     def num_tokens(self) -> int:
         return int(self.input_ids.numel())
 
 
-def messages_for(user: str, history: tuple[tuple[str, str], ...] = ()) -> list[dict[str, str]]:
-    """Chat messages for a user message with earlier (user, assistant) exchanges before it."""
-    msgs: list[dict[str, str]] = []
+def messages_for(
+    user: str, history: tuple[tuple[str, str], ...] = (), system: str | None = None
+) -> list[dict[str, str]]:
+    """Chat messages for a user message with earlier (user, assistant) exchanges and a system prompt before it."""
+    msgs: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     for u, a in history:
         msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
     msgs.append({"role": "user", "content": user})
@@ -57,8 +62,10 @@ def render_exchange(
     history: tuple[tuple[str, str], ...] = (),
     loss_on: LossOn = "exchange",
     max_tokens: int = 512,
+    system: str | None = None,
+    context_spans: tuple[tuple[int, int], ...] = (),
 ) -> Example:
-    """Render history + user message + reply and mark the task-loss targets.
+    """Render system prompt + history + user message + reply and mark the task-loss targets.
 
     Args:
         tokenizer: a fast tokenizer with a chat template.
@@ -67,25 +74,44 @@ def render_exchange(
         history: earlier exchanges of the conversation, shown as context only.
         loss_on: "exchange" trains on the current user message and the reply (the original
             design); "reply" only on the reply.
-        max_tokens: longer renderings keep their last `max_tokens` tokens (the reply end).
+        max_tokens: longer renderings keep their last `max_tokens` tokens (the reply end); how
+            many were dropped is `Example.cut_tokens`.
+        system: a system prompt rendered first, as context.
+        context_spans: (start, end) character spans of `reply` that are context (tool calls and
+            results): no token starting inside one is a target.
 
     Returns:
         The rendered `Example`.
     """
-    context = tokenizer.apply_chat_template(messages_for("", history)[:-1], tokenize=False) if history else ""
-    prompt = render_prompt(tokenizer, messages_for(user, history))
-    full = tokenizer.apply_chat_template(
-        messages_for(user, history) + [{"role": "assistant", "content": reply}], tokenize=False
-    )
+    before = messages_for(user, history, system)
+    context = tokenizer.apply_chat_template(before[:-1], tokenize=False) if len(before) > 1 else ""
+    prompt = render_prompt(tokenizer, before)
+    full = tokenizer.apply_chat_template(before + [{"role": "assistant", "content": reply}], tokenize=False)
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], [tuple(o) for o in enc["offset_mapping"]]
     start_char = len(prompt) if loss_on == "reply" else len(context)
-    mask = [s >= start_char for s, _ in offsets]
-    if len(ids) > max_tokens:
-        ids, offsets, mask = ids[-max_tokens:], offsets[-max_tokens:], mask[-max_tokens:]
+    spans = _reply_spans(full, prompt, reply, context_spans)
+    mask = [s >= start_char and not any(a <= s < b for a, b in spans) for s, _ in offsets]
+    cut = max(len(ids) - max_tokens, 0)
+    ids, offsets, mask = ids[cut:], offsets[cut:], mask[cut:]
     return Example(
         input_ids=torch.tensor(ids, dtype=torch.long),
         loss_mask=torch.tensor(mask, dtype=torch.bool),
         offsets=offsets,
         text=full,
+        cut_tokens=cut,
     )
+
+
+def _reply_spans(
+    full: str, prompt: str, reply: str, spans: tuple[tuple[int, int], ...]
+) -> list[tuple[int, int]]:
+    """`spans` of the reply as spans of the rendering `full`. The reply is looked for after the
+    prompt (where templates put it); should a template change it, everything after the prompt is
+    context: a tool step is never trained as speech."""
+    if not spans:
+        return []
+    at = full.find(reply, len(prompt)) if full.startswith(prompt) else -1
+    if at < 0:
+        return [(len(prompt), len(full))]
+    return [(at + a, at + b) for a, b in spans]

@@ -46,7 +46,8 @@ def test_messages_format_one_turn_per_user_message(tmp_path):
                ("assistant", "a"), ("tool", "t"), ("assistant", "b"), ("user", "last"))
     rec["id"] = "c1"
     turns = read(write_jsonl(tmp_path / "log.jsonl", [rec, msgs(("user", "solo"))]))
-    assert exchanges(turns) == [("hi", "hello"), ("two", "a\nt\nb"), ("last", None), ("solo", None)]
+    assert exchanges(turns) == [("hi", "hello"), ("two", "a\n[tool result] t\nb"), ("last", None), ("solo", None)]
+    assert turns[1].context_spans == ((2, 17),) and turns[1].assistant[2:17] == "[tool result] t"
     assert [t.conversation_id for t in turns] == ["c1", "c1", "c1", f"{tmp_path / 'log.jsonl'}:2"]
     assert [t.offset for t in turns] == [0, 1, 2, 3]
     assert all(t.skipped == 0 and t.source == str(tmp_path / "log.jsonl") and t.history == () for t in turns)
@@ -65,7 +66,7 @@ def test_sharegpt_jsonl_and_pretty_json_array_agree(tmp_path):
     dump = json.dumps(records, indent=2)
     (tmp_path / "b.json").write_text(dump, encoding="utf-8")
     array = read(str(tmp_path / "b.json"), limits=ReaderLimits(chunk_bytes=7))
-    expected = [("book a flight", '{"name": "book"}\n{"ok": true}\nBooked.'), ("q", "r")]
+    expected = [("book a flight", '[tool call] {"name": "book"}\n[tool result] {"ok": true}\nBooked.'), ("q", "r")]
     assert exchanges(jsonl) == exchanges(array) == expected
     second = dump.splitlines().index("  {", 2) + 1  # the line where the second element starts
     assert array[1].conversation_id == f"{tmp_path / 'b.json'}:{second}"
@@ -76,7 +77,7 @@ def test_transcript_format_continuations_and_tool_call_placeholders(tmp_path):
     assert transcript_messages(text) == [("user", "hi\nthere"), ("tool", "{}"), ("assistant", "done\n- item"),
                                          ("user", "bye")]
     turns = read(write_jsonl(tmp_path / "t.jsonl", [{"messages_display": text}]))
-    assert exchanges(turns) == [("hi\nthere", "{}\ndone\n- item"), ("bye", None)]
+    assert exchanges(turns) == [("hi\nthere", "[tool result] {}\ndone\n- item"), ("bye", None)]
 
 
 def test_pair_records_share_history_by_conversation_id(tmp_path):
@@ -113,14 +114,54 @@ def test_text_format_every_nonempty_line_is_a_user_message(tmp_path):
 
 
 def test_content_parts_and_openai_tool_calls():
-    calls = [{"id": "1", "function": {"name": "f", "arguments": "{}"}}]
     messages = [("user", [{"type": "text", "text": "look"}, {"type": "image_url"}, "and this"]),
-                ("assistant", None), ("assistant", json.dumps(calls))]
+                ("assistant", None), ("assistant", "ok")]
     pairs, problems = build_exchanges(messages, max_chars=100)
-    assert pairs == [("look\nand this", json.dumps(calls))]
+    assert [(e.user, e.reply) for e in pairs] == [("look\nand this", "ok")]
     assert [p.kind for p in problems] == ["empty_message"]
-    _, parsed = parse_record({"messages": [{"role": "assistant", "content": None, "tool_calls": calls}]})
-    assert parsed == [("assistant", json.dumps(calls))]
+    calls = [{"id": "call_9", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}]
+    _, parsed = parse_record({"messages": [{"role": "assistant", "content": None, "tool_calls": calls},
+                                           {"role": "assistant", "content": "and", "function_call": {"name": "g"}}]})
+    assert parsed == [("tool_call", '{"name": "f", "arguments": {"x": 1}}'), ("assistant", "and"),
+                      ("tool_call", '{"name": "g", "arguments": null}')]  # call ids and types left out
+
+
+# an OpenAI log with a system prompt, a tool call (with a call id) and its result, as τ-bench writes them
+TOOL_LOG = {"messages": [
+    {"role": "system", "content": "You are an airline agent."},
+    {"role": "user", "content": "Cancel booking X1."},
+    {"role": "assistant", "content": None,
+     "tool_calls": [{"id": "call_abc", "type": "function", "function": {"name": "cancel", "arguments": '{"id": "X1"}'}}]},
+    {"role": "tool", "tool_call_id": "call_abc", "name": "cancel", "content": '{"status": "cancelled"}'},
+    {"role": "assistant", "content": "Booking X1 is cancelled."},
+    {"role": "user", "content": "Thanks."},
+    {"role": "assistant", "content": "Checking.", "tool_calls": [{"id": "call_d", "function": {"name": "log"}}]},
+]}
+
+
+def test_tool_steps_are_untrained_context_by_default(tmp_path):
+    first, second = read(write_jsonl(tmp_path / "tau.jsonl", [TOOL_LOG]))
+    call, result = '[tool call] {"name": "cancel", "arguments": {"id": "X1"}}', '[tool result] {"status": "cancelled"}'
+    assert first.assistant == f"{call}\n{result}\nBooking X1 is cancelled."
+    assert [first.assistant[a:b] for a, b in first.context_spans] == [call, result]
+    assert "call_abc" not in first.assistant and first.system is None  # system: drop by default
+    assert second.assistant == 'Checking.\n[tool call] {"name": "log", "arguments": null}'
+    assert [second.assistant[a:b] for a, b in second.context_spans] == [second.assistant[10:]]
+
+
+def test_tools_drop_and_system_context(tmp_path, caplog):
+    path = write_jsonl(tmp_path / "tau.jsonl", [TOOL_LOG, TOOL_LOG])
+    with caplog.at_level(logging.WARNING, logger="olm.data"):
+        turns = read(path, tools="drop", system="context", history_turns=1)
+    assert exchanges(turns[:2]) == [("Cancel booking X1.", "Booking X1 is cancelled."), ("Thanks.", "Checking.")]
+    assert all(t.context_spans == () and t.system == "You are an airline agent." for t in turns)
+    assert turns[1].history == (("Cancel booking X1.", "Booking X1 is cancelled."),)
+    assert caplog.text.count("tool calls and results are left out (--data.tools drop") == 1  # announced once
+    with caplog.at_level(logging.WARNING, logger="olm.data"):
+        assert read(path)[0].system is None
+    assert "system prompts are left out (--data.system drop" in caplog.text
+    with pytest.raises(ValueError, match="tools must be one of"):
+        ChatTurnStream(path, tools="train")
 
 
 def test_forced_format_skips_records_of_other_formats(tmp_path):
@@ -177,7 +218,8 @@ def test_megabyte_message_is_truncated_with_a_warning(tmp_path, caplog):
     path = write_jsonl(tmp_path / "big.jsonl", [{"user": big, "assistant": big}, {"user": "next"}])
     with caplog.at_level(logging.WARNING, logger="olm.data"):
         turns = read(path, max_message_chars=1000)
-    assert len(turns[0].user) == len(turns[0].assistant) == 1000 and turns[0].skipped == 2
+    assert len(turns[0].user) == len(turns[0].assistant) == 1000
+    assert (turns[0].skipped, turns[0].truncated) == (0, 2)  # truncations are counted apart from skips
     assert turns[1].user == "next" and "truncated" in caplog.text
 
 
@@ -381,7 +423,15 @@ def test_lightning_checkpoint_resumes_the_stream(tmp_path):
 
 
 # ----------------------------------------------------------------------------- real public logs
-REAL_COUNTS = {  # from SOURCES.md: turns = user messages (DailyDialog: ceil(utterances / 2) per dialogue)
+DATA = Path(__file__).resolve().parent / "data"  # excerpts of real public logs; sources and licences: SOURCES.md
+EXCERPT_COUNTS = {  # (turns = user messages, conversations)
+    "glaive_toolcall_excerpt.json": (23, 8),
+    "sharegpt_vicuna_excerpt.json": (5, 2),
+    "dailydialog_excerpt.txt": (86, 20),
+    "taubench_airline_excerpt.jsonl": (16, 4),
+}
+REAL_LOGS = Path(os.environ.get("OLM_REAL_LOGS", Path(__file__).resolve().parents[2] / "shared" / "reallogs"))
+REAL_COUNTS = {  # the full files, from their SOURCES.md: turns = user messages (DailyDialog: ceil(utterances / 2))
     "sharegpt_glaive_toolcall_en_demo.json": (746, 300),
     "sharegpt_vicuna_original_example.json": (14, 5),
     "dailydialog_test_dialogues.txt": (4040, 1000),
@@ -389,48 +439,68 @@ REAL_COUNTS = {  # from SOURCES.md: turns = user messages (DailyDialog: ceil(utt
 }
 
 
-def real_log(name: str) -> str:
-    path = REAL_LOGS / name
-    if not path.exists():
-        pytest.skip(f"{path} is absent")
-    return str(path)
+def speech(turn: Turn) -> str:
+    """The reply without its context spans (tool steps): what is trained as assistant speech."""
+    text, end = "", 0
+    for a, b in turn.context_spans:
+        text, end = text + turn.assistant[end:a], b
+    return text + (turn.assistant or "")[end:]
 
 
-@pytest.mark.parametrize("name", sorted(REAL_COUNTS))
-def test_real_logs_yield_the_documented_turn_counts(name):
-    turns = read(real_log(name), history_turns=2)
-    n_turns, n_conversations = REAL_COUNTS[name]
+def check_counts(path: Path, n_turns: int, n_conversations: int) -> None:
+    turns = read(str(path), history_turns=2)
     assert len(turns) == n_turns
     assert len({t.conversation_id for t in turns}) == n_conversations
     assert [t.offset for t in turns] == list(range(n_turns))
-    assert turns[-1].skipped == 0 and all(t.user and t.user == t.user.strip() for t in turns)
+    assert turns[-1].skipped == turns[-1].truncated == 0 and all(t.user and t.user == t.user.strip() for t in turns)
+
+
+@pytest.mark.parametrize("name", sorted(EXCERPT_COUNTS))
+def test_real_log_excerpts_yield_their_turn_counts(name):
+    check_counts(DATA / name, *EXCERPT_COUNTS[name])
 
 
 def test_real_dailydialog_odd_dialogues_end_without_reply():
-    turns = read(real_log("dailydialog_test_dialogues.txt"))
-    assert sum(t.assistant is None for t in turns) == 340
+    path = DATA / "dailydialog_excerpt.txt"
+    odd = sum(line.count("__eou__") % 2 for line in path.read_text(encoding="utf-8").splitlines())
+    turns = read(str(path))
+    assert sum(t.assistant is None for t in turns) == odd == 7
     assert turns[0].user == "Hey man , you wanna buy some weed ?"
 
 
-def test_real_glaive_replies_join_tool_steps():
-    turns = read(real_log("sharegpt_glaive_toolcall_en_demo.json"))
-    raw = json.loads(Path(real_log("sharegpt_glaive_toolcall_en_demo.json")).read_text(encoding="utf-8"))
-    tool_turns = sum(1 for r in raw for m in r["conversations"] if m["from"] == "function_call")
-    assert sum('"name"' in (t.assistant or "").split("\n")[0] for t in turns) >= tool_turns
+def test_real_glaive_tool_steps_are_context_never_speech():
+    path = DATA / "glaive_toolcall_excerpt.json"
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    steps = [m["value"] for r in raw for m in r["conversations"] if m["from"] in ("function_call", "observation")]
+    said = [m["value"] for r in raw for m in r["conversations"] if m["from"] == "gpt"]
+    turns = read(str(path))
+    spans = [t.assistant[a:b] for t in turns for a, b in t.context_spans]
+    assert len(spans) == len(steps) == 12 and all(any(v in s for s in spans) for v in steps)
+    assert all(any(v in speech(t) for t in turns) for v in said)
+    assert not any(v in speech(t) for t in turns for v in steps)  # no tool JSON is trained as speech
+    dropped = read(str(path), tools="drop")
+    assert [t.assistant for t in dropped] == [speech(t).strip("\n") or None for t in turns]
 
 
 def test_real_taubench_as_messages_records_gives_the_same_turns(tmp_path):
-    source = real_log("taubench_airline_fewshot_transcripts.jsonl")
+    source = DATA / "taubench_airline_excerpt.jsonl"
     records = []
-    for line in Path(source).read_text(encoding="utf-8").splitlines():
+    for line in source.read_text(encoding="utf-8").splitlines():
         traj = transcript_messages(json.loads(line)["messages_display"])
         records.append({"messages": [{"role": r, "content": c} for r, c in traj]})
-    assert exchanges(read(write_jsonl(tmp_path / "tau_messages.jsonl", records))) == exchanges(read(source))
+    mine, theirs = read(write_jsonl(tmp_path / "tau_messages.jsonl", records)), read(str(source))
+    assert exchanges(mine) == exchanges(theirs)
+    assert [t.context_spans for t in mine] == [t.context_spans for t in theirs] and any(t.context_spans for t in mine)
 
 
-def test_real_logs_directory_reads_everything_and_skips_sources_md(caplog):
-    real_log("SOURCES.md")
+def test_real_log_excerpts_directory_reads_everything_and_skips_sources_md(caplog):
     with caplog.at_level(logging.WARNING, logger="olm.data"):
-        turns = read(str(REAL_LOGS))
-    assert len(turns) == sum(n for n, _ in REAL_COUNTS.values())
+        turns = read(str(DATA))
+    assert len(turns) == sum(n for n, _ in EXCERPT_COUNTS.values())
     assert turns[-1].skipped == 1 and "SOURCES.md" in caplog.text
+
+
+@pytest.mark.skipif(not REAL_LOGS.is_dir(), reason=f"full real logs absent ({REAL_LOGS}; set OLM_REAL_LOGS)")
+@pytest.mark.parametrize("name", sorted(REAL_COUNTS))
+def test_full_real_logs_yield_the_documented_turn_counts(name):
+    check_counts(REAL_LOGS / name, *REAL_COUNTS[name])

@@ -65,10 +65,13 @@ def assert_well_formed(turns: list[Turn], first_offset: int = 0) -> None:
 @FUZZ
 @given(messages)
 def test_build_exchanges_never_raises_and_output_is_well_formed(msgs):
-    pairs, problems = build_exchanges(msgs, MAX_CHARS)
-    for user, reply in pairs:
-        assert user and user == user.strip() and len(user) <= MAX_CHARS
-        assert reply is None or 0 < len(reply) <= MAX_CHARS
+    pairs, problems = build_exchanges(msgs, MAX_CHARS, tools="context", system="context")
+    for ex in pairs:
+        assert ex.user and ex.user == ex.user.strip() and len(ex.user) <= MAX_CHARS
+        assert ex.reply is None or 0 < len(ex.reply) <= MAX_CHARS
+        ends = [0] + [x for span in ex.context_spans for x in span]
+        assert ends == sorted(ends) and (not ex.context_spans or ends[-1] <= len(ex.reply))  # ordered, inside
+        assert ex.system is None or 0 < len(ex.system) <= MAX_CHARS
     assert pairs or problems  # a record that yields nothing is always accounted for
 
 

@@ -180,3 +180,36 @@ def test_generated_reply_reaches_the_listener_before_the_learning_step(model):
     assert before and before[-1][1] is True  # the whole reply was out before the step began
     assert "".join(t for t, _ in before).strip() == model.last.reply
     assert 0 < model.last.timings["reply_first_s"] <= model.last.timings["reply_s"]
+
+
+def test_respond_skip_passes_unanswered_turns_without_learning(tiny_model_dir):
+    torch.manual_seed(0)
+    model = OnlineLM(base_model=tiny_model_dir, optim=OptimSettings(lr=1e-3), respond="skip")
+    model.generate = lambda *a, **k: pytest.fail("respond=skip must never generate")
+    lora0, _ = lora_and_base(model)
+    trainer = fit(model, turns(("Who is Zara?", None), ("Is Oslo a city?", None)))
+    assert (model.turns_trained, model.no_reply_skipped, trainer.global_step) == (0, 2, 0)
+    assert all(torch.equal(v, lora_and_base(model)[0][k]) for k, v in lora0.items())  # nothing learned
+    fit(model, turns(("Hello there.", "Hi!"), ("Who is Zara?", None)))
+    assert (model.turns_trained, model.no_reply_skipped) == (1, 3) and model.last.reply == "Hi!"
+    saved: dict = {"state_dict": {}}
+    model.on_save_checkpoint(saved)
+    assert saved["olm"]["no_reply_skipped"] == 3
+
+
+def test_tool_steps_are_context_and_cut_renderings_are_counted_and_warned(tiny_model_dir, monkeypatch, caplog):
+    from olm.module import ObjectiveSettings
+
+    model = OnlineLM(base_model=tiny_model_dir, objective=ObjectiveSettings(max_tokens=64, max_warnings=2))
+    rendered = []
+    real = olm.module.render_exchange
+    monkeypatch.setattr(olm.module, "render_exchange", lambda *a, **k: rendered.append(real(*a, **k)) or rendered[-1])
+    call = '[tool call] {"name": "f"}'
+    tool_turn = Turn("c", "Cancel it.", f"{call}\nDone.", (), "t", 0, 0, context_spans=((0, len(call)),))
+    with caplog.at_level("WARNING", logger="olm.module"):
+        fit(model, [tool_turn] + turns(*[("Hello there, how are you today? " * 8, "Hi!")] * 4)[1:])
+    trained = ["".join(e.text[s:t] for (s, t), m in zip(e.offsets, e.loss_mask.tolist()) if m) for e in rendered]
+    assert rendered[0].cut_tokens == 0 and call in rendered[0].text  # the call is in view ...
+    assert "Done." in trained[0] and '"name"' not in trained[0]  # ... but not a target
+    assert model.truncated_tokens == 3 and caplog.text.count("cut to objective.max_tokens=64") == 2
+    assert "further cuts are only counted" in caplog.text
