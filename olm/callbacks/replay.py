@@ -4,7 +4,7 @@ Every `interval` trained turns the callback queues the most important remembered
 (`FactMemory.replay_candidates`, at most the memory's `replay_limit`). OnlineLM learns them at
 the start of its next `training_step` with the replay context, so the steps count in
 `global_step`, trigger step-based checkpoints and run under the trainer's precision — which
-steps taken inside a callback hook would not (DESIGN.md §4).
+steps taken inside a callback hook would not (docs/design.md §4).
 """
 
 from __future__ import annotations
