@@ -7,17 +7,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
 
 from olm.callbacks.checkpoint import resolve_resume_checkpoint
-from olm.data import ChatStreamDataModule, StreamConfig
+from olm.data import ChatStreamDataModule, StreamConfig, source_problems
 from olm.module import OnlineLM
+from olm.runs import run_logger
 from olm.settings import build_problems, config_problems
 
 
 class OlmCLI(LightningCLI):
-    """LightningCLI with olm's defaults: own optimizer setup, reusable log dirs, thread count."""
+    """LightningCLI with olm's defaults: own optimizer setup, one directory per run, thread count,
+    no abbreviated flags, a missing log source reported before the model loads."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(
@@ -28,12 +33,24 @@ class OlmCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         problems = config_problems(OnlineLM.__init__, config.get("model"), "model")
         problems += build_problems(StreamConfig, config.get("data"), "data")
+        if not problems:  # before the model loads and before a run directory is made
+            problems += source_problems(config["data"]["source"], config["data"]["follow"])
         if config["threads"] is not None and config["threads"] < 1:
             problems.append(f"--threads must be >= 1, got {config['threads']!r}")
+        if len(problems) == 1:
+            raise SystemExit(f"olm: invalid configuration: {problems[0]}")
         if problems:
             raise SystemExit("olm: invalid configuration:\n  - " + "\n  - ".join(problems))
         if config["threads"] is not None:
             torch.set_num_threads(config["threads"])
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The configured trainer; with no logger configured (``logger: true``, the default) olm's:
+        TensorBoard in ``<default_root_dir>/version_N``, where every output of the run goes (`olm.runs`)."""
+        config = self._get(self.config_init, "trainer", default={})
+        if config.get("logger") in (None, True) and "logger" not in kwargs:
+            kwargs["logger"] = run_logger(config.get("default_root_dir") or ".")
+        return super().instantiate_trainer(**kwargs)
 
     def before_fit(self) -> None:
         # checkpoints hold only tensors and plain types: never unpickle anything else
@@ -47,7 +64,8 @@ def main(args: list[str] | None = None) -> OlmCLI:
         OnlineLM,
         ChatStreamDataModule,
         auto_configure_optimizers=False,  # OnlineLM optimizes only the LoRA parameters
-        save_config_kwargs={"overwrite": True},  # a resumed run reuses its log dir
+        save_config_kwargs={"overwrite": True},  # a run given an existing logger version reuses its dir
+        parser_kwargs={"allow_abbrev": False},  # --model.optim.l is an error, not --model.optim.lr
         args=args,
     )
 

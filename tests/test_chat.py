@@ -26,6 +26,7 @@ from olm.callbacks.chat import ChatCallback, facts_table, is_command, stats_tabl
 from olm.data import ChatStreamDataModule, ChatTurnStream
 from olm.facts import DetectorConfig, FactDetector
 from olm.memory import FactMemory
+from olm.runs import run_versions
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "you> "
@@ -180,13 +181,17 @@ def finish(child: pexpect.spawn) -> int:
     return child.exitstatus
 
 
+def latest_run(tmp: Path) -> Path:
+    """The latest chat session's run directory (each session writes to a new version_N)."""
+    return run_versions(tmp / "runs" / "chat")[-1]
+
+
 def saved_state(tmp: Path) -> dict:
-    return torch.load(tmp / "runs" / "chat" / "checkpoints" / "last.ckpt", weights_only=True)
+    return torch.load(latest_run(tmp) / "checkpoints" / "last.ckpt", weights_only=True)
 
 
 def test_chat_through_a_pty_teach_quit_restart_and_ctrl_c(tmp_path, tiny_model_dir):
     config = local_chat_config(tmp_path)
-    adapter = tmp_path / "runs" / "chat" / "adapter"
 
     # run 1: teach a fact, see it in the status and in /facts, /save, /quit → exit 0
     child = start_chat(config, tiny_model_dir)
@@ -228,7 +233,8 @@ def test_chat_through_a_pty_teach_quit_restart_and_ctrl_c(tmp_path, tiny_model_d
     assert state["olm"]["turns_trained"] == 3 and state["ChatStreamDataModule"]["next_offset"] == 3
     optim = yaml.safe_load(config.read_text())["model"]["optim"]  # one fact, one question, one chat turn
     assert state["global_step"] == optim["steps_per_fact"] + 2 * optim["steps_per_turn"]  # across both runs
-    assert json.loads((adapter / "memory.json").read_text())["facts"][0]["subject"] == "Zara"
+    assert json.loads((latest_run(tmp_path) / "adapter" / "memory.json").read_text())["facts"][0]["subject"] == "Zara"
+    assert len(run_versions(tmp_path / "runs" / "chat")) == 2  # each session keeps its own outputs
 
     # run 3: Ctrl+C at the prompt ends at once, exit 0, state kept
     child = start_chat(config, tiny_model_dir)
@@ -238,4 +244,4 @@ def test_chat_through_a_pty_teach_quit_restart_and_ctrl_c(tmp_path, tiny_model_d
     child.expect("Saving and exiting")
     assert finish(child) == 0
     assert saved_state(tmp_path)["olm"]["turns_trained"] == 3
-    assert not list((tmp_path / "runs" / "chat" / "checkpoints").glob("last-v*.ckpt"))
+    assert not list((tmp_path / "runs" / "chat").rglob("last-v*.ckpt"))

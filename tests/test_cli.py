@@ -13,6 +13,8 @@ import yaml
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+from olm.runs import run_versions
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import cli  # noqa: E402
@@ -31,7 +33,7 @@ def write_log(path: Path, n: int) -> Path:
 
 def local_config(config: Path, tmp: Path, edits: dict[str, str] | None = None) -> Path:
     """A copy of `config` whose outputs (runs/...) all go under `tmp`, with text `edits` applied."""
-    text = config.read_text().replace("runs/", f"{tmp}/runs/").replace("save_dir: runs", f"save_dir: {tmp}/runs")
+    text = config.read_text().replace("runs/", f"{tmp}/runs/")
     for old, new in (edits or {}).items():
         assert old in text, old
         text = text.replace(old, new)
@@ -84,8 +86,50 @@ def test_resume_continues_at_the_first_untrained_turn(tmp_path, tiny_model_dir, 
     assert state["olm"]["turns_trained"] == 3 and state["ChatStreamDataModule"]["next_offset"] == 3
     assert all("lora_" in k for k in state["state_dict"])  # no frozen base weights in the checkpoint
     run_fit(config, tmp_path, tiny_model_dir, monkeypatch, 8, "--ckpt_path", str(ckpt), "--trainer.max_steps", "-1")
-    state = torch.load(ckpt, weights_only=True)
+    state = torch.load(run_versions(tmp_path / "runs" / "tiny")[-1] / "checkpoints" / "last.ckpt", weights_only=True)
     assert state["olm"]["turns_trained"] == 8 and state["ChatStreamDataModule"]["next_offset"] == 8
+
+
+def test_default_root_dir_moves_every_output_of_the_run(tmp_path, tiny_model_dir, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    run_fit(ROOT / "configs" / "default.yaml", tmp_path, tiny_model_dir, monkeypatch, 4,
+            "--trainer.default_root_dir", str(elsewhere))  # fmt: skip
+    run = elsewhere / "version_0"
+    assert list(run.glob("events.out.tfevents.*")) and (run / "config.yaml").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "adapter" / "adapter_config.json").is_file()
+    assert (run / "recall_report.json").is_file()
+    assert not (tmp_path / "runs").exists()  # the config's runs/default got nothing
+
+
+def test_each_run_keeps_its_outputs_and_last_resumes_the_latest_run(tmp_path, tiny_model_dir, monkeypatch):
+    config = ROOT / "configs" / "tiny.yaml"
+    run_fit(config, tmp_path, tiny_model_dir, monkeypatch, 8)  # 3 turns (max_steps 3)
+    run_fit(config, tmp_path, tiny_model_dir, monkeypatch, 8, "--ckpt_path", "last", "--trainer.max_steps", "-1",
+            "--data.max_turns", "5")  # fmt: skip
+    run_fit(config, tmp_path, tiny_model_dir, monkeypatch, 8, "--ckpt_path", "last", "--trainer.max_steps", "-1",
+            "--data.max_turns", "6")  # fmt: skip
+    runs = run_versions(tmp_path / "runs" / "tiny")
+    assert [r.name for r in runs] == ["version_0", "version_1", "version_2"]
+    turns = [torch.load(r / "checkpoints" / "last.ckpt", weights_only=True)["olm"]["turns_trained"] for r in runs]
+    assert turns == [3, 5, 6]  # each run resumed from the one before, none overwrote another
+    assert all((r / "adapter" / "adapter_model.safetensors").is_file() for r in runs)
+
+
+def test_a_missing_source_fails_in_one_line_before_the_model_loads(tmp_path, monkeypatch):
+    args = ["fit", "--config", str(local_config(ROOT / "configs" / "tiny.yaml", tmp_path)),
+            "--model.base_model", str(tmp_path / "no-model"), "--data.source", str(tmp_path / "no-log.jsonl")]  # fmt: skip
+    with pytest.raises(SystemExit) as err:
+        cli.main(args)
+    msg = str(err.value)
+    assert "--data.source" in msg and "no-log.jsonl" in msg and "\n" not in msg, msg
+    assert not (tmp_path / "runs").exists()  # no empty version_N
+
+
+def test_abbreviated_flags_are_rejected(capsys):
+    args = ["fit", "--config", str(ROOT / "configs" / "tiny.yaml"), "--model.optim.l", "0.5", "--print_config"]
+    with pytest.raises(SystemExit) as err:
+        cli.main(args)
+    assert err.value.code != 0 and "lr: 0.5" not in capsys.readouterr().out
 
 
 def test_every_config_problem_is_listed_in_one_message(tmp_path, tiny_model_dir, monkeypatch):
@@ -108,7 +152,22 @@ def test_corrupt_last_checkpoint_falls_back_to_previous(tmp_path, tiny_model_dir
     last.write_bytes(last.read_bytes()[:100])  # truncated, as by a crash outside Lightning's atomic write
     run_fit(config, tmp_path, tiny_model_dir, monkeypatch, 12, "--ckpt_path", "last", "--trainer.max_steps", "-1", edits=every)
     assert "unusable" in caplog.text and str(last) in caplog.text
-    assert torch.load(last, weights_only=True)["olm"]["turns_trained"] == 12
+    resumed = run_versions(tmp_path / "runs" / "tiny")[-1] / "checkpoints" / "last.ckpt"
+    assert resumed != last and torch.load(resumed, weights_only=True)["olm"]["turns_trained"] == 12
+
+
+def test_last_falls_back_to_previous_only_within_the_latest_run(tmp_path):
+    from olm.runs import latest_checkpoints
+
+    names = ("last.ckpt", "previous.ckpt")
+    for version, files in ((0, names), (1, ()), (2, ("previous.ckpt",)), (10, ("last.ckpt",))):
+        (tmp_path / f"version_{version}" / "checkpoints").mkdir(parents=True)
+        for name in files:
+            (tmp_path / f"version_{version}" / "checkpoints" / name).write_bytes(b"x")
+    assert latest_checkpoints(tmp_path, names) == [tmp_path / "version_10" / "checkpoints" / "last.ckpt"]
+    (tmp_path / "version_10" / "checkpoints" / "last.ckpt").unlink()  # version_10 saved nothing
+    assert latest_checkpoints(tmp_path, names) == [tmp_path / "version_2" / "checkpoints" / "previous.ckpt"]
+    assert latest_checkpoints(tmp_path / "absent", names) == []
 
 
 def test_unreadable_checkpoint_without_previous_is_a_clear_error(tmp_path):

@@ -14,6 +14,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_cli import ROOT, local_config, write_log
 
+from olm.runs import run_versions
+
 TURNS = 60
 EVERY = {"every_n_turns: 50\n        save_top_k": "every_n_turns: 5\n        save_top_k"}
 
@@ -32,7 +34,7 @@ def trained_offsets(run_dir: Path) -> list[int]:
 def test_kill_9_then_resume_trains_every_turn_exactly_once(tmp_path, tiny_model_dir):
     config = local_config(ROOT / "configs" / "tiny.yaml", tmp_path, EVERY)
     log = write_log(tmp_path / "log.jsonl", TURNS)
-    ckpt = tmp_path / "runs" / "tiny" / "checkpoints" / "last.ckpt"
+    ckpt = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(fit_cmd(config, tiny_model_dir, log), cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -49,8 +51,9 @@ def test_kill_9_then_resume_trains_every_turn_exactly_once(tmp_path, tiny_model_
 
     subprocess.run(fit_cmd(config, tiny_model_dir, log, "--ckpt_path", "last"), cwd=tmp_path, env=env,
                    check=True, capture_output=True)  # fmt: skip
-    final = torch.load(ckpt, weights_only=True)
+    versions = run_versions(tmp_path / "runs" / "tiny")
+    assert [v.name for v in versions] == ["version_0", "version_1"]  # the resumed run has its own outputs
+    final = torch.load(versions[-1] / "checkpoints" / "last.ckpt", weights_only=True)
     assert final["olm"]["turns_trained"] == TURNS and final["ChatStreamDataModule"]["next_offset"] == TURNS
-    versions = sorted((tmp_path / "runs" / "tiny").glob("version_*"))
     offsets = trained_offsets(versions[-1])
     assert offsets == list(range(resume_at, TURNS)), str(offsets)

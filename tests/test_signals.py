@@ -71,7 +71,7 @@ def assert_everything_trained_was_saved(run_root: Path, ckpt: Path) -> int:
 def test_signal_mid_log_finishes_the_turn_saves_and_exits_0(sig, tmp_path, tiny_model_dir):
     config = local_config(ROOT / "configs" / "tiny.yaml", tmp_path, every(4))
     log = write_log(tmp_path / "log.jsonl", TURNS)
-    ckpt = tmp_path / "runs" / "tiny" / "checkpoints" / "last.ckpt"
+    ckpt = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
     err = tmp_path / "stderr.txt"
     with err.open("w") as stderr:
         proc = subprocess.Popen(fit_cmd(config, tiny_model_dir, log, "--model.optim.steps_per_fact", "1"),
@@ -83,14 +83,14 @@ def test_signal_mid_log_finishes_the_turn_saves_and_exits_0(sig, tmp_path, tiny_
     assert rc == 0, err.read_text()[-3000:]
     trained = assert_everything_trained_was_saved(tmp_path / "runs" / "tiny", ckpt)
     assert 4 <= trained < TURNS
-    adapter_memory = tmp_path / "runs" / "tiny" / "adapter" / "memory.json"
+    adapter_memory = tmp_path / "runs" / "tiny" / "version_0" / "adapter" / "memory.json"
     assert adapter_memory.is_file()  # the adapter was saved at the end too (every_n_turns is 50)
     assert f"{sig.name}: finishing the current turn, then saving and exiting" in err.read_text()
 
 
 def test_sigterm_on_a_stdin_pipe_trains_the_line_read_then_ends_the_blocked_read(tmp_path, tiny_model_dir):
     config = local_config(ROOT / "configs" / "tiny.yaml", tmp_path, every(3))
-    ckpt = tmp_path / "runs" / "tiny" / "checkpoints" / "last.ckpt"
+    ckpt = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
     err = tmp_path / "stderr.txt"
     read_end, write_end = os.pipe()
     watch = os.dup(read_end)  # to see (FIONREAD) when the run has taken the line, never to read it
@@ -176,7 +176,7 @@ def test_chat_closed_terminal_saves_and_exits_0(tmp_path, tiny_model_dir):
     assert child.ptyproc.exitstatus == 0 and child.ptyproc.signalstatus is None
     state = saved_state(tmp_path)  # every_n_turns is 10: only the final save can hold turn 1
     assert state["olm"]["turns_trained"] == 1 and state["ChatStreamDataModule"]["next_offset"] == 1
-    assert (tmp_path / "runs" / "chat" / "adapter" / "memory.json").is_file()
+    assert (tmp_path / "runs" / "chat" / "version_0" / "adapter" / "memory.json").is_file()
 
 
 def test_chat_sigterm_at_the_prompt_saves_and_exits_0(tmp_path, tiny_model_dir):

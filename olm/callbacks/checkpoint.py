@@ -28,6 +28,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
+from olm.runs import latest_checkpoints
 from olm.turns import trained_turn
 
 log = logging.getLogger(__name__)
@@ -140,12 +141,31 @@ class TurnCheckpoint(ModelCheckpoint):
         self._saved_turns = trainer.lightning_module.turns_trained
 
 
+def last_checkpoints(trainer: L.Trainer) -> list[Path]:
+    """What ``--ckpt_path last`` resumes from: ``last.ckpt``, then ``previous.ckpt``, of one run.
+
+    A TurnCheckpoint with a fixed ``dirpath`` is looked in; one without (the configs') writes to
+    its run's ``<log_dir>/checkpoints`` and the latest ``version_N`` holding a checkpoint is taken
+    (`olm.runs.latest_checkpoints`); with no logger, ``<default_root_dir>/checkpoints``.
+    """
+    names = (f"{TurnCheckpoint.CHECKPOINT_NAME_LAST}{TurnCheckpoint.FILE_EXTENSION}", PREVIOUS)
+    callbacks = [cb for cb in trainer.callbacks if isinstance(cb, TurnCheckpoint)]
+    dirs = [Path(cb.dirpath) for cb in callbacks if cb.dirpath]
+    if callbacks and not dirs:
+        if not trainer.loggers:
+            dirs = [Path(trainer.default_root_dir) / "checkpoints"]
+        else:  # as ModelCheckpoint resolves its dirpath: <save_dir>/<name>/version_N/checkpoints
+            logger = trainer.loggers[0]
+            return latest_checkpoints(Path(logger.save_dir or trainer.default_root_dir) / str(logger.name or ""), names)
+    return [d / name for name in names for d in dirs if (d / name).is_file()]
+
+
 def resolve_resume_checkpoint(ckpt_path: str | None, trainer: L.Trainer) -> str | None:
     """The checkpoint to resume from: `ckpt_path` if it loads, else ``previous.ckpt`` beside it.
 
-    ``"last"`` means ``last.ckpt`` in the TurnCheckpoint directory, and starting fresh when there
-    is none yet (so one command both starts and continues a run). Each candidate is loaded with
-    ``weights_only=True`` and must hold OnlineLM state.
+    ``"last"`` means ``last.ckpt`` of the latest run that saved one (`last_checkpoints`), and
+    starting fresh when there is none yet (so one command both starts and continues a run). Each
+    candidate is loaded with ``weights_only=True`` and must hold OnlineLM state.
 
     Raises:
         FileNotFoundError: an explicit path that does not exist (and no previous.ckpt beside it).
@@ -154,10 +174,9 @@ def resolve_resume_checkpoint(ckpt_path: str | None, trainer: L.Trainer) -> str 
     if ckpt_path is None:
         return None
     if ckpt_path == "last":
-        dirs = [Path(cb.dirpath) for cb in trainer.callbacks if isinstance(cb, TurnCheckpoint) and cb.dirpath]
-        candidates = [d / f"last{TurnCheckpoint.FILE_EXTENSION}" for d in dirs] + [d / PREVIOUS for d in dirs]
-        if not any(c.is_file() for c in candidates):
-            log.info("no checkpoint in %s yet: starting fresh", [str(d) for d in dirs])
+        candidates = last_checkpoints(trainer)
+        if not candidates:
+            log.info("no checkpoint under %s yet: starting fresh", trainer.default_root_dir)
             return None
     else:
         path = Path(ckpt_path)
