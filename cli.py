@@ -11,9 +11,11 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from olm.callbacks.checkpoint import resolve_resume_checkpoint
+from olm.callbacks.progress import TurnProgressBar
 from olm.data import ChatStreamDataModule, StreamConfig, source_problems
 from olm.module import OnlineLM
 from olm.runs import run_logger
@@ -45,11 +47,15 @@ class OlmCLI(LightningCLI):
             torch.set_num_threads(config["threads"])
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """The configured trainer; with no logger configured (``logger: true``, the default) olm's:
-        TensorBoard in ``<default_root_dir>/version_N``, where every output of the run goes (`olm.runs`)."""
+        """The configured trainer with olm's defaults where the config leaves Lightning's: the logger
+        (``logger: true``) is TensorBoard in ``<default_root_dir>/version_N``, where every output of the
+        run goes (`olm.runs`); the progress bar counts turns (`TurnProgressBar`)."""
         config = self._get(self.config_init, "trainer", default={})
         if config.get("logger") in (None, True) and "logger" not in kwargs:
             kwargs["logger"] = run_logger(config.get("default_root_dir") or ".")
+        callbacks = config.get("callbacks") or []
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            kwargs.setdefault("callbacks", [*callbacks, TurnProgressBar()])
         return super().instantiate_trainer(**kwargs)
 
     def before_fit(self) -> None:

@@ -449,6 +449,21 @@ def _same_source(a: str, b: str) -> bool:
     return a == b or (STDIN not in (a, b) and os.path.abspath(a) == os.path.abspath(b))
 
 
+COUNT_MAX_BYTES = 64 * 2**20
+
+
+def count_turns(config: StreamConfig, max_bytes: int = COUNT_MAX_BYTES) -> int | None:
+    """How many turns the stream described by `config` holds (at most ``max_turns``): the total of a
+    progress bar. None for stdin, a followed file, or sources over `max_bytes` (counting reads them
+    once more before training)."""
+    if config.source == STDIN or config.follow:
+        return None
+    files, filtered = resolve_sources(config.source)
+    if sum(os.path.getsize(f) for f in files) > max_bytes:
+        return None
+    return sum(1 for _ in _TurnReader(config, 0, warn=False).turns(files, filtered))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print how many turns and problems a source yields. Returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m olm.data", description=main.__doc__)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import json
 import sys
 from pathlib import Path
@@ -179,3 +180,14 @@ def test_unreadable_checkpoint_without_previous_is_a_clear_error(tmp_path):
         resolve_resume_checkpoint(str(broken), trainer=None)
     with pytest.raises(FileNotFoundError):
         resolve_resume_checkpoint(str(tmp_path / "absent.ckpt"), trainer=None)
+
+
+def test_progress_counts_turns_and_a_summary_ends_the_run(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    run_fit(ROOT / "configs" / "tiny.yaml", tmp_path, tiny_model_dir, monkeypatch, 8, "--trainer.enable_progress_bar", "true")
+    out = capsys.readouterr().out
+    assert "turns" in out and "3/8" in out and "facts=" in out, out  # total: the log's 8 turns
+    assert "Epoch" not in out and "v_num" not in out, out
+    run = tmp_path / "runs" / "tiny" / "version_0"
+    assert "olm: trained 3 turns in this run (3 in all)" in out, out
+    for what, path in (("adapter", run / "adapter"), ("checkpoint", run / "checkpoints" / "last.ckpt"), ("logs", run)):
+        assert re.search(rf"^  {what} +{re.escape(str(path))}", out, re.M), out

@@ -4,6 +4,7 @@ from olm.callbacks.chat import ChatCallback
 from olm.callbacks.checkpoint import AdapterCheckpoint, TurnCheckpoint
 from olm.callbacks.drift import DriftGuard
 from olm.callbacks.monitors import ForgettingMonitor, StabilityMonitor
+from olm.callbacks.progress import RunSummary, TurnProgressBar
 from olm.callbacks.recall_report import RecallReport
 from olm.callbacks.replay import FactReplay
 from olm.callbacks.transcript import Transcript
@@ -15,7 +16,9 @@ __all__ = [
     "FactReplay",
     "RecallReport",
     "ForgettingMonitor",
+    "RunSummary",
     "StabilityMonitor",
     "Transcript",
     "TurnCheckpoint",
+    "TurnProgressBar",
 ]
