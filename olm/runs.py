@@ -18,15 +18,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from lightning.pytorch.loggers import TensorBoardLogger
+from olm.loggers import TurnLogger
 
 CHECKPOINTS = "checkpoints"
 _VERSION = re.compile(r"version_(\d+)")
 
 
-def run_logger(root_dir: str | Path) -> TensorBoardLogger:
-    """olm's default logger: TensorBoard events in ``<root_dir>/version_N`` (the next free N)."""
-    return TensorBoardLogger(save_dir=str(root_dir), name="", default_hp_metric=False)
+def run_logger(root_dir: str | Path) -> TurnLogger:
+    """olm's default logger: TensorBoard events in ``<root_dir>/version_N`` (the next free N), the
+    scalars of each logging call in one event (`olm.loggers.TurnLogger`)."""
+    return TurnLogger(save_dir=str(root_dir), name="", default_hp_metric=False)
 
 
 def run_versions(root_dir: str | Path) -> list[Path]:

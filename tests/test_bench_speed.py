@@ -1,6 +1,6 @@
 """Speed benchmark (`python -m olm.bench speed`): end to end on tiny models, the minimal loop's
-arithmetic and tokens against OnlineLM's, forced generation length, the base-copy check, the
-stream, the summary arithmetic and the settings."""
+arithmetic and tokens against OnlineLM's (plain and fact turns), forced generation length, the
+base-copy check, the stream, the summary arithmetic and the settings."""
 
 from __future__ import annotations
 
@@ -11,14 +11,17 @@ import math
 import pytest
 import torch
 
+from olm.augment import AugmentSettings
 from olm.backbone import LoRASettings, attach_lora, load_base
 from olm.bench import memory, minimal, speed
 from olm.bench.__main__ import main as bench_main
 from olm.facts import DetectorConfig, FactDetector
 from olm.generation import GenerationSettings, generate_reply
+from olm.locality import LocalitySettings
 from olm.losses import online_loss
-from olm.module import OptimSettings
+from olm.module import ObjectiveSettings, OnlineLM, OptimSettings
 from olm.render import render_exchange
+from tests.test_module import fit, turns
 
 QWEN_SHAPE = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 4, "num_kv_heads": 2,
               "vocab_size": 3000}  # fmt: skip
@@ -38,9 +41,9 @@ def peft_model(tiny_model_dir):
 def test_bench_writes_speed_json_for_both_models(tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "speed"
     argv = [
-        "--out", str(out), "--tiny.base_model", tiny_model_dir, *flags("tiny", {**RUN, "turns": 8}),
-        *flags("qwen", {**RUN, "turns": 5}), *flags("qwen.shape", QWEN_SHAPE), "--threads", "1", "--isolate", "false",
-        "--cache_dir", str(tmp_path / "cache"),
+        "--out", str(out), "--models", "[olm-tiny, qwen2.5-0.5b]", "--tiny.base_model", tiny_model_dir,
+        *flags("tiny", {**RUN, "turns": 12}), *flags("qwen", {**RUN, "turns": 5}), *flags("qwen.shape", QWEN_SHAPE),
+        "--threads", "1", "--isolate", "false", "--cache_dir", str(tmp_path / "cache"), "--fact_share", "0.3",
     ]  # fmt: skip
     assert bench_main(["speed", *argv]) == 0
     report = json.loads((out / "speed.json").read_text())
@@ -57,13 +60,19 @@ def test_bench_writes_speed_json_for_both_models(tmp_path, tiny_model_dir, capsy
         assert fig["base_copies"] >= 1.0 and fig["memory"]["base_ptrs_unchanged"]
         assert fig["token_mismatches"] == 0  # the minimal loop trained on exactly OnlineLM's tokens
         assert fig["torch_threads"] == 1 and set(fig["threads_ms"]) == {"1", "2"}
-        assert "fact" not in fig["kinds"] and sum(fig["kinds"].values()) == fig["turns"]
+        kinds = fig["kinds"]
+        assert kinds.get("chat", 0) + kinds.get("question", 0) + kinds.get("fact", 0) == fig["turns"]
         assert set(fig["callbacks_ms"]) >= {"FactReplay"} and "SpeedProbe" not in fig["callbacks_ms"]
-        phases = fig["phases_ms"]
+        phases = fig["phases_ms"]["plain"]
         assert phases["onlinelm"]["base_forward"] > 0 and phases["minimal"]["adapter_forward_backward"] > 0
         raw = json.loads((out / name / "raw.json").read_text())
         assert len(raw["online"]["loop"]) == len(raw["minimal"]["turn"]) == fig["turns"]  # blocks cover every turn
-    assert report["models"]["olm-tiny"]["turns"] == 8 and report["models"]["qwen2.5-0.5b"]["turns"] == 5
+        assert raw["online"]["fact"] == raw["minimal"]["fact"]  # the minimal loop took the fact turns as facts
+    tiny = report["models"]["olm-tiny"]
+    assert tiny["turns"] == 12 and report["models"]["qwen2.5-0.5b"]["turns"] == 5
+    assert tiny["kinds"]["fact"] >= 2 and tiny["turns_measured"]["fact"] >= 1  # seed 0 draws facts in 12 turns
+    assert math.isfinite(tiny["overhead_ratio_fact"]) and tiny["fact_turn_ratio"]["minimal"] > 0
+    assert tiny["phases_ms"]["fact"]["minimal"]["optimizer_step"] > 0
     assert report["models"]["qwen2.5-0.5b"]["parameters"] == pytest.approx(3000 * 32, rel=0.5)
     assert "overhead_ratio" in (out / "speed.md").read_text() and "| olm-tiny |" in capsys.readouterr().out
 
@@ -77,8 +86,9 @@ def test_generating_arms_both_time_generation(tmp_path, tiny_model_dir):
     ]  # fmt: skip
     assert speed.main(argv) == 0
     fig = json.loads((out / "speed.json").read_text())["models"]["olm-tiny"]
-    assert fig["phases_ms"]["onlinelm"]["generate"] > 0 and fig["phases_ms"]["minimal"]["generate"] > 0
-    assert fig["phases_ms"]["onlinelm"]["logger"] == 0 and "FactReplay" not in fig["callbacks_ms"]
+    phases = fig["phases_ms"]["plain"]
+    assert phases["onlinelm"]["generate"] > 0 and phases["minimal"]["generate"] > 0
+    assert phases["onlinelm"]["logger"] == 0 and "FactReplay" not in fig["callbacks_ms"]
 
 
 @pytest.mark.slow  # ~10 s on a quiet machine (a fresh process imports torch), 20+ s on a busy one
@@ -104,13 +114,52 @@ def test_minimal_loop_computes_online_loss_on_rendered_tokens(peft_model):
     model.eval()  # no LoRA dropout: both computations see the same network
     loop = minimal.MinimalLoop(model, tok, OptimSettings(), kl_lambda=0.3, task_lambda=0.7, max_tokens=512)
     user, reply = "Tell me something nice about tea.", "I think tea makes a calm choice."
-    ids = loop.render(user, reply)
-    assert torch.equal(ids[0], render_exchange(tok, user, reply).input_ids)
-    base = loop.base_logits(ids)
-    ones = torch.ones(ids.shape)
-    ref = online_loss(model(input_ids=ids).logits, base, ids, ones, ones, 0.3, 0.7)
+    example = render_exchange(tok, user, reply)
+    b = loop.batch(loop.rows(user, reply, None), [])
+    assert torch.equal(b.ids[0], example.input_ids) and b.top_ids is None
+    base = loop.base_logits(b)
+    ids, ones = example.input_ids[None], torch.ones(1, example.num_tokens)
+    ref = online_loss(model(input_ids=ids).logits, base, ids, example.loss_mask[None].float(), ones, 0.3, 0.7)
     assert ref["kl"] > 1e-4
-    assert loop.loss(ids, base).item() == pytest.approx(ref["loss"].item(), rel=1e-5)
+    assert loop.loss(b, base, 0.3).item() == pytest.approx(ref["loss"].item(), rel=1e-5)
+
+
+def test_minimal_fact_turn_computes_onlinelm_fact_loss(tiny_model_dir, tmp_path):
+    prompts = tmp_path / "locality.txt"
+    prompts.write_text("Tell me a joke.\nWhat is two plus two?\nName a colour.\n")
+    torch.manual_seed(0)
+    module = OnlineLM(
+        base_model=tiny_model_dir, lora=LoRASettings(dropout=0.0), optim=OptimSettings(lr=1e-3, steps_per_fact=1),
+        objective=ObjectiveSettings(loss_on="reply"), augment=AugmentSettings(qa_pairs=2, paraphrases=1),
+        locality=LocalitySettings(weight=2.0, prompts=str(prompts), per_step=2),
+    )  # fmt: skip
+    for name, p in module.model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.5)  # adapter != base, so both KL terms are not 0
+    module.token_weights = lambda example, ctx: example.loss_mask.float()  # the minimal loop's CE weights
+    before = {n: p.detach().clone() for n, p in module.model.named_parameters() if "lora_" in n}
+    user = "Zara is my sister."
+    fit(module, turns((user, "Nice, so Zara is your sister.")))
+    assert module.last.kind == "fact"
+    fact = speed.fact_turn_of(module, user)
+    assert len(fact.locality) == 2 and module.locality.position == 2  # the rotation is left where it was
+    with torch.no_grad():
+        for n, p in module.model.named_parameters():
+            if n in before:
+                p.copy_(before[n])  # the adapter OnlineLM's (only) step computed its loss with
+    loop = minimal.MinimalLoop(
+        module.model, module.tokenizer, module.optim, 1.0, 1.0, 512, loss_on="reply", augment=module.augment,
+        locality_weight=2.0,
+    )  # fmt: skip
+    rows = loop.rows(user, module.last.reply, fact)
+    assert len(rows) == 1 + 2 + 1  # the exchange, 2 Q/A pairs, 1 paraphrase
+    b = loop.batch(rows, fact.locality)
+    assert b.ids.shape[0] == 6 and b.positions.any()
+    assert fact.kl_lambda == module.latest_scalars["turn/kl_lambda"] != module.policy.kl_lambdas["fact"]
+    loss = loop.loss(b, loop.base_logits(b), fact.kl_lambda)
+    assert loss.item() == pytest.approx(module.last.loss, rel=1e-5)
+    rec = loop.step(user, module.last.reply, fact)
+    assert rec["optimizer_step"] > 0 and rec["tokens"] == rows[0].num_tokens
 
 
 def test_minimal_step_updates_only_lora_and_reports_phases(peft_model):
@@ -120,7 +169,7 @@ def test_minimal_step_updates_only_lora_and_reports_phases(peft_model):
     rec = loop.step("Hello there, how are you today?", "Sure. I find jazz lovely.")
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all("lora_" in n for n in changed)
-    assert set(speed.MINIMAL_FIELDS) - {"generate"} <= set(rec) and rec["turn"] >= rec["base_forward"] > 0
+    assert set(speed.MINIMAL_PHASES) - {"generate"} <= set(rec) and rec["turn"] >= rec["base_forward"] > 0
     assert loop.activation_bytes("Hello there, how are you today?", "Sure.") > 0
     generating = minimal.MinimalLoop(model, tok, OptimSettings(), 0.1, 1.0, 512, generate_tokens=2)
     assert generating.step("Hi", "unused")["generate"] > 0
@@ -153,19 +202,27 @@ def test_base_copies_counts_a_second_model(peft_model):
     assert before >= 1.0 and memory.base_copies(model) == pytest.approx(before + 1.0)
 
 
-def test_stream_turns_are_chat_or_questions_of_varying_length():
-    turns = speed.make_turns(300, seed=1, reply_sentences=3)
+def test_stream_turns_are_chat_or_questions_of_varying_length_and_a_share_of_facts():
+    stream = speed.make_turns(300, seed=1, reply_sentences=3)
     detector = FactDetector(DetectorConfig())
-    assert len(turns) == 300 and all(detector.detect(u) is None for u, _ in turns)
-    assert len({len(r) for _, r in turns}) > 10 and turns == speed.make_turns(300, seed=1, reply_sentences=3)
+    assert len(stream) == 300 and all(detector.detect(u) is None for u, _ in stream)
+    assert len({len(r) for _, r in stream}) > 10 and stream == speed.make_turns(300, seed=1, reply_sentences=3)
+    mixed = speed.make_turns(300, seed=1, reply_sentences=3, fact_share=0.2)
+    facts = [detector.detect(u) for u, _ in mixed]
+    assert 30 < sum(f is not None for f in facts) < 90
+    assert all(detector.pattern(f.pattern).answer for f in facts if f is not None)  # each one has augmentation
 
 
 def test_summary_ratios_follow_their_definitions():
     n = 10
     online = {"turn": [0.010] * n, "loop": [0.012] * n, "callbacks": [0.0] * n, "logger": [0.001] * n}
+    online["fact"] = [0.0] * 4 + [1.0] * 3 + [0.0] * 3  # turns 4..6 are fact turns, turn 6 also learned a replay
+    online["replayed"] = [0.0] * 6 + [2.0] + [0.0] * 3
+    online["loop"] = [0.012] * 4 + [0.036] * 3 + [0.012] * 3
     online["cb:Monitor"] = [0.0] * 8 + [0.004] * 2  # a periodic callback: median 0, mean 1 ms after the warmup
     online.update({k: [0.002] * n for k in speed.STEP_PHASES}, tokens=[10] * n)
-    minimal = {k: [0.001] * n for k in speed.MINIMAL_PHASES} | {"turn": [0.008] * n, "tokens": [10] * n}
+    minimal = {k: [0.001] * n for k in speed.MINIMAL_PHASES} | {"turn": [0.008] * 4 + [0.030] * 3 + [0.008] * 3}
+    minimal["tokens"] = [10] * n
     mem = {
         "base_bytes": 600, "activation_bytes": 400, "peak_rss_load": 4000, "peak_rss_fit": 3000, "rss_imports": 1000,
         "base_copies_start": 1.0, "base_copies_end": 1.0, "base_ptrs_unchanged": True,
@@ -179,15 +236,22 @@ def test_summary_ratios_follow_their_definitions():
                          window=3)  # fmt: skip
     fig = speed.summarize(raw, run)
     assert fig["overhead_ratio"] == pytest.approx(1.5) and fig["step_overhead_ratio"] == pytest.approx(1.25)
+    assert fig["overhead_ratio_fact"] == pytest.approx(1.2) and fig["turns_measured"] == {"plain": 5, "fact": 2}
+    assert fig["fact_turn_ratio"] == {"onlinelm": pytest.approx(3.0), "minimal": pytest.approx(3.75)}
     assert fig["rss_ratio"] == pytest.approx(4.0) and fig["rss_ratio_fit"] == pytest.approx(3.0)
     assert fig["rss_ratio_net"] == pytest.approx(2.0)
     assert fig["flatness"]["rss"] == pytest.approx(1.1) and fig["flatness"]["turn_time"] == pytest.approx(1.0)
     assert fig["callbacks_ms"] == {"Monitor": {"median": 0.0, "mean": pytest.approx(1.0)}}
-    assert fig["phases_ms"]["onlinelm"]["lightning"] == pytest.approx(1.0)  # 12 - 10 - 0 - 1 ms
-    assert fig["phases_ms"]["onlinelm"]["step_other"] == pytest.approx(10 - 2 * len(speed.STEP_PHASES))
+    assert fig["phases_ms"]["plain"]["onlinelm"]["lightning"] == pytest.approx(1.0)  # 12 - 10 - 0 - 1 ms
+    assert fig["phases_ms"]["fact"]["onlinelm"]["lightning"] == pytest.approx(25.0)  # 36 - 10 - 0 - 1 ms
+    assert fig["phases_ms"]["plain"]["onlinelm"]["step_other"] == pytest.approx(10 - 2 * len(speed.STEP_PHASES))
     assert speed.meets_targets(fig) == {
-        "overhead_ratio": False, "one_base_copy": True, "flatness_turn_time": True, "flatness_rss": True,
+        "overhead_ratio": False, "overhead_ratio_fact": False, "one_base_copy": True, "flatness_turn_time": True,
+        "flatness_rss": False,
     }  # fmt: skip
+    md = speed.markdown({"machine": {**speed.machine_info(), "loadavg_start": [1.0, 1.0, 1.0]}, "command": "c",
+                         "models": {"olm-tiny": {**fig, "parameters": 3.7e6}}})  # fmt: skip
+    assert "| olm-tiny | 3.7 M | 10 | 12.0 / 8.0 | 1.500 | 36.0 / 30.0 | 1.200 | 3.00 |" in md
 
 
 def test_settings_errors_name_the_field():

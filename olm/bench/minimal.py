@@ -1,54 +1,130 @@
 """The speed benchmark's reference: a minimal hand-written PyTorch loop doing OnlineLM's arithmetic
-(base forward with the adapter disabled, adapter forward + backward on KL + CE, one AdamW step;
-optional generation) on the same model and tokens, timed per phase."""
+(base forward with the adapter disabled, adapter forward + backward on KL + CE, one AdamW step per
+step; on a fact turn the augmentation rows and the locality term in one padded batch; optional
+generation) on the same model and tokens, timed per phase."""
 
 from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
+from olm.augment import AugmentSettings, fact_exchanges
 from olm.bench.memory import tensor_storages
+from olm.facts import FactPattern
+from olm.locality import LocalityRow
+from olm.losses import online_loss, top_k_kl
+from olm.render import Example, LossOn, render_exchange
 
 MS = 1e3
 
 
-class MinimalLoop:
-    """One OnlineLM turn's arithmetic in plain PyTorch: no Lightning, no olm code.
+@dataclass
+class FactTurn:
+    """What a fact turn adds to the exchange: the fact (its augmentation is built from the pattern's
+    templates by `olm.augment.fact_exchanges`) and the locality prompts of its steps (cached base
+    outputs, as OnlineLM caches them)."""
 
-    Per turn: (generate exactly `generate_tokens` tokens,) render with the chat template and
-    tokenize, base logits with the adapter disabled under no_grad, adapter logits,
-    λ_KL·KL(base ‖ adapter) + λ_task·CE over every next token, backward, clip, AdamW step.
+    subject: str
+    obj: str
+    relation: str
+    pattern: FactPattern | None
+    rotation: int
+    """Which templates the augmentation starts from (OnlineLM: the statement count − 1)."""
+    kl_lambda: float
+    """Weight of the KL term of its steps (OnlineLM's: the fact λ scaled by the fact's importance)."""
+    locality: list[LocalityRow] = field(default_factory=list)
+
+
+@dataclass
+class Batch:
+    """One right-padded batch: the n rendered rows, then the locality rows."""
+
+    ids: torch.Tensor
+    attn: torch.Tensor
+    n: int
+    width: int
+    weights: torch.Tensor
+    """(n, width) task-loss weight of each token as a target (the loss mask)."""
+    positions: torch.Tensor
+    """(rows, T) bool: locality positions compared to the cached base outputs."""
+    top_log_p: torch.Tensor | None
+    top_ids: torch.Tensor | None
+
+
+class MinimalLoop:
+    """One OnlineLM turn's arithmetic in plain PyTorch: no Lightning, no module, no callbacks.
+
+    The rows are built with olm's pure functions (`olm.render.render_exchange`, `olm.augment`) and
+    the loss is `olm.losses.online_loss` (+ `top_k_kl` on the locality rows), so both arms compute
+    the same thing. Per turn: (generate exactly `generate_tokens` tokens,) render and pad the rows
+    (the exchange; a fact turn adds its Q/A pairs, paraphrases and locality prompts), base logits of
+    the rendered rows with the adapter disabled under no_grad, then per step (`steps_per_turn`,
+    `steps_per_fact` on a fact turn): adapter logits of the whole batch, λ·KL(base ‖ adapter) + task
+    CE weighted by the loss mask (+ λ_loc · top-k KL on the locality positions), backward, clip,
+    AdamW step.
 
     Args:
         model: the peft model (shared with OnlineLM: the same base and adapter).
         tokenizer: its tokenizer with a chat template.
-        optim: OnlineLM's `OptimSettings` (lr, betas, eps, weight decay, clip).
-        kl_lambda: weight of the KL term.
+        optim: OnlineLM's `OptimSettings` (lr, betas, eps, weight decay, clip, steps).
+        kl_lambda: weight of the KL term on a plain turn.
         task_lambda: weight of the CE term.
         max_tokens: longer renderings keep their last max_tokens tokens.
         generate_tokens: tokens generated per turn (0: learn the given reply).
+        loss_on: task-loss targets (`olm.render.LossOn`).
+        augment: a fact turn's augmentation counts.
+        locality_weight: λ of the locality KL on a fact turn.
     """
 
     def __init__(
-        self, model, tokenizer, optim, kl_lambda: float, task_lambda: float, max_tokens: int, generate_tokens: int = 0
-    ) -> None:
+        self, model, tokenizer, optim, kl_lambda: float, task_lambda: float, max_tokens: int, generate_tokens: int = 0,
+        loss_on: LossOn = "exchange", augment: AugmentSettings | None = None, locality_weight: float = 0.0,
+    ) -> None:  # fmt: skip
         self.model, self.tokenizer = model, tokenizer
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(
             self.params, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay
         )
         self.grad_clip, self.kl_lambda, self.task_lambda = optim.grad_clip, kl_lambda, task_lambda
-        self.max_tokens, self.generate_tokens = max_tokens, generate_tokens
+        self.steps_per_turn, self.steps_per_fact = optim.steps_per_turn, optim.steps_per_fact
+        self.augment = augment or AugmentSettings(qa_pairs=0, paraphrases=0)
+        self.max_tokens, self.generate_tokens, self.loss_on = max_tokens, generate_tokens, loss_on
+        self.locality_weight = locality_weight
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.device = next(model.parameters()).device
 
-    def render(self, user: str, reply: str) -> torch.Tensor:
-        """(1, T) token ids of the exchange."""
-        msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
-        ids = self.tokenizer(self.tokenizer.apply_chat_template(msgs, tokenize=False), add_special_tokens=False)
-        return torch.tensor([ids["input_ids"][-self.max_tokens :]], device=self.device)
+    def render(self, user: str, reply: str) -> Example:
+        """The exchange rendered as OnlineLM renders it (no history)."""
+        return render_exchange(self.tokenizer, user, reply, (), self.loss_on, self.max_tokens)
+
+    def rows(self, user: str, reply: str, fact: FactTurn | None) -> list[Example]:
+        """The exchange, then (on a fact turn) its augmentation, each rendered."""
+        rows = [self.render(user, reply)]
+        if fact is not None:
+            f = fact
+            extra = fact_exchanges(f.subject, f.obj, f.relation, f.pattern, self.augment, f.rotation, user)
+            rows += [self.render(u, a) for u, a in extra]
+        return rows
+
+    def batch(self, rows: list[Example], locality: list[LocalityRow]) -> Batch:
+        """`rows` and the `locality` rows right-padded into one batch."""
+        n, width = len(rows), max(r.num_tokens for r in rows)
+        full = max([width] + [r.input_ids.numel() for r in locality])
+        ids = torch.full((n + len(locality), full), self.pad_id, dtype=torch.long)
+        attn, weights = torch.zeros_like(ids), torch.zeros(n, width)
+        positions = torch.zeros(len(locality), full, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            ids[i, : r.num_tokens], attn[i, : r.num_tokens], weights[i, : r.num_tokens] = r.input_ids, 1, r.loss_mask
+        for j, r in enumerate(locality):
+            t = r.input_ids.numel()
+            ids[n + j, :t], attn[n + j, :t], positions[j, :t] = r.input_ids, 1, r.positions
+        dev = self.device
+        top_log_p = torch.cat([r.top_log_p for r in locality]).to(dev) if locality else None
+        top_ids = torch.cat([r.top_ids for r in locality]).to(dev) if locality else None
+        return Batch(ids.to(dev), attn.to(dev), n, width, weights.to(dev), positions.to(dev), top_log_p, top_ids)
 
     @torch.no_grad()
     def generate(self, user: str) -> str:
@@ -68,59 +144,65 @@ class MinimalLoop:
         self.model.train()
         return self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
 
-    def base_logits(self, ids: torch.Tensor) -> torch.Tensor:
-        """(1, T, V) logits with the adapter disabled."""
+    def base_logits(self, b: Batch) -> torch.Tensor:
+        """(n, width, V) logits of the rendered rows with the adapter disabled."""
         with torch.no_grad(), self.model.disable_adapter():
-            return self.model(input_ids=ids).logits
+            return self.model(input_ids=b.ids[: b.n, : b.width], attention_mask=b.attn[: b.n, : b.width]).logits
 
-    def loss(self, ids: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-        """λ_KL·KL(base ‖ adapter) + λ_task·CE on (1, T) ids given the (1, T, V) base logits."""
-        logits = self.model(input_ids=ids).logits[:, :-1].float()  # (1, T-1, V)
-        log_q, log_p = F.log_softmax(logits, -1), F.log_softmax(base[:, :-1].float(), -1)
-        kl = F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1).mean()
-        ce = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
-        return self.kl_lambda * kl + self.task_lambda * ce
+    def loss(self, b: Batch, base: torch.Tensor, kl_lambda: float) -> torch.Tensor:
+        """λ_KL·KL(base ‖ adapter) + λ_task·weighted CE on the rows (+ λ_loc·top-k KL on the locality rows)."""
+        logits = self.model(input_ids=b.ids, attention_mask=b.attn).logits
+        n, w = b.n, b.width
+        kl_mask = b.attn[:n, :w].to(b.weights.dtype)
+        loss = online_loss(logits[:n, :w], base, b.ids[:n, :w], b.weights, kl_mask, kl_lambda, self.task_lambda)["loss"]
+        if b.top_ids is not None:
+            loss = loss + self.locality_weight * top_k_kl(logits[n:][b.positions], b.top_log_p, b.top_ids)
+        return loss
 
-    def step(self, user: str, reply: str) -> dict[str, float]:
-        """One turn; returns the seconds of each phase, ``turn`` (the total, freeing the turn's
-        tensors included, as in OnlineLM's turn) and ``tokens``."""
+    def step(self, user: str, reply: str, fact: FactTurn | None = None) -> dict[str, float]:
+        """One turn (a fact turn when `fact` is given); returns the seconds of each phase, ``turn``
+        (the total, freeing the turn's tensors included, as in OnlineLM's turn) and ``tokens``."""
         start = time.perf_counter()
-        laps = self._phases(user, reply)
+        laps = self._phases(user, reply, fact)
         return {**laps, "turn": time.perf_counter() - start}
 
-    def _phases(self, user: str, reply: str) -> dict[str, float]:
-        laps, last = {}, time.perf_counter()
+    def _phases(self, user: str, reply: str, fact: FactTurn | None) -> dict[str, float]:
+        laps: dict[str, float] = {}
+        last = time.perf_counter()
 
         def lap(name: str) -> None:
             nonlocal last
             _sync(self.device)
             now = time.perf_counter()
-            laps[name], last = now - last, now
+            laps[name], last = laps.get(name, 0.0) + now - last, now
 
         if self.generate_tokens:
             reply = self.generate(user)
             lap("generate")
-        ids = self.render(user, reply)
+        rows = self.rows(user, reply, fact)
+        b = self.batch(rows, fact.locality if fact is not None else [])
         lap("render")
-        base = self.base_logits(ids)
+        base = self.base_logits(b)
         lap("base_forward")
-        self.loss(ids, base).backward()
-        lap("adapter_forward_backward")
-        torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        lap("optimizer_step")
-        return {**laps, "tokens": ids.shape[1]}
+        steps, lam = (self.steps_per_turn, self.kl_lambda) if fact is None else (self.steps_per_fact, fact.kl_lambda)
+        for _ in range(steps):
+            self.loss(b, base, lam).backward()
+            lap("adapter_forward_backward")
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            lap("optimizer_step")
+        return {**laps, "tokens": rows[0].num_tokens}
 
-    def activation_bytes(self, user: str, reply: str) -> int:
+    def activation_bytes(self, user: str, reply: str, fact: FactTurn | None = None) -> int:
         """Bytes of the distinct non-parameter storages saved for backward in one turn's adapter
         forward + loss, plus the base logits (no optimizer step is taken)."""
         params = set(tensor_storages(self.model.parameters()))
         saved: list[torch.Tensor] = []
-        ids = self.render(user, reply)
-        base = self.base_logits(ids)
+        b = self.batch(self.rows(user, reply, fact), fact.locality if fact is not None else [])
+        base = self.base_logits(b)
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-            loss = self.loss(ids, base)
+            loss = self.loss(b, base, fact.kl_lambda if fact is not None else self.kl_lambda)
         held = {k: v for k, v in tensor_storages(saved + [base]).items() if k not in params}
         loss.backward()
         self.opt.zero_grad(set_to_none=True)

@@ -1,6 +1,6 @@
 """Speed benchmark: OnlineLM's per-turn cost against a minimal PyTorch loop doing the same arithmetic.
 
-    python -m olm.bench speed --out DIR                       # olm-tiny (5,000 turns) + Qwen2.5-0.5B shape
+    python -m olm.bench speed --out DIR           # olm-tiny (5,000 turns), smollm2-135m (200), Qwen2.5-0.5B shape
     python -m olm.bench speed --out DIR --models [olm-tiny] --tiny.turns 300     # a quick look
     python -m olm.bench speed --help                                              # every flag
 
@@ -9,28 +9,42 @@ For each model, one run in its own process (so its peak RSS is its own):
 - **OnlineLM arm**: ``cli.py fit`` itself (`OlmCLI.main`) on the model's YAML config, with the
   callbacks of that config minus the checkpoint writers (``--checkpoints true`` keeps them;
   ``--drop_callbacks [Name, ...]`` leaves out others) and its TensorBoard logger (``--logger
-  false`` drops it), over a JSONL log of `turns` chat and
-  question turns with logged replies (no fact turns: facts add replay steps the minimal loop does
-  not take). `SpeedProbe`, a callback appended to the config, times every loop iteration.
-- **Minimal arm**: `MinimalLoop`, plain PyTorch on the *same* peft model object (so one base copy
-  serves both arms): render with the chat template, base forward with the adapter disabled under
-  no_grad, adapter forward, KL(base ‖ adapter) + CE, backward, clip, AdamW step.
+  false`` drops it), over a JSONL log of `turns` turns with logged replies: chat and question
+  turns (*plain* turns) and, a ``fact_share`` of them drawn at random, fact statements about
+  made-up people that the default detector finds (*fact* turns: the config's ``steps_per_fact``
+  steps, each one padded forward over the exchange + its augmentation Q/A pairs and paraphrases
+  (`olm.augment`) + the locality prompts, with KL to the cached base top-k on those). Facts are
+  remembered, so `FactReplay` replays them every `interval` turns: a turn that also learned a
+  replay is left out of the figures of both arms (the minimal loop does not replay).
+  `SpeedProbe`, a callback appended to the config, times every loop iteration.
+- **Minimal arm**: `MinimalLoop`, a plain PyTorch loop on the *same* peft model object (so one base
+  copy serves both arms) that builds its rows with olm's pure functions (`olm.render`,
+  `olm.augment`) and its loss with `olm.losses`, so the arithmetic is the same: render (and on a
+  fact turn augment and pad, with the same locality prompts and their cached base outputs), base
+  forward with the adapter disabled under no_grad, then per step adapter forward, KL(base ‖
+  adapter) + CE (+ λ_loc · top-k KL), backward, clip, AdamW step. It weights the CE by the loss
+  mask; OnlineLM's importance weights are its own cost (``step_other``).
 - **Interleaving**: after every `block` OnlineLM turns, the probe runs the same `block` turns
   (same text, same tokens) through the minimal loop, so machine drift hits both arms alike.
 - **Generation**: by default neither arm generates (both learn the logged replies);
   ``--generate_tokens N`` makes both generate exactly N tokens per turn (greedy, min = max = N,
   so eos cannot end a reply early) and learn the generated reply.
 
-Figures in ``DIR/speed.json`` (per model; medians over the turns after `warmup`):
+Figures in ``DIR/speed.json`` (per model; medians over the turns after `warmup`, plain and fact
+turns apart):
 
-- ``overhead_ratio`` = median OnlineLM turn time / median minimal-loop turn time. OnlineLM's turn
-  time is the *whole* Lightning loop iteration (data, training_step, logging, callbacks), measured
-  from one ``on_train_batch_end`` to the next, minus the probe's own work.
+- ``overhead_ratio`` (plain turns), ``overhead_ratio_fact`` (fact turns) = median OnlineLM turn
+  time / median minimal-loop turn time. OnlineLM's turn time is the *whole* Lightning loop
+  iteration (data, training_step, logging, callbacks), measured from one ``on_train_batch_end``
+  to the next, minus the probe's own work. ``fact_turn_ratio``: median fact-turn time / median
+  plain-turn time, per arm. ``meets_targets`` compares both overheads with the run's
+  ``overhead_target`` (1.05; olm-tiny 1.10).
 - ``rss_ratio`` = peak RSS of the run's process / (base weight bytes + minimal-loop activation
   bytes). *Base weight bytes*: the distinct storages of the base model's (non-LoRA) parameters, a
   tied embedding counted once. *Activation bytes*: the distinct non-parameter tensor storages
   autograd saves for backward during the minimal loop's adapter forward + loss on the longest
-  turn, plus the base logits held across it (its memory just before backward). The peak includes
+  plain turn or on the last fact turn, whichever is larger, plus the base logits held across it
+  (its memory just before backward). The peak includes
   model loading (transformers' transient); ``rss_ratio_fit`` takes the peak from train start on
   (Linux VmHWM, reset at train start), and ``rss_ratio_net`` subtracts from that the RSS of the
   process after its imports (Python, torch, Lightning, transformers), which dominates the tiny
@@ -38,19 +52,21 @@ Figures in ``DIR/speed.json`` (per model; medians over the turns after `warmup`)
 - ``base_copies``: bytes of distinct live tensor storages shaped like a base weight matrix, over
   the base weight matrices' bytes, at train start and end (1.0 = one copy; a second model = 2.0);
   ``base_ptrs_unchanged``: the base parameters still live at the same addresses after the run.
-- ``flatness``: median OnlineLM turn time over the last `window` turns / over the `window` turns
-  around `early_at` (``turn_time``), and the same for the RSS sampled after each turn (``rss``);
-  the minimal loop's own time ratio (``minimal_turn_time``) is the drift control, and
+- ``flatness``: median OnlineLM plain-turn time over the last `window` turns / over the `window`
+  turns around `early_at` (``turn_time``), and the same for the RSS sampled after each turn
+  (``rss``); the minimal loop's own time ratio (``minimal_turn_time``) is the drift control, and
   ``turn_time_vs_minimal`` = turn_time / minimal_turn_time the figure corrected for machine drift.
-- ``threads_ms``: median minimal-loop turn time for each of ``--sweep_threads`` torch thread
-  counts, alternating blocks over the last `sweep_turns` turns after the fit.
-- ``phases_ms``: per-phase medians. OnlineLM's own timers (detect, generate, render, base_forward,
-  adapter_forward_backward, optimizer_step, turn = its training_step from the turn read on) plus
+- ``threads_ms``: median minimal-loop plain-turn time for each of ``--sweep_threads`` torch thread
+  counts, alternating blocks over the last `sweep_turns` plain turns after the fit.
+- ``phases_ms``: per-phase medians, ``plain`` and ``fact`` turns apart. OnlineLM's own timers
+  (detect, generate, render, base_forward, adapter_forward_backward, optimizer_step, turn = its
+  training_step from the turn read on) plus
   ``step_other`` (turn minus its timed phases: token weights, memory, bookkeeping), ``callbacks``
   (the other callbacks' batch hooks: the metric monitors, transcript, replay scheduling; each one
   also in ``callbacks_ms``, whose means show the periodic checks), ``logger`` (the loggers'
   ``log_metrics``), ``lightning`` (the rest of the loop iteration: ``self.log_dict``, the logger
-  connector, the data fetch, Lightning's hooks) and ``loop`` (the whole iteration).
+  connector, the data fetch, Lightning's hooks) and ``loop`` (the whole iteration). The minimal
+  loop's ``render`` includes its padding (OnlineLM's padding is in its ``step_other``).
 
 Also written: ``DIR/speed.md`` (the tables printed at the end) and ``DIR/<model>/`` with the run
 config, the stream and ``raw.json`` (every turn's timings and RSS).
@@ -82,30 +98,34 @@ from jsonargparse import ArgumentParser
 from lightning.pytorch.callbacks import Callback
 from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
+from olm import smollm2
 from olm.backbone import BUILTIN_MODELS
 from olm.bench.memory import base_copies, base_weights, current_rss, peak_rss, read_lines, reset_peak_rss
-from olm.bench.minimal import MS, MinimalLoop, adapter_toggle_ms
+from olm.bench.minimal import MS, FactTurn, MinimalLoop, adapter_toggle_ms
 from olm.facts import DetectorConfig, FactDetector
 from olm.turns import trained_turn
 from olm.world.tokenizer import train_bpe_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILTIN = "olm-tiny"
-ModelName = Literal["olm-tiny", "qwen2.5-0.5b"]
-MODEL_NAMES: tuple[str, ...] = ("olm-tiny", "qwen2.5-0.5b")
+ModelName = Literal["olm-tiny", "smollm2-135m", "qwen2.5-0.5b"]
+MODEL_NAMES: tuple[str, ...] = ("olm-tiny", "smollm2-135m", "qwen2.5-0.5b")
 STEP_PHASES: tuple[str, ...] = (
     "detect", "generate", "render", "base_forward", "adapter_forward_backward", "optimizer_step",
 )  # fmt: skip
 """OnlineLM's timed phases inside training_step (`OnlineLM._timings`)."""
-ONLINE_FIELDS: tuple[str, ...] = (*STEP_PHASES, "turn", "callbacks", "logger", "loop", "tokens")
-"""Per-turn columns recorded for OnlineLM (seconds; tokens)."""
+ONLINE_FIELDS: tuple[str, ...] = (*STEP_PHASES, "turn", "callbacks", "logger", "loop", "tokens", "fact", "replayed")
+"""Per-turn columns recorded for OnlineLM (seconds; tokens; 1 on a fact turn; facts replayed in the turn)."""
 ONLINE_PHASES: tuple[str, ...] = (*STEP_PHASES, "step_other", "turn", "callbacks", "logger", "lightning", "loop")
 """OnlineLM phases reported: the recorded ones plus the derived step_other and lightning."""
-MINIMAL_FIELDS: tuple[str, ...] = (*STEP_PHASES[1:], "turn", "tokens")
+MINIMAL_FIELDS: tuple[str, ...] = (*STEP_PHASES[1:], "turn", "tokens", "fact")
 """Per-turn columns recorded for the minimal loop."""
-MINIMAL_PHASES: tuple[str, ...] = MINIMAL_FIELDS[:-1]
+MINIMAL_PHASES: tuple[str, ...] = MINIMAL_FIELDS[:-2]
 """Minimal-loop phases reported."""
-TARGETS = {"overhead_ratio": 1.10, "flatness": 1.10, "base_copies": 1.0}
+TURN_KINDS: tuple[str, ...] = ("plain", "fact")
+"""The turns the figures are split by: chat and question turns, and fact turns (turns that also
+learned a replay are left out of both: the minimal loop does not replay)."""
+TARGETS = {"overhead_ratio": "the run's overhead_target (plain and fact turns)", "flatness": 1.05, "base_copies": 1.0}
 
 # The stream's language data: chat and question turns that no default fact pattern matches.
 TOPICS = (
@@ -121,6 +141,22 @@ USER_TEMPLATES = (
     "Any ideas for a {adj} afternoon with {topic}?",
     "Thanks, that was {adj}. Could we talk about {topic} for a while, if that is fine with you?",
 )
+FACT_NAMES = (
+    "Zara", "Milo", "Ines", "Tomas", "Lena", "Omar", "Priya", "Hugo", "Nadia", "Felix", "Sofia", "Jonas", "Amara",
+    "Viktor", "Elif", "Rafael",
+)  # fmt: skip
+FACT_TEMPLATES = (  # statements the default detector finds, each of a pattern with augmentation templates
+    ("{name} is my {relation}.", "Nice, so {name} is your {relation}."),
+    ("{name} lives in {city}.", "Good to know that {name} lives in {city}."),
+    ("{name} likes {topic}.", "Noted: {name} likes {topic}."),
+    ("{name}'s favourite colour is {colour}.", "Got it, {colour} is {name}'s favourite colour."),
+)
+FACT_SLOTS = {
+    "relation": ("sister", "brother", "cousin", "neighbour", "friend", "boss"),
+    "city": ("Lisbon", "Oslo", "Kyoto", "Lima", "Dakar", "Quito"),
+    "topic": ("chess", "jazz", "gardening", "tea"),
+    "colour": ("green", "blue", "amber", "violet"),
+}
 REPLY_TEMPLATES = (
     "Sure. I find {topic} {adj}, and many people enjoy it.",
     "I think {topic} makes a {adj} choice.",
@@ -195,6 +231,8 @@ class ModelRun:
     """Turns per flatness window (the early one and the last one)."""
     sweep_turns: int = 100
     """Turns per thread count in the thread sweep (0: no sweep)."""
+    overhead_target: float = 1.05
+    """Target of overhead_ratio on plain and on fact turns (the issue's: 1.05 on a real model)."""
 
     def __post_init__(self) -> None:
         values = {k: getattr(self, k) for k in ("turns", "block", "window", "warmup", "early_at", "sweep_turns")}
@@ -208,7 +246,18 @@ class ModelRun:
 
 def _tiny_run() -> ModelRun:
     shape = Shape(hidden_size=256, intermediate_size=768, num_layers=4, num_heads=4, num_kv_heads=2)  # olm-tiny's
-    return ModelRun(config="configs/tiny.yaml", base_model=BUILTIN, shape=shape, turns=5000)
+    return ModelRun(config="configs/tiny.yaml", base_model=BUILTIN, shape=shape, turns=5000, overhead_target=1.10)
+
+
+def _smollm2_run() -> ModelRun:
+    shape = Shape(  # HuggingFaceTB/SmolLM2-135M-Instruct (Llama); the real weights are used, not this shape
+        hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9, num_kv_heads=3, vocab_size=49152,
+        rope_theta=100000.0, rms_norm_eps=1e-5, max_position_embeddings=8192, tie_word_embeddings=True,
+    )  # fmt: skip
+    return ModelRun(
+        config="configs/default.yaml", base_model="smollm2-135m", shape=shape, turns=200, block=5, warmup=5,
+        early_at=30, window=20, sweep_turns=20,
+    )  # fmt: skip
 
 
 def _qwen_run() -> ModelRun:
@@ -231,7 +280,9 @@ class SpeedConfig:
     models: list[ModelName] = field(default_factory=lambda: list(MODEL_NAMES))
     """Models to run."""
     tiny: ModelRun = field(default_factory=_tiny_run)
-    """The built-in model's run."""
+    """The built-in toy model's run (configs/tiny.yaml)."""
+    smollm2: ModelRun = field(default_factory=_smollm2_run)
+    """The built-in real model's run (SmolLM2-135M-Instruct weights, configs/default.yaml)."""
     qwen: ModelRun = field(default_factory=_qwen_run)
     """The Qwen2.5-0.5B-shaped model's run (random weights)."""
     threads: int = 2
@@ -250,6 +301,8 @@ class SpeedConfig:
     """Seed of the stream and of models built in code."""
     reply_sentences: int = 3
     """Logged replies have 1..reply_sentences sentences, so turn lengths vary."""
+    fact_share: float = 0.1
+    """Share of fact turns in the stream (drawn at random; 0: chat and question turns only)."""
     tokenizer_vocab: int = 2048
     """Vocabulary of the tokenizer trained in code when olm-tiny's is not built."""
     tokenizer_turns: int = 500
@@ -270,20 +323,26 @@ class SpeedConfig:
         for name in ("reply_sentences", "tokenizer_turns"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if not 0.0 <= self.fact_share <= 1.0:
+            problems.append(f"fact_share must be in [0, 1], got {self.fact_share!r}")
         if not self.models or any(m not in MODEL_NAMES for m in self.models):
             problems.append(f"models must be a non-empty subset of {list(MODEL_NAMES)}, got {self.models!r}")
         if problems:
             raise ValueError("invalid speed benchmark settings: " + "; ".join(problems))
 
     def run_of(self, name: str) -> ModelRun:
-        return {"olm-tiny": self.tiny, "qwen2.5-0.5b": self.qwen}[name]
+        return {"olm-tiny": self.tiny, "smollm2-135m": self.smollm2, "qwen2.5-0.5b": self.qwen}[name]
 
 
 # ----------------------------------------------------------------------------- stream and base models
-def make_turns(n: int, seed: int, reply_sentences: int) -> list[tuple[str, str]]:
-    """`n` (user, reply) chat and question turns of varying length, none a fact for the default detector."""
+def make_turns(n: int, seed: int, reply_sentences: int, fact_share: float = 0.0) -> list[tuple[str, str]]:
+    """`n` (user, reply) turns of varying length: a `fact_share` of fact statements the default
+    detector finds (`fact_turn`), the rest chat and question turns that are no fact."""
     rng, detector, turns = random.Random(seed), FactDetector(DetectorConfig()), []
     while len(turns) < n:
+        if rng.random() < fact_share:
+            turns.append(fact_turn(rng))
+            continue
         slots = {"topic": rng.choice(TOPICS), "adj": rng.choice(ADJECTIVES)}
         user = rng.choice(USER_TEMPLATES).format(**slots)
         sentences = [rng.choice(REPLY_TEMPLATES) for _ in range(rng.randint(1, reply_sentences))]
@@ -291,6 +350,13 @@ def make_turns(n: int, seed: int, reply_sentences: int) -> list[tuple[str, str]]
         if detector.detect(user) is None:
             turns.append((user, reply))
     return turns
+
+
+def fact_turn(rng: random.Random) -> tuple[str, str]:
+    """A fact statement about a made-up person and its acknowledgement."""
+    user, reply = rng.choice(FACT_TEMPLATES)
+    slots = {"name": rng.choice(FACT_NAMES), **{k: rng.choice(v) for k, v in FACT_SLOTS.items()}}
+    return user.format(**slots), reply.format(**slots)
 
 
 def write_stream(path: Path, turns: list[tuple[str, str]]) -> Path:
@@ -348,6 +414,8 @@ def prepare_base(name: str, run: ModelRun, cfg: SpeedConfig, cache: Path) -> tup
     """The ``--model.base_model`` value of a run and a description of where it comes from."""
     if run.base_model == BUILTIN and builtin_dir() is not None:
         return BUILTIN, "built-in olm-tiny (olm/assets/olm-tiny)"
+    if run.base_model == smollm2.NAME:  # olm.smollm2 converts the packaged GGUF once into its cache
+        return run.base_model, "built-in smollm2-135m (SmolLM2-135M-Instruct weights, olm/smollm2.py)"
     if run.base_model not in (None, BUILTIN):
         return run.base_model, f"model directory {run.base_model}"
     tokenizer, tok_note = bench_tokenizer(cfg)
@@ -465,19 +533,22 @@ class SpeedProbe(Callback):
         self.memory: dict[str, Any] = {}
         self.threads: dict[str, float] = {}
         self.mismatches = 0
-        self._pending: list[tuple[str, str, int]] = []
-        self._recent: deque = deque(maxlen=max(sweep_turns, 1))
+        self._pending: list[tuple[str, str, int, FactTurn | None]] = []
+        self._recent: deque = deque(maxlen=max(sweep_turns, 1))  # plain turns, for the thread sweep
         self._longest: tuple[int, str, str] = (-1, "", "")
+        self._last_fact: tuple[str, str, FactTurn] | None = None
         self._spent = {"logger": 0.0}  # seconds in the loggers and in each other callback since the last turn
         self._mark = 0.0
         self.loop: MinimalLoop | None = None  # built at train start, on the module's model
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         m, objective = pl_module, pl_module.objective
-        kl = m.policy.kl_lambdas["chat"]  # every stream turn is chat or question; λ only scales the arithmetic
+        kl = m.policy.kl_lambdas["chat"]  # a plain turn is chat or question (λ only scales the arithmetic)
         self.loop = MinimalLoop(
-            m.model, m.tokenizer, m.optim, kl, objective.task_lambda, objective.max_tokens, self.generate_tokens
-        )
+            m.model, m.tokenizer, m.optim, kl, objective.task_lambda, objective.max_tokens, self.generate_tokens,
+            loss_on=objective.loss_on, augment=m.augment,
+            locality_weight=m.locality.settings.weight if m.locality.applies("fact") else 0.0,
+        )  # fmt: skip
         if self.generate_tokens:  # OnlineLM's generate() passes eos but no min: force the length here
             m.model.get_base_model().generation_config.min_new_tokens = self.generate_tokens
         for cb in trainer.callbacks:
@@ -502,14 +573,22 @@ class SpeedProbe(Callback):
             return
         last = pl_module.last
         callbacks = sum(v for k, v in self._spent.items() if k.startswith("cb:"))
-        rec = {**last.timings, **self._spent, "callbacks": callbacks, "loop": now - self._mark, "tokens": last.tokens}
+        rec = {
+            **last.timings, **self._spent, "callbacks": callbacks, "loop": now - self._mark, "tokens": last.tokens,
+            "fact": float(last.kind == "fact"), "replayed": float(last.replayed),
+        }  # fmt: skip
         _append(self.online, rec)
         self.rss.append(current_rss())
         self.kinds[last.kind] += 1
+        self.kinds["with_replay"] += bool(last.replayed)
         self._spent = dict.fromkeys(self._spent, 0.0)
-        self._pending.append((last.user, last.reply, last.tokens))
-        self._recent.append((last.user, last.reply))
-        self._longest = max(self._longest, (last.tokens, last.user, last.reply))
+        fact = fact_turn_of(pl_module, last.user) if last.kind == "fact" else None
+        self._pending.append((last.user, last.reply, last.tokens, fact))
+        if fact is None:
+            self._recent.append((last.user, last.reply))
+            self._longest = max(self._longest, (last.tokens, last.user, last.reply))
+        else:
+            self._last_fact = (last.user, last.reply, fact)
         if len(self._pending) >= self.block:
             self._run_pending()
         self._mark = time.perf_counter()
@@ -525,6 +604,8 @@ class SpeedProbe(Callback):
         )
         if self._longest[0] >= 0:
             self.memory["activation_bytes"] = self.loop.activation_bytes(*self._longest[1:])
+        if self._last_fact is not None:
+            self.memory["activation_bytes_fact"] = self.loop.activation_bytes(*self._last_fact)
         self.adapter_toggle_ms = adapter_toggle_ms(model, self.toggle_reps)
         self.threads = self._thread_sweep()
 
@@ -538,9 +619,9 @@ class SpeedProbe(Callback):
         }  # fmt: skip
 
     def _run_pending(self) -> None:
-        for user, reply, tokens in self._pending:
-            rec = self.loop.step(user, reply)
-            _append(self.minimal, rec)
+        for user, reply, tokens, fact in self._pending:
+            rec = self.loop.step(user, reply, fact)
+            _append(self.minimal, {**rec, "fact": float(fact is not None)})
             self.mismatches += int(not self.generate_tokens and rec["tokens"] != tokens)
         self._pending.clear()
 
@@ -567,6 +648,23 @@ class SpeedProbe(Callback):
                 self._spent[bucket] += time.perf_counter() - start
 
         return timed
+
+
+def fact_turn_of(module, user: str) -> FactTurn:
+    """The fact turn OnlineLM just learned from `user` (after its step): the fact, its pattern, the
+    rotation of its augmentation (statement count − 1), the KL λ its steps used (logged as
+    turn/kl_lambda) and the locality rows they used (the last `per_step` of the rotation, from the
+    module's cache; the rotation is left where it was)."""
+    fact = module.detector.detect(user)
+    rows = []
+    if module.locality.applies("fact"):
+        loc = module.locality
+        loc.position = (loc.position - min(loc.settings.per_step, len(loc.prompts))) % len(loc.prompts)
+        rows = loc.next_rows(module.model)  # cached: no base forward; moves the rotation back to where it was
+    return FactTurn(
+        fact.subject, fact.object, fact.relation, module.detector.pattern(fact.pattern),
+        max(module.memory.count(fact) - 1, 0), module.latest_scalars["turn/kl_lambda"], rows,
+    )  # fmt: skip
 
 
 def _append(columns: dict[str, array], record: dict[str, float]) -> None:
@@ -617,14 +715,23 @@ def _mean(values: list[float]) -> float:
     return statistics.fmean(values) if values else float("nan")
 
 
-def _window(values: list[float], lo: int, hi: int) -> float:
-    lo, hi = max(0, min(lo, len(values) - 1)), max(1, min(hi, len(values)))
-    return _median(values[lo : max(hi, lo + 1)])
+def turn_rows(online: dict[str, list[float]], skip: int) -> dict[str, list[int]]:
+    """Indices of the plain and the fact turns after the first `skip`, without the turns that also
+    learned a replay (OnlineLM replays at the start of a turn; the minimal loop does not)."""
+    rows: dict[str, list[int]] = {k: [] for k in TURN_KINDS}
+    for i in range(skip, len(online["loop"])):
+        if not online["replayed"][i]:
+            rows["fact" if online["fact"][i] else "plain"].append(i)
+    return rows
 
 
-def phase_medians(columns: dict[str, list[float]], phases: tuple[str, ...], skip: int) -> dict[str, float]:
-    """Median milliseconds of each phase column after the first `skip` turns."""
-    return {k: _median(columns[k][skip:]) * MS for k in phases}
+def _at(values: list[float], rows: list[int]) -> list[float]:
+    return [values[i] for i in rows]
+
+
+def phase_medians(columns: dict[str, list[float]], phases: tuple[str, ...], rows: list[int]) -> dict[str, float]:
+    """Median milliseconds of each phase column over the turns `rows`."""
+    return {k: _median(_at(columns[k], rows)) * MS for k in phases}
 
 
 def callback_ms(online: dict[str, list[float]], skip: int) -> dict[str, dict[str, float]]:
@@ -642,58 +749,84 @@ def with_derived(online: dict[str, list[float]]) -> dict[str, list[float]]:
     return {**online, "step_other": step_other, "lightning": [online["loop"][i] - outside[i] for i in rows]}
 
 
-def flatness(online: list[float], minimal: list[float], rss: list[float], run: ModelRun) -> dict[str, Any]:
-    """Late-window / early-window medians of OnlineLM turn time, minimal-loop turn time and RSS."""
+def flatness(
+    online: list[float], minimal: list[float], rss: list[float], run: ModelRun, plain: list[int]
+) -> dict[str, Any]:
+    """Late-window / early-window medians of OnlineLM turn time, minimal-loop turn time (both over
+    the `plain` turns of each window) and RSS (every turn)."""
     n, start = len(online), run.early_at - run.window // 2
-    early, late = (start, start + run.window), (n - run.window, n)
+    early = (max(0, min(start, n - 1)), max(1, min(start + run.window, n)))
+    late = (max(0, n - run.window), n)
 
-    def ratio(values: list[float]) -> float:
-        return _window(values, *late) / _window(values, *early)
+    def ratio(values: list[float], keep: list[int] | None) -> float:
+        def window(lo: int, hi: int) -> float:
+            idx = [i for i in (keep if keep is not None else range(n)) if lo <= i < max(hi, lo + 1)]
+            return _median(_at(values, idx))
 
-    time_ratio, minimal_ratio = ratio(online), ratio(minimal)
+        return window(*late) / window(*early)
+
+    time_ratio, minimal_ratio = ratio(online, plain), ratio(minimal, plain)
     return {
-        "turn_time": time_ratio, "rss": ratio(rss), "minimal_turn_time": minimal_ratio,
-        "turn_time_vs_minimal": time_ratio / minimal_ratio,
-        "early_turns": [max(0, early[0]), min(n, early[1])], "late_turns": [max(0, late[0]), n],
+        "turn_time": time_ratio, "rss": ratio(rss, None), "minimal_turn_time": minimal_ratio,
+        "turn_time_vs_minimal": time_ratio / minimal_ratio, "early_turns": list(early), "late_turns": list(late),
     }  # fmt: skip
 
 
 def summarize(raw: dict[str, Any], run: ModelRun) -> dict[str, Any]:
     """The figures of one model's run (see the module docstring)."""
     online, minimal, mem, w = with_derived(raw["online"]), raw["minimal"], raw["memory"], run.warmup
-    loop_ms, minimal_ms = _median(online["loop"][w:]) * MS, _median(minimal["turn"][w:]) * MS
-    denom = mem["base_bytes"] + mem["activation_bytes"]
+    rows = turn_rows(online, w)
+    turn_ms = {
+        kind: {"onlinelm": _median(_at(online["loop"], idx)) * MS, "minimal": _median(_at(minimal["turn"], idx)) * MS}
+        for kind, idx in rows.items()
+    }  # fmt: skip
+    step_ms = {kind: _median(_at(online["turn"], idx)) * MS for kind, idx in rows.items()}
+    denom = mem["base_bytes"] + max(mem["activation_bytes"], mem.get("activation_bytes_fact", 0))
     copies = max(mem["base_copies_start"], mem["base_copies_end"])
     return {
-        "overhead_ratio": loop_ms / minimal_ms,
-        "step_overhead_ratio": _median(online["turn"][w:]) * MS / minimal_ms,
+        "overhead_ratio": turn_ms["plain"]["onlinelm"] / turn_ms["plain"]["minimal"],
+        "overhead_ratio_fact": turn_ms["fact"]["onlinelm"] / turn_ms["fact"]["minimal"],
+        "step_overhead_ratio": step_ms["plain"] / turn_ms["plain"]["minimal"],
+        "step_overhead_ratio_fact": step_ms["fact"] / turn_ms["fact"]["minimal"],
+        "fact_turn_ratio": {k: turn_ms["fact"][k] / turn_ms["plain"][k] for k in ("onlinelm", "minimal")},
         "rss_ratio": max(mem["peak_rss_load"], mem["peak_rss_fit"]) / denom,
         "rss_ratio_fit": mem["peak_rss_fit"] / denom,
         "rss_ratio_net": (mem["peak_rss_fit"] - mem["rss_imports"]) / denom,
         "base_copies": copies,
         "one_base_copy": copies < 1.5 and bool(mem["base_ptrs_unchanged"]),
-        "flatness": flatness(online["loop"], minimal["turn"], raw["rss"], run),
-        "turn_ms": {"onlinelm": loop_ms, "minimal": minimal_ms},
-        "mean_turn_ms": {"onlinelm": _mean(online["loop"][w:]) * MS, "minimal": _mean(minimal["turn"][w:]) * MS},
+        "flatness": flatness(online["loop"], minimal["turn"], raw["rss"], run, rows["plain"]),
+        "turn_ms": turn_ms,
+        "mean_turn_ms": {
+            kind: {"onlinelm": _mean(_at(online["loop"], idx)) * MS, "minimal": _mean(_at(minimal["turn"], idx)) * MS}
+            for kind, idx in rows.items()
+        },
         "phases_ms": {
-            "onlinelm": phase_medians(online, ONLINE_PHASES, w), "minimal": phase_medians(minimal, MINIMAL_PHASES, w),
+            kind: {
+                "onlinelm": phase_medians(online, ONLINE_PHASES, idx),
+                "minimal": phase_medians(minimal, MINIMAL_PHASES, idx),
+            }
+            for kind, idx in rows.items()
         },
         "tokens_per_turn": {"median": _median(online["tokens"]), "max": max(online["tokens"])},
         "callbacks_ms": callback_ms(online, w),
         "threads_ms": raw["threads"],
         "adapter_toggle_ms": raw["adapter_toggle_ms"],
         "memory": {**mem, "rss_first_turn": raw["rss"][0]},  # lazily loaded (mmap) weights are resident once used
-        "turns": len(online["loop"]), "warmup": w, "block": run.block, "kinds": raw["kinds"],
-        "token_mismatches": raw["token_mismatches"], "parameters": raw["parameters"], "dtype": raw["dtype"],
-        "device": raw["device"], "torch_threads": raw["torch_threads"], "wall_s": raw["wall_s"],
-        "loadavg_end": raw["loadavg"],
+        "turns": len(online["loop"]), "turns_measured": {k: len(v) for k, v in rows.items()}, "warmup": w,
+        "block": run.block, "kinds": raw["kinds"], "token_mismatches": raw["token_mismatches"],
+        "parameters": raw["parameters"], "dtype": raw["dtype"], "device": raw["device"],
+        "torch_threads": raw["torch_threads"], "wall_s": raw["wall_s"], "loadavg_end": raw["loadavg"],
+        "overhead_target": run.overhead_target,
     }  # fmt: skip
 
 
 def meets_targets(fig: dict[str, Any]) -> dict[str, bool]:
-    """Each target of the issue: overhead ≤ 1.10, one base copy, flatness (time and RSS) ≤ 1.10."""
+    """Each target of the issue: overhead ≤ the run's target on plain and on fact turns (a run
+    without fact turns fails that one), one base copy, flatness (time and RSS) ≤ 1.05."""
+    target = fig["overhead_target"]
     return {
-        "overhead_ratio": fig["overhead_ratio"] <= TARGETS["overhead_ratio"],
+        "overhead_ratio": fig["overhead_ratio"] <= target,
+        "overhead_ratio_fact": fig["overhead_ratio_fact"] <= target,
         "one_base_copy": fig["one_base_copy"],
         "flatness_turn_time": fig["flatness"]["turn_time"] <= TARGETS["flatness"],
         "flatness_rss": fig["flatness"]["rss"] <= TARGETS["flatness"],
@@ -718,32 +851,48 @@ def machine_info() -> dict[str, Any]:
 
 
 SUMMARY_HEADER = (
-    "| model | params | tokens/turn | OnlineLM ms | minimal ms | overhead_ratio | rss_ratio / fit / net | base copies "
-    "| flatness time (vs minimal) | flatness RSS | minimal ms by threads |"
+    "| model | params | tokens/turn | plain ms OnlineLM / minimal | overhead_ratio plain | fact ms OnlineLM / minimal "
+    "| overhead_ratio fact | fact/plain time | rss_ratio / fit / net | base copies | flatness time (vs minimal) "
+    "| flatness RSS | minimal ms by threads |"
 )
+
+
+def _ms(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}"
 
 
 def markdown(report: dict[str, Any]) -> str:
     """The summary table and one phase table per model."""
     m = report["machine"]
+    load = ", ".join(f"{x:.2f}" for x in m["loadavg_start"])
     lines = [
-        f"Machine: {m['cpu']}, {m['cpus_usable']} usable CPUs, torch {m['torch']}; `{report['command']}`",
-        "", SUMMARY_HEADER, "|" + "---|" * SUMMARY_HEADER.count(" |"),
+        f"Machine: {m['cpu']}, {m['cpus_usable']} usable CPUs, torch {m['torch']}, load average at start {load}; "
+        f"`{report['command']}`", "", SUMMARY_HEADER, "|" + "---|" * SUMMARY_HEADER.count(" |"),
     ]  # fmt: skip
     for name, f in report["models"].items():
-        flat, threads = f["flatness"], ", ".join(f"{t}: {v:.1f}" for t, v in f["threads_ms"].items()) or "-"
+        flat, threads = f["flatness"], ", ".join(f"{t}: {_ms(v)}" for t, v in f["threads_ms"].items()) or "-"
+        plain, fact = f["turn_ms"]["plain"], f["turn_ms"]["fact"]
         cells = [
             name, f"{f['parameters'] / 1e6:.1f} M", f"{f['tokens_per_turn']['median']:.0f}",
-            f"{f['turn_ms']['onlinelm']:.2f}", f"{f['turn_ms']['minimal']:.2f}", f"{f['overhead_ratio']:.3f}",
+            f"{_ms(plain['onlinelm'])} / {_ms(plain['minimal'])}", f"{f['overhead_ratio']:.3f}",
+            f"{_ms(fact['onlinelm'])} / {_ms(fact['minimal'])}", f"{f['overhead_ratio_fact']:.3f}",
+            f"{f['fact_turn_ratio']['onlinelm']:.2f}",
             f"{f['rss_ratio']:.2f} / {f['rss_ratio_fit']:.2f} / {f['rss_ratio_net']:.2f}", f"{f['base_copies']:.2f}",
             f"{flat['turn_time']:.3f} ({flat['turn_time_vs_minimal']:.3f})", f"{flat['rss']:.3f}", threads,
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     for name, f in report["models"].items():
-        on, mi = f["phases_ms"]["onlinelm"], f["phases_ms"]["minimal"]
-        lines += ["", f"Median ms per phase, {name} ({f['turns']} turns, the first {f['warmup']} left out):", ""]
-        lines += ["| phase | OnlineLM | minimal |", "|---|---|---|"]
-        lines += [f"| {k} | {on[k]:.3f} | " + (f"{mi[k]:.3f} |" if k in mi else "|") for k in on]
+        ph, n = f["phases_ms"], f["turns_measured"]
+        lines += [
+            "", f"Median ms per phase, {name} ({f['turns']} turns, the first {f['warmup']} left out; {n['plain']} "
+            f"plain and {n['fact']} fact turns measured, {f['kinds'].get('with_replay', 0)} turns with a replay left "
+            "out):",
+            "", "| phase | plain OnlineLM | plain minimal | fact OnlineLM | fact minimal |", "|---|---|---|---|---|",
+        ]  # fmt: skip
+        for k in ph["plain"]["onlinelm"]:
+            arms = [ph[kind][arm] for kind in TURN_KINDS for arm in ("onlinelm", "minimal")]
+            cells = [f"{arm[k]:.3f}" if k in arm else "" for arm in arms]
+            lines.append(f"| {k} | " + " | ".join(cells) + " |")
         lines += ["", "| callback | median ms | mean ms |", "|---|---|---|"]
         lines += [f"| {k} | {v['median']:.3f} | {v['mean']:.3f} |" for k, v in f["callbacks_ms"].items()]
     return "\n".join(lines) + "\n"
@@ -768,7 +917,8 @@ def run(cfg: SpeedConfig, command: str) -> dict[str, Any]:
             spec, mdir = cfg.run_of(name), out / name
             mdir.mkdir(parents=True, exist_ok=True)
             base, source = prepare_base(name, spec, cfg, cache)
-            stream = write_stream(mdir / "stream.jsonl", make_turns(spec.turns, cfg.seed, cfg.reply_sentences))
+            turns = make_turns(spec.turns, cfg.seed, cfg.reply_sentences, cfg.fact_share)
+            stream = write_stream(mdir / "stream.jsonl", turns)
             raw = run_model(run_config(name, spec, cfg, base, stream, mdir), mdir / "raw.json", cfg.isolate)
             fig = summarize(raw, spec)
             report["models"][name] = {**fig, "base_source": source, "meets_targets": meets_targets(fig)}
@@ -781,7 +931,10 @@ def run(cfg: SpeedConfig, command: str) -> dict[str, Any]:
 
 
 DEFINITIONS: dict[str, str] = {
-    "overhead_ratio": "median OnlineLM loop-iteration time (cli.py fit) / median minimal-loop turn time",
+    "overhead_ratio": "plain turns: median OnlineLM loop-iteration time (cli.py fit) / median minimal-loop turn time",
+    "overhead_ratio_fact": "the same over the fact turns (augmentation rows + locality prompts, steps_per_fact steps)",
+    "fact_turn_ratio": "median fact-turn time / median plain-turn time, per arm",
+    "turns measured": "turns after the warmup; a turn that also learned a replay is left out of both kinds",
     "rss_ratio": "peak RSS of the run's process, model loading included / (base weight bytes + activation bytes)",
     "rss_ratio_fit": "peak RSS from train start to train end / (base weight bytes + activation bytes)",
     "rss_ratio_net": "(peak RSS from train start - RSS after imports) / (base weight bytes + activation bytes)",
@@ -791,7 +944,9 @@ DEFINITIONS: dict[str, str] = {
         "longest turn, plus the base logits"
     ),
     "base_copies": "bytes of distinct live storages shaped like a base weight matrix / the base matrices' bytes",
-    "flatness": "median over the last `window` turns / median over the `window` turns around `early_at`",
+    "flatness": (
+        "median over the last `window` turns / median over the `window` turns around `early_at` (time: plain turns)"
+    ),
 }
 """What each figure of speed.json means (written into it)."""
 
