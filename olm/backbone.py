@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -198,7 +200,8 @@ def attach_lora(model: PreTrainedModel, settings: LoRASettings, adapter: str | N
     """
     model.requires_grad_(False)
     if adapter is not None:
-        return PeftModel.from_pretrained(model, adapter, is_trainable=True)
+        with _peft_quietly():
+            return PeftModel.from_pretrained(model, adapter, is_trainable=True)
     layers = None
     if settings.layers is not None:
         depth = model.config.num_hidden_layers
@@ -214,4 +217,14 @@ def attach_lora(model: PreTrainedModel, settings: LoRASettings, adapter: str | N
         layers_to_transform=layers,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    with _peft_quietly():
+        return get_peft_model(model, config)
+
+
+@contextmanager
+def _peft_quietly():
+    """peft reads transformers' deprecated ``is_gradient_checkpointing`` when it wraps a model: a
+    FutureWarning about peft's code on every run, not olm's (`olm.console`)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield

@@ -37,6 +37,7 @@ import torch
 
 from olm.augment import AugmentSettings, fact_exchanges
 from olm.backbone import LoRASettings, attach_lora, load_base
+from olm.console import quiet_known_messages
 from olm.context import KINDS, Context, ContextPolicy, kl_lambda, lr_multiplier
 from olm.facts import DetectorConfig, FactDetector
 from olm.generation import CallbackStreamer, GenerationSettings, generate_reply
@@ -170,6 +171,7 @@ class OnlineLM(L.LightningModule):
         locality: LocalitySettings = LocalitySettings(),
     ) -> None:
         super().__init__()
+        quiet_known_messages()  # Lightning's dataloader_iter notes and other known noise (olm.console)
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints hold only the LoRA weights

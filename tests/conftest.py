@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from olm.backbone import build_tiny_qwen2
@@ -19,6 +21,13 @@ TINY_TEXT = [
 def build_tiny_model(path, seed: int = 0, hidden: int = 32, layers: int = 2) -> str:
     """Save a tiny random Qwen2 causal LM with a chat tokenizer to `path`; returns the path."""
     return build_tiny_qwen2(path, TINY_TEXT, hidden=hidden, layers=layers, seed=seed)
+
+
+@pytest.fixture(autouse=True)
+def argv_without_pytest_flags(monkeypatch):
+    """`cli.main(args)` as from a plain command line: LightningCLI warns when it is given args while
+    sys.argv also holds some (pytest's own flags)."""
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
 
 
 @pytest.fixture(scope="session")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import logging
 import re
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -191,3 +193,17 @@ def test_progress_counts_turns_and_a_summary_ends_the_run(tmp_path, tiny_model_d
     assert "olm: trained 3 turns in this run (3 in all)" in out, out
     for what, path in (("adapter", run / "adapter"), ("checkpoint", run / "checkpoints" / "last.ckpt"), ("logs", run)):
         assert re.search(rf"^  {what} +{re.escape(str(path))}", out, re.M), out
+
+
+KNOWN_NOISE = ("Here be dragons", "dataloader_iter", "LeafSpec", "is_gradient_checkpointing", "GPU available",
+               "TPU available", "litlogger", "LightningCLI's args parameter", "dirpath has changed")  # fmt: skip
+
+
+def test_a_run_shows_no_known_library_noise(tmp_path, tiny_model_dir, monkeypatch, caplog):
+    caplog.set_level(logging.INFO)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        run_fit(ROOT / "configs" / "tiny.yaml", tmp_path, tiny_model_dir, monkeypatch, 4)
+        run_fit(ROOT / "configs" / "tiny.yaml", tmp_path, tiny_model_dir, monkeypatch, 4, "--ckpt_path", "last")
+    seen = caplog.text + "\n".join(f"{w.category.__name__}: {w.message}" for w in caught)
+    assert not [noise for noise in KNOWN_NOISE if noise in seen], seen
