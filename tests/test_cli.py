@@ -207,3 +207,25 @@ def test_a_run_shows_no_known_library_noise(tmp_path, tiny_model_dir, monkeypatc
         run_fit(ROOT / "configs" / "tiny.yaml", tmp_path, tiny_model_dir, monkeypatch, 4, "--ckpt_path", "last")
     seen = caplog.text + "\n".join(f"{w.category.__name__}: {w.message}" for w in caught)
     assert not [noise for noise in KNOWN_NOISE if noise in seen], seen
+
+
+def test_the_adapter_directory_is_self_contained(tmp_path, tiny_model_dir, monkeypatch):
+    from transformers import AutoTokenizer
+
+    from olm.adapter_card import portable_base_name
+    from olm.backbone import resolve_model_path
+    from olm.module import OnlineLM
+
+    run_fit(ROOT / "configs" / "tiny.yaml", tmp_path, tiny_model_dir, monkeypatch, 4)
+    [adapter] = adapter_dirs(tmp_path)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == tiny_model_dir
+    card = (adapter / "README.md").read_text()
+    assert "More Information Needed" not in card, card  # olm's card, not PEFT's template
+    for part in (f"base model: `{tiny_model_dir}`", "turns trained: 3", "facts learned: ", "command: `"):
+        assert part in card, card
+    assert AutoTokenizer.from_pretrained(adapter).chat_template  # the tokenizer travels with the adapter
+    model = OnlineLM(base_model=config["base_model_name_or_path"], adapter=str(adapter))  # olm loads it back
+    assert any("lora_B" in n and p.abs().sum() > 0 for n, p in model.model.named_parameters())
+    # a built-in model is named as such, not by its directory in this checkout or cache
+    assert portable_base_name("olm-tiny") == "olm-tiny" != resolve_model_path("olm-tiny")

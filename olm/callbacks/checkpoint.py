@@ -28,6 +28,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
+from olm.adapter_card import complete_adapter_dir
 from olm.runs import latest_checkpoints
 from olm.turns import trained_turn
 
@@ -80,6 +81,7 @@ class AdapterCheckpoint(Callback):
         shutil.rmtree(tmp, ignore_errors=True)
         pl_module.model.save_pretrained(tmp)
         pl_module.memory.to_json(tmp / "memory.json")
+        complete_adapter_dir(tmp, pl_module)  # tokenizer, portable base name, olm's model card
         if final.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
