@@ -60,13 +60,14 @@ turns apart):
   counts, alternating blocks over the last `sweep_turns` plain turns after the fit.
 - ``phases_ms``: per-phase medians, ``plain`` and ``fact`` turns apart. OnlineLM's own timers
   (detect, generate, render, base_forward, adapter_forward_backward, optimizer_step, turn = its
-  training_step from the turn read on) plus
-  ``step_other`` (turn minus its timed phases: token weights, memory, bookkeeping), ``callbacks``
-  (the other callbacks' batch hooks: the metric monitors, transcript, replay scheduling; each one
-  also in ``callbacks_ms``, whose means show the periodic checks), ``logger`` (the loggers'
-  ``log_metrics``), ``lightning`` (the rest of the loop iteration: ``self.log_dict``, the logger
-  connector, the data fetch, Lightning's hooks) and ``loop`` (the whole iteration). The minimal
-  loop's ``render`` includes its padding (OnlineLM's padding is in its ``step_other``).
+  training_step from the turn read on) plus ``step_other`` (turn minus its timed phases: token
+  weights, memory, bookkeeping), ``callbacks`` (the other callbacks' batch hooks: the metric
+  monitors, transcript, replay scheduling; each one also in ``callbacks_ms``, whose means show the
+  periodic checks), ``logger`` (the loggers' ``log_metrics``, also when a callback logs: that time
+  is not counted in the callback's as well), ``lightning`` (the rest of the loop iteration:
+  ``self.log_dict``, the logger connector, the data fetch, Lightning's hooks) and ``loop`` (the
+  whole iteration). The minimal loop's ``render`` includes its padding (OnlineLM's padding is in
+  its ``step_other``).
 
 Also written: ``DIR/speed.md`` (the tables printed at the end) and ``DIR/<model>/`` with the run
 config, the stream and ``raw.json`` (every turn's timings and RSS).
@@ -538,6 +539,7 @@ class SpeedProbe(Callback):
         self._longest: tuple[int, str, str] = (-1, "", "")
         self._last_fact: tuple[str, str, FactTurn] | None = None
         self._spent = {"logger": 0.0}  # seconds in the loggers and in each other callback since the last turn
+        self._inside: str | None = None  # the timed bucket running now
         self._mark = 0.0
         self.loop: MinimalLoop | None = None  # built at train start, on the module's model
 
@@ -641,11 +643,16 @@ class SpeedProbe(Callback):
 
     def _timed(self, fn, bucket: str):
         def timed(*args: Any, **kwargs: Any) -> Any:
+            outer, self._inside = self._inside, bucket
             start = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
-                self._spent[bucket] += time.perf_counter() - start
+                spent = time.perf_counter() - start
+                self._spent[bucket] += spent
+                if outer is not None:  # a callback's own logging counts as the logger's, once
+                    self._spent[outer] -= spent
+                self._inside = outer
 
         return timed
 
