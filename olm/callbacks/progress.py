@@ -127,5 +127,6 @@ def run_outputs(trainer: L.Trainer) -> list[tuple[str, str]]:
         report = Path(trainer.log_dir) / "recall_report.md"
         if report.is_file():
             outputs.append(("recall report", str(report)))
-        outputs.append(("logs", f"{trainer.log_dir}  (tensorboard --logdir {Path(trainer.log_dir).parent})"))
+        tensorboard = f"tensorboard --logdir {Path(trainer.log_dir).parent} --samples_per_plugin=text=100000"
+        outputs.append(("logs", f"{trainer.log_dir}  ({tensorboard})"))
     return outputs

@@ -4,8 +4,9 @@ Every `every_n_turns` trained turns the callback writes the last turn (`OnlineLM
 message, reply, context kind, detected fact, LR, loss, KL, CE) as a small markdown table under the
 text tag ``transcript``, at the step of that turn; when training starts it writes the module's and
 datamodule's hyperparameters under ``hparams`` (Lightning's HPARAMS tab holds them too, but only
-as flat columns). TensorBoard shows 10 text samples per tag unless started with
-``tensorboard --logdir DIR --samples_per_plugin=text=0`` (every sample).
+as flat columns). TensorBoard (2.21) shows the last 100 text samples per tag unless started with
+``tensorboard --logdir DIR --samples_per_plugin=text=100000``; ``text=0`` shows *none* (0 is
+"unlimited" when events are loaded but a sample count of 0 when the text plugin serves them).
 
 Only TensorBoard loggers are written to; with none the callback does nothing.
 """
