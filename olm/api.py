@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import logging
 import typing
-import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +43,6 @@ from olm.settings import build
 log = logging.getLogger(__name__)
 TurnLike = tuple[str, str | None] | Turn | dict
 """A ``(user, reply)`` pair, a `Turn`, or a JSON log record (see `olm.formats`)."""
-_QUIET = ("lightning", "lightning.pytorch", "lightning.fabric")
 
 
 def load_config(config: str | Path | dict | None) -> dict[str, Any]:
@@ -129,12 +126,11 @@ class OnlineSession:
         if not batch:
             return []
         seen = Replies(self.module)
-        with _quiet():
-            self.trainer = L.Trainer(
-                max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                enable_model_summary=False, callbacks=[*self.callbacks, seen], **self.trainer_kwargs,
-            )  # fmt: skip
-            self.trainer.fit(self.module, train_dataloaders=DataLoader(batch, batch_size=None))
+        self.trainer = L.Trainer(
+            max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, callbacks=[*self.callbacks, seen], **self.trainer_kwargs,
+        )  # fmt: skip
+        self.trainer.fit(self.module, train_dataloaders=DataLoader(batch, batch_size=None))
         return seen.replies
 
     def tell(self, user: str, reply: str | None = None) -> str | None:
@@ -146,15 +142,9 @@ class OnlineSession:
         return self.module.generate(question)
 
     def save(self, directory: str | Path) -> Path:
-        """Write the adapter (PEFT ``save_pretrained``) and fact memory to `directory` (replaced atomically).
-
-        Raises:
-            ValueError: the adapter holds NaN/inf (nothing is written).
-        """
-        saved = AdapterCheckpoint(dirpath=str(directory), every_n_turns=0).save(self.trainer, self.module)
-        if saved is None:
-            raise ValueError("the adapter holds NaN/inf values: not saved")
-        return saved
+        """Write the adapter directory to `directory` as a run's `AdapterCheckpoint` does (PEFT
+        ``save_pretrained`` + fact memory, replaced atomically; an adapter holding NaN/inf is never written)."""
+        return AdapterCheckpoint(dirpath=str(directory), every_n_turns=0).save(self.trainer, self.module)
 
     def _turns(self, items: Iterable[TurnLike]) -> Iterator[Turn]:
         for item in items:
@@ -202,23 +192,6 @@ class Replies(Callback):
         elif pl_module.no_reply_skipped > self.skipped:
             self.skipped = pl_module.no_reply_skipped
             self.replies.append(None)
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """Lightning's per-fit banner (GPU/TPU lines) and known-harmless warnings left out of a notebook."""
-    levels = {name: logging.getLogger(name).level for name in _QUIET}
-    for name in _QUIET:
-        logging.getLogger(name).setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*dataloader_iter.*")
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-            yield
-    finally:
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
 
 
 def open(
