@@ -286,7 +286,7 @@ class SpeedConfig:
     """The built-in real model's run (SmolLM2-135M-Instruct weights, configs/default.yaml)."""
     qwen: ModelRun = field(default_factory=_qwen_run)
     """The Qwen2.5-0.5B-shaped model's run (random weights)."""
-    threads: int = 2
+    threads: int = 1
     """torch intra-op threads of both arms (the default config's ``threads``)."""
     sweep_threads: list[int] = field(default_factory=lambda: [1, 2])
     """Thread counts compared on the minimal loop after the fit (empty: no sweep)."""
