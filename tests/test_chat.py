@@ -2,7 +2,9 @@
 
 The pty test runs ``python cli.py fit --config configs/chat.yaml`` three times on a tiny model with
 ``runs/`` redirected into tmp_path: teach a fact and quit, restart and find it (Ctrl+C mid-turn),
-restart and press Ctrl+C at the prompt; each run must exit 0 with its state saved.
+restart and press Ctrl+C at the prompt; each run must exit 0 with its state saved. Another pty
+test shows the generated reply printed before the learning step ends (its status line comes the
+step's time later) and /stats showing the reply latencies (time/reply_first_s, time/reply_s).
 """
 
 from __future__ import annotations
@@ -165,10 +167,10 @@ def local_chat_config(tmp: Path) -> Path:
     return out
 
 
-def start_chat(config: Path, model_dir: str) -> pexpect.spawn:
+def start_chat(config: Path, model_dir: str, *flags: str) -> pexpect.spawn:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
     child = pexpect.spawn(
-        sys.executable, ["cli.py", "fit", "--config", str(config), "--model.base_model", model_dir],
+        sys.executable, ["cli.py", "fit", "--config", str(config), "--model.base_model", model_dir, *flags],
         cwd=str(ROOT), env=env, encoding="utf-8", codec_errors="replace", timeout=120, dimensions=(50, 250),
     )  # fmt: skip
     return child
@@ -245,3 +247,27 @@ def test_chat_through_a_pty_teach_quit_restart_and_ctrl_c(tmp_path, tiny_model_d
     assert finish(child) == 0
     assert saved_state(tmp_path)["olm"]["turns_trained"] == 3
     assert not list((tmp_path / "runs" / "chat").rglob("last-v*.ckpt"))
+
+
+def test_chat_through_a_pty_prints_the_reply_before_learning_and_stats_show_reply_latency(tmp_path, tiny_model_dir):
+    # many steps on the turn: the learning after the reply takes long enough to tell the order apart
+    flags = ("--model.optim.steps_per_turn", "100")
+    child = start_chat(local_chat_config(tmp_path), tiny_model_dir, *flags)
+    child.timeout = 300  # a loaded machine: the start alone took 52 s at load 8 on 2 cores
+    child.expect("0 turns learned so far")
+    child.expect_exact(PROMPT)
+    child.sendline("Hello there")
+    child.expect(r"olm> [^\r\n]*\S[^\r\n]*\r\n")  # the streamed reply, ended
+    reply_seen = time.monotonic()
+    assert "[chat]" not in child.buffer  # the status line was not written with the reply
+    child.expect(r"\[chat\] lr=\S+ loss=\S+ memory=0 turns=1")
+    status_seen = time.monotonic()
+    child.expect_exact(PROMPT)
+    child.sendline("/stats")
+    child.expect_exact(PROMPT)
+    stats = {k: float(v) for k, v in re.findall(r"(time/\w+)\s+([-\d.e+]+)", child.before)}
+    assert 0 < stats["time/reply_first_s"] <= stats["time/reply_s"] < stats["time/turn"]
+    learning = stats["time/turn"] - stats["time/reply_s"]  # the steps, after the reply was out
+    assert learning > 0.2 and status_seen - reply_seen > 0.5 * learning
+    child.sendline("/quit")
+    assert finish(child) == 0
