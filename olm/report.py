@@ -1,19 +1,26 @@
 """Figures and a short markdown summary of an olm run, from its TensorBoard event files.
 
-    python -m olm.report lightning_logs/version_0            # writes lightning_logs/version_0/report/
-    python -m olm.report lightning_logs --out figures/        # every run below, one folder each
+    python -m olm.report runs/default/version_0          # one run: writes runs/default/version_0/report/
+    python -m olm.report runs/default --out figures/      # a folder of runs: one comparison
 
-For every directory below <logdir> that holds event files, reads the scalars with TensorBoard's
-`EventAccumulator` and writes (each only when its tags were logged):
+For one run directory (event files), reads the scalars with TensorBoard's `EventAccumulator` and
+writes (each only when its tags were logged):
 
-    loss.png            turn/loss, turn/ce, plasticity/recent_loss
+    loss.png            turn/loss, turn/ce, plasticity/recent_loss; fact turns marked (turn/is_fact)
     kl.png              turn/kl (per turn, on the turn's text) and stability/kl (on the anchors)
     ppl_ratio.png       stability/ppl_ratio, with DriftGuard rollbacks marked
-    recall.png          facts/recall, facts/ever_recalled, facts/forgetting
-    recall_vs_reps.png  facts/recall_by_reps/<k>: recall by times a fact was taught
+    recall.png          facts/recall, facts/ever_recalled, facts/forgetting (axis 0–1)
+    recall_vs_reps.png  facts/recall_by_reps/<k>: recall by times a fact was taught (values written on the bars)
     summary.md          the run in numbers (final / min / max / mean per metric) and the figures
 
-The x axis is the turn (TensorBoard step + 1: the module logs turn k at step k − 1).
+For a folder holding several runs it writes one comparison instead (`write_comparison`): one line
+per run in compare_loss.png, compare_recall.png, compare_kl.png, compare_ppl_ratio.png, and a
+summary.md with one row per run.
+
+The x axis is the turn (TensorBoard step + 1: the module logs turn k at step k − 1). Per-turn curves
+of long runs are smoothed (a moving average over turns/50 turns past 200 turns; ``--smooth``) over
+the raw values drawn faintly. A metric that is constant (e.g. all zero) gets an axis around it and
+says so, and lines that coincide stay visible (each drawn in its own dash pattern).
 """
 
 from __future__ import annotations
@@ -37,6 +44,11 @@ EVENT_GLOB = "events.out.tfevents.*"
 MONITOR_TIME_PREFIX = "time/monitor_"
 SUMMARY_PREFIXES = ("turn/", "stability/", "plasticity/", "forgetting/", "facts/")
 _REPS_TAG = re.compile(r"^facts/recall_by_reps/(\d+)$")
+AUTO_SMOOTH_TURNS = 200
+SHARE_TAGS = ("facts/recall", "facts/ever_recalled", "facts/forgetting")
+"""Metrics that are shares in [0, 1]: their axis is 0–1 whatever the values."""
+LINE_STYLES = (("-", 2.6), ("--", 2.0), (":", 1.6), ("-.", 1.3))
+"""(dash pattern, width) per line of a figure: coinciding lines stay visible."""
 
 
 @dataclass
@@ -49,8 +61,9 @@ class ReportSettings:
     """Figure width in inches."""
     height: float = 3.6
     """Figure height in inches."""
-    smooth: int = 1
-    """Moving-average window over per-turn curves (turn/*); 1 plots the raw values."""
+    smooth: int | None = None
+    """Moving-average window over per-turn curves (turn/*); 1 plots the raw values; None: automatic
+    (raw up to `AUTO_SMOOTH_TURNS` turns, else a window of turns / 50)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -58,7 +71,7 @@ class ReportSettings:
             problems.append(f"dpi must be >= 10, got {self.dpi!r}")
         if self.width <= 0 or self.height <= 0:
             problems.append(f"width and height must be > 0, got {self.width!r} x {self.height!r}")
-        if self.smooth < 1:
+        if self.smooth is not None and self.smooth < 1:
             problems.append(f"smooth must be >= 1, got {self.smooth!r}")
         if problems:
             raise ValueError("invalid report settings: " + "; ".join(problems))
@@ -97,6 +110,13 @@ def moving_average(values: Sequence[float], window: int) -> list[float]:
     return out
 
 
+def smoothing_window(turns: int, smooth: int | None) -> int:
+    """The moving-average window for a per-turn curve of `turns` points (`ReportSettings.smooth`)."""
+    if smooth is not None:
+        return smooth
+    return 1 if turns <= AUTO_SMOOTH_TURNS else max(2, turns // 50)
+
+
 def _turns(series: Series) -> list[int]:
     return [step + 1 for step, _ in series]
 
@@ -121,24 +141,77 @@ def _save(fig, path: Path, settings: ReportSettings) -> Path:
     return path
 
 
+def _plot_curve(ax, series: Series, label: str, index: int, settings: ReportSettings, per_turn: bool,
+                marker: bool = False) -> list[float]:  # fmt: skip
+    """One curve in its own dash pattern; a smoothed per-turn curve goes over its raw values drawn
+    faintly. Returns the values drawn (for the axis limits)."""
+    style, width = LINE_STYLES[index % len(LINE_STYLES)]
+    turns, values = _turns(series), _values(series)
+    window = smoothing_window(len(values), settings.smooth) if per_turn else 1
+    color = f"C{index}"
+    if window > 1:
+        ax.plot(turns, values, color=color, alpha=0.2, linewidth=0.6)
+        label = f"{label} (mean of {window} turns)"
+        values = moving_average(values, window)
+    ax.plot(turns, values, label=label, color=color, linestyle=style, linewidth=width,
+            marker="o" if marker else None, markersize=3)  # fmt: skip
+    return values
+
+
+def _set_ylim(ax, values: Sequence[float], share: bool) -> None:
+    """0–1 for shares; for a constant metric an axis around the value (matplotlib's would be ±0.04),
+    with a note saying it is constant."""
+    finite = [v for v in values if math.isfinite(v)]
+    if share:
+        ax.set_ylim(-0.03, 1.03)
+    if finite and max(finite) == min(finite):
+        v = finite[0]
+        if not share:
+            half = abs(v) * 0.5 or 1.0
+            ax.set_ylim(v - half, v + half)
+        ax.text(0.5, 0.5, f"every value is {v:g}", transform=ax.transAxes, ha="center", va="center",
+                color="gray", fontsize="large")  # fmt: skip
+
+
 def _lines(scalars: dict[str, Series], tags: Sequence[str], out: Path, settings: ReportSettings,
            title: str, ylabel: str, marker_tags: Sequence[str] = ()) -> Path | None:  # fmt: skip
     present = [t for t in tags if scalars.get(t)]
     if not present:
         return None
     fig, ax = _figure(settings, title, ylabel)
-    for tag in present:
-        series = scalars[tag]
-        values = moving_average(_values(series), settings.smooth) if tag.startswith("turn/") else _values(series)
-        ax.plot(_turns(series), values, label=tag, marker="o" if tag in marker_tags else None, markersize=3)
+    drawn: list[float] = []
+    for i, tag in enumerate(present):
+        drawn += _plot_curve(ax, scalars[tag], tag, i, settings, tag.startswith("turn/"), tag in marker_tags)
+    _set_ylim(ax, drawn, all(t in SHARE_TAGS for t in present))
     ax.legend(fontsize="small")
     return _save(fig, out, settings)
 
 
+def fact_turns(scalars: dict[str, Series]) -> list[int]:
+    """The turns (x axis) that stated a fact: turn/is_fact == 1, else turn/kind == 2."""
+    if scalars.get("turn/is_fact"):
+        return [step + 1 for step, v in scalars["turn/is_fact"] if v >= 0.5]
+    return [step + 1 for step, v in scalars.get("turn/kind", []) if round(v) == 2]
+
+
 def plot_loss(scalars: dict[str, Series], out: Path, settings: ReportSettings) -> Path | None:
-    """Per-turn loss, task cross-entropy and the plasticity window average."""
+    """Per-turn loss, task cross-entropy and the plasticity window average; the loss of each fact
+    turn marked, so that spikes can be told to be fact statements or not."""
     tags = ("turn/loss", "turn/ce", "plasticity/recent_loss")
-    return _lines(scalars, tags, out, settings, "Loss per turn", "loss (nats/token)")
+    present = [t for t in tags if scalars.get(t)]
+    if not present:
+        return None
+    fig, ax = _figure(settings, "Loss per turn", "loss (nats/token)")
+    for i, tag in enumerate(present):
+        _plot_curve(ax, scalars[tag], tag, i, settings, tag.startswith("turn/"))
+    facts = set(fact_turns(scalars))
+    loss = scalars.get("turn/loss") or scalars[present[0]]
+    marked = [(turn, v) for turn, v in zip(_turns(loss), _values(loss)) if turn in facts]
+    if marked:
+        ax.scatter([t for t, _ in marked], [v for _, v in marked], s=14, color="red", zorder=3,
+                   label=f"fact turn ({len(marked)}), raw loss")  # fmt: skip
+    ax.legend(fontsize="small")
+    return _save(fig, out, settings)
 
 
 def plot_kl(scalars: dict[str, Series], out: Path, settings: ReportSettings) -> Path | None:
@@ -185,8 +258,13 @@ def plot_recall_vs_reps(scalars: dict[str, Series], out: Path, settings: ReportS
     fig, ax = _figure(settings, "Recall vs repetitions", "recall")
     ax.set_xlabel("times the fact had been taught when probed")
     ax.bar([k for k, _ in pairs], [v for _, v in pairs], color="tab:green")
+    for k, v in pairs:  # a recall of 0 is a bar of no height: the value says it
+        ax.text(k, v + 0.02, f"{v:.2f}", ha="center", va="bottom", fontsize="small")
     ax.set_xticks([k for k, _ in pairs])
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.08)
+    if all(v == 0 for _, v in pairs):
+        ax.text(0.5, 0.6, "no fact recalled at any repetition count", transform=ax.transAxes, ha="center",
+                color="gray", fontsize="large")  # fmt: skip
     return _save(fig, out, settings)
 
 
@@ -262,12 +340,69 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, setting
     return figures + [summary]
 
 
+COMPARISONS: dict[str, tuple[str, str, str]] = {
+    "compare_loss.png": ("turn/loss", "Loss per turn", "loss (nats/token)"),
+    "compare_recall.png": ("facts/recall", "Fact recall (fresh context, greedy)", "share of facts"),
+    "compare_kl.png": ("stability/kl", "Anchor KL(base ‖ adapter)", "KL (nats/position)"),
+    "compare_ppl_ratio.png": ("stability/ppl_ratio", "Anchor perplexity ratio (adapter / base)", "ratio"),
+}
+"""Comparison figure → (tag, title, y label): one line per run."""
+
+
+def _final(series: Series | None, fmt: str) -> str:
+    return fmt.format(series[-1][1]) if series else "—"
+
+
+def write_comparison(runs: Sequence[Path], root: str | Path, out_dir: str | Path | None = None,
+                     settings: ReportSettings | None = None) -> list[Path]:  # fmt: skip
+    """One comparison of several runs: a line per run in each `COMPARISONS` figure whose tag some
+    run logged, and summary.md with a row per run. Default output: ``<root>/report``.
+
+    Returns:
+        The files written (figures, then summary.md).
+    """
+    settings = settings or ReportSettings()
+    root = Path(root)
+    out = Path(out_dir) if out_dir is not None else root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    runs_scalars = {(str(r.relative_to(root)) if r != root else r.name): load_scalars(r) for r in runs}
+    figures = []
+    for name, (tag, title, ylabel) in COMPARISONS.items():
+        present = {label: scalars[tag] for label, scalars in runs_scalars.items() if scalars.get(tag)}
+        if not present:
+            continue
+        fig, ax = _figure(settings, f"{title}, {len(present)} runs", ylabel)
+        drawn: list[float] = []
+        for i, (label, series) in enumerate(present.items()):
+            per_turn = tag.startswith("turn/")
+            drawn += _plot_curve(ax, series, label, i, settings, per_turn, marker=not per_turn)
+        _set_ylim(ax, drawn, tag in SHARE_TAGS)
+        ax.legend(fontsize="small")
+        figures.append(_save(fig, out / name, settings))
+    lines = [f"# olm runs compared: `{root}`", "",
+             "| run | turns | facts (memory) | mean loss | final recall | final anchor KL | final ppl ratio |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for label, sc in runs_scalars.items():
+        loss = [v for v in _values(sc.get("turn/loss", [])) if math.isfinite(v)]
+        mean_loss = f"{sum(loss) / len(loss):.4g}" if loss else "—"
+        lines.append(
+            f"| {_escape_cell(label)} | {_turn_count(sc)} | {_final(sc.get('facts/memory_size'), '{:.0f}')} | {mean_loss} "
+            f"| {_final(sc.get('facts/recall'), '{:.2f}')} | {_final(sc.get('stability/kl'), '{:.4g}')} "
+            f"| {_final(sc.get('stability/ppl_ratio'), '{:.4g}')} |"
+        )
+    lines += [""] + [f"![{f.stem}]({f.name})" for f in figures]
+    summary = out / "summary.md"
+    summary.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return figures + [summary]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m olm.report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("logdir", help="a run directory or a folder of runs (TensorBoard event files)")
-    parser.add_argument("--out", default=None, help="output folder (default: <run>/report)")
-    parser.add_argument("--smooth", type=int, default=ReportSettings.smooth, help="moving average over turn/* curves")
+    parser.add_argument("logdir", help="a run directory, or a folder of runs to compare (TensorBoard event files)")
+    parser.add_argument("--out", default=None, help="output folder (default: <logdir>/report)")
+    parser.add_argument("--smooth", type=int, default=ReportSettings.smooth,
+                        help="moving-average window over turn/* curves (1: raw; default: automatic)")  # fmt: skip
     parser.add_argument("--dpi", type=int, default=ReportSettings.dpi, help="PNG resolution")
     args = parser.parse_args(argv)
     try:
@@ -276,14 +411,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"olm.report: {err}", file=sys.stderr)
         return 2
-    root = Path(args.logdir)
-    for run in runs:
-        out = None
-        if args.out is not None:
-            rel = run.relative_to(root) if run != root else Path()
-            out = Path(args.out) / rel if len(runs) > 1 else Path(args.out)
-        written = write_report(run, out, settings)
-        print(f"{run}: wrote {len(written)} files to {written[-1].parent}")
+    if len(runs) == 1:
+        written = write_report(runs[0], args.out, settings)
+        print(f"{runs[0]}: wrote {len(written)} files to {written[-1].parent}")
+    else:
+        written = write_comparison(runs, args.logdir, args.out, settings)
+        print(f"{args.logdir}: compared {len(runs)} runs, wrote {len(written)} files to {written[-1].parent}")
     return 0
 
 

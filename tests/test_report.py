@@ -106,3 +106,70 @@ def test_helpers_against_hand_computation():
                            "facts/recall": [(5, 0.3)]}) == [(1, 1.0), (2, 0.5)]  # fmt: skip
     with pytest.raises(ValueError, match="dpi must be >= 10, got 1.*smooth must be >= 1, got 0"):
         ReportSettings(dpi=1, smooth=0)
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The axes of every figure olm.report saves: {file name: matplotlib Axes}."""
+    import olm.report as report
+
+    axes = {}
+    save = report._save
+
+    def keep(fig, path, settings):
+        axes[path.name] = fig.axes[0]
+        return save(fig, path, settings)
+
+    monkeypatch.setattr(report, "_save", keep)
+    return axes
+
+
+def write_run(path, turns: int, fact_every: int = 0, recall: float | None = None) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(path) as w:
+        for step in range(turns):
+            fact = bool(fact_every) and step % fact_every == 0
+            w.add_scalar("turn/loss", 5.0 if fact else 1.0 + (step % 7) / 7, step)
+            w.add_scalar("turn/is_fact", float(fact), step)
+            if recall is not None and step % 10 == 9:
+                w.add_scalar("facts/recall", recall, step)
+                w.add_scalar("facts/ever_recalled", recall, step)
+                w.add_scalar("facts/recall_by_reps/01", recall, step)
+
+
+def test_all_zero_recall_gets_a_readable_axis_and_says_so(tmp_path, drawn):
+    write_run(tmp_path / "run", 30, recall=0.0)
+    write_report(tmp_path / "run")
+    recall = drawn["recall.png"]
+    assert recall.get_ylim() == pytest.approx((-0.03, 1.03))  # not matplotlib's ±0.04 around 0
+    assert any("every value is 0" in t.get_text() for t in recall.texts)
+    styles = {line.get_linestyle() for line in recall.get_lines()}
+    assert len(styles) == 2  # the two coinciding lines are drawn in different dash patterns
+    reps = [t.get_text() for t in drawn["recall_vs_reps.png"].texts]
+    assert "0.00" in reps and any("no fact recalled" in t for t in reps)  # not empty axes
+
+
+def test_loss_marks_fact_turns_and_is_smoothed_over_a_long_run(tmp_path, drawn):
+    write_run(tmp_path / "short", 40, fact_every=10)
+    write_report(tmp_path / "short")
+    loss = drawn["loss.png"]
+    [facts] = loss.collections
+    assert [x for x, _ in facts.get_offsets()] == [1, 11, 21, 31]  # turn = step + 1
+    assert "fact turn (4), raw loss" in [t.get_text() for t in loss.get_legend().get_texts()]
+    write_run(tmp_path / "long", 1000, fact_every=25)
+    write_report(tmp_path / "long")
+    labels = [t.get_text() for t in drawn["loss.png"].get_legend().get_texts()]
+    assert "turn/loss (mean of 20 turns)" in labels, labels
+
+
+def test_a_folder_of_runs_gives_one_comparison(tmp_path, drawn, capsys):
+    write_run(tmp_path / "runs" / "version_0", 30, recall=0.5)
+    write_run(tmp_path / "runs" / "version_1", 20, recall=1.0)
+    assert main([str(tmp_path / "runs")]) == 0
+    assert "compared 2 runs" in capsys.readouterr().out
+    assert not (tmp_path / "runs" / "version_0" / "report").exists()  # no report per version
+    assert {"compare_loss.png", "compare_recall.png", "summary.md"} <= {p.name for p in (tmp_path / "runs" / "report").iterdir()}
+    assert len(drawn["compare_loss.png"].get_lines()) == 2
+    summary = (tmp_path / "runs" / "report" / "summary.md").read_text()
+    assert "| version_0 | 30 |" in summary and "| version_1 | 20 |" in summary
