@@ -60,6 +60,9 @@ class LoRASettings:
     layers: list[int] | None = None
     """Indices of the transformer blocks that get adapters (peft `layers_to_transform`); None = all.
     Negative indices count from the last block."""
+    lower_fraction: float = 1.0
+    """Share of the blocks, counted from the bottom, that get adapters (round(fraction × depth), at least
+    one); 1 = all. Model-independent, unlike `layers`; the two cannot both restrict."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -73,6 +76,10 @@ class LoRASettings:
             problems.append("lora.target_modules must name at least one module")
         if self.layers is not None and not self.layers:
             problems.append("lora.layers must name at least one block (or be null for all)")
+        if not 0 < self.lower_fraction <= 1:
+            problems.append(f"lora.lower_fraction must be in (0, 1], got {self.lower_fraction!r}")
+        if self.layers is not None and self.lower_fraction != 1:
+            problems.append("set lora.layers or lora.lower_fraction, not both")
         if problems:
             raise ValueError("invalid LoRA settings: " + "; ".join(problems))
 
@@ -208,6 +215,8 @@ def attach_lora(model: PreTrainedModel, settings: LoRASettings, adapter: str | N
         if bad := [i for i in settings.layers if not -depth <= i < depth]:
             raise ValueError(f"lora.layers {bad} out of range for a model of {depth} blocks")
         layers = sorted({i % depth for i in settings.layers})
+    elif settings.lower_fraction < 1:
+        layers = list(range(max(1, round(settings.lower_fraction * model.config.num_hidden_layers))))
     config = LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,

@@ -28,6 +28,12 @@ def test_lora_layers_restrict_the_adapted_blocks(tiny_model_dir):
         attach_lora(load_base(tiny_model_dir)[0], LoRASettings(target_modules=["up_proj"], layers=[depth]))
     with pytest.raises(ValueError, match="lora.layers"):
         LoRASettings(layers=[])
+    lower = attach_lora(load_base(tiny_model_dir)[0], LoRASettings(target_modules=["up_proj"], lower_fraction=0.5))
+    assert {int(n.split(".layers.")[1].split(".")[0]) for n, p in lower.named_parameters() if p.requires_grad} == set(
+        range(round(depth / 2))
+    )
+    with pytest.raises(ValueError, match="not both"):
+        LoRASettings(layers=[0], lower_fraction=0.5)
 
 
 def test_unreachable_hub_fails_fast_naming_local_dir(monkeypatch):
