@@ -7,7 +7,7 @@ the olm CLI (module, data module, trainer and its replay callback), and the stre
 messages-JSONL file read by the data module. The stream (`olm.world.schedule`): N held-out facts,
 each stated k times (one round per repetition, shuffled, phrasings varied) interleaved with
 distractors, then K unrelated turns. A probe callback asks questions in a fresh context
-(greedy, generated answers; recall = the fact's object appears in the answer, DESIGN.md §6):
+(greedy, generated answers; recall = the fact's object appears in the answer, docs/design.md §6):
 
 - recall_at_k     recall of every fact after round k (k = 1..reps); reps_to_recall: median first k
 - generalization  recall on held-out question phrasings after the last round
