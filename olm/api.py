@@ -143,7 +143,8 @@ class OnlineSession:
 
     def save(self, directory: str | Path) -> Path:
         """Write the adapter directory to `directory` as a run's `AdapterCheckpoint` does (PEFT
-        ``save_pretrained`` + fact memory, replaced atomically; an adapter holding NaN/inf is never written)."""
+        ``save_pretrained`` + fact memory, replaced atomically). A destroyed adapter (NaN/inf, or past the
+        bound of `olm.guards`) is never written: `olm.errors.AdapterDestroyed` is raised instead."""
         return AdapterCheckpoint(dirpath=str(directory), every_n_turns=0).save(self.trainer, self.module)
 
     def _turns(self, items: Iterable[TurnLike]) -> Iterator[Turn]:

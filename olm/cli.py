@@ -3,10 +3,25 @@
     python cli.py fit --config configs/default.yaml             # learn from the bundled sample log
     python cli.py fit --config configs/default.yaml --data.source my_logs/   # any log file/dir/glob, or -
     python cli.py fit --config configs/default.yaml --print_config           # every knob, with defaults
+
+Resuming (``--ckpt_path last`` or ``--ckpt_path FILE``): the configuration is always this run's —
+the command line and config files win for everything that can change (the optimizer's learning
+rate, weight decay, betas and eps are set on the restored optimizer, and a change is logged); the
+checkpoint brings only state (LoRA weights, optimizer moments, fact memory, stream position, RNG).
+What cannot change (base model, LoRA r / alpha / target modules) fails with one sentence. Unlike
+plain LightningCLI, the checkpoint's hyperparameters never replace the config, and the file is
+only opened by olm's own checks (a corrupt one falls back to ``previous.ckpt``; ``last`` is always
+the keyword, whatever files the working directory holds).
+
+A run locks its ``default_root_dir`` (``.olm.lock``, `olm.durable.RunLock`): a second run there
+exits 1 with a message; the lock dies with the process. At start, what a killed save left there
+is cleared (`olm.durable.remove_orphans`). A `olm.errors.RunError` is printed as ``olm: <message>``
+with exit status 1, no traceback.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -17,6 +32,8 @@ from lightning.pytorch.cli import LightningCLI
 from olm.callbacks.checkpoint import resolve_resume_checkpoint
 from olm.callbacks.progress import TurnProgressBar
 from olm.data import ChatStreamDataModule, StreamConfig, source_problems
+from olm.durable import RunLock, remove_orphans
+from olm.errors import RunError
 from olm.module import OnlineLM
 from olm.runs import run_logger
 from olm.settings import build_problems, config_problems
@@ -25,6 +42,14 @@ from olm.settings import build_problems, config_problems
 class OlmCLI(LightningCLI):
     """LightningCLI with olm's defaults: own optimizer setup, one directory per run, thread count,
     no abbreviated flags, a missing log source reported before the model loads."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.run_lock: RunLock | None = None
+        try:
+            super().__init__(*args, **kwargs)  # parses, instantiates and runs the subcommand
+        finally:
+            if self.run_lock is not None:
+                self.run_lock.release()
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(
@@ -45,6 +70,16 @@ class OlmCLI(LightningCLI):
             raise SystemExit("olm: invalid configuration:\n  - " + "\n  - ".join(problems))
         if config["threads"] is not None:
             torch.set_num_threads(config["threads"])
+        if self.subcommand == "fit":
+            root = config["trainer"].get("default_root_dir") or os.getcwd()
+            self.run_lock = RunLock(root).acquire()  # before anything is read or written there
+            remove_orphans(root)
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI would load ``--ckpt_path``'s hyperparameters into the config here (replacing
+        what the command line says, raising on a corrupt file, and opening any file named ``last``).
+        olm's rule is the other way round (module docstring): the checkpoint is checked and loaded
+        by `resolve_resume_checkpoint` and `OnlineLM.on_load_checkpoint` only."""
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The configured trainer with olm's defaults where the config leaves Lightning's: the logger
@@ -66,14 +101,19 @@ class OlmCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> OlmCLI:
-    return OlmCLI(
-        OnlineLM,
-        ChatStreamDataModule,
-        auto_configure_optimizers=False,  # OnlineLM optimizes only the LoRA parameters
-        save_config_kwargs={"overwrite": True},  # a run given an existing logger version reuses its dir
-        parser_kwargs={"allow_abbrev": False},  # --model.optim.l is an error, not --model.optim.lr
-        args=args,
-    )
+    """Run the command line. A `RunError` (unusable checkpoint, mismatched model, destroyed adapter,
+    run directory in use) exits with ``olm: <message>`` and status 1."""
+    try:
+        return OlmCLI(
+            OnlineLM,
+            ChatStreamDataModule,
+            auto_configure_optimizers=False,  # OnlineLM optimizes only the LoRA parameters
+            save_config_kwargs={"overwrite": True},  # a run given an existing logger version reuses its dir
+            parser_kwargs={"allow_abbrev": False},  # --model.optim.l is an error, not --model.optim.lr
+            args=args,
+        )
+    except RunError as err:
+        raise SystemExit(f"olm: {err}") from None
 
 
 if __name__ == "__main__":

@@ -30,12 +30,29 @@ Resume: turns before ``start_offset`` are read again (offsets, history and count
 yielded; stdin cannot be replayed, so its turns are numbered on from ``start_offset`` instead.
 With DataLoader workers each worker reads the whole stream and keeps every n-th turn.
 
+A resume also checks that the files are the ones the checkpoint read. The data module's state
+records each source file that gave a trained turn (the last `MAX_FILE_RECORDS`): its path, inode,
+size, the SHA-256 of its first `HEAD_BYTES` bytes and the stream offset of its first turn (in follow
+mode, of its current content: a rotation noticed while running starts a new record). At resume a
+recorded file that is gone, shorter than recorded, or whose first bytes differ is *not the one the
+checkpoint read* (`file_change`); a warning names it and what changed, and:
+
+- a single file (or a followed one) is read from its start, its turns numbered on from the
+  checkpoint's position: nothing is skipped, no offset is reused;
+- in a directory or pattern, the stream resumes at the first turn of the first such file (files
+  after it are read again: their offsets may have moved).
+
+A file whose inode changed but whose content is the one recorded (copied, saved by an editor, only
+appended to) counts as the same file. Not detected: a file added to a directory before the resume
+point, and a rewrite that keeps the first 4 KiB and the length.
+
 Check a log: ``python -m olm.data PATH [--format FORMAT]`` prints its turn and problem counts.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import sys
@@ -49,7 +66,9 @@ import lightning as L
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from olm.formats import CONTEXT_MODES, FORMATS, ContextMode, Conversation, Format, Problem, build_exchanges
-from olm.readers import STDIN, LineSource, ReaderLimits, SourceReader, StopRequest, is_pattern, resolve_sources
+from olm.readers import (
+    STDIN, LineSource, ReaderLimits, SourceReader, StopRequest, is_pattern, open_regular, resolve_sources,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +91,7 @@ class Turn:
         system: the conversation's system prompt, as context (None: none, or ``system: drop``).
         context_spans: (start, end) character spans of `assistant` that are tool calls / results:
             context, never a training target.
+        file_start: stream offset of the first turn of `source`'s current content (the resume record).
     """
 
     conversation_id: str
@@ -84,6 +104,7 @@ class Turn:
     truncated: int = 0
     system: str | None = None
     context_spans: tuple[tuple[int, int], ...] = ()
+    file_start: int = 0
 
 
 @dataclass(frozen=True)
@@ -209,6 +230,7 @@ class ChatTurnStream(IterableDataset):
         system: ContextMode = _DEFAULTS.system,
         stdin: LineSource | None = None,
         stop: StopRequest | None = None,
+        base_offset: int = 0,
     ) -> None:
         super().__init__()
         self.config = StreamConfig(
@@ -217,20 +239,22 @@ class ChatTurnStream(IterableDataset):
         )
         if not isinstance(start_offset, int) or start_offset < 0:
             raise ValueError(f"start_offset must be an integer >= 0, got {start_offset!r}")
-        self.start_offset, self.stdin, self.stop = start_offset, stdin, stop
+        if not isinstance(base_offset, int) or not 0 <= base_offset <= start_offset:
+            raise ValueError(f"base_offset must be an integer in [0, start_offset], got {base_offset!r}")
+        self.start_offset, self.stdin, self.stop, self.base_offset = start_offset, stdin, stop, base_offset
         self.files, self.filtered = resolve_sources(source, follow)
 
     @classmethod
     def from_config(
         cls, config: StreamConfig, start_offset: int = 0, stdin: LineSource | None = None,
-        stop: StopRequest | None = None,
+        stop: StopRequest | None = None, base_offset: int = 0,
     ) -> ChatTurnStream:
         """The stream `config` describes (its `num_workers` is the DataLoader's), from `start_offset` on."""
         c = config
         return cls(
             c.source, c.format, c.history_turns, c.max_message_chars, c.follow, c.poll_interval, c.idle_timeout,
             start_offset, limits=c.limits, max_turns=c.max_turns, tools=c.tools, system=c.system, stdin=stdin,
-            stop=stop,
+            stop=stop, base_offset=base_offset,
         )
 
     def __iter__(self) -> Iterator[Turn]:
@@ -239,7 +263,9 @@ class ChatTurnStream(IterableDataset):
         if shards > 1 and (self.config.source == STDIN or self.config.follow):
             raise RuntimeError("stdin and follow mode must be read with num_workers=0")
         stop = self.stop if worker is None else None  # a worker never sees the main process's signals
-        reader = _TurnReader(self.config, self.start_offset, warn=shard == 0, stdin=self.stdin, stop=stop)
+        reader = _TurnReader(
+            self.config, self.start_offset, warn=shard == 0, stdin=self.stdin, stop=stop, base_offset=self.base_offset
+        )
         for turn in reader.turns(self.files, self.filtered):
             # shard relative to start_offset so that the DataLoader's round robin over workers keeps offset order
             if (turn.offset - self.start_offset) % shards == shard:
@@ -251,12 +277,14 @@ class _TurnReader:
 
     def __init__(
         self, config: StreamConfig, start_offset: int, warn: bool, stdin: LineSource | None = None,
-        stop: StopRequest | None = None,
+        stop: StopRequest | None = None, base_offset: int = 0,
     ) -> None:
         self.config, self.limits = config, config.limits
         self.source = SourceReader(config, stdin, stop)
+        self.source.restarted = self._restarted  # follow mode: the file's content was replaced
         self.start_offset = start_offset
-        self.offset = start_offset if config.source == STDIN else 0
+        self.offset = start_offset if config.source == STDIN else base_offset  # the first file's numbering
+        self.file_start = self.offset
         self.skipped = 0
         self.truncated = 0
         self.dropped: dict[str, int] = {}  # kind → messages left out by the tools / system settings
@@ -267,6 +295,7 @@ class _TurnReader:
         if self._limit_reached():  # a resume past the limit reads nothing (stdin would wait for a line)
             return
         for path in files:
+            self.file_start = self.offset
             for where, item in self.source.items(path, filtered):
                 if isinstance(item, Problem):
                     self._problem(where, item)
@@ -274,6 +303,9 @@ class _TurnReader:
                     yield from self._conversation_turns(path, where, item)
                 if self._limit_reached():  # checked before the next read, which may wait (stdin, follow)
                     return
+
+    def _restarted(self) -> None:
+        self.file_start = self.offset
 
     def _limit_reached(self) -> bool:
         return self.config.max_turns is not None and self.offset >= self.config.max_turns
@@ -298,7 +330,7 @@ class _TurnReader:
             history = self._history(conv.id, ex.user, ex.reply)
             turn = Turn(
                 conv.id, ex.user, ex.reply, history, path, self.offset, self.skipped, self.truncated,
-                ex.system, ex.context_spans,
+                ex.system, ex.context_spans, self.file_start,
             )
             self.offset += 1
             if turn.offset >= self.start_offset:
@@ -387,6 +419,8 @@ class ChatStreamDataModule(L.LightningDataModule):
         self.next_offset = 0
         self.skipped = 0
         self.truncated = 0
+        self.files: list[dict[str, Any]] = []  # the source files read, for the resume check (`file_change`)
+        self.file_base = 0  # offset of the first turn of a single source file (set at resume)
         self.console: LineSource | None = None
         self.stop = StopRequest()
 
@@ -397,7 +431,9 @@ class ChatStreamDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> StreamLoader:
         """Turns from `next_offset` on, uncollated (``batch_size=None``), in stream order, until `stop`."""
-        stream = ChatTurnStream.from_config(self.config, self.next_offset, stdin=self.console, stop=self.stop)
+        stream = ChatTurnStream.from_config(
+            self.config, self.next_offset, stdin=self.console, stop=self.stop, base_offset=self.file_base
+        )
         handle_signals = self.trainer is not None  # restored at teardown / on_exception
         return StreamLoader(stream, self.stop, handle_signals, batch_size=None, num_workers=self.config.num_workers)
 
@@ -417,15 +453,32 @@ class ChatStreamDataModule(L.LightningDataModule):
         self.console = lines
 
     def mark_trained(self, turn: Turn) -> None:
-        """Record that `turn` was trained: a resume starts after it."""
+        """Record that `turn` was trained: a resume starts after it (and checks its file: module docstring)."""
         self.next_offset = turn.offset + 1
         self.skipped, self.truncated = turn.skipped, turn.truncated
+        if turn.source != STDIN:
+            self._note_file(turn.source, turn.file_start)
+
+    def _note_file(self, source: str, first_offset: int) -> None:
+        path = os.path.abspath(source)
+        last = self.files[-1] if self.files else None
+        if last is not None and last["path"] == path and last["first_offset"] == first_offset:
+            return  # the common case: another turn of the current file
+        fingerprint = file_fingerprint(path)
+        if fingerprint is None:
+            return
+        self.files = [r for r in self.files if r["path"] != path]  # new content of a followed file replaces the old
+        self.files.append({"path": path, "first_offset": first_offset, **fingerprint})
+        del self.files[:-MAX_FILE_RECORDS]
 
     def state_dict(self) -> dict[str, Any]:
         """Plain-typed resume state, saved in Lightning checkpoints."""
+        files = [dict(r) for r in self.files]
+        if files and file_change(files[-1]) is None:  # the current file may have grown: a longer head
+            files[-1].update(file_fingerprint(files[-1]["path"]) or {})
         return {
             "source": self.config.source, "next_offset": self.next_offset, "skipped": self.skipped,
-            "truncated": self.truncated,
+            "truncated": self.truncated, "files": files,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -437,16 +490,87 @@ class ChatStreamDataModule(L.LightningDataModule):
         offset, source = state.get("next_offset"), state.get("source")
         if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0 or not isinstance(source, str):
             raise ValueError(f"stream state needs a 'source' string and a 'next_offset' >= 0, got {state!r}")
+        self.files, self.file_base = [], 0
         if not _same_source(source, self.config.source):
             log.warning("stream state is for source %r, not %r: starting at turn 0", source, self.config.source)
             self.next_offset, self.skipped, self.truncated = 0, 0, 0
             return
         self.next_offset, self.skipped = offset, int(state.get("skipped", 0))
         self.truncated = int(state.get("truncated", 0))
+        self._check_files([r for r in state.get("files") or [] if _valid_record(r)])
+
+    def _check_files(self, records: list[dict[str, Any]]) -> None:
+        """Resume only into the files the checkpoint read (module docstring, "Resume")."""
+        offset, source = self.next_offset, self.config.source
+        if source == STDIN or not records:
+            return
+        if not (os.path.isdir(source) or is_pattern(source)):  # one file
+            mine = [r for r in records if r["path"] == os.path.abspath(source)]
+            change = file_change(mine[-1]) if mine else None
+            if change is None:
+                self.files = mine[-1:]
+                self.file_base = mine[-1]["first_offset"] if mine else 0
+                return
+            log.warning("%s %s since the checkpoint read it: it is read from its start, its turns numbered on from "
+                        "turn %d (nothing skipped)", source, change, offset)  # fmt: skip
+            self.file_base = offset
+            return
+        for i, record in enumerate(records):
+            change = file_change(record)
+            if change is not None:
+                start = min(offset, record["first_offset"])
+                log.warning("%s %s since the checkpoint read it: resuming at its first turn, %d, instead of turn %d "
+                            "(the files after it are read again)", record["path"], change, start, offset)  # fmt: skip
+                self.next_offset, self.files = start, records[:i]
+                return
+        self.files = records
 
 
 def _same_source(a: str, b: str) -> bool:
     return a == b or (STDIN not in (a, b) and os.path.abspath(a) == os.path.abspath(b))
+
+
+HEAD_BYTES = 4096
+"""Leading bytes of a source file whose SHA-256 the resume record keeps."""
+MAX_FILE_RECORDS = 1024
+"""Most source files a checkpoint records (the latest)."""
+_RECORD_KEYS = {"path": str, "first_offset": int, "inode": int, "size": int, "head_bytes": int, "head_sha256": str}
+
+
+def _valid_record(record: Any) -> bool:
+    return isinstance(record, dict) and all(isinstance(record.get(k), t) for k, t in _RECORD_KEYS.items())
+
+
+def _read_head(path: str, n: int) -> tuple[os.stat_result, bytes]:
+    with open_regular(path) as fh:  # never blocks on a FIFO put in a file's place
+        return os.fstat(fh.fileno()), fh.read(n)
+
+
+def file_fingerprint(path: str) -> dict[str, Any] | None:
+    """What the resume record keeps of a file: inode, size, length and SHA-256 of its first
+    `HEAD_BYTES` bytes (None when it cannot be read)."""
+    try:
+        st, head = _read_head(path, HEAD_BYTES)
+    except OSError:
+        return None
+    return {"inode": st.st_ino, "size": st.st_size, "head_bytes": len(head),
+            "head_sha256": hashlib.sha256(head).hexdigest()}  # fmt: skip
+
+
+def file_change(record: dict[str, Any]) -> str | None:
+    """None when the file at ``record["path"]`` is still the one recorded (the same first bytes, at
+    least as long; its inode may differ), else what changed, in words ("is gone", ...)."""
+    try:
+        st, head = _read_head(record["path"], record["head_bytes"])
+    except FileNotFoundError:
+        return "is gone"
+    except OSError as err:
+        return f"cannot be read ({err})"
+    if st.st_size < record["size"]:
+        return f"is shorter than when it was read ({st.st_size} < {record['size']} bytes: truncated or replaced)"
+    if hashlib.sha256(head).hexdigest() != record["head_sha256"]:
+        return "holds other content (its first bytes differ: rewritten or replaced)"
+    return None
 
 
 COUNT_MAX_BYTES = 64 * 2**20

@@ -25,6 +25,8 @@ Run: ``python cli.py fit --config configs/default.yaml``.
 from __future__ import annotations
 
 import logging
+import random
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -39,8 +41,10 @@ from olm.augment import AugmentSettings, fact_exchanges
 from olm.backbone import LoRASettings, attach_lora, load_base
 from olm.console import quiet_known_messages
 from olm.context import KINDS, Context, ContextPolicy, kl_lambda, lr_multiplier
+from olm.errors import ResumeError
 from olm.facts import DetectorConfig, FactDetector
 from olm.generation import CallbackStreamer, GenerationSettings, generate_reply
+from olm.guards import lora_problem
 from olm.locality import LocalitySettings, LocalityTerm
 from olm.losses import online_loss, top_k_kl
 from olm.memory import FactMemory, MemoryConfig, StoredFact
@@ -199,6 +203,7 @@ class OnlineLM(L.LightningModule):
         self.last: TurnRecord | None = None
         self.latest_scalars: dict[str, float] = {}  # latest value of every scalar logged (chat /stats)
         self._timings: dict[str, float] = defaultdict(float)
+        self._pending_rng: dict[str, Any] | None = None  # restored at the first step after a resume
 
     # ----------------------------------------------------------------- Lightning hooks
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -211,6 +216,9 @@ class OnlineLM(L.LightningModule):
         return opt
 
     def training_step(self, dataloader_iter: Iterator) -> dict[str, Any] | None:
+        if self._pending_rng is not None:  # here, not at load: Lightning draws from torch's RNG in between
+            set_rng_state(self._pending_rng)
+            self._pending_rng = None
         self._timings.clear()
         replayed = self._run_replay_queue()
         try:
@@ -259,21 +267,27 @@ class OnlineLM(L.LightningModule):
             "no_reply_skipped": self.no_reply_skipped,
             "truncated_tokens": self.truncated_tokens,
             "identity": self.identity(),
+            "rng": rng_state(),
         }
 
     def identity(self) -> dict[str, Any]:
         """What a checkpoint's LoRA weights only fit: the base model (architecture sizes and a
         fingerprint of its embedding weights, so a different model of the same shape is told
-        apart) and the adapter's shape (r, alpha, target modules)."""
+        apart) and the adapter's shape as built (r, alpha, target modules, the blocks adapted when
+        not all — ``lora.layers`` / ``lora.lower_fraction`` —, a trained bias)."""
         if not hasattr(self, "_identity"):
             config = self.model.get_base_model().config
             embed = self.model.get_base_model().get_input_embeddings().weight
-            lora = self.lora_settings
+            peft = self.model.peft_config["default"]  # the adapter as built (settings, or --model.adapter's own)
+            layers = peft.layers_to_transform
+            layers = [layers] if isinstance(layers, int) else layers
             self._identity = {
                 "base_model": self.base_model_name,
                 "base_shape": f"{config.model_type} hidden {config.hidden_size} layers {config.num_hidden_layers} vocab {config.vocab_size}",
                 "base_fingerprint": f"{float(embed.detach().double().sum()):.8e}",
-                "lora": f"r {lora.r} alpha {lora.alpha} targets {sorted(lora.target_modules)}",
+                "lora": f"r {peft.r} alpha {peft.lora_alpha} targets {sorted(peft.target_modules)}"
+                + (f" blocks {sorted(layers)}" if layers is not None else "")
+                + (f" bias {peft.bias}" if peft.bias != "none" else ""),
             }  # fmt: skip
         return self._identity
 
@@ -284,22 +298,29 @@ class OnlineLM(L.LightningModule):
             return
         mine = self.identity()
         if saved.get("base_shape") != mine["base_shape"] or saved.get("base_fingerprint") != mine["base_fingerprint"]:
-            raise ValueError(
+            raise ResumeError(
                 f"checkpoint was trained on base model {saved.get('base_model')!r} ({saved.get('base_shape')}), "
                 f"not on this run's {mine['base_model']!r} ({mine['base_shape']}): use the same --model.base_model "
                 "or start fresh with --ckpt_path null"
             )
         if saved.get("lora") != mine["lora"]:
-            raise ValueError(
+            raise ResumeError(
                 f"checkpoint's adapter has LoRA {saved.get('lora')}, this run's has {mine['lora']}: use the same "
                 "--model.lora settings or start fresh with --ckpt_path null"
             )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore olm's state; check that the checkpoint fits (`check_identity`) and that its adapter
+        is usable (`olm.guards`); set this run's optimizer settings on the saved optimizer state
+        (`apply_optim_settings`: the command line wins); keep the RNG states for the first step."""
         state = checkpoint.get("olm")
         if state is None:
-            raise KeyError("checkpoint has no 'olm' section: it was not written by OnlineLM")
+            raise ResumeError("checkpoint has no 'olm' section: it was not written by OnlineLM")
         self.check_identity(state.get("identity"))
+        if (problem := lora_problem((checkpoint.get("state_dict") or {}).items())) is not None:
+            raise ResumeError(f"the checkpoint's adapter is unusable: {problem}")
+        self.apply_optim_settings(checkpoint)
+        self._pending_rng = state.get("rng")
         self.turns_trained = int(state["turns_trained"])
         self.nonfinite_steps = int(state["nonfinite_steps"])
         self.no_reply_skipped = int(state.get("no_reply_skipped", 0))
@@ -307,6 +328,29 @@ class OnlineLM(L.LightningModule):
         self.replay_queue = [tuple(key) for key in state["replay_queue"]]
         self.memory.load_state_dict(state["memory"])
         self.locality.position = int(state.get("locality_position", 0)) % len(self.locality.prompts)
+
+    def apply_optim_settings(self, checkpoint: dict[str, Any]) -> list[str]:
+        """Put this run's `optim` (lr, weight_decay, betas, eps) into the checkpoint's optimizer state
+        before Lightning loads it, so a resumed run trains with what its command line and config say
+        (the restored moments are kept). Each value that differs from the checkpoint's is logged;
+        returns those messages."""
+        o = self.optim
+        wanted = {"lr": o.lr, "weight_decay": o.weight_decay, "betas": tuple(o.betas), "eps": o.eps}
+        changes: dict[str, str] = {}
+        for opt_state in checkpoint.get("optimizer_states") or []:
+            for group in opt_state.get("param_groups", []):
+                saved = {**group, "lr": group.get("base_lr", group.get("lr"))}  # lr between turns = base_lr
+                for key, value in wanted.items():
+                    old = tuple(saved[key]) if key == "betas" and saved.get(key) is not None else saved.get(key)
+                    if old is not None and old != value:
+                        changes[key] = f"optim.{key} {value} (the checkpoint's was {old})"
+                    group[key] = value
+                group["base_lr"] = o.lr
+        messages = list(changes.values())
+        if messages:
+            log.warning("resuming with this run's %s: settings that can change on resume take the command "
+                        "line's and config's values", "; ".join(messages))  # fmt: skip
+        return messages
 
     # ----------------------------------------------------------------- the per-turn pieces
     def classify(self, user: str) -> Context:
@@ -549,3 +593,34 @@ class OnlineLM(L.LightningModule):
         # straight to the loggers at step = turn index: LightningModule.log costs ~250 µs per scalar
         # (7 ms a turn, 20% of an olm-tiny turn: `python -m olm.bench speed`) and re-logs sparse keys
         log_scalars(self.trainer, scalars, turn_step(self))
+
+
+# ----------------------------------------------------------------------------- RNG state
+def rng_state() -> dict[str, Any]:
+    """The random generators' states, in types a ``weights_only`` load accepts: torch (CPU and each
+    CUDA device in use), Python's `random`, and numpy's global generator when numpy is loaded."""
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": [version, list(internal), gauss]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    np = sys.modules.get("numpy")
+    if np is not None:
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        state["numpy"] = [name, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(cached)]
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` returned (generators it does not name are left alone)."""
+    if "torch" in state:
+        torch.set_rng_state(state["torch"].cpu())
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    np = sys.modules.get("numpy")
+    if np is not None and "numpy" in state:
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype("uint32"), pos, has_gauss, cached))

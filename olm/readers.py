@@ -260,9 +260,16 @@ class StopRequest:
 
     @contextmanager
     def waiting(self) -> Iterator[None]:
-        """Marks a wait that consumes no input: a stop signal inside it raises KeyboardInterrupt."""
+        """Marks a wait that consumes no input: a stop signal inside it raises KeyboardInterrupt.
+
+        A stop requested before the wait began (say, Ctrl+C right after the chat's prompt, while the
+        reader was still on its way to the wait) raises at once too: the wait would otherwise block
+        until the next line came.
+        """
         outer, self.reading = self.reading, True
         try:
+            if self.requested:  # after `reading` is set: a signal from here on raises by itself
+                raise KeyboardInterrupt
             yield
         finally:
             self.reading = outer
@@ -349,14 +356,15 @@ class FollowedFile:
       one was read to its end first, and is kept until the new one exists.
 
     A partial last line of the old content ends there: a line break is returned before the new data.
+    `on_switch` is called at each such change (the data module's resume record starts anew).
     Use as a context manager (closes the open file).
 
     Raises:
         NotRegularFile, OSError: as `open_regular`, for the first file.
     """
 
-    def __init__(self, path: str) -> None:
-        self.path, self.fh = path, open_regular(path)
+    def __init__(self, path: str, on_switch: Callable[[], None] | None = None) -> None:
+        self.path, self.fh, self.on_switch = path, open_regular(path), on_switch
         self.read, self.head, self.partial, self.waited = 0, b"", False, False
 
     def __enter__(self) -> FollowedFile:
@@ -390,6 +398,8 @@ class FollowedFile:
     def _switch(self, change: str, size: int) -> bytes:
         log.warning("%s: %s: reading it from the start", self.path, change)
         self.read, self.head = 0, b""
+        if self.on_switch is not None:
+            self.on_switch()
         if self.partial:  # end the old content's partial line before the new content
             self.partial = False
             return b"\n"
@@ -463,8 +473,12 @@ def stdin_lines(limit: int, stop: StopRequest) -> Iterator[bytes | str | None]:
     """The lines of ``sys.stdin`` (see `read_lines`), read so that `stop` can end a blocked read.
 
     A real stdin is read from its descriptor (`FdLineReader`; nothing is to have been read through
-    ``sys.stdin`` before), anything else (a StringIO) with `WaitingLineReader`.
+    ``sys.stdin`` before), anything else (a StringIO) with `WaitingLineReader`. A closed stdin
+    (``sys.stdin`` is None when the process started without one) has no lines, with a warning.
     """
+    if sys.stdin is None or getattr(sys.stdin, "closed", False):  # started with stdin closed (0<&-)
+        log.warning("stdin is closed: there is nothing to read")
+        return iter(())
     stream = getattr(sys.stdin, "buffer", sys.stdin)
     try:
         fd = stream.fileno()
@@ -600,6 +614,8 @@ class SourceReader:
     def __init__(self, config: StreamConfig, stdin: LineSource | None = None, stop: StopRequest | None = None) -> None:
         self.config, self.limits, self.stdin = config, config.limits, stdin
         self.stop = stop or StopRequest()
+        self.restarted: Callable[[], None] | None = None
+        """Called when a followed file's content is replaced (it is then read from its start)."""
 
     def items(self, path: str, filtered: bool) -> Iterator[Item]:
         """The items of `path` (``-`` for stdin); `filtered`: skip files without a log suffix.
@@ -653,7 +669,7 @@ class SourceReader:
                 if not poller.stopped:
                     yield path, Problem("unreadable", "skipped: the file did not appear")
                 return
-        with FollowedFile(path) as followed:
+        with FollowedFile(path, self.restarted) as followed:
             yield from self._line_items(read_lines(followed, self.limits.max_record_bytes, poller), path, mode)
 
     def _line_items(self, lines: Iterable[bytes | str | None], path: str, mode: LineMode) -> Iterator[Item]:

@@ -136,19 +136,24 @@ def test_nonfinite_loss_skips_step_and_leaves_adapter(model, monkeypatch):
     assert all(torch.equal(lora0[k], lora1[k]) for k in lora0)
 
 
-def test_a_nan_adapter_is_never_saved(model, tmp_path, caplog):
+@pytest.mark.parametrize("value", [float("nan"), 1e20], ids=["nan", "destroyed"])
+def test_a_destroyed_adapter_is_never_saved_and_stops_the_run(model, tmp_path, value):
     from olm.callbacks import AdapterCheckpoint, TurnCheckpoint
+    from olm.errors import AdapterDestroyed
 
     adapter, ckpt = AdapterCheckpoint(dirpath=str(tmp_path / "adapter")), TurnCheckpoint(dirpath=str(tmp_path / "ckpt"))
     trainer = fit(model, turns(("Hello there.", "Hi!")), callbacks=[adapter, ckpt], enable_checkpointing=True)
     good = (tmp_path / "adapter" / "adapter_model.safetensors").read_bytes()
+    last = (tmp_path / "ckpt" / "last.ckpt").read_bytes()
     with torch.no_grad():
-        next(p for n, p in model.model.named_parameters() if "lora_B" in n).fill_(float("nan"))
-    assert adapter.save(trainer, model) is None
-    ckpt.save_now(trainer)
+        next(p for n, p in model.model.named_parameters() if "lora_B" in n).fill_(value)
+    with pytest.raises(AdapterDestroyed, match="lora_B.*(NaN/inf|over its bound).*not saved"):
+        adapter.save(trainer, model)
+    with pytest.raises(AdapterDestroyed):
+        ckpt.save_now(trainer)
     assert (tmp_path / "adapter" / "adapter_model.safetensors").read_bytes() == good
-    assert not (tmp_path / "ckpt" / "previous.ckpt").exists()  # last.ckpt was neither rotated nor replaced
-    assert "NaN/inf" in caplog.text
+    assert (tmp_path / "ckpt" / "last.ckpt").read_bytes() == last  # neither rotated nor replaced
+    assert not (tmp_path / "ckpt" / "previous.ckpt").exists()
 
 
 def test_checkpoint_of_another_base_or_adapter_shape_fails_with_one_sentence(tiny_model_dir, tmp_path):

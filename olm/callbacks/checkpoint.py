@@ -2,21 +2,41 @@
 
 TurnCheckpoint is Lightning's ModelCheckpoint counted in *trained turns* (global_step counts
 optimizer steps, which replay and steps_per_fact multiply) that also saves when training ends,
-so an exhausted log or a /quit always leaves its final state in ``last.ckpt``. Lightning writes
-it through an fsspec transaction (temporary file, then move), so a crash mid-write leaves the
-previous checkpoint intact. Its contents: LoRA weights only, optimizer, fact memory, stream position.
+so an exhausted log or a /quit always leaves its final state in ``last.ckpt``. Its contents: LoRA
+weights only, optimizer, fact memory, stream position, RNG states.
+
+How it is written, so that no usable state is ever lost:
+
+- every checkpoint goes through `AtomicCheckpointIO` (installed on the trainer's strategy at
+  setup): a temporary file in the checkpoint's own directory, fsynced, renamed over the target,
+  the directory fsynced. A crash or a full disk leaves the old file or the new one, whole; never a
+  torn ``last.ckpt``, never a temporary file on another filesystem (where a rename is a copy);
+- before a save, ``last.ckpt`` becomes ``previous.ckpt`` only if it is known good (written by this
+  process, or verified at resume, or verified now: `checkpoint_problem`); a ``last.ckpt`` that does
+  not load is quarantined (``last.ckpt.corrupt-<time>``, `olm.durable.quarantine`), never rotated
+  over a good ``previous.ckpt``;
+- a destroyed adapter (NaN/inf, or past the bound of `olm.guards`) is never saved: the save raises
+  `AdapterDestroyed` and the run stops with that one sentence;
+- `resolve_resume_checkpoint` tries ``last.ckpt`` then ``previous.ckpt``, each loaded with
+  ``weights_only=True`` and checked (an OnlineLM checkpoint, usable LoRA weights); an unusable
+  ``last.ckpt`` is quarantined once a good ``previous.ckpt`` is found.
 
 AdapterCheckpoint writes the portable artifact — a PEFT adapter directory plus the fact memory.
 
 Writes ``<dirpath>/adapter_config.json`` + ``adapter_model.safetensors`` (loadable as-is with
-``PeftModel.from_pretrained(base, dirpath)``) and ``memory.json`` every `every_n_turns` trained
-turns and when training ends. The directory is written beside the old one and swapped in by
-rename, so a crash mid-write leaves the previous adapter intact. Full resume state (optimizer,
-stream position, memory) is Lightning's ``.ckpt`` from ModelCheckpoint; this is what people share.
+``PeftModel.from_pretrained(base, dirpath)``), ``memory.json``, the adapter card files and
+``olm_state.json`` (the trained turn it holds) every `every_n_turns` trained turns and when
+training ends. The directory is written beside the old one (``<dir>.olm-tmp-<pid>``), fsynced and
+swapped in by rename, so a crash mid-write leaves the previous adapter intact
+(`olm.durable.remove_orphans` puts a set-aside one back at the next start). It runs after the
+TurnCheckpoints (it moves itself behind them at setup), so on a turn both save, the checkpoint is
+written first: the adapter directory is never ahead of the resume state saved with it. Full
+resume state (optimizer, stream position, memory) is the ``.ckpt``; the adapter is what people share.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -25,24 +45,82 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
 from olm.adapter_card import complete_adapter_dir
+from olm.durable import OLD_MARK, atomic_write, fsync_tree, quarantine, remove_orphans, replace, temp_path
+from olm.errors import AdapterDestroyed, ResumeError
+from olm.guards import adapter_problem, lora_problem
 from olm.runs import latest_checkpoints
 from olm.turns import trained_turn
 
 log = logging.getLogger(__name__)
+LAST = "last.ckpt"
 PREVIOUS = "previous.ckpt"
+ADAPTER_STATE = "olm_state.json"
+"""In the adapter directory: the trained turn the adapter holds."""
 
 
-def adapter_is_finite(pl_module: L.LightningModule) -> bool:
-    """Whether every trainable (LoRA) parameter is finite; logs an error naming the first that is not."""
-    for name, param in pl_module.model.named_parameters():
-        if "lora_" in name and not torch.isfinite(param).all():
-            log.error("not saving: adapter parameter %s holds NaN/inf; the last good save is kept", name)
-            return False
-    return True
+def check_adapter(pl_module: L.LightningModule) -> None:
+    """Raise `AdapterDestroyed` when the adapter must not be saved (NaN/inf, or past `olm.guards`' bound)."""
+    problem = adapter_problem(pl_module.model)
+    if problem is None:
+        return
+    optim = getattr(pl_module, "optim", None)
+    lr = f" (--model.optim.lr is {optim.lr:g})" if optim is not None else ""
+    raise AdapterDestroyed(
+        f"the adapter is destroyed after turn {getattr(pl_module, 'turns_trained', '?')}: {problem}; it was not "
+        f"saved and the last good checkpoint is kept: resume from it with a lower learning rate{lr}"
+    )
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """None when `path` is a usable OnlineLM checkpoint, else why not, in words: it does not load
+    (``weights_only``), has no OnlineLM state, or its LoRA weights are NaN/inf or past the bound."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is reported
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        return f"{type(err).__name__}: {first}"
+    if not isinstance(state, dict) or "olm" not in state:
+        return "no 'olm' section: not written by OnlineLM"
+    problem = lora_problem((state.get("state_dict") or {}).items())
+    return None if problem is None else f"its adapter is unusable: {problem}"
+
+
+_KNOWN_GOOD: set[tuple[int, int, int, int]] = set()
+
+
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def mark_good(path: str | Path) -> None:
+    """Remember that the file now at `path` is a good checkpoint (written or verified by this process)."""
+    if (key := _identity(Path(path))) is not None:
+        _KNOWN_GOOD.add(key)
+
+
+def known_good(path: str | Path) -> bool:
+    """Whether the file at `path` is one `mark_good` saw (same device, inode, size and mtime)."""
+    return _identity(Path(path)) in _KNOWN_GOOD
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's TorchCheckpointIO writing through `olm.durable.atomic_write`: a temporary file in the
+    target's directory, fsync, rename, fsync of the directory (Lightning's own goes through a
+    temporary file in the system temp directory, moved by copy when that is another filesystem)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        atomic_write(path, lambda fh: torch.save(checkpoint, fh))
 
 
 class AdapterCheckpoint(Callback):
@@ -62,6 +140,18 @@ class AdapterCheckpoint(Callback):
     def resolve_dir(self, trainer: L.Trainer) -> Path:
         return Path(self.dirpath) if self.dirpath else Path(trainer.log_dir or trainer.default_root_dir) / "adapter"
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # run after every TurnCheckpoint: on a turn both save, last.ckpt is written first. A new list:
+        # Lightning is iterating the current one (to call setup) and goes on over it undisturbed.
+        callbacks = list(trainer.callbacks)
+        turn_ckpts = [i for i, cb in enumerate(callbacks) if isinstance(cb, TurnCheckpoint)]
+        if turn_ckpts and callbacks.index(self) < turn_ckpts[-1]:
+            callbacks.remove(self)
+            callbacks.insert(turn_ckpts[-1], self)
+            trainer.callbacks = callbacks
+        if trainer.is_global_zero:
+            remove_orphans(self.resolve_dir(trainer).parent, depth=1)  # e.g. a fixed directory outside the run's
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any) -> None:
         turn = pl_module.turns_trained
         if trained_turn(outputs) and self.every_n_turns and turn % self.every_n_turns == 0 and turn != self.last_saved_turn:
@@ -72,20 +162,29 @@ class AdapterCheckpoint(Callback):
             self.save(trainer, pl_module)
 
     @rank_zero_only
-    def save(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path | None:
-        """Write the adapter directory atomically; returns its path (None when the adapter is not finite)."""
-        if not adapter_is_finite(pl_module):
-            return None
+    def save(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path:
+        """Write the adapter directory atomically; returns its path.
+
+        Raises:
+            AdapterDestroyed: the adapter is NaN/inf or past its bound (`check_adapter`); nothing is written.
+        """
+        check_adapter(pl_module)
         final = self.resolve_dir(trainer)
-        tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
+        tmp, old = temp_path(final), temp_path(final, OLD_MARK)
         shutil.rmtree(tmp, ignore_errors=True)
-        pl_module.model.save_pretrained(tmp)
-        pl_module.memory.to_json(tmp / "memory.json")
-        complete_adapter_dir(tmp, pl_module)  # tokenizer, portable base name, olm's model card
+        try:
+            pl_module.model.save_pretrained(tmp)
+            pl_module.memory.to_json(tmp / "memory.json")
+            complete_adapter_dir(tmp, pl_module)  # tokenizer, portable base name, olm's model card
+            (tmp / ADAPTER_STATE).write_text(json.dumps({"turns_trained": pl_module.turns_trained}) + "\n")
+            fsync_tree(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if final.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
-        os.replace(tmp, final)
+        replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
         self.last_saved_turn = pl_module.turns_trained
         return final
@@ -119,6 +218,13 @@ class TurnCheckpoint(ModelCheckpoint):
         self.every_n_turns = every_n_turns
         self._saved_turns = -1
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default, not a chosen one
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if trainer.is_global_zero and self.dirpath:
+            remove_orphans(self.dirpath, depth=1)  # a fixed directory outside the run's (cli.py clears that)
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any) -> None:
         turns = pl_module.turns_trained
         if trained_turn(outputs) and self.every_n_turns and turns % self.every_n_turns == 0 and turns != self._saved_turns:
@@ -129,18 +235,34 @@ class TurnCheckpoint(ModelCheckpoint):
             self.save_now(trainer)
 
     def save_now(self, trainer: L.Trainer) -> None:
-        """Save last.ckpt now (e.g. on /save); the previous one is kept as previous.ckpt. A non-finite
-        adapter is never saved."""
-        if not adapter_is_finite(trainer.lightning_module):
-            return
-        # keep the last good checkpoint as previous.ckpt until the new one is complete
+        """Save last.ckpt now (e.g. on /save); a good previous one is kept as previous.ckpt.
+
+        Raises:
+            AdapterDestroyed: the adapter is NaN/inf or past its bound; nothing is written or rotated.
+        """
+        check_adapter(trainer.lightning_module)
         last = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
         if last.is_file() and trainer.is_global_zero:
-            os.replace(last, last.with_name(PREVIOUS))
+            self._set_aside(last)
         candidates = self._monitor_candidates(trainer)
         self._save_topk_checkpoint(trainer, candidates)
         self._save_last_checkpoint(trainer, candidates)
         self._saved_turns = trainer.lightning_module.turns_trained
+
+    @staticmethod
+    def _set_aside(last: Path) -> None:
+        """``last.ckpt`` → ``previous.ckpt`` when it is good; a bad one is quarantined, previous kept."""
+        problem = None if known_good(last) else checkpoint_problem(last)
+        if problem is None:
+            replace(last, last.with_name(PREVIOUS))
+            return
+        moved = quarantine(last)
+        log.error("%s is unusable (%s): moved to %s, %s kept", last, problem, moved.name, PREVIOUS)
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        if trainer.is_global_zero:
+            mark_good(filepath)
 
 
 def last_checkpoints(trainer: L.Trainer) -> list[Path]:
@@ -162,16 +284,24 @@ def last_checkpoints(trainer: L.Trainer) -> list[Path]:
     return [d / name for name in names for d in dirs if (d / name).is_file()]
 
 
-def resolve_resume_checkpoint(ckpt_path: str | None, trainer: L.Trainer) -> str | None:
-    """The checkpoint to resume from: `ckpt_path` if it loads, else ``previous.ckpt`` beside it.
+class CheckpointNotFound(ResumeError, FileNotFoundError):
+    """An explicit --ckpt_path that does not exist (nor a previous.ckpt beside it)."""
 
-    ``"last"`` means ``last.ckpt`` of the latest run that saved one (`last_checkpoints`), and
-    starting fresh when there is none yet (so one command both starts and continues a run). Each
-    candidate is loaded with ``weights_only=True`` and must hold OnlineLM state.
+
+def resolve_resume_checkpoint(ckpt_path: str | None, trainer: L.Trainer) -> str | None:
+    """The checkpoint to resume from: `ckpt_path` if it is usable, else ``previous.ckpt`` beside it.
+
+    ``"last"`` means ``last.ckpt`` of the latest run that saved one (`last_checkpoints`; a file
+    named ``last`` in the working directory plays no part), and starting fresh when there is none
+    yet (so one command both starts and continues a run). Each candidate must pass
+    `checkpoint_problem` (loads with ``weights_only=True``, holds OnlineLM state, usable LoRA
+    weights). When ``previous.ckpt`` is taken because ``last.ckpt`` is unusable, that
+    ``last.ckpt`` is quarantined (``last.ckpt.corrupt-<time>``) so that no save rotates it over
+    the good one; any other unusable file is left where it is.
 
     Raises:
-        FileNotFoundError: an explicit path that does not exist (and no previous.ckpt beside it).
-        ValueError: every candidate is unreadable; the message names each with its error.
+        CheckpointNotFound: an explicit path that does not exist (and no previous.ckpt beside it).
+        ResumeError: every candidate is unusable; the message names each with its problem.
     """
     if ckpt_path is None:
         return None
@@ -184,18 +314,22 @@ def resolve_resume_checkpoint(ckpt_path: str | None, trainer: L.Trainer) -> str 
         path = Path(ckpt_path)
         candidates = [path, path.with_name(PREVIOUS)]
         if not any(c.is_file() for c in candidates):
-            raise FileNotFoundError(f"checkpoint {ckpt_path!r} does not exist")
-    errors = []
+            raise CheckpointNotFound(f"checkpoint {ckpt_path!r} does not exist")
+    errors, unusable = [], []
     for candidate in (c for c in candidates if c.is_file()):
-        try:
-            state = torch.load(candidate, map_location="cpu", weights_only=True)
-            if "olm" not in state:
-                raise KeyError("no 'olm' section: not written by OnlineLM")
-        except Exception as err:  # noqa: BLE001 - any unreadable file is reported, then the next tried
-            log.error("checkpoint %s is unusable (%s: %s)", candidate, type(err).__name__, err)
-            errors.append(f"{candidate}: {type(err).__name__}: {err}")
+        problem = checkpoint_problem(candidate)
+        if problem is not None:
+            log.error("checkpoint %s is unusable (%s)", candidate, problem)
+            errors.append(f"{candidate}: {problem}")
+            unusable.append(candidate)
             continue
         if errors:
             log.warning("resuming from the previous good checkpoint %s", candidate)
+            for bad in unusable:
+                if bad.name == LAST:  # never to be rotated over the good one by the next save
+                    log.warning("%s quarantined as %s", bad, quarantine(bad).name)
+        mark_good(candidate)
         return str(candidate)
-    raise ValueError("no usable checkpoint to resume from:\n  " + "\n  ".join(errors))
+    raise ResumeError(
+        "no usable checkpoint to resume from (start fresh with --ckpt_path null):\n  " + "\n  ".join(errors)
+    )

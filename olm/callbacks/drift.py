@@ -11,6 +11,11 @@ weights are bit-for-bit those of the last in-bounds check, and logs the event:
     time/monitor_drift_guard                        seconds the check took
     drift_guard (TensorBoard text)                  what tripped, and the turn restored
 
+After every trained turn (not only every `every_n_turns`) it also checks, for the price of one
+reduction over the LoRA tensors, that the adapter is finite and within the bound of
+`olm.guards` (1e4 × the LoRA initial scale): a destroyed adapter (an absurd LR gives weights of
+1e20) is rolled back at once, before any save could see it.
+
 The first snapshot is taken when training starts. The guard shares its anchor probe with a
 StabilityMonitor using the same anchors: on a turn both check, one anchor pass serves both. Put
 the guard before the monitor in ``trainer.callbacks`` so that the monitor sees the restored
@@ -34,6 +39,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from olm.callbacks.monitors import AnchorMetrics, shared_probe, weights_version
+from olm.guards import adapter_problem
 from olm.probes import AnchorProbe, load_anchors
 from olm.turns import log_scalars, trained_turn, turn_step
 
@@ -114,6 +120,9 @@ class DriftGuard(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any) -> None:
         if not trained_turn(outputs):  # the step that found the stream ended
+            return
+        if (problem := adapter_problem(pl_module.model)) is not None:
+            self.roll_back(trainer, pl_module, [f"adapter destroyed: {problem}"])
             return
         turn = pl_module.turns_trained
         if turn > 0 and turn % self.every_n_turns == 0 and turn != self.last_check_turn:
