@@ -42,3 +42,22 @@ def test_set_overrides_reach_the_cli_of_every_row(tmp_path, tiny_model_dir):
     with pytest.raises(SystemExit) as err:  # the CLI's whole-config validation names both
         main(argv)
     assert "optim.lr" in str(err.value) and "lora.r" in str(err.value)
+
+
+def test_runs_are_stored_per_seed_and_reused_only_when_settings_match(tmp_path, tiny_model_dir, monkeypatch):
+    import olm.bench.facts as facts
+
+    base = ["--out", str(tmp_path), "--model", tiny_model_dir, "--facts", "1", "--reps", "1", "--unrelated", "0",
+            "--rows", "tuned", "--threads", "1"]  # fmt: skip
+    assert main([*base, "--seeds", "0"]) == 0
+    stored = json.loads((tmp_path / "runs" / "tuned-seed0.json").read_text())
+    assert stored["settings"]["seed"] == 0 and set(stored["metrics"]) == set(KEYS)
+    calls = []
+    real = facts.run_once
+    monkeypatch.setattr(facts, "run_once", lambda args, row, seed, workdir: calls.append(seed) or real(args, row, seed, workdir))
+    assert main([*base, "--seeds", "0", "1"]) == 0  # seed 0 reused, seed 1 run: one aggregate of both
+    assert calls == [1]
+    assert json.loads((tmp_path / "results.json").read_text())["tuned"]["generalization"]["n"] == 2
+    assert main([*base, "--seeds", "0", "--set=--model.optim.lr=1e-4"]) == 0  # other settings: run again
+    assert main([*base, "--seeds", "1", "--fresh"]) == 0
+    assert calls == [1, 0, 1]

@@ -26,12 +26,16 @@ distractors, then K unrelated turns. A probe callback asks questions in a fresh 
 Rows: the config as is ("tuned"), the original design's values, and ablations without replay,
 importance weighting or KL. ``--set=--model.optim.lr=1e-3`` (repeatable) changes the config for
 every row, before the row's own overrides: how the tuned defaults were searched. Writes
-DIR/results.json (row → metric → {"mean", "std"}), DIR/results.md and DIR/recall.png.
+DIR/results.json (row → metric → {"mean", "std"}), DIR/results.md and DIR/recall.png, and each
+row × seed as DIR/runs/<row>-seed<N>.json. A rerun reuses a run file whose settings (model, config
+file contents, counts, overrides) match, so seeds can run as separate processes into one DIR and a
+last invocation with all the seeds aggregates them; ``--fresh`` recomputes everything.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import random
@@ -389,10 +393,41 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--unrelated", type=int, default=100, help="unrelated turns before the retention probe (K)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--probe-tokens", type=int, default=32, help="most tokens generated per probe answer")
+    p.add_argument("--fresh", action="store_true", help="recompute runs stored under DIR/runs/")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="=--KEY=VALUE",
                    help="a `cli.py fit` override for every row, before the row's own (repeatable; write it "
                         "with '=': --set=--model.optim.lr=1e-3)")  # fmt: skip
     return p.parse_args(argv)
+
+
+def run_settings(args: argparse.Namespace, row: str, seed: int) -> dict[str, Any]:
+    """What determines a run's result: a stored run is reused only when all of it matches."""
+    config = hashlib.sha256(Path(args.config).read_bytes()).hexdigest()
+    return {"row": row, "seed": seed, "model": str(args.model), "config_sha256": config, "facts": args.facts,
+            "reps": args.reps, "unrelated": args.unrelated, "probe_tokens": args.probe_tokens,
+            "overrides": list(args.overrides)}  # fmt: skip
+
+
+def stored_or_run(args: argparse.Namespace, row: str, seed: int) -> dict[str, Any]:
+    """The run's metrics from DIR/runs/ when its settings match (and not ``--fresh``), else run it and store them."""
+    path = args.out / "runs" / f"{row}-seed{seed}.json"
+    settings = run_settings(args, row, seed)
+    if path.is_file() and not args.fresh:
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            stored = {}
+        if stored.get("settings") == settings and isinstance(stored.get("metrics"), dict):
+            print(f"{row} seed {seed}: reusing {path}", flush=True)
+            return stored["metrics"]
+    started = time.perf_counter()
+    metrics = run_once(args, row, seed, args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"settings": settings, "seconds": round(time.perf_counter() - started, 1),
+                               "metrics": metrics}, indent=2))  # fmt: skip
+    tmp.replace(path)
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -400,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results, started = {}, time.perf_counter()
     for row in args.rows:
-        runs = [run_once(args, row, seed, args.out) for seed in args.seeds]
+        runs = [stored_or_run(args, row, seed) for seed in args.seeds]
         results[row] = aggregate(runs)
         print(
             f"[{time.perf_counter() - started:.0f}s] {row}: recall@k {[round(r['mean'], 2) for r in [s for s in results[row]['recall_at_k']]]}",
