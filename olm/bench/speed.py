@@ -438,19 +438,15 @@ def run_config(name: str, run: ModelRun, cfg: SpeedConfig, base: str, stream: Pa
         c for c in trainer.get("callbacks") or []
         if (cfg.checkpoints or not _is_checkpoint(c)) and _class_name(c) not in cfg.drop_callbacks
     ]  # fmt: skip
-    for c in callbacks:
-        if "dirpath" in c.get("init_args", {}):
-            c["init_args"]["dirpath"] = str(out / "checkpoints" / Path(c["init_args"]["dirpath"]).name)
     probe = {
         "block": run.block, "sweep_turns": run.sweep_turns, "sweep_threads": list(cfg.sweep_threads),
         "generate_tokens": cfg.generate_tokens,
     }  # fmt: skip
     callbacks.append({"class_path": f"{__name__}.SpeedProbe", "init_args": probe})
-    logger = trainer.get("logger")
-    if cfg.logger and isinstance(logger, dict):
-        logger.setdefault("init_args", {}).update(save_dir=str(out / "runs"), name=name)
+    if not cfg.logger:  # else the config's / the CLI's default logger, writing under default_root_dir
+        trainer["logger"] = False
     trainer.update(
-        callbacks=callbacks, logger=logger if cfg.logger else False, default_root_dir=str(out),
+        callbacks=callbacks, default_root_dir=str(out / "runs" / name),
         enable_progress_bar=False, enable_checkpointing=cfg.checkpoints, max_epochs=-1,
     )  # fmt: skip
     model = conf.setdefault("model", {})
