@@ -119,6 +119,14 @@ def _writer_alive(name: str, mark: str) -> bool:
     return True
 
 
+def _remove(path: Path) -> None:
+    """Delete a file, a symlink (not what it points to: a temporary ``latest`` link) or a directory tree."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def remove_orphans(root: str | Path, depth: int = 4) -> list[str]:
     """Clear what killed writers left below `root` (`depth` levels: 1 is `root`'s own entries);
     returns what was done.
@@ -138,12 +146,12 @@ def remove_orphans(root: str | Path, depth: int = 4) -> list[str]:
         for name in names:
             path = here / name
             if TEMP_MARK in name and not _writer_alive(name, TEMP_MARK):
-                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                _remove(path)
                 done.append(f"removed {path}")
             elif OLD_MARK in name and not _writer_alive(name, OLD_MARK):
                 final = here / name.partition(OLD_MARK)[0]
                 if final.exists():
-                    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                    _remove(path)
                     done.append(f"removed {path}")
                 else:
                     replace(path, final)
