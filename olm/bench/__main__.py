@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-COMMANDS: dict[str, str] = {"facts": "olm.bench.facts", "speed": "olm.bench.speed"}
+COMMANDS: dict[str, str] = {"capacity": "olm.bench.capacity", "facts": "olm.bench.facts", "speed": "olm.bench.speed"}
 """Subcommand name → module implementing it."""
 
 
