@@ -5,7 +5,7 @@
     lm.tell("Xiomara is my sister.", "Got it. Xiomara is your sister.")   # one turn, learned now
     lm.learn([("Xiomara lives in Lisbon.", "Got it."), ("Hello!", None)])  # several, in order
     lm.ask("Who is Xiomara?")           # greedy answer in a fresh context (no chat history)
-    lm.save("my-adapter")               # a PEFT adapter directory (+ memory.json)
+    lm.save("my-adapter")               # a PEFT adapter directory my-adapter/v1 (+ memory.json), my-adapter/latest
 
 Each `learn` (and `tell`) is one Lightning ``fit`` over the turns given, so a turn goes through
 `OnlineLM.training_step` exactly as in ``python cli.py fit``: classification, the reply
@@ -142,9 +142,10 @@ class OnlineSession:
         return self.module.generate(question)
 
     def save(self, directory: str | Path) -> Path:
-        """Write the adapter directory to `directory` as a run's `AdapterCheckpoint` does (PEFT
-        ``save_pretrained`` + fact memory, replaced atomically). A destroyed adapter (NaN/inf, or past the
-        bound of `olm.guards`) is never written: `olm.errors.AdapterDestroyed` is raised instead."""
+        """Write the adapter as a new version of `directory` as a run's `AdapterCheckpoint` does (PEFT
+        ``save_pretrained`` + fact memory in ``<directory>/v<N>/``, written atomically, then
+        ``<directory>/latest`` points at it); returns the version directory. A destroyed adapter (NaN/inf,
+        or past the bound of `olm.guards`) is never written: `olm.errors.AdapterDestroyed` is raised instead."""
         return AdapterCheckpoint(dirpath=str(directory), every_n_turns=0).save(self.trainer, self.module)
 
     def _turns(self, items: Iterable[TurnLike]) -> Iterator[Turn]:

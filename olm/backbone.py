@@ -33,6 +33,7 @@ from transformers import (
 )
 
 from olm import smollm2
+from olm.publish import resolve_adapter_dir
 
 log = logging.getLogger(__name__)
 
@@ -202,11 +203,14 @@ def attach_lora(model: PreTrainedModel, settings: LoRASettings, adapter: str | N
     Args:
         model: the base model.
         settings: adapter shape for fresh adapters (B = 0, so the output is unchanged at first).
-        adapter: a PEFT directory (`save_pretrained` output) to continue training instead; its own
-            adapter_config.json then defines the shape.
+        adapter: a PEFT directory (`save_pretrained` output) to continue training instead, or a version
+            root olm wrote (``<run>/adapter``: its latest version, `olm.publish.resolve_adapter_dir`), or a
+            hub id; its own adapter_config.json then defines the shape.
     """
     model.requires_grad_(False)
     if adapter is not None:
+        if Path(adapter).exists():  # local: a version root or a PEFT directory (else a hub id, for peft)
+            adapter = str(resolve_adapter_dir(adapter))
         with _peft_quietly():
             return PeftModel.from_pretrained(model, adapter, is_trainable=True)
     layers = None

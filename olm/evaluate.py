@@ -35,6 +35,7 @@ from olm.callbacks.recall_report import RecallRow, format_report, markdown_repor
 from olm.generation import GenerationSettings
 from olm.module import OnlineLM
 from olm.probes import is_recalled, load_anchors, recall_answers
+from olm.publish import AdapterDirError, resolve_adapter_dir
 
 
 def load_probes(path: str | Path) -> list[dict[str, Any]]:
@@ -62,8 +63,9 @@ def load_probes(path: str | Path) -> list[dict[str, Any]]:
 
 
 def memory_probes(adapter: str | Path) -> list[dict[str, Any]]:
-    """Probes from an adapter directory's ``memory.json``: each remembered fact's question and object."""
-    path = Path(adapter) / "memory.json"
+    """Probes from an adapter directory's ``memory.json`` (a version root: its latest version): each
+    remembered fact's question and object."""
+    path = resolve_adapter_dir(adapter) / "memory.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: pass --probes FILE")
     facts = json.loads(path.read_text(encoding="utf-8")).get("facts", [])
@@ -76,7 +78,7 @@ def memory_probes(adapter: str | Path) -> list[dict[str, Any]]:
 
 def adapter_base(adapter: str | Path) -> str:
     """The base model an adapter directory names (``adapter_config.json``'s base_model_name_or_path)."""
-    config = json.loads((Path(adapter) / "adapter_config.json").read_text(encoding="utf-8"))
+    config = json.loads((resolve_adapter_dir(adapter) / "adapter_config.json").read_text(encoding="utf-8"))
     return config["base_model_name_or_path"]
 
 
@@ -106,11 +108,13 @@ def evaluate(
     adapter: str | Path, probes: list[dict[str, Any]] | None = None, base_model: str | None = None,
     prompts: list[str] | None = None, max_new_tokens: int = 32,
 ) -> dict[str, Any]:
-    """Recall and locality of the adapter in `adapter` (see the module docstring).
+    """Recall and locality of the adapter in `adapter` (see the module docstring); a version root
+    (``runs/tiny/version_0/adapter``) stands for its latest version (`olm.publish.resolve_adapter_dir`).
 
     Returns:
         ``{"adapter", "base_model", "probes", "recall_adapted", "recall_base", "locality": {...}, "rows": [...]}``.
     """
+    adapter = resolve_adapter_dir(adapter)
     module = OnlineLM(
         base_model=base_model or adapter_base(adapter), adapter=str(adapter),
         generation=GenerationSettings(max_new_tokens=max_new_tokens, do_sample=False),
@@ -129,15 +133,17 @@ def evaluate(
 def main(argv: list[str] | None = None) -> int:
     """Evaluate an adapter directory; prints the recall table and a JSON summary. Returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m olm.evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("--adapter", required=True, help="a PEFT adapter directory written by olm")
+    parser.add_argument("--adapter", required=True, help="an adapter directory written by olm (its latest version) or a PEFT directory")
     parser.add_argument("--probes", help='JSONL of {"question", "answer"}; default: the adapter\'s memory.json facts')
     parser.add_argument("--base-model", help="default: the adapter's adapter_config.json base_model_name_or_path")
     parser.add_argument("--prompts", help=f"general prompts for locality, one a line (default {GENERAL_PROMPTS.name})")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="greedy answer length")
     parser.add_argument("--out", help="write the summary and rows as JSON here (and a .md table beside it)")
     args = parser.parse_args(argv)
-    if not (Path(args.adapter) / "adapter_config.json").is_file():
-        parser.error(f"--adapter {args.adapter!r} is not an adapter directory (no adapter_config.json)")
+    try:
+        resolve_adapter_dir(args.adapter)
+    except AdapterDirError as err:
+        parser.error(f"--adapter: {err}")
     try:
         probes = load_probes(args.probes) if args.probes else None
         prompts = load_anchors(args.prompts) if args.prompts else None

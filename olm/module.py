@@ -139,7 +139,8 @@ class OnlineLM(L.LightningModule):
     Args:
         base_model: ``olm-tiny`` (built-in), a local model directory or a hub id.
         dtype: weight dtype of the base model (float32 on CPU).
-        adapter: a PEFT adapter directory to continue from instead of fresh adapters.
+        adapter: a PEFT adapter directory to continue from instead of fresh adapters (a directory olm
+            wrote, ``<run>/adapter``: its latest version, `olm.publish.resolve_adapter_dir`).
         lora: adapter shape.
         optim: optimizer and steps per turn.
         policy: LR multipliers and KL λ per turn kind.

@@ -249,3 +249,142 @@ def publish_adapter(
     _set_pointers(root, final.name)
     prune_versions(root, keep)
     return final
+
+
+# --------------------------------------------------------------------------- what vLLM's LoRA loader accepts
+#
+# Read from vLLM's source (github.com/vllm-project/vllm), the versions stored for this check:
+# - vllm/lora/peft_helper.py (PEFTHelper, commit e745baf): adapter_config.json must hold ``r``,
+#   ``lora_alpha``, ``target_modules`` (`from_dict`: "Missing required configuration fields"); every
+#   other key it does not know is dropped — ``layers_to_transform``, ``rank_pattern``,
+#   ``alpha_pattern``, ``lora_dropout`` ... are never read; `_validate_features` rejects a non-empty
+#   ``modules_to_save`` and ``use_dora``; `validate_legal` rejects ``r`` > ``--max-lora-rank`` and
+#   ``bias`` != "none" ("Adapter bias is not supported." in later versions); scaling is
+#   ``lora_alpha / r`` (``lora_alpha / sqrt(r)`` with ``use_rslora``) for every module.
+# - vllm/config/lora.py (commit a78dc92): ``--max-lora-rank`` is one of 1, 8, 16, 32, 64, 128, 256, 320, 512.
+# - vllm/lora/lora_model.py (LoRAModel.from_local_checkpoint, commit 532cc25): reads
+#   ``adapter_model.safetensors`` (else .bin / .pt); the tensor *names* are the source of truth for
+#   which modules are adapted; each goes through `parse_fine_tuned_lora_name`.
+# - vllm/lora/utils.py (parse_fine_tuned_lora_name, commit 0fd1570): a name is
+#   ``base_model.model.<module path>.lora_A.weight`` / ``.lora_B.weight`` (or ``lora_embedding_A`` /
+#   ``_B``); anything else — an adapter name inside (``lora_A.alice.weight``), a bias, DoRA's
+#   ``lora_magnitude_vector`` — raises "... is unsupported LoRA weight".
+# - vllm/lora/model_manager.py (activate_adapter, commit bb1d76e): a module with no tensors in the
+#   adapter gets `reset_lora` (no update). So ``layers_to_transform`` (olm's ``lora.lower_fraction`` /
+#   ``lora.layers``) is ignored as a key but honoured in effect: PEFT writes tensors only for the
+#   adapted blocks, and the other blocks run the base weights, as in PEFT.
+
+VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The values vLLM's ``--max-lora-rank`` takes (vllm/config/lora.py, ``MaxLoRARanks``)."""
+VLLM_REQUIRED_KEYS = ("r", "lora_alpha", "target_modules")
+_LORA_SUFFIXES = {("lora_A", "weight"): "A", ("lora_B", "weight"): "B"}
+_EMBEDDING_SUFFIXES = {"lora_embedding_A": "A", "lora_embedding_B": "B"}
+
+
+def vllm_max_lora_rank(r: int) -> int:
+    """The smallest ``--max-lora-rank`` vLLM accepts for an adapter of rank `r`."""
+    return next(v for v in VLLM_MAX_LORA_RANKS if v >= r) if r <= VLLM_MAX_LORA_RANKS[-1] else r
+
+
+def _vllm_module(name: str) -> tuple[str, str] | None:
+    """(module path, "A"/"B") of a tensor name as vLLM's `parse_fine_tuned_lora_name` reads it; None: it raises."""
+    parts = name.split(".")
+    start = 2 if name.startswith("base_model.model.") else 0
+    if len(parts) >= 2 and (kind := _LORA_SUFFIXES.get((parts[-2], parts[-1]))):
+        return ".".join(parts[start:-2]), kind
+    if parts[-1] in _EMBEDDING_SUFFIXES:
+        return ".".join(parts[start:-1]), _EMBEDDING_SUFFIXES[parts[-1]]
+    return None
+
+
+def vllm_compatibility_problems(path: str | Path) -> list[str]:
+    """Why vLLM's LoRA loader would refuse (or misread) the adapter in `path`; [] when it accepts it.
+
+    `path` may be a version root (its latest version is checked). Checks adapter_config.json (the
+    keys vLLM requires, the features it rejects, ``r`` within ``--max-lora-rank``'s range, per-module
+    ranks or alphas it would ignore) and adapter_model.safetensors (every tensor name one vLLM parses,
+    ``base_model.model.`` prefixed, both A and B for each module, shapes of rank ``r``, modules among
+    ``target_modules``). The rules and where in vLLM they come from: the comment above.
+    """
+    from safetensors import safe_open
+
+    try:
+        path = resolve_adapter_dir(path)
+    except AdapterDirError as err:
+        return [str(err)]
+    problems: list[str] = []
+    try:
+        config = json.loads((path / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        return [f"{CONFIG} does not load: {err}"]
+    if not isinstance(config, dict):
+        return [f"{CONFIG} is not a JSON object"]
+    if missing := [k for k in VLLM_REQUIRED_KEYS if k not in config]:
+        problems.append(f"{CONFIG} lacks {missing} (vLLM requires {list(VLLM_REQUIRED_KEYS)})")
+    if config.get("peft_type", "LORA") != "LORA":
+        problems.append(f"peft_type is {config['peft_type']!r}: vLLM serves LoRA adapters only")
+    r = config.get("r")
+    if "r" in config and not (isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= VLLM_MAX_LORA_RANKS[-1]):
+        problems.append(f"r is {r!r}: vLLM takes an integer rank from 1 to {VLLM_MAX_LORA_RANKS[-1]} (--max-lora-rank)")
+    if config.get("modules_to_save"):
+        problems.append(f"modules_to_save is {config['modules_to_save']!r}: vLLM only supports none")
+    if config.get("use_dora"):
+        problems.append("use_dora is set: vLLM does not support DoRA")
+    if config.get("bias", "none") != "none":
+        problems.append(f"bias is {config['bias']!r}: vLLM supports no adapter bias (bias must be 'none')")
+    for key in ("rank_pattern", "alpha_pattern"):
+        if config.get(key):
+            problems.append(f"{key} is set: vLLM ignores it and scales every module by lora_alpha / r")
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        return [*problems, f"no {WEIGHTS} in {path}"]
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
+    except Exception as err:  # noqa: BLE001 - any unreadable file is reported
+        return [*problems, f"{WEIGHTS} does not load: {type(err).__name__}: {err}"]
+    if not shapes:
+        problems.append(f"{WEIGHTS} holds no tensor")
+    targets = config.get("target_modules")
+    modules: dict[str, dict[str, tuple[int, ...]]] = {}
+    for name, shape in sorted(shapes.items()):
+        parsed = _vllm_module(name)
+        if parsed is None:
+            problems.append(f"tensor {name!r}: vLLM reads only <module>.lora_A.weight / lora_B.weight names (an adapter name inside, a bias, DoRA's magnitude?)")
+            continue
+        if not name.startswith("base_model.model."):
+            problems.append(f"tensor {name!r} does not start with 'base_model.model.' (PEFT's prefix, which vLLM strips)")
+        module, kind = parsed
+        modules.setdefault(module, {})[kind] = shape
+    for module, parts in modules.items():
+        if set(parts) != {"A", "B"}:
+            problems.append(f"module {module!r} has lora_{''.join(parts)} only: vLLM needs both lora_A and lora_B")
+            continue
+        if isinstance(r, int) and not config.get("rank_pattern") and (parts["A"][0] != r or parts["B"][-1] != r):
+            problems.append(f"module {module!r}: lora_A {parts['A']} / lora_B {parts['B']} are not of rank r={r}")
+        if isinstance(targets, list) and module.rsplit(".", 1)[-1] not in targets:
+            problems.append(f"module {module!r} is not among target_modules {targets}")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m olm.publish DIR...``: print each directory's `vllm_compatibility_problems`; exit 1 if any."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m olm.publish", description="Check adapter directories against vLLM's LoRA loader.")
+    parser.add_argument("dirs", nargs="+", help="a version root olm wrote (its latest version is checked) or a PEFT directory")
+    args = parser.parse_args(argv)
+    bad = 0
+    for directory in args.dirs:
+        problems = vllm_compatibility_problems(directory)
+        try:
+            shown = resolve_adapter_dir(directory)
+        except AdapterDirError:
+            shown = Path(directory)
+        print(f"{shown}: " + ("ok" if not problems else "\n  - ".join(["vLLM would refuse it:", *problems])))
+        bad += bool(problems)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

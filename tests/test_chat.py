@@ -235,7 +235,7 @@ def test_chat_through_a_pty_teach_quit_restart_and_ctrl_c(tmp_path, tiny_model_d
     assert state["olm"]["turns_trained"] == 3 and state["ChatStreamDataModule"]["next_offset"] == 3
     optim = yaml.safe_load(config.read_text())["model"]["optim"]  # one fact, one question, one chat turn
     assert state["global_step"] == optim["steps_per_fact"] + 2 * optim["steps_per_turn"]  # across both runs
-    assert json.loads((latest_run(tmp_path) / "adapter" / "memory.json").read_text())["facts"][0]["subject"] == "Zara"
+    assert json.loads((latest_run(tmp_path) / "adapter" / "latest" / "memory.json").read_text())["facts"][0]["subject"] == "Zara"
     assert len(run_versions(tmp_path / "runs" / "chat")) == 2  # each session keeps its own outputs
 
     # run 3: Ctrl+C at the prompt ends at once, exit 0, state kept

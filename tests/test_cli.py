@@ -99,7 +99,7 @@ def test_default_root_dir_moves_every_output_of_the_run(tmp_path, tiny_model_dir
             "--trainer.default_root_dir", str(elsewhere))  # fmt: skip
     run = elsewhere / "version_0"
     assert list(run.glob("events.out.tfevents.*")) and (run / "config.yaml").is_file()
-    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "adapter" / "adapter_config.json").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "adapter" / "latest" / "adapter_config.json").is_file()
     assert (run / "recall_report.json").is_file()
     assert not (tmp_path / "runs").exists()  # the config's runs/default got nothing
 
@@ -115,7 +115,7 @@ def test_each_run_keeps_its_outputs_and_last_resumes_the_latest_run(tmp_path, ti
     assert [r.name for r in runs] == ["version_0", "version_1", "version_2"]
     turns = [torch.load(r / "checkpoints" / "last.ckpt", weights_only=True)["olm"]["turns_trained"] for r in runs]
     assert turns == [3, 5, 6]  # each run resumed from the one before, none overwrote another
-    assert all((r / "adapter" / "adapter_model.safetensors").is_file() for r in runs)
+    assert all((r / "adapter" / "latest" / "adapter_model.safetensors").is_file() for r in runs)
 
 
 def test_a_missing_source_fails_in_one_line_before_the_model_loads(tmp_path, monkeypatch):
@@ -191,7 +191,7 @@ def test_progress_counts_turns_and_a_summary_ends_the_run(tmp_path, tiny_model_d
     assert "Epoch" not in out and "v_num" not in out, out
     run = tmp_path / "runs" / "tiny" / "version_0"
     assert "olm: trained 3 turns in this run (3 in all)" in out, out
-    for what, path in (("adapter", run / "adapter"), ("checkpoint", run / "checkpoints" / "last.ckpt"), ("logs", run)):
+    for what, path in (("adapter", run / "adapter" / "v1"), ("checkpoint", run / "checkpoints" / "last.ckpt"), ("logs", run)):
         assert re.search(rf"^  {what} +{re.escape(str(path))}", out, re.M), out
 
 

@@ -143,7 +143,7 @@ def test_a_destroyed_adapter_is_never_saved_and_stops_the_run(model, tmp_path, v
 
     adapter, ckpt = AdapterCheckpoint(dirpath=str(tmp_path / "adapter")), TurnCheckpoint(dirpath=str(tmp_path / "ckpt"))
     trainer = fit(model, turns(("Hello there.", "Hi!")), callbacks=[adapter, ckpt], enable_checkpointing=True)
-    good = (tmp_path / "adapter" / "adapter_model.safetensors").read_bytes()
+    good = (tmp_path / "adapter" / "latest" / "adapter_model.safetensors").read_bytes()
     last = (tmp_path / "ckpt" / "last.ckpt").read_bytes()
     with torch.no_grad():
         next(p for n, p in model.model.named_parameters() if "lora_B" in n).fill_(value)
@@ -151,7 +151,7 @@ def test_a_destroyed_adapter_is_never_saved_and_stops_the_run(model, tmp_path, v
         adapter.save(trainer, model)
     with pytest.raises(AdapterDestroyed):
         ckpt.save_now(trainer)
-    assert (tmp_path / "adapter" / "adapter_model.safetensors").read_bytes() == good
+    assert (tmp_path / "adapter" / "latest" / "adapter_model.safetensors").read_bytes() == good
     assert (tmp_path / "ckpt" / "last.ckpt").read_bytes() == last  # neither rotated nor replaced
     assert not (tmp_path / "ckpt" / "previous.ckpt").exists()
 

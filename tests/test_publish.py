@@ -5,9 +5,11 @@ accepts (checked without vLLM)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,8 @@ from olm.publish import (
     publish_adapter,
     resolve_adapter_dir,
     versions,
+    vllm_compatibility_problems,
+    vllm_max_lora_rank,
 )
 
 
@@ -169,3 +173,187 @@ def test_resolve_a_plain_peft_dir_is_itself_and_anything_else_a_clear_error(tmp_
     (tmp_path / "broken" / "v1").mkdir(parents=True)
     with pytest.raises(AdapterDirError, match="without any whole version"):
         resolve_adapter_dir(tmp_path / "broken")
+
+
+# ----------------------------------------------------------------------------- the format vLLM's loader accepts
+
+
+@pytest.fixture
+def olm_version(tiny_model_dir, tmp_path) -> Path:
+    """What a run writes: AdapterCheckpoint's version of an OnlineLM adapter on the lower half of the
+    blocks (peft ``layers_to_transform``, as ``lora.lower_fraction`` makes it), with non-zero B."""
+    from olm.backbone import LoRASettings
+    from olm.callbacks import AdapterCheckpoint
+    from olm.module import OnlineLM
+
+    torch.manual_seed(0)
+    module = OnlineLM(base_model=tiny_model_dir, lora=LoRASettings(lower_fraction=0.5))
+    with torch.no_grad():
+        for name, p in module.model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn_like(p))
+    return AdapterCheckpoint(dirpath=str(tmp_path / "adapter")).save(None, module)
+
+
+def test_a_run_s_adapter_is_one_vllm_accepts(olm_version):
+    config = json.loads((olm_version / "adapter_config.json").read_text())
+    assert config["layers_to_transform"] == [0]  # ignored by vLLM; only block 0 has tensors
+    assert {"r", "lora_alpha", "target_modules"} <= config.keys()
+    names = list(load_file(olm_version / "adapter_model.safetensors"))
+    assert names and all(".layers.0." in n for n in names)
+    assert {"memory.json", "olm_state.json", "README.md", "tokenizer.json"} <= {p.name for p in olm_version.iterdir()}
+    assert vllm_compatibility_problems(olm_version) == []
+    assert vllm_compatibility_problems(olm_version.parent) == []  # the version root: its latest version
+    assert vllm_max_lora_rank(config["r"]) == 8
+
+
+def test_a_named_adapter_published_flat_is_one_vllm_accepts(peft_model, tmp_path):
+    assert vllm_compatibility_problems(publish_adapter(peft_model, "alice", tmp_path / "alice")) == []
+
+
+def broken(version: Path, tmp_path: Path, config: dict | None = None, rename=None, drop=None) -> Path:
+    """A copy of `version` with `config` merged into adapter_config.json (None values delete a key)
+    and its tensors renamed by `rename` / dropped by `drop`."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    out = tmp_path / "broken"
+    shutil.copytree(version, out)
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    for key, value in (config or {}).items():
+        cfg.pop(key) if value is None else cfg.__setitem__(key, value)
+    (out / "adapter_config.json").write_text(json.dumps(cfg))
+    tensors = load_file(out / "adapter_model.safetensors")
+    tensors = {(rename(k) if rename else k): v for k, v in tensors.items() if not (drop and drop(k))}
+    save_file(tensors, out / "adapter_model.safetensors")
+    return out
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"config": {"r": None}}, r"lacks \['r'\]"),
+        ({"config": {"target_modules": None, "lora_alpha": None}}, r"lacks \['lora_alpha', 'target_modules'\]"),
+        ({"config": {"use_dora": True}}, "does not support DoRA"),
+        ({"config": {"modules_to_save": ["lm_head"]}}, "modules_to_save"),
+        ({"config": {"bias": "lora_only"}}, "no adapter bias"),
+        ({"config": {"rank_pattern": {"q_proj": 8}}}, "rank_pattern is set: vLLM ignores it"),
+        ({"config": {"r": 1024}}, "integer rank from 1 to 512"),
+        ({"config": {"r": 2}}, "not of rank r=2"),
+        ({"config": {"peft_type": "IA3"}}, "LoRA adapters only"),
+        ({"config": {"target_modules": ["k_proj"]}}, "not among target_modules"),
+        ({"rename": lambda k: k.replace(".lora_A.", ".lora_A.alice.").replace(".lora_B.", ".lora_B.alice.")},
+         r"lora_A\.alice\.weight.*vLLM reads only"),
+        ({"rename": lambda k: k.replace("base_model.model.", "")}, "does not start with 'base_model.model.'"),
+        ({"drop": lambda k: ".lora_B." in k}, "has lora_A only"),
+    ],
+    ids=["no-r", "no-alpha-targets", "dora", "modules_to_save", "bias", "rank_pattern", "rank-too-high",
+         "rank-mismatch", "not-lora", "untargeted", "adapter-name-in-tensor", "no-prefix", "no-B"],
+)  # fmt: skip
+def test_what_vllm_would_refuse_is_named(olm_version, tmp_path, change, problem):
+    problems = vllm_compatibility_problems(broken(olm_version, tmp_path, **change))
+    assert problems and any(re.search(problem, p) for p in problems), problems
+
+
+def test_missing_or_unreadable_files_are_problems_not_errors(olm_version, tmp_path):
+    assert "does not exist" in vllm_compatibility_problems(tmp_path / "missing")[0]
+    weightless = broken(olm_version, tmp_path)
+    (weightless / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    assert "does not load" in vllm_compatibility_problems(weightless)[-1]
+    (weightless / "adapter_model.safetensors").unlink()
+    assert vllm_compatibility_problems(weightless) == [f"no adapter_model.safetensors in {weightless}"]
+    (weightless / "adapter_config.json").write_text("{")
+    assert "adapter_config.json does not load" in vllm_compatibility_problems(weightless)[0]
+
+
+# ----------------------------------------------------------------------------- docs/serving.md's watcher
+
+
+def watcher_code() -> str:
+    """The Python block of docs/serving.md that defines the watcher."""
+    text = (Path(__file__).parents[1] / "docs" / "serving.md").read_text(encoding="utf-8")
+    [code] = [block for block in re.findall(r"```python\n(.*?)```", text, re.S) if "def sync(" in block]
+    return code
+
+
+class FakeVLLM:
+    """A stand-in vLLM server: records each POST (route, json body); `fail` maps a lora_name to the
+    (status, message) its next load gets."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.calls: list[tuple[str, dict]] = []
+        self.fail: dict[str, tuple[int, str]] = {}
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                status, message = outer.fail.pop(body["lora_name"], (200, "Success"))
+                if status == 200:
+                    outer.calls.append((self.path, body))
+                self.send_response(status)
+                self.end_headers()
+                self.wfile.write(message.encode())
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def take(self) -> list[tuple[str, str, str | None]]:
+        calls, self.calls = self.calls, []
+        return [(route, body["lora_name"], body.get("lora_path")) for route, body in calls]
+
+
+def flip(root: Path, n: int) -> Path:
+    version = make_version(root, n)
+    (root / LATEST_FILE).write_text(f"v{n}\n")
+    with contextlib.suppress(FileNotFoundError):
+        (root / LATEST_LINK).unlink()
+    os.symlink(f"v{n}", root / LATEST_LINK)
+    return version.resolve()
+
+
+def test_the_documented_watcher_loads_each_new_version_under_a_new_name(tmp_path, capsys):
+    server, watcher = FakeVLLM(), {}
+    try:
+        exec(compile(watcher_code(), "docs/serving.md", "exec"), watcher)  # noqa: S102 - the doc's own code
+        watcher["SERVER"] = server.url
+        adapters, served = tmp_path / "adapters", {}
+        alice1 = flip(adapters / "alice", 1)
+        watcher["sync"]([str(adapters)], served)
+        assert server.take() == [("/v1/load_lora_adapter", "alice-v1", str(alice1))]
+        watcher["sync"]([str(adapters)], served)
+        assert server.take() == []  # nothing new
+        alice2, bob1 = flip(adapters / "alice", 2), flip(adapters / "bob", 1)
+        server.fail["bob-v1"] = (500, "busy")
+        watcher["sync"]([str(adapters)], served)
+        assert server.take() == [("/v1/load_lora_adapter", "alice-v2", str(alice2)),
+                                 ("/v1/unload_lora_adapter", "alice-v1", None)]  # fmt: skip
+        assert "bob-v1: not loaded" in capsys.readouterr().err
+        watcher["sync"]([str(adapters)], served)  # retried
+        assert server.take() == [("/v1/load_lora_adapter", "bob-v1", str(bob1))]
+        assert served == {"alice": "alice-v2", "bob": "bob-v1"}
+        single = tmp_path / "run" / "adapter"  # one user's run: the root itself; loaded before the watcher started
+        flip(single, 3)
+        server.fail["adapter-v3"] = (400, "The lora adapter 'adapter-v3' has already been loaded.")
+        watcher["sync"]([str(single)], served)
+        assert served["adapter"] == "adapter-v3" and "not loaded" not in capsys.readouterr().err
+    finally:
+        server.server.shutdown()
+
+
+def test_the_check_command(olm_version, tmp_path, capsys):
+    from olm.publish import main
+
+    assert main([str(olm_version.parent)]) == 0
+    assert capsys.readouterr().out == f"{olm_version}: ok\n"
+    bad = broken(olm_version, tmp_path, config={"use_dora": True})
+    assert main([str(bad), str(olm_version)]) == 1
+    assert "vLLM would refuse it:\n  - use_dora is set" in capsys.readouterr().out

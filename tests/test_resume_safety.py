@@ -444,7 +444,7 @@ def test_the_checkpoint_is_saved_before_the_adapter(tmp_path, tiny_model_dir):
     killed = run(args, tmp_path, hook="olm.callbacks.checkpoint:AdapterCheckpoint.save:kill-after:1")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     [version] = run_versions(tmp_path / "runs" / "tiny")
-    adapter_turn = json.loads((version / "adapter" / "olm_state.json").read_text())["turns_trained"]
+    adapter_turn = json.loads((version / "adapter" / "latest" / "olm_state.json").read_text())["turns_trained"]
     assert adapter_turn == 4 and turns_in(version / "checkpoints" / "last.ckpt") == adapter_turn
 
 

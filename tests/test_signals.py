@@ -83,7 +83,7 @@ def test_signal_mid_log_finishes_the_turn_saves_and_exits_0(sig, tmp_path, tiny_
     assert rc == 0, err.read_text()[-3000:]
     trained = assert_everything_trained_was_saved(tmp_path / "runs" / "tiny", ckpt)
     assert 4 <= trained < TURNS
-    adapter_memory = tmp_path / "runs" / "tiny" / "version_0" / "adapter" / "memory.json"
+    adapter_memory = tmp_path / "runs" / "tiny" / "version_0" / "adapter" / "latest" / "memory.json"
     assert adapter_memory.is_file()  # the adapter was saved at the end too (every_n_turns is 50)
     assert f"{sig.name}: finishing the current turn, then saving and exiting" in err.read_text()
 
@@ -176,7 +176,7 @@ def test_chat_closed_terminal_saves_and_exits_0(tmp_path, tiny_model_dir):
     assert child.ptyproc.exitstatus == 0 and child.ptyproc.signalstatus is None
     state = saved_state(tmp_path)  # every_n_turns is 10: only the final save can hold turn 1
     assert state["olm"]["turns_trained"] == 1 and state["ChatStreamDataModule"]["next_offset"] == 1
-    assert (tmp_path / "runs" / "chat" / "version_0" / "adapter" / "memory.json").is_file()
+    assert (tmp_path / "runs" / "chat" / "version_0" / "adapter" / "latest" / "memory.json").is_file()
 
 
 def test_chat_sigterm_at_the_prompt_saves_and_exits_0(tmp_path, tiny_model_dir):

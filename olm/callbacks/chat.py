@@ -268,7 +268,7 @@ class ChatCallback(Callback):
             if isinstance(callback, TurnCheckpoint) and callback.last_model_path:
                 where.append(f"checkpoint {callback.last_model_path}")
             elif isinstance(callback, AdapterCheckpoint) and callback.last_saved_turn >= 0:
-                where.append(f"adapter {callback.resolve_dir(trainer)}")
+                where.append(f"adapter {callback.latest_dir(trainer) or callback.resolve_dir(trainer)}")
         return where
 
     @staticmethod

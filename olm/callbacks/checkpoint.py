@@ -21,16 +21,22 @@ How it is written, so that no usable state is ever lost:
   ``weights_only=True`` and checked (an OnlineLM checkpoint, usable LoRA weights); an unusable
   ``last.ckpt`` is quarantined once a good ``previous.ckpt`` is found.
 
-AdapterCheckpoint writes the portable artifact — a PEFT adapter directory plus the fact memory.
+AdapterCheckpoint writes the portable artifact — a PEFT adapter directory plus the fact memory —
+as a new *version* each time (`olm.publish.publish_adapter`):
 
-Writes ``<dirpath>/adapter_config.json`` + ``adapter_model.safetensors`` (loadable as-is with
-``PeftModel.from_pretrained(base, dirpath)``), ``memory.json``, the adapter card files and
-``olm_state.json`` (the trained turn it holds) every `every_n_turns` trained turns and when
-training ends. The directory is written beside the old one (``<dir>.olm-tmp-<pid>``), fsynced and
-swapped in by rename, so a crash mid-write leaves the previous adapter intact
-(`olm.durable.remove_orphans` puts a set-aside one back at the next start). It runs after the
+    <dirpath>/v1/ v2/ v3/      each a whole adapter: adapter_config.json + adapter_model.safetensors
+                               (loadable as-is with ``PeftModel.from_pretrained(base, <dirpath>/v3)``),
+                               memory.json, the adapter card files, olm_state.json (the trained turn)
+    <dirpath>/latest -> v3     symlink, swapped atomically; <dirpath>/LATEST holds "v3" the same way
+
+every `every_n_turns` trained turns and when training ends; the newest `keep_versions` are kept. A
+version is written as ``v<N>.olm-tmp-<pid>``, fsynced and renamed, then the pointers flip: a crash
+mid-write leaves the previous version and pointers intact (`olm.durable.remove_orphans` clears the
+temporary one). Readers go through `olm.publish.resolve_adapter_dir` (``--model.adapter <dirpath>``
+loads the latest version). A new directory per version is what a server needs: vLLM must load each
+under a new name, its in-place reload keeps stale prefix-cache entries (docs/serving.md). It runs after the
 TurnCheckpoints (it moves itself behind them at setup), so on a turn both save, the checkpoint is
-written first: the adapter directory is never ahead of the resume state saved with it. Full
+written first: the adapter is never ahead of the resume state saved with it. Full
 resume state (optimizer, stream position, memory) is the ``.ckpt``; the adapter is what people share.
 """
 
@@ -38,8 +44,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +54,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
 from olm.adapter_card import complete_adapter_dir
-from olm.durable import OLD_MARK, atomic_write, fsync_tree, quarantine, remove_orphans, replace, temp_path
+from olm.durable import atomic_write, quarantine, remove_orphans, replace
+from olm.publish import latest_version, publish_adapter
 from olm.errors import AdapterDestroyed, ResumeError
 from olm.guards import adapter_problem, lora_problem
 from olm.runs import latest_checkpoints
@@ -60,7 +65,7 @@ log = logging.getLogger(__name__)
 LAST = "last.ckpt"
 PREVIOUS = "previous.ckpt"
 ADAPTER_STATE = "olm_state.json"
-"""In the adapter directory: the trained turn the adapter holds."""
+"""In each adapter version directory: the trained turn the adapter holds."""
 
 
 def check_adapter(pl_module: L.LightningModule) -> None:
@@ -127,18 +132,27 @@ class AdapterCheckpoint(Callback):
     """Save the adapter and fact memory periodically and at the end.
 
     Args:
-        dirpath: output directory; default ``<trainer.log_dir>/adapter``.
+        dirpath: the version root; default ``<trainer.log_dir>/adapter``. Each save is ``<dirpath>/v<N>/``
+            and ``<dirpath>/latest`` points at the newest (`olm.publish`).
         every_n_turns: trained turns between saves (0 = only at the end).
+        keep_versions: versions kept (>= 1); older ones are deleted, never the one ``latest`` names.
     """
 
-    def __init__(self, dirpath: str | None = None, every_n_turns: int = 100) -> None:
+    def __init__(self, dirpath: str | None = None, every_n_turns: int = 100, keep_versions: int = 3) -> None:
         if every_n_turns < 0:
             raise ValueError(f"every_n_turns must be >= 0, got {every_n_turns!r}")
-        self.dirpath, self.every_n_turns = dirpath, every_n_turns
+        if keep_versions < 1:
+            raise ValueError(f"keep_versions must be >= 1, got {keep_versions!r}")
+        self.dirpath, self.every_n_turns, self.keep_versions = dirpath, every_n_turns, keep_versions
         self.last_saved_turn = -1
 
     def resolve_dir(self, trainer: L.Trainer) -> Path:
+        """The version root (``<dirpath>``, default ``<log_dir>/adapter``)."""
         return Path(self.dirpath) if self.dirpath else Path(trainer.log_dir or trainer.default_root_dir) / "adapter"
+
+    def latest_dir(self, trainer: L.Trainer) -> Path | None:
+        """The newest version written (``<root>/v<N>``), None before the first save."""
+        return latest_version(self.resolve_dir(trainer))
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # run after every TurnCheckpoint: on a turn both save, last.ckpt is written first. A new list:
@@ -149,8 +163,10 @@ class AdapterCheckpoint(Callback):
             callbacks.remove(self)
             callbacks.insert(turn_ckpts[-1], self)
             trainer.callbacks = callbacks
-        if trainer.is_global_zero:
-            remove_orphans(self.resolve_dir(trainer).parent, depth=1)  # e.g. a fixed directory outside the run's
+        if trainer.is_global_zero:  # e.g. a fixed directory outside the run's
+            root = self.resolve_dir(trainer)
+            remove_orphans(root.parent, depth=1)
+            remove_orphans(root, depth=1)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any) -> None:
         turn = pl_module.turns_trained
@@ -163,31 +179,21 @@ class AdapterCheckpoint(Callback):
 
     @rank_zero_only
     def save(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path:
-        """Write the adapter directory atomically; returns its path.
+        """Write a new adapter version atomically and point ``latest`` at it; returns the version directory.
 
         Raises:
             AdapterDestroyed: the adapter is NaN/inf or past its bound (`check_adapter`); nothing is written.
         """
         check_adapter(pl_module)
-        final = self.resolve_dir(trainer)
-        tmp, old = temp_path(final), temp_path(final, OLD_MARK)
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            pl_module.model.save_pretrained(tmp)
-            pl_module.memory.to_json(tmp / "memory.json")
-            complete_adapter_dir(tmp, pl_module)  # tokenizer, portable base name, olm's model card
-            (tmp / ADAPTER_STATE).write_text(json.dumps({"turns_trained": pl_module.turns_trained}) + "\n")
-            fsync_tree(tmp)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-        replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+
+        def write_extra(directory: Path) -> None:
+            pl_module.memory.to_json(directory / "memory.json")
+            complete_adapter_dir(directory, pl_module)  # tokenizer, portable base name, olm's model card
+            (directory / ADAPTER_STATE).write_text(json.dumps({"turns_trained": pl_module.turns_trained}) + "\n")
+
+        version = publish_adapter(pl_module.model, "default", self.resolve_dir(trainer), write_extra, self.keep_versions)
         self.last_saved_turn = pl_module.turns_trained
-        return final
+        return version
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_saved_turn": self.last_saved_turn}

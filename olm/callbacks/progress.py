@@ -119,8 +119,8 @@ def run_outputs(trainer: L.Trainer) -> list[tuple[str, str]]:
     """(what, path) of the outputs written: adapter, checkpoint, recall report, TensorBoard logs."""
     outputs = []
     for cb in trainer.callbacks:
-        if isinstance(cb, AdapterCheckpoint) and cb.resolve_dir(trainer).is_dir():
-            outputs.append(("adapter", str(cb.resolve_dir(trainer))))
+        if isinstance(cb, AdapterCheckpoint) and (latest := cb.latest_dir(trainer)) is not None:
+            outputs.append(("adapter", str(latest)))  # the newest version, <root>/latest names it too
         elif isinstance(cb, TurnCheckpoint) and cb.dirpath and (Path(cb.dirpath) / "last.ckpt").is_file():
             outputs.append(("checkpoint", str(Path(cb.dirpath) / "last.ckpt")))
     if trainer.loggers and trainer.log_dir:
