@@ -4,7 +4,7 @@
         events.out.tfevents.*          TensorBoard scalars and the transcript (`run_logger`)
         config.yaml, hparams.yaml      the full config of the run, the module's hyperparameters
         checkpoints/last.ckpt          resume state (TurnCheckpoint; previous.ckpt beside it)
-        adapter/                       the portable PEFT adapter (AdapterCheckpoint)
+        adapter/v<N>/, adapter/latest  the portable PEFT adapter, one version per save (AdapterCheckpoint, olm.publish)
         recall_report.json / .md       RecallReport
 
 One knob moves them all: ``--trainer.default_root_dir DIR``. The callbacks take no directory of
