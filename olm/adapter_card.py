@@ -81,9 +81,12 @@ def model_card(base: str, lora: str, turns: int, facts: list[Any], command: str)
     return "\n".join(lines)
 
 
-def complete_adapter_dir(path: str | Path, pl_module: Any, command: str | None = None) -> None:
+def complete_adapter_dir(
+    path: str | Path, pl_module: Any, command: str | None = None, memory: Any = None, turns: int | None = None
+) -> None:
     """Make the adapter directory `path` (just written by PEFT's ``save_pretrained``) self-contained:
-    tokenizer, portable base-model name, olm's model card (module docstring)."""
+    tokenizer, portable base-model name, olm's model card (module docstring). `memory` and `turns`
+    (default: the module's) are the adapter's own: with per-user learning, its user's."""
     path = Path(path)
     base = portable_base_name(pl_module.base_model_name)
     config_file = path / "adapter_config.json"
@@ -92,5 +95,7 @@ def complete_adapter_dir(path: str | Path, pl_module: Any, command: str | None =
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     pl_module.tokenizer.save_pretrained(path)
     lora = pl_module.identity()["lora"]
-    card = model_card(base, lora, pl_module.turns_trained, list(pl_module.memory), command or run_command())
+    memory = pl_module.memory if memory is None else memory
+    turns = pl_module.turns_trained if turns is None else turns
+    card = model_card(base, lora, turns, list(memory), command or run_command())
     (path / "README.md").write_text(card, encoding="utf-8")

@@ -98,6 +98,8 @@ class Conversation:
 
     id: str
     messages: tuple[tuple[Any, Any], ...]
+    user_id: Any = None
+    """The record's top-level ``"user_id"`` as found (unchecked: `olm.users.user_id_problem`), None when absent."""
 
 
 # ----------------------------------------------------------------------------- records → exchanges
@@ -341,7 +343,7 @@ def record_conversation(value: Any, fmt: str, default_id: str) -> Conversation |
         rid, messages = parse_record(value, fmt if fmt in RECORD_KEYS.values() else "auto")
     except BadRecord as err:
         return Problem(err.kind, f"record skipped: {err}")
-    return Conversation(rid if rid is not None else default_id, tuple(messages))
+    return Conversation(rid if rid is not None else default_id, tuple(messages), value.get("user_id"))
 
 
 def line_conversation(text: str, mode: LineMode, fmt: str, source: str, lineno: int) -> Conversation | Problem:

@@ -16,7 +16,10 @@ reduction over the LoRA tensors, that the adapter is finite and within the bound
 `olm.guards` (1e4 × the LoRA initial scale): a destroyed adapter (an absurd LR gives weights of
 1e20) is rolled back at once, before any save could see it.
 
-The first snapshot is taken when training starts. The guard shares its anchor probe with a
+The first snapshot is taken when training starts. With per-user learning (`olm.users`) the guard
+works on the active user's adapter and optimizer only: each user has its own snapshot (taken at
+that user's in-bounds checks; before the first, the user's starting weights and a fresh optimizer
+state), and a rollback restores the active user's alone — never another user's weights. The guard shares its anchor probe with a
 StabilityMonitor using the same anchors: on a turn both check, one anchor pass serves both. Put
 the guard before the monitor in ``trainer.callbacks`` so that the monitor sees the restored
 adapter on a turn the guard rolls back::
@@ -46,21 +49,32 @@ from olm.turns import log_scalars, trained_turn, turn_step
 log = logging.getLogger(__name__)
 
 
-def lora_snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Detached copies of every LoRA tensor of `model` (names containing "lora_")."""
-    return {name: p.detach().clone() for name, p in model.named_parameters() if "lora_" in name}
+def _mine(name: str, adapter: str | None) -> bool:
+    return "lora_" in name and (adapter is None or f".{adapter}." in name)
+
+
+def lora_snapshot(model: torch.nn.Module, adapter: str | None = None) -> dict[str, torch.Tensor]:
+    """Detached copies of every LoRA tensor of `model` (names containing "lora_"); of the peft
+    adapter named `adapter` only, when given (per-user learning: the active user's)."""
+    return {name: p.detach().clone() for name, p in model.named_parameters() if _mine(name, adapter)}
 
 
 @torch.no_grad()
-def restore_lora(model: torch.nn.Module, snapshot: dict[str, torch.Tensor]) -> None:
-    """Copy `snapshot` back into the LoRA tensors of `model`, in place.
+def restore_lora(model: torch.nn.Module, snapshot: dict[str, torch.Tensor], adapter: str | None = None) -> None:
+    """Copy `snapshot` back into the LoRA tensors of `model` (of adapter `adapter` only, when given), in place.
 
     Raises:
         KeyError: the model has a LoRA tensor the snapshot lacks (the adapter changed shape).
     """
     for name, p in model.named_parameters():
-        if "lora_" in name:
+        if _mine(name, adapter):
             p.copy_(snapshot[name])
+
+
+def _active_adapter(pl_module: L.LightningModule) -> str | None:
+    """With per-user learning, the active user's peft adapter (the guard's scope); else None (every LoRA tensor)."""
+    users = getattr(pl_module, "users", None)
+    return users.state.adapter if users is not None and users.active is not None else None
 
 
 class DriftGuard(Callback):
@@ -103,6 +117,8 @@ class DriftGuard(Callback):
         self.probe: AnchorProbe | None = None
         self.snapshot: dict[str, torch.Tensor] = {}
         self.optimizer_snapshot: dict[str, Any] | None = None
+        self.user_snapshots: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any] | None, int]] = {}
+        """Per-user learning: adapter name → (LoRA tensors, optimizer state, turn) of its last in-bounds check."""
         self.rollbacks, self.last_good_turn, self.last_check_turn = 0, -1, -1
         self.latest: dict[str, float] = {}
 
@@ -156,6 +172,11 @@ class DriftGuard(Callback):
 
     def take_snapshot(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Remember the current adapter (and optimizer state) as the last in-bounds state."""
+        if (adapter := _active_adapter(pl_module)) is not None:
+            opt = copy.deepcopy(pl_module.users.optimizer.state_dict()) if self.restore_optimizer else None
+            self.user_snapshots[adapter] = (lora_snapshot(pl_module.model, adapter), opt, pl_module.turns_trained)
+            self.last_good_turn = pl_module.turns_trained
+            return
         self.snapshot = lora_snapshot(pl_module.model)
         if self.restore_optimizer and trainer.optimizers:
             self.optimizer_snapshot = copy.deepcopy(trainer.optimizers[0].state_dict())
@@ -163,16 +184,33 @@ class DriftGuard(Callback):
 
     def roll_back(self, trainer: L.Trainer, pl_module: L.LightningModule, problems: list[str]) -> None:
         """Copy the last snapshot back into the adapter and log the event."""
-        restore_lora(pl_module.model, self.snapshot)
+        if (adapter := _active_adapter(pl_module)) is not None:
+            self._roll_back_user(pl_module, adapter)
+        else:
+            restore_lora(pl_module.model, self.snapshot)
         if self.probe is not None:
             self.probe.invalidate()  # same optimizer step, different weights
-        if self.restore_optimizer and self.optimizer_snapshot is not None and trainer.optimizers:
+        if adapter is None and self.restore_optimizer and self.optimizer_snapshot is not None and trainer.optimizers:
             trainer.optimizers[0].load_state_dict(copy.deepcopy(self.optimizer_snapshot))
         self.rollbacks += 1
         message = (f"turn {pl_module.turns_trained}: {'; '.join(problems)}: adapter restored to its state "
                    f"after turn {self.last_good_turn} (rollback {self.rollbacks})")  # fmt: skip
         log.warning("DriftGuard: %s", message)
         self._log_text(trainer, message, turn_step(pl_module))
+
+    def _roll_back_user(self, pl_module: L.LightningModule, adapter: str) -> None:
+        """The active user's adapter (and optimizer) back to its last snapshot, else to its start."""
+        users = pl_module.users
+        saved = self.user_snapshots.get(adapter)
+        if saved is None:  # no in-bounds check of this user yet: its starting weights, a fresh optimizer
+            start = {n.replace(".default.", f".{adapter}."): t for n, t in users.template.items()}
+            saved = (start, None, -1)
+            if self.restore_optimizer:
+                users.optimizer.state.clear()
+        restore_lora(pl_module.model, saved[0], adapter)
+        if self.restore_optimizer and saved[1] is not None:
+            users.optimizer.load_state_dict(copy.deepcopy(saved[1]))
+        self.last_good_turn = saved[2]
 
     @rank_zero_only
     def _log_text(self, trainer: L.Trainer, message: str, step: int) -> None:

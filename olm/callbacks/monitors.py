@@ -85,8 +85,10 @@ def shared_probe(pl_module: L.LightningModule, prompts: list[str], cache_base: b
 
 def weights_version(trainer: L.Trainer) -> tuple[int, int]:
     """Identifies the adapter weights within a run: they change only with an optimizer step
-    (DriftGuard, which changes them otherwise, invalidates the probe)."""
-    return id(trainer), trainer.global_step
+    (DriftGuard, which changes them otherwise, invalidates the probe) or, with per-user learning,
+    when another user's adapter becomes the active one."""
+    users = getattr(trainer.lightning_module, "users", None)
+    return id(trainer), trainer.global_step, users.active if users is not None else None
 
 
 def _due(turn: int, every: int) -> bool:
@@ -293,7 +295,9 @@ class ForgettingMonitor(Callback):
         """Probe the next facts, update the metrics and log them; returns the scalars."""
         start = time.perf_counter()
         facts = self._select(list(pl_module.memory))
-        keys = [f"{f.subject}|{getattr(f, 'slot', '') or f.relation}" for f in facts]
+        users = getattr(pl_module, "users", None)  # per-user learning: the active user's facts, keys apart
+        who = f"{users.active}:" if users is not None and users.active is not None else ""
+        keys = [f"{who}{f.subject}|{getattr(f, 'slot', '') or f.relation}" for f in facts]
         answers: list[str] = []
         for i in range(0, len(facts), self.batch_size):
             chunk = [f.question for f in facts[i : i + self.batch_size]]

@@ -119,7 +119,10 @@ def run_outputs(trainer: L.Trainer) -> list[tuple[str, str]]:
     """(what, path) of the outputs written: adapter, checkpoint, recall report, TensorBoard logs."""
     outputs = []
     for cb in trainer.callbacks:
-        if isinstance(cb, AdapterCheckpoint) and (latest := cb.latest_dir(trainer)) is not None:
+        users = getattr(trainer.lightning_module, "users", None)
+        if isinstance(cb, AdapterCheckpoint) and users is not None and cb.last_saved_turn >= 0:
+            outputs.append(("adapters", f"{cb.users_dir(trainer)}/<user>/latest  ({len(users.users)} users)"))
+        elif isinstance(cb, AdapterCheckpoint) and (latest := cb.latest_dir(trainer)) is not None:
             outputs.append(("adapter", str(latest)))  # the newest version, <root>/latest names it too
         elif isinstance(cb, TurnCheckpoint) and cb.dirpath and (Path(cb.dirpath) / "last.ckpt").is_file():
             outputs.append(("checkpoint", str(Path(cb.dirpath) / "last.ckpt")))
