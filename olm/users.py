@@ -270,6 +270,21 @@ class UserRegistry:
             return state.memory.state_dict()
         return torch.load(state.path, map_location="cpu", weights_only=True)["memory"]
 
+    @contextmanager
+    def viewing(self, user_id: str) -> Iterator[FactMemory]:
+        """The model answers with `user_id`'s adapter inside the block (yields its memory); nothing
+        else changes: no activation, no LRU move, no eviction, no RNG swap (for reports and probes)."""
+        state = self.users[user_id]
+        with self._present(state) as memory:
+            self.model.set_adapter(state.adapter, inference_mode=True)
+            try:
+                yield memory
+            finally:
+                if self.active is not None:
+                    self.model.set_adapter(self.state.adapter)
+                else:
+                    self.model.set_adapter(TEMPLATE, inference_mode=True)
+
     # ----------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
         """The registry as plain types and tensors: users (counters, state files, LRU order) and the

@@ -40,11 +40,28 @@ class RecallRow:
     base_recalled: bool
     adapted_recalled: bool
     statements: int
+    user: str | None = None
+    """With per-user learning: whose fact, asked to that user's adapter."""
 
 
 def recall_rows(pl_module, max_facts: int) -> list[RecallRow]:
-    """Ask the questions of the first `max_facts` remembered facts to the base and the adapted model."""
-    facts = list(pl_module.memory)[:max_facts]
+    """Ask the questions of the first `max_facts` remembered facts to the base and the adapted model.
+
+    With per-user learning: each user's facts, to that user's own adapter (`max_facts` in all)."""
+    users = getattr(pl_module, "users", None)
+    if users is not None:
+        rows: list[RecallRow] = []
+        for user_id in list(users.users):
+            if len(rows) >= max_facts:
+                break
+            with users.viewing(user_id) as memory:
+                mine = _rows(pl_module, list(memory)[: max_facts - len(rows)])
+            rows += [RecallRow(**{**asdict(r), "user": user_id}) for r in mine]
+        return rows
+    return _rows(pl_module, list(pl_module.memory)[:max_facts])
+
+
+def _rows(pl_module, facts: list) -> list[RecallRow]:
     if not facts:
         return []
     questions = [f.question for f in facts]
@@ -69,8 +86,9 @@ def format_report(rows: list[RecallRow], width: int = 60) -> str:
         return "recall report: no fact was remembered in this run"
     lines = ["recall from the weights (each question asked alone, no chat history):"]
     for r in rows:
+        who = f"[{r.user}] " if r.user is not None else ""
         lines += [
-            f"  Q: {r.question}   (expected: {r.expected}; stated {r.statements}x)",
+            f"  {who}Q: {r.question}   (expected: {r.expected}; stated {r.statements}x)",
             f"     base    [{'x' if r.base_recalled else ' '}] {_cell(r.base_answer, width)}",
             f"     adapted [{'x' if r.adapted_recalled else ' '}] {_cell(r.adapted_answer, width)}",
         ]
@@ -84,7 +102,7 @@ def markdown_report(rows: list[RecallRow]) -> str:
     """The report as a markdown table."""
     head = "| question | expected | base answer | adapted answer |\n|---|---|---|---|\n"
     body = "".join(
-        f"| {r.question} | {r.expected} | {'✓' if r.base_recalled else '✗'} {_cell(r.base_answer, 80)} "
+        f"| {'[' + r.user + '] ' if r.user is not None else ''}{r.question} | {r.expected} | {'✓' if r.base_recalled else '✗'} {_cell(r.base_answer, 80)} "
         f"| {'✓' if r.adapted_recalled else '✗'} {_cell(r.adapted_answer, 80)} |\n"
         for r in rows
     )
@@ -122,7 +140,8 @@ class RecallReport(Callback):
         out = Path(trainer.log_dir or trainer.default_root_dir)
         try:
             out.mkdir(parents=True, exist_ok=True)
-            (out / "recall_report.json").write_text(json.dumps([asdict(r) for r in self.rows], indent=2))
+            rows = [{k: v for k, v in asdict(r).items() if k != "user" or v is not None} for r in self.rows]
+            (out / "recall_report.json").write_text(json.dumps(rows, indent=2))
             (out / "recall_report.md").write_text(markdown_report(self.rows))
         except OSError as err:  # the table is on the console; a full disk must not fail the run's end
             log.warning("could not write the recall report to %s: %s", out, err)
