@@ -21,6 +21,17 @@ def trained_turn(outputs: Any) -> bool:
     return bool(outputs)
 
 
+def crossed(pl_module: L.LightningModule, every: int) -> bool:
+    """Whether the last training step brought ``turns_trained`` to a multiple of `every` or past one
+    (False for ``every`` 0). One process trains one turn a step, so this is ``turns % every == 0``;
+    under DDP one step trains a turn on each rank and the global count may jump over the multiple
+    (`OnlineLM.round_start_turns`, set by `olm.distributed.Lockstep`, is the count before the step)."""
+    now = int(pl_module.turns_trained)
+    before = getattr(pl_module, "round_start_turns", None)
+    before = now - 1 if before is None else int(before)
+    return bool(every) and now > before and now // every > before // every
+
+
 def turn_step(pl_module: L.LightningModule) -> int:
     """The logger step of the last trained turn (the module logs turn k at step k − 1)."""
     return max(int(pl_module.turns_trained) - 1, 0)

@@ -5,6 +5,7 @@ from olm.callbacks.checkpoint import AdapterCheckpoint, TurnCheckpoint
 from olm.callbacks.drift import DriftGuard
 from olm.callbacks.monitors import ForgettingMonitor, StabilityMonitor
 from olm.callbacks.progress import RunSummary, TurnProgressBar
+from olm.callbacks.ranksync import RankSync
 from olm.callbacks.recall_report import RecallReport
 from olm.callbacks.replay import FactReplay
 from olm.callbacks.transcript import Transcript
@@ -14,6 +15,7 @@ __all__ = [
     "ChatCallback",
     "DriftGuard",
     "FactReplay",
+    "RankSync",
     "RecallReport",
     "ForgettingMonitor",
     "RunSummary",
