@@ -87,6 +87,18 @@ def test_each_publish_is_a_new_version_and_only_the_newest_are_kept(peft_model, 
     assert sorted(p.name for p in root.iterdir()) == [LATEST_FILE, "latest", "v3", "v4"]  # no temporary left
 
 
+def test_without_symlinks_the_latest_file_alone_points(peft_model, tmp_path, monkeypatch):
+    def no_symlinks(*args, **kwargs):
+        raise OSError(1, "Operation not permitted")  # e.g. Windows without the privilege
+
+    monkeypatch.setattr(os, "symlink", no_symlinks)
+    root = tmp_path / "adapter"
+    publish_adapter(peft_model, "default", root)
+    assert publish_adapter(peft_model, "default", root) == root / "v2"
+    assert sorted(p.name for p in root.iterdir()) == [LATEST_FILE, "v1", "v2"]
+    assert resolve_adapter_dir(root) == root / "v2"
+
+
 def test_keep_is_at_least_one(peft_model, tmp_path):
     with pytest.raises(ValueError, match="keep must be >= 1"):
         publish_adapter(peft_model, "default", tmp_path / "a", keep=0)
