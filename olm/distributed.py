@@ -7,9 +7,9 @@ rank holds the same adapter, and each optimizer step applies what all ranks lear
 
 **Sharding** (`shard_of`): a turn belongs to rank ``sha256(conversation_id) % world_size`` (a
 stable, well-mixed hash: Python's `hash` is salted per process, crc32 is linear). A conversation's
-turns stay in order on one rank, and each turn of the log is trained by exactly one rank. The filter runs inside the stream
-(`olm.data.ChatTurnStream`), after numbering: offsets, history and the skipped-input counts are those
-of the whole log on every rank.
+turns stay in order on one rank, and each turn of the log is trained by exactly one rank. The filter
+runs inside the stream (`olm.data.ChatTurnStream`), after numbering: offsets, history and the
+skipped-input counts are those of the whole log on every rank.
 
 **Lockstep** (`Lockstep`): collectives deadlock unless every rank calls them in the same order,
 yet ranks have different work per `training_step`: a fact turn takes ``steps_per_fact`` steps, a
@@ -318,11 +318,9 @@ class Lockstep:
             scale = mult / top if top > 0 else 0.0
         params = [p for group in opt.param_groups for p in group["params"]]
         device = params[0].device
-        flat = torch.cat(
-            [(p.grad.detach().reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=device, dtype=p.dtype))
-             for p in params]
-            + [torch.tensor([1.0 if nonfinite else 0.0], device=device, dtype=params[0].dtype)]
-        )  # fmt: skip
+        grads = [p.grad.detach().reshape(-1) if p.grad is not None else p.detach().new_zeros(p.numel()) for p in params]
+        flag = torch.tensor([1.0 if nonfinite else 0.0], device=device, dtype=params[0].dtype)
+        flat = torch.cat([*grads, flag])
         if scale != 1.0:
             flat[:-1].mul_(scale)
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
@@ -341,7 +339,7 @@ class Lockstep:
                 opt.step()
             else:  # the same decision on every rank: the adapters stay identical
                 module.nonfinite_steps += 1
-                log.warning("skipped a step with non-finite loss or gradient on some rank (turn %d)", module.turns_trained)
+                log.warning("skipped a step with non-finite loss or gradient on a rank (turn %d)", module.turns_trained)
         finally:
             for g, lr in zip(opt.param_groups, saved):
                 g["lr"] = lr
