@@ -108,6 +108,33 @@ def user_seed(base_seed: int, user_id: str) -> int:
     return (int(base_seed) + int(hashlib.sha1(user_id.encode("utf-8")).hexdigest()[:15], 16)) % (2**63)
 
 
+def _cuda() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
+
+
+def get_rng() -> dict[str, torch.Tensor]:
+    """The torch random state a user's turns draw from (CPU; and the current CUDA device's when in use)."""
+    state = {"cpu": torch.get_rng_state()}
+    if _cuda():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng(state: dict[str, torch.Tensor]) -> None:
+    """Install a `get_rng` state (a CUDA part without CUDA in use is ignored)."""
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and _cuda():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def new_rng(seed: int) -> dict[str, torch.Tensor]:
+    """A fresh `get_rng` state seeded with `seed`."""
+    state = {"cpu": torch.Generator().manual_seed(seed).get_state()}
+    if _cuda():
+        state["cuda"] = torch.Generator(device=torch.device("cuda", torch.cuda.current_device())).manual_seed(seed).get_state()
+    return state
+
+
 # ----------------------------------------------------------------------------- the registry
 @dataclass
 class UserState:
@@ -124,7 +151,8 @@ class UserState:
     optimizer: torch.optim.Optimizer | None = None
     memory: FactMemory | None = None
     replay_queue: list[tuple[str, str]] | None = None
-    rng: torch.Tensor | None = None
+    rng: dict[str, torch.Tensor] | None = None
+    """The user's random state: {"cpu": ..., "cuda": ... (the current device's, when CUDA is in use)}."""
 
     @property
     def loaded(self) -> bool:
@@ -152,6 +180,7 @@ class UserRegistry:
         self.swaps = 0
         self.base_seed = torch.initial_seed()
         self._saved_refs: list[set[str]] = [set(), set()]  # state files the last two checkpoints name
+        self._wrapped: dict[str, Any] = {}  # user id → its optimizer as a LightningOptimizer
         self.template = {n: p.detach().clone() for n, p in self._params(TEMPLATE).items()}
 
     # ----------------------------------------------------------------- what the module calls
@@ -182,7 +211,10 @@ class UserRegistry:
             return opt
         from lightning.pytorch.core.optimizer import LightningOptimizer
 
-        wrapped = LightningOptimizer._to_lightning_optimizer(opt, trainer.strategy)
+        wrapped = self._wrapped.get(self.active)
+        if wrapped is None or wrapped.optimizer is not opt:  # one wrapper per loaded user (it makes a class)
+            wrapped = self._wrapped[self.active] = LightningOptimizer._to_lightning_optimizer(opt, trainer.strategy)
+        LightningOptimizer._to_lightning_optimizer(wrapped, trainer.strategy)  # this fit's strategy (olm.api fits again)
         ref = trainer.strategy._lightning_optimizers[0]  # its hooks count the step (manual optimization loop)
         wrapped._on_before_step, wrapped._on_after_step = ref._on_before_step, ref._on_after_step
         return wrapped
@@ -207,7 +239,7 @@ class UserRegistry:
         self.model.set_adapter(state.adapter)
         m = self.module
         m.memory, m.replay_queue, m.locality.position = state.memory, state.replay_queue, state.locality_position
-        torch.set_rng_state(state.rng)
+        set_rng(state.rng)
         self.active = uid
         return state
 
@@ -234,6 +266,7 @@ class UserRegistry:
         old = state.path
         self.model.delete_adapter(state.adapter)
         state.optimizer = state.memory = state.replay_queue = state.rng = None
+        self._wrapped.pop(user_id, None)
         state.path = str(path)
         del self.loaded[user_id]
         if old is not None and old not in self._protected():
@@ -369,7 +402,7 @@ class UserRegistry:
         if state.path is None:
             state.optimizer = self._new_optimizer(params)
             state.memory, state.replay_queue = FactMemory(self.module.memory_config), []
-            state.rng = torch.Generator().manual_seed(user_seed(self.base_seed, state.user_id)).get_state()
+            state.rng = new_rng(user_seed(self.base_seed, state.user_id))
         else:
             saved = torch.load(state.path, map_location="cpu", weights_only=True)
             with torch.no_grad():
@@ -385,7 +418,7 @@ class UserRegistry:
         state.memory = FactMemory(self.module.memory_config)
         state.memory.load_state_dict(saved["memory"])
         state.replay_queue = [tuple(key) for key in saved["replay_queue"]]
-        state.rng = saved["rng"].clone()
+        state.rng = {k: v.clone() for k, v in saved["rng"].items()}
 
     def _live(self, state: UserState) -> dict[str, Any]:
         active = state.user_id == self.active
@@ -393,7 +426,7 @@ class UserRegistry:
             "optimizer": state.optimizer.state_dict(),
             "memory": state.memory.state_dict(),
             "replay_queue": [list(k) for k in state.replay_queue],
-            "rng": torch.get_rng_state() if active else state.rng.clone(),
+            "rng": get_rng() if active else {k: v.clone() for k, v in state.rng.items()},
             "locality_position": self.module.locality.position if active else state.locality_position,
         }
 
@@ -407,7 +440,7 @@ class UserRegistry:
         if self.active is None:
             return
         state = self.users[self.active]
-        state.rng, state.locality_position = torch.get_rng_state(), self.module.locality.position
+        state.rng, state.locality_position = get_rng(), self.module.locality.position
         self.model.set_adapter(TEMPLATE, inference_mode=True)  # the template is never trained
         self.active = None
 
