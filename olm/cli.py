@@ -55,6 +55,8 @@ class OlmCLI(LightningCLI):
         parser.add_argument(
             "--threads", type=int | None, default=None, help="torch intra-op threads (None: torch's default)"
         )
+        # per-user learning needs the stream to read user ids: one switch, --model.per_user
+        parser.link_arguments("model.per_user", "data.per_user", apply_on="parse")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config

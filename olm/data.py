@@ -57,7 +57,7 @@ import logging
 import os
 import sys
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,7 @@ from olm.formats import CONTEXT_MODES, FORMATS, ContextMode, Conversation, Forma
 from olm.readers import (
     STDIN, LineSource, ReaderLimits, SourceReader, StopRequest, is_pattern, open_regular, resolve_sources,
 )
+from olm.users import DEFAULT_USER, user_id_problem, validate_user_id
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ class Turn:
         context_spans: (start, end) character spans of `assistant` that are tool calls / results:
             context, never a training target.
         file_start: stream offset of the first turn of `source`'s current content (the resume record).
+        user_id: whose turn it is (per-user learning: the record's ``user_id``, else the stream's
+            ``user_id`` setting); None when per-user learning is off.
     """
 
     conversation_id: str
@@ -105,6 +108,7 @@ class Turn:
     system: str | None = None
     context_spans: tuple[tuple[int, int], ...] = ()
     file_start: int = 0
+    user_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -137,9 +141,20 @@ class StreamConfig:
     """Tool calls and results: ``context`` (in view, masked from the loss) or ``drop`` (left out)."""
     system: ContextMode = "drop"
     """System prompts: ``drop`` (left out) or ``context`` (rendered before each turn, never trained)."""
+    per_user: bool = False
+    """Read each record's ``user_id`` (set from ``--model.per_user``); a record whose id is invalid is
+    skipped (counted). Off: user ids are ignored and every turn's is None."""
+    user_id: str | None = None
+    """With per_user: the user of turns whose record names none (every line typed in the chat; the
+    chat's ``/user NAME`` switches it); None: ``default``."""
 
     def __post_init__(self) -> None:
         problems = []
+        if self.user_id is not None:
+            if (problem := user_id_problem(self.user_id)) is not None:
+                problems.append(f"user_id {self.user_id!r}: {problem}")
+            elif not self.per_user:
+                problems.append(f"user_id {self.user_id!r} needs per-user learning: add --model.per_user true")
         if not isinstance(self.source, str) or not self.source:
             problems.append(f"source must be a path, a glob or '-', got {self.source!r}")
         if self.format not in FORMATS:
@@ -231,12 +246,17 @@ class ChatTurnStream(IterableDataset):
         stdin: LineSource | None = None,
         stop: StopRequest | None = None,
         base_offset: int = 0,
+        per_user: bool = False,
+        user_id: str | None = None,
+        current_user: Callable[[], str | None] | None = None,
     ) -> None:
         super().__init__()
         self.config = StreamConfig(
             source, format, history_turns, max_message_chars, follow, poll_interval, idle_timeout,
             max_turns=max_turns, limits=limits or ReaderLimits(), tools=tools, system=system,
+            per_user=per_user, user_id=user_id,
         )
+        self.current_user = current_user  # the chat's /user: the user of records without one (default: user_id)
         if not isinstance(start_offset, int) or start_offset < 0:
             raise ValueError(f"start_offset must be an integer >= 0, got {start_offset!r}")
         if not isinstance(base_offset, int) or not 0 <= base_offset <= start_offset:
@@ -247,14 +267,14 @@ class ChatTurnStream(IterableDataset):
     @classmethod
     def from_config(
         cls, config: StreamConfig, start_offset: int = 0, stdin: LineSource | None = None,
-        stop: StopRequest | None = None, base_offset: int = 0,
+        stop: StopRequest | None = None, base_offset: int = 0, current_user: Callable[[], str | None] | None = None,
     ) -> ChatTurnStream:
         """The stream `config` describes (its `num_workers` is the DataLoader's), from `start_offset` on."""
         c = config
         return cls(
             c.source, c.format, c.history_turns, c.max_message_chars, c.follow, c.poll_interval, c.idle_timeout,
             start_offset, limits=c.limits, max_turns=c.max_turns, tools=c.tools, system=c.system, stdin=stdin,
-            stop=stop, base_offset=base_offset,
+            stop=stop, base_offset=base_offset, per_user=c.per_user, user_id=c.user_id, current_user=current_user,
         )
 
     def __iter__(self) -> Iterator[Turn]:
@@ -264,7 +284,8 @@ class ChatTurnStream(IterableDataset):
             raise RuntimeError("stdin and follow mode must be read with num_workers=0")
         stop = self.stop if worker is None else None  # a worker never sees the main process's signals
         reader = _TurnReader(
-            self.config, self.start_offset, warn=shard == 0, stdin=self.stdin, stop=stop, base_offset=self.base_offset
+            self.config, self.start_offset, warn=shard == 0, stdin=self.stdin, stop=stop, base_offset=self.base_offset,
+            current_user=self.current_user,
         )
         for turn in reader.turns(self.files, self.filtered):
             # shard relative to start_offset so that the DataLoader's round robin over workers keeps offset order
@@ -277,9 +298,10 @@ class _TurnReader:
 
     def __init__(
         self, config: StreamConfig, start_offset: int, warn: bool, stdin: LineSource | None = None,
-        stop: StopRequest | None = None, base_offset: int = 0,
+        stop: StopRequest | None = None, base_offset: int = 0, current_user: Callable[[], str | None] | None = None,
     ) -> None:
         self.config, self.limits = config, config.limits
+        self.current_user = current_user or (lambda: config.user_id)
         self.source = SourceReader(config, stdin, stop)
         self.source.restarted = self._restarted  # follow mode: the file's content was replaced
         self.start_offset = start_offset
@@ -319,6 +341,15 @@ class _TurnReader:
 
     def _conversation_turns(self, path: str, where: str, conv: Conversation) -> Iterator[Turn]:
         c = self.config
+        user_id = None
+        if c.per_user:
+            if conv.user_id is None:
+                user_id = self.current_user() or DEFAULT_USER
+            elif (problem := user_id_problem(conv.user_id)) is not None:  # a record's id names a directory
+                self._problem(where, Problem("bad_user_id", f"record skipped: {problem} (user_id {_shown(conv.user_id)})"))
+                return
+            else:
+                user_id = conv.user_id
         exchanges, problems = build_exchanges(conv.messages, c.max_message_chars, c.tools, c.system)
         for p in problems:
             self._problem(where, p)
@@ -327,10 +358,11 @@ class _TurnReader:
                 return
             for kind in ex.dropped:
                 self._dropped(where, kind)
-            history = self._history(conv.id, ex.user, ex.reply)
+            # per-user learning: a conversation's history is its user's only (the chat's lines are one conversation)
+            history = self._history(conv.id if user_id is None else (user_id, conv.id), ex.user, ex.reply)
             turn = Turn(
                 conv.id, ex.user, ex.reply, history, path, self.offset, self.skipped, self.truncated,
-                ex.system, ex.context_spans, self.file_start,
+                ex.system, ex.context_spans, self.file_start, user_id,
             )
             self.offset += 1
             if turn.offset >= self.start_offset:
@@ -344,7 +376,7 @@ class _TurnReader:
             what, flag = ("system prompts", "system") if kind == "system" else ("tool calls and results", "tools")
             log.warning("%s: %s are left out (--data.%s drop; 'context' keeps them, untrained)", where, what, flag)
 
-    def _history(self, conv_id: str, user: str, reply: str | None) -> tuple[tuple[str, str], ...]:
+    def _history(self, conv_id: str | tuple[str, str], user: str, reply: str | None) -> tuple[tuple[str, str], ...]:
         if self.config.history_turns == 0:
             return ()
         past = self.histories.pop(conv_id, None) or deque(maxlen=self.config.history_turns)
@@ -391,6 +423,9 @@ class ChatStreamDataModule(L.LightningDataModule):
         limits: reader safety bounds (default `ReaderLimits()`).
         tools: tool calls and results: ``context`` (kept in view, masked from the loss) or ``drop``.
         system: system prompts: ``drop`` or ``context`` (rendered before each turn, never trained).
+        per_user: read each record's ``user_id`` (set from ``--model.per_user`` by the command line).
+        user_id: with per_user, the user of turns whose record names none (the chat: every line;
+            ``/user NAME`` switches it, `set_user`).
 
     Raises:
         ValueError: invalid settings, all listed in one message.
@@ -410,12 +445,16 @@ class ChatStreamDataModule(L.LightningDataModule):
         limits: ReaderLimits | None = None,
         tools: ContextMode = _DEFAULTS.tools,
         system: ContextMode = _DEFAULTS.system,
+        per_user: bool = _DEFAULTS.per_user,
+        user_id: str | None = _DEFAULTS.user_id,
     ) -> None:
         super().__init__()
         self.config = StreamConfig(
             source, format, history_turns, max_message_chars, follow, poll_interval, idle_timeout, num_workers,
-            max_turns, limits or ReaderLimits(), tools, system,
+            max_turns, limits or ReaderLimits(), tools, system, per_user, user_id,
         )
+        self.user_id = user_id
+        """The user of turns whose record names none (per_user); `set_user` changes it."""
         self.next_offset = 0
         self.skipped = 0
         self.truncated = 0
@@ -432,7 +471,8 @@ class ChatStreamDataModule(L.LightningDataModule):
     def train_dataloader(self) -> StreamLoader:
         """Turns from `next_offset` on, uncollated (``batch_size=None``), in stream order, until `stop`."""
         stream = ChatTurnStream.from_config(
-            self.config, self.next_offset, stdin=self.console, stop=self.stop, base_offset=self.file_base
+            self.config, self.next_offset, stdin=self.console, stop=self.stop, base_offset=self.file_base,
+            current_user=lambda: self.user_id,
         )
         handle_signals = self.trainer is not None  # restored at teardown / on_exception
         return StreamLoader(stream, self.stop, handle_signals, batch_size=None, num_workers=self.config.num_workers)
@@ -451,6 +491,16 @@ class ChatStreamDataModule(L.LightningDataModule):
         Set it before the dataloader is built (a callback's ``setup``).
         """
         self.console = lines
+
+    def set_user(self, user_id: str) -> None:
+        """The user of the turns read from now on whose record names none (the chat's ``/user NAME``).
+
+        Raises:
+            ValueError: per-user learning is off, or `user_id` is invalid (the message says why).
+        """
+        if not self.config.per_user:
+            raise ValueError("per-user learning is off: start with --model.per_user true")
+        self.user_id = validate_user_id(user_id)
 
     def mark_trained(self, turn: Turn) -> None:
         """Record that `turn` was trained: a resume starts after it (and checks its file: module docstring)."""
@@ -476,10 +526,13 @@ class ChatStreamDataModule(L.LightningDataModule):
         files = [dict(r) for r in self.files]
         if files and file_change(files[-1]) is None:  # the current file may have grown: a longer head
             files[-1].update(file_fingerprint(files[-1]["path"]) or {})
-        return {
+        state = {
             "source": self.config.source, "next_offset": self.next_offset, "skipped": self.skipped,
             "truncated": self.truncated, "files": files,
         }
+        if self.config.per_user:  # the chat's current user (after /user) continues on resume
+            state["user_id"] = self.user_id
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume at ``state["next_offset"]``; a state saved for another source restarts at 0 (with a warning).
@@ -491,6 +544,9 @@ class ChatStreamDataModule(L.LightningDataModule):
         if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0 or not isinstance(source, str):
             raise ValueError(f"stream state needs a 'source' string and a 'next_offset' >= 0, got {state!r}")
         self.files, self.file_base = [], 0
+        saved_user = state.get("user_id")
+        if self.config.per_user and self.config.user_id is None and user_id_problem(saved_user) is None:
+            self.user_id = saved_user  # --data.user_id, when given, wins
         if not _same_source(source, self.config.source):
             log.warning("stream state is for source %r, not %r: starting at turn 0", source, self.config.source)
             self.next_offset, self.skipped, self.truncated = 0, 0, 0
@@ -524,6 +580,11 @@ class ChatStreamDataModule(L.LightningDataModule):
                 self.next_offset, self.files = start, records[:i]
                 return
         self.files = records
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
 
 
 def _same_source(a: str, b: str) -> bool:

@@ -32,6 +32,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -41,7 +42,7 @@ from olm.augment import AugmentSettings, fact_exchanges
 from olm.backbone import LoRASettings, attach_lora, load_base
 from olm.console import quiet_known_messages
 from olm.context import KINDS, Context, ContextPolicy, kl_lambda, lr_multiplier
-from olm.errors import ResumeError
+from olm.errors import ResumeError, RunError
 from olm.facts import DetectorConfig, FactDetector
 from olm.generation import CallbackStreamer, GenerationSettings, generate_reply
 from olm.guards import lora_problem
@@ -50,6 +51,7 @@ from olm.losses import online_loss, top_k_kl
 from olm.memory import FactMemory, MemoryConfig, StoredFact
 from olm.render import Example, LossOn, messages_for, render_exchange
 from olm.turns import log_scalars, turn_step
+from olm.users import UserRegistry
 from olm.weighting import ImportanceWeighter, WeightingConfig
 
 log = logging.getLogger(__name__)
@@ -155,6 +157,8 @@ class OnlineLM(L.LightningModule):
         weighting: per-token importance weights of the task loss.
         augment: extra examples of a fact step (question → answer pairs, paraphrases).
         locality: KL to the base on unrelated prompts in the steps of some kinds.
+        per_user: one adapter, optimizer and fact memory per user (a turn's ``user_id``; `olm.users`).
+        per_user_max_loaded: users kept in memory with per_user; the least recently active go to disk.
     """
 
     def __init__(
@@ -174,6 +178,8 @@ class OnlineLM(L.LightningModule):
         weighting: WeightingConfig = WeightingConfig(),
         augment: AugmentSettings = AugmentSettings(qa_pairs=0, paraphrases=0),
         locality: LocalitySettings = LocalitySettings(),
+        per_user: bool = False,
+        per_user_max_loaded: int = 8,
     ) -> None:
         super().__init__()
         quiet_known_messages()  # Lightning's dataloader_iter notes and other known noise (olm.console)
@@ -190,6 +196,7 @@ class OnlineLM(L.LightningModule):
         self.model = attach_lora(base, lora, adapter).train()
         self.base_model_name, self.lora_settings = str(base_model), lora  # from_pretrained leaves eval mode
         self.detector = FactDetector(detector)
+        self.memory_config = memory
         self.memory = FactMemory(memory)
         self.weighter = ImportanceWeighter(weighting)
         self.augment = augment
@@ -205,10 +212,22 @@ class OnlineLM(L.LightningModule):
         self.latest_scalars: dict[str, float] = {}  # latest value of every scalar logged (chat /stats)
         self._timings: dict[str, float] = defaultdict(float)
         self._pending_rng: dict[str, Any] | None = None  # restored at the first step after a resume
+        if per_user_max_loaded < 1:
+            raise ValueError(f"per_user_max_loaded must be >= 1, got {per_user_max_loaded!r}")
+        self.users = UserRegistry(self, per_user_max_loaded) if per_user else None
+        """With per_user: every user's adapter, optimizer and memory (`olm.users`); else None."""
 
     # ----------------------------------------------------------------- Lightning hooks
+    def setup(self, stage: str) -> None:
+        if self.users is not None and self.trainer.world_size > 1:
+            raise RunError("--model.per_user true runs in one process: per-user learning under DDP is not supported yet")
+        if self.users is not None and self.users.root is None:  # evicted users' state: <log_dir>/users/<id>/
+            self.users.root = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "users"
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.users is not None:  # each user steps its own (`active_optimizer`); this one is never stepped
+            params = self.users.template_parameters()
         opt = torch.optim.AdamW(
             params, lr=self.optim.lr, betas=self.optim.betas, eps=self.optim.eps, weight_decay=self.optim.weight_decay
         )
@@ -221,7 +240,7 @@ class OnlineLM(L.LightningModule):
             set_rng_state(self._pending_rng)
             self._pending_rng = None
         self._timings.clear()
-        replayed = self._run_replay_queue()
+        replayed = self._run_replay_queue() if self.users is None else []
         try:
             turn, _, _ = next(dataloader_iter)
         except StopIteration:
@@ -232,6 +251,9 @@ class OnlineLM(L.LightningModule):
             self.trainer.should_stop = True
             self.trainer._results.reset(metrics=False)
             raise
+        if self.users is not None:  # the turn's user: its adapter, optimizer, memory; then its queued replays
+            self.users.activate(getattr(turn, "user_id", None))
+            replayed = self._run_replay_queue()
         if self.respond_mode == "skip" and turn.assistant is None:
             return self._skip_unanswered(turn)
         start = time.perf_counter()
@@ -249,9 +271,11 @@ class OnlineLM(L.LightningModule):
                 examples += self.fact_examples(ctx.fact, ctx.repetition - 1, turn.user)
         stats = self.learn(examples, ctx)
         if ctx.kind == "fact":
-            self.memory.store(ctx.fact, turn.user, reply, self.turns_trained)
-        self.memory.decay(self.turns_trained)
+            self.memory.store(ctx.fact, turn.user, reply, self.memory_clock)
+        self.memory.decay(self.memory_clock)
         self.turns_trained += 1
+        if self.users is not None:
+            self.users.trained()
         self._mark_trained(turn)
         self._timings["turn"] = time.perf_counter() - start
         self._record(turn, reply, ctx, stats, example, replayed)
@@ -270,6 +294,8 @@ class OnlineLM(L.LightningModule):
             "identity": self.identity(),
             "rng": rng_state(),
         }
+        if self.users is not None:
+            checkpoint["olm"]["users"] = self.users.state_dict()
 
     def identity(self) -> dict[str, Any]:
         """What a checkpoint's LoRA weights only fit: the base model (architecture sizes and a
@@ -329,6 +355,8 @@ class OnlineLM(L.LightningModule):
         self.replay_queue = [tuple(key) for key in state["replay_queue"]]
         self.memory.load_state_dict(state["memory"])
         self.locality.position = int(state.get("locality_position", 0)) % len(self.locality.prompts)
+        if self.users is not None and state.get("users") is not None:
+            self.users.load_state_dict(state["users"])  # before Lightning loads the users' LoRA weights
 
     def apply_optim_settings(self, checkpoint: dict[str, Any]) -> list[str]:
         """Put this run's `optim` (lr, weight_decay, betas, eps) into the checkpoint's optimizer state
@@ -363,7 +391,7 @@ class OnlineLM(L.LightningModule):
             if fact is None:
                 return Context("chat")
             repetition = self.memory.count(fact) + 1
-            importance = self.memory.importance_of(fact, self.turns_trained)
+            importance = self.memory.importance_of(fact, self.memory_clock)
             return Context("fact", fact=fact, repetition=repetition, importance=importance)
 
     def logged_reply(self, turn) -> bool:
@@ -435,7 +463,7 @@ class OnlineLM(L.LightningModule):
             Scalars of the last step: loss, kl, ce, locality_kl, grad_norm, lr, kl_lambda, steps, examples.
         """
         examples = [examples] if isinstance(examples, Example) else list(examples)
-        opt = self.optimizers()
+        opt = self.active_optimizer()
         steps = {"fact": self.optim.steps_per_fact, "replay": self.optim.steps_per_replay}.get(
             ctx.kind, self.optim.steps_per_turn
         )
@@ -488,6 +516,18 @@ class OnlineLM(L.LightningModule):
             "steps": steps, "examples": n + len(rows),
         }  # fmt: skip
 
+    @property
+    def memory_clock(self) -> int:
+        """The turn count the fact memory ages by: the active user's turns with per_user, else turns_trained."""
+        return self.users.state.turns if self.users is not None and self.users.active else self.turns_trained
+
+    def active_optimizer(self):
+        """The optimizer `learn` steps: the module's, or with per_user the active user's own."""
+        if self.users is None:
+            return self.optimizers()
+        self.users.changed()
+        return self.users.lightning_optimizer(self._trainer)
+
     def queue_replay(self, facts: list[StoredFact]) -> None:
         """Queue remembered facts to be relearned at the start of the next training_step."""
         self.replay_queue.extend((f.subject, f.slot or f.relation) for f in facts)
@@ -527,14 +567,14 @@ class OnlineLM(L.LightningModule):
                 ctx = Context("replay", fact=fact, repetition=fact.count, importance=fact.importance)
                 mine = [render_exchange(self.tokenizer, fact.text, fact.reply, (), self.objective.loss_on, self.objective.max_tokens)]
                 if self.augment.on_replay:  # a rotation that moves on with the run
-                    mine += self.fact_examples(fact, fact.count + self.turns_trained, fact.text)
+                    mine += self.fact_examples(fact, fact.count + self.memory_clock, fact.text)
                 examples += mine
                 contexts += [ctx] * len(mine)
         # the batch's LR multiplier and KL λ are those of its most important fact
         lead = max(contexts, key=lambda c: c.importance)
         stats = self.learn(examples, lead, contexts)
         for fact in facts:
-            self.memory.touch(fact, self.turns_trained)
+            self.memory.touch(fact, self.memory_clock)
         return [{**stats, "facts": len(facts)}]
 
     def _skip_unanswered(self, turn) -> None:

@@ -8,7 +8,13 @@ read and runs commands itself, so they never reach the model:
 
   /facts   the fact memory as a table        /stats   the latest logged metrics
   /save    write last.ckpt and the adapter    /quit    save and exit (also Ctrl+C, Ctrl+D)
+  /user    /user NAME: talk as NAME (per-user learning: ``--model.per_user true``)
   /help    this list
+
+With per-user learning the prompt is the current user (``alice> ``): ``--data.user_id NAME`` sets
+the first, ``/user NAME`` switches (an invalid name is refused with the reason; the chat goes on),
+and every line is learned into that user's own adapter and fact memory (`olm.users`); /facts
+shows the current user's.
 
 After each trained turn it prints the reply to the message just typed (`OnlineLM.last`; the module's
 ``training_step(dataloader_iter)`` reads one turn per step, so there is no one-message lag) and a
@@ -34,14 +40,17 @@ from lightning.pytorch.callbacks import Callback
 
 from olm.callbacks.checkpoint import AdapterCheckpoint, TurnCheckpoint
 from olm.data import ChatStreamDataModule
+from olm.memory import FactMemory
 from olm.readers import STDIN, ReaderLimits, StopRequest, decode, stdin_lines
 from olm.turns import trained_turn
+from olm.users import DEFAULT_USER
 
 COMMANDS: dict[str, str] = {
     "/facts": "the fact memory as a table",
     "/stats": "the latest logged metrics",
     "/save": "save the checkpoint (last.ckpt) and the adapter now",
     "/quit": "save and exit (also Ctrl+C or Ctrl+D)",
+    "/user": "/user NAME: talk as NAME from now on (per-user learning); /user alone: who you are",
     "/help": "this list",
 }
 FACT_COLUMNS: tuple[str, ...] = ("subject", "relation", "object", "count", "importance", "last_turn")
@@ -167,8 +176,11 @@ class ChatCallback(Callback):
         if self._datamodule is None:
             return
         pl_module.reply_listener = self._stream_reply  # replies show before the step, not after it
+        users = getattr(pl_module, "users", None)
+        known = (f". Per-user learning: {len(users.users)} users known; you are {self.user}, /user NAME switches."
+                 if users is not None else f", {len(pl_module.memory)} facts remembered.")  # fmt: skip
         self.say(
-            f"olm chat: {pl_module.turns_trained} turns learned so far, {len(pl_module.memory)} facts remembered."
+            f"olm chat: {pl_module.turns_trained} turns learned so far{known}"
             " Type a message; /help lists the commands; Ctrl+C or Ctrl+D saves and exits."
         )
 
@@ -210,7 +222,7 @@ class ChatCallback(Callback):
         """
         source = stdin_lines(self.max_line_bytes, self.stop)
         while not self.stop_requested:
-            self.say(self.prompt, end="")
+            self.say(self.current_prompt(), end="")
             raw = self._read(source)
             if raw is _EOF:
                 self.say("")  # the terminal's cursor is still after the prompt
@@ -235,18 +247,61 @@ class ChatCallback(Callback):
         if name == "/quit":
             return False
         if name == "/facts":
-            self.say(facts_table(self._module.memory, self.max_rows, self.max_cell_chars))
+            self.say(facts_table(self.current_facts(), self.max_rows, self.max_cell_chars))
         elif name == "/stats":
             metrics = {**self._trainer.callback_metrics, **self._module.latest_scalars}
             self.say(stats_table(metrics, self.max_cell_chars))
         elif name == "/save":
             where = self.save_now(self._trainer, self._module)
             self.say(f"Saved {', '.join(where)}." if where else "Nothing to save: no checkpoint callbacks.")
+        elif name == "/user":
+            self.switch_user(line.split()[1:])
         elif name == "/help":
             self.say(help_text())
         else:
             self.say(f"Unknown command {name!r} (not learned). Commands:\n{help_text()}")
         return True
+
+    @property
+    def per_user(self) -> bool:
+        """Whether the chat's stream is learned per user (``--model.per_user true``)."""
+        return self._datamodule is not None and self._datamodule.config.per_user
+
+    @property
+    def user(self) -> str:
+        """The user the next line is learned for (per-user learning)."""
+        return (self._datamodule.user_id if self._datamodule is not None else None) or DEFAULT_USER
+
+    def current_prompt(self) -> str:
+        """The prompt: the current user's name with per-user learning (``alice> ``), else `prompt`."""
+        return f"{self.user}> " if self.per_user else self.prompt
+
+    def current_facts(self) -> list[Any]:
+        """The facts /facts lists: the module's memory; with per-user learning, the current user's."""
+        users = getattr(self._module, "users", None)
+        if not self.per_user or users is None:
+            return list(self._module.memory)
+        if self.user not in users.users:
+            return []
+        memory = FactMemory(self._module.memory_config)
+        memory.load_state_dict(users.memory_state(self.user))
+        return list(memory)
+
+    def switch_user(self, args: list[str]) -> None:
+        """/user NAME: the lines from now on are NAME's; a bad name is refused with the reason."""
+        if not self.per_user:
+            self.say("Per-user learning is off: start the chat with --model.per_user true to use /user.")
+        elif not args:
+            self.say(f"You are {self.user}. /user NAME switches.")
+        elif len(args) > 1:
+            self.say(f"Usage: /user NAME (one word); you are still {self.user}.")
+        else:
+            try:
+                self._datamodule.set_user(args[0])
+            except ValueError as err:
+                self.say(f"{err}; you are still {self.user}.")
+            else:
+                self.say(f"You are {self.user} now: what you say is learned for {self.user} only.")
 
     @staticmethod
     def save_now(trainer: L.Trainer, pl_module: L.LightningModule) -> list[str]:
@@ -268,6 +323,9 @@ class ChatCallback(Callback):
             if isinstance(callback, TurnCheckpoint) and callback.last_model_path:
                 where.append(f"checkpoint {callback.last_model_path}")
             elif isinstance(callback, AdapterCheckpoint) and callback.last_saved_turn >= 0:
+                if getattr(trainer.lightning_module, "users", None) is not None:  # per-user: <dir>/<user>/v<N>
+                    where.append(f"adapters {callback.users_dir(trainer)}")
+                    continue
                 where.append(f"adapter {callback.latest_dir(trainer) or callback.resolve_dir(trainer)}")
         return where
 

@@ -185,6 +185,8 @@ class AdapterCheckpoint(Callback):
             AdapterDestroyed: the adapter is NaN/inf or past its bound (`check_adapter`); nothing is written.
         """
         check_adapter(pl_module)
+        if getattr(pl_module, "users", None) is not None:
+            return self.save_users(trainer, pl_module)
 
         def write_extra(directory: Path) -> None:
             pl_module.memory.to_json(directory / "memory.json")
@@ -194,6 +196,30 @@ class AdapterCheckpoint(Callback):
         version = publish_adapter(pl_module.model, "default", self.resolve_dir(trainer), write_extra, self.keep_versions)
         self.last_saved_turn = pl_module.turns_trained
         return version
+
+    def users_dir(self, trainer: L.Trainer) -> Path:
+        """With per-user learning: the directory of the users' version roots (``<dirpath>``, default
+        ``<log_dir>/adapters``); user U's adapter is ``<users_dir>/U/v<N>/`` (``latest`` the newest)."""
+        return Path(self.dirpath) if self.dirpath else Path(trainer.log_dir or trainer.default_root_dir) / "adapters"
+
+    def save_users(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path:
+        """Per-user learning: publish a new version of every user's adapter that learned since its last
+        one (loaded or evicted; `olm.users.UserRegistry.publish_changed`), each with that user's own
+        ``memory.json``, model card and ``olm_state.json``; returns `users_dir`."""
+        root = self.users_dir(trainer)
+
+        def write(state: Any, memory: Any) -> None:
+            def write_extra(directory: Path) -> None:
+                memory.to_json(directory / "memory.json")
+                complete_adapter_dir(directory, pl_module, memory=memory, turns=state.turns)
+                record = {"turns_trained": pl_module.turns_trained, "user_id": state.user_id, "user_turns": state.turns}
+                (directory / ADAPTER_STATE).write_text(json.dumps(record) + "\n")
+
+            publish_adapter(pl_module.model, state.adapter, root / state.user_id, write_extra, self.keep_versions)
+
+        pl_module.users.publish_changed(write)
+        self.last_saved_turn = pl_module.turns_trained
+        return root
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_saved_turn": self.last_saved_turn}

@@ -5,6 +5,9 @@ Every `interval` trained turns the callback queues the most important remembered
 the start of its next `training_step` with the replay context, so the steps count in
 `global_step`, trigger step-based checkpoints and run under the trainer's precision — which
 steps taken inside a callback hook would not (docs/design.md §4).
+
+With per-user learning (`olm.users`) the interval counts the active user's turns and the facts are
+that user's: each user's replays come at their own pace, whatever other users say in between.
 """
 
 from __future__ import annotations
@@ -37,12 +40,19 @@ class FactReplay(Callback):
         self.replays_queued = 0
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any) -> None:
-        turn = pl_module.turns_trained
-        if not trained_turn(outputs) or turn == 0 or turn % self.interval != 0 or len(pl_module.memory) == 0:
+        turn = getattr(pl_module, "memory_clock", pl_module.turns_trained)  # per_user: the active user's turns
+        if not trained_turn(outputs) or turn == 0 or not self.due(pl_module) or len(pl_module.memory) == 0:
             return
         facts = pl_module.memory.replay_candidates(turn, self.limit)
         pl_module.queue_replay(facts)
         self.replays_queued += len(facts)
+
+    def due(self, pl_module: L.LightningModule) -> bool:
+        """Whether the turn just trained is a replay turn: every `interval` turns (with per-user
+        learning, every `interval` turns of the active user: `OnlineLM.memory_clock`)."""
+        if getattr(pl_module, "users", None) is not None:
+            return pl_module.memory_clock % self.interval == 0
+        return pl_module.turns_trained % self.interval == 0
 
     def state_dict(self) -> dict[str, Any]:
         return {"replays_queued": self.replays_queued}
