@@ -32,6 +32,7 @@ from lightning.pytorch.cli import LightningCLI
 from olm.callbacks.checkpoint import resolve_resume_checkpoint
 from olm.callbacks.progress import TurnProgressBar
 from olm.data import ChatStreamDataModule, StreamConfig, source_problems
+from olm.distributed import OlmTrainer, launcher_rank, pin_log_dir
 from olm.durable import RunLock, remove_orphans
 from olm.errors import RunError
 from olm.module import OnlineLM
@@ -72,7 +73,7 @@ class OlmCLI(LightningCLI):
             raise SystemExit("olm: invalid configuration:\n  - " + "\n  - ".join(problems))
         if config["threads"] is not None:
             torch.set_num_threads(config["threads"])
-        if self.subcommand == "fit":
+        if self.subcommand == "fit" and launcher_rank() == 0:  # DDP: the other ranks' processes neither lock nor clear
             root = config["trainer"].get("default_root_dir") or os.getcwd()
             self.run_lock = RunLock(root).acquire()  # before anything is read or written there
             remove_orphans(root)
@@ -93,7 +94,9 @@ class OlmCLI(LightningCLI):
         callbacks = config.get("callbacks") or []
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             kwargs.setdefault("callbacks", [*callbacks, TurnProgressBar()])
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        pin_log_dir(trainer)  # DDP: every rank the same version_N (`olm.distributed.OlmTrainer`)
+        return trainer
 
     def before_fit(self) -> None:
         # checkpoints hold only tensors and plain types: never unpickle anything else
@@ -109,6 +112,7 @@ def main(args: list[str] | None = None) -> OlmCLI:
         return OlmCLI(
             OnlineLM,
             ChatStreamDataModule,
+            trainer_class=OlmTrainer,  # DDP-safe log_dir (`olm.distributed`); otherwise Lightning's Trainer
             auto_configure_optimizers=False,  # OnlineLM optimizes only the LoRA parameters
             save_config_kwargs={"overwrite": True},  # a run given an existing logger version reuses its dir
             parser_kwargs={"allow_abbrev": False},  # --model.optim.l is an error, not --model.optim.lr

@@ -65,6 +65,7 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from olm.distributed import gather_ranks, own_rank_state, padded_with_end, shard_of
 from olm.formats import CONTEXT_MODES, FORMATS, ContextMode, Conversation, Format, Problem, build_exchanges
 from olm.readers import (
     STDIN, LineSource, ReaderLimits, SourceReader, StopRequest, is_pattern, open_regular, resolve_sources,
@@ -223,6 +224,10 @@ class ChatTurnStream(IterableDataset):
         stdin: lines to read for ``-`` instead of ``sys.stdin`` (the interactive chat's console).
         stop: ends a wait for stdin or a followed file (the data module's; None: never requested).
 
+    Attributes ``rank`` / ``world_size`` (set by the data module under DDP): only the turns of this
+    rank's conversations are yielded (`olm.distributed.shard_of`); offsets and counts stay those of
+    the whole stream.
+
     Raises:
         ValueError: invalid settings (all problems in one message).
         FileNotFoundError: the source names no file.
@@ -277,6 +282,8 @@ class ChatTurnStream(IterableDataset):
             stop=stop, base_offset=base_offset, per_user=c.per_user, user_id=c.user_id, current_user=current_user,
         )
 
+    rank, world_size = 0, 1
+
     def __iter__(self) -> Iterator[Turn]:
         worker = get_worker_info()
         shard, shards = (worker.id, worker.num_workers) if worker is not None else (0, 1)
@@ -287,9 +294,14 @@ class ChatTurnStream(IterableDataset):
             self.config, self.start_offset, warn=shard == 0, stdin=self.stdin, stop=stop, base_offset=self.base_offset,
             current_user=self.current_user,
         )
+        kept = 0  # turns of this rank's conversations (all of them in a single process)
         for turn in reader.turns(self.files, self.filtered):
+            if self.world_size > 1 and shard_of(turn.conversation_id, self.world_size) != self.rank:
+                continue  # another DDP rank's conversation
             # shard relative to start_offset so that the DataLoader's round robin over workers keeps offset order
-            if (turn.offset - self.start_offset) % shards == shard:
+            index = turn.offset - self.start_offset if self.world_size == 1 else kept
+            kept += 1
+            if index % shards == shard:
                 yield turn
 
 
@@ -403,7 +415,9 @@ class StreamLoader(DataLoader):
     def __iter__(self) -> Iterator[Any]:
         if self.handle_signals:
             self.stop.install()
-        return self.stop.iterate(super().__iter__())
+        turns = self.stop.iterate(super().__iter__())
+        # DDP: a rank whose shard ended still joins the others' steps (`olm.distributed`)
+        return padded_with_end(turns) if getattr(self.dataset, "world_size", 1) > 1 else turns
 
 
 class ChatStreamDataModule(L.LightningDataModule):
@@ -474,6 +488,8 @@ class ChatStreamDataModule(L.LightningDataModule):
             self.config, self.next_offset, stdin=self.console, stop=self.stop, base_offset=self.file_base,
             current_user=lambda: self.user_id,
         )
+        if self.trainer is not None:  # DDP: this rank's conversations only (`olm.distributed`)
+            stream.rank, stream.world_size = self.trainer.global_rank, self.trainer.world_size
         handle_signals = self.trainer is not None  # restored at teardown / on_exception
         return StreamLoader(stream, self.stop, handle_signals, batch_size=None, num_workers=self.config.num_workers)
 
@@ -532,14 +548,16 @@ class ChatStreamDataModule(L.LightningDataModule):
         }
         if self.config.per_user:  # the chat's current user (after /user) continues on resume
             state["user_id"] = self.user_id
-        return state
+        return gather_ranks(state)  # DDP: every rank's position (olm.distributed)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume at ``state["next_offset"]``; a state saved for another source restarts at 0 (with a warning).
 
         Raises:
             ValueError: the state lacks ``source`` / ``next_offset`` or has wrong types.
+            ResumeError: the state was saved by another number of DDP ranks (`olm.distributed`).
         """
+        state = own_rank_state(state, "stream state")
         offset, source = state.get("next_offset"), state.get("source")
         if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0 or not isinstance(source, str):
             raise ValueError(f"stream state needs a 'source' string and a 'next_offset' >= 0, got {state!r}")

@@ -42,6 +42,7 @@ from olm.augment import AugmentSettings, fact_exchanges
 from olm.backbone import LoRASettings, attach_lora, load_base
 from olm.console import quiet_known_messages
 from olm.context import KINDS, Context, ContextPolicy, kl_lambda, lr_multiplier
+from olm.distributed import gather_ranks, lockstep, own_rank_state
 from olm.errors import ResumeError, RunError
 from olm.facts import DetectorConfig, FactDetector
 from olm.generation import CallbackStreamer, GenerationSettings, generate_reply
@@ -236,6 +237,8 @@ class OnlineLM(L.LightningModule):
         return opt
 
     def training_step(self, dataloader_iter: Iterator) -> dict[str, Any] | None:
+        if (ranks := lockstep(self)) is not None and not ranks.inside:  # DDP: olm.distributed
+            return ranks.round(self, dataloader_iter)
         if self._pending_rng is not None:  # here, not at load: Lightning draws from torch's RNG in between
             set_rng_state(self._pending_rng)
             self._pending_rng = None
@@ -296,6 +299,7 @@ class OnlineLM(L.LightningModule):
         }
         if self.users is not None:
             checkpoint["olm"]["users"] = self.users.state_dict()
+        checkpoint["olm"] = gather_ranks(checkpoint["olm"])  # DDP: every rank's state (olm.distributed)
 
     def identity(self) -> dict[str, Any]:
         """What a checkpoint's LoRA weights only fit: the base model (architecture sizes and a
@@ -340,7 +344,7 @@ class OnlineLM(L.LightningModule):
         """Restore olm's state; check that the checkpoint fits (`check_identity`) and that its adapter
         is usable (`olm.guards`); set this run's optimizer settings on the saved optimizer state
         (`apply_optim_settings`: the command line wins); keep the RNG states for the first step."""
-        state = checkpoint.get("olm")
+        state = own_rank_state(checkpoint.get("olm"))  # DDP: this rank's part (olm.distributed)
         if state is None:
             raise ResumeError("checkpoint has no 'olm' section: it was not written by OnlineLM")
         self.check_identity(state.get("identity"))
@@ -534,6 +538,8 @@ class OnlineLM(L.LightningModule):
 
     # ----------------------------------------------------------------- helpers
     def _clip_and_step(self, opt, loss: torch.Tensor) -> float:
+        if (ranks := lockstep(self)) is not None:  # DDP: summed over the ranks, in lockstep (olm.distributed)
+            return ranks.step(self, opt, loss)
         params = [p for group in opt.param_groups for p in group["params"]]
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.optim.grad_clip))
         if torch.isfinite(loss) and grad_norm == grad_norm and grad_norm != float("inf"):

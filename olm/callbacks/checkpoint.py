@@ -59,7 +59,7 @@ from olm.publish import latest_version, publish_adapter
 from olm.errors import AdapterDestroyed, ResumeError
 from olm.guards import adapter_problem, lora_problem
 from olm.runs import latest_checkpoints
-from olm.turns import trained_turn
+from olm.turns import crossed, trained_turn
 
 log = logging.getLogger(__name__)
 LAST = "last.ckpt"
@@ -170,7 +170,7 @@ class AdapterCheckpoint(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any) -> None:
         turn = pl_module.turns_trained
-        if trained_turn(outputs) and self.every_n_turns and turn % self.every_n_turns == 0 and turn != self.last_saved_turn:
+        if trained_turn(outputs) and crossed(pl_module, self.every_n_turns) and turn != self.last_saved_turn:
             self.save(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -259,7 +259,7 @@ class TurnCheckpoint(ModelCheckpoint):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any) -> None:
         turns = pl_module.turns_trained
-        if trained_turn(outputs) and self.every_n_turns and turns % self.every_n_turns == 0 and turns != self._saved_turns:
+        if trained_turn(outputs) and crossed(pl_module, self.every_n_turns) and turns != self._saved_turns:
             self.save_now(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from olm.turns import trained_turn
+from olm.turns import crossed, trained_turn
 
 
 class FactReplay(Callback):
@@ -52,7 +52,7 @@ class FactReplay(Callback):
         learning, every `interval` turns of the active user: `OnlineLM.memory_clock`)."""
         if getattr(pl_module, "users", None) is not None:
             return pl_module.memory_clock % self.interval == 0
-        return pl_module.turns_trained % self.interval == 0
+        return crossed(pl_module, self.interval)
 
     def state_dict(self) -> dict[str, Any]:
         return {"replays_queued": self.replays_queued}
