@@ -197,6 +197,21 @@ def load_base(
     return model, tokenizer
 
 
+def adapted_blocks(settings: LoRASettings, depth: int) -> list[int] | None:
+    """The block indices `settings` adapts in a model of `depth` blocks (peft `layers_to_transform`); None = all.
+
+    Raises:
+        ValueError: a `layers` index out of range for `depth`.
+    """
+    if settings.layers is not None:
+        if bad := [i for i in settings.layers if not -depth <= i < depth]:
+            raise ValueError(f"lora.layers {bad} out of range for a model of {depth} blocks")
+        return sorted({i % depth for i in settings.layers})
+    if settings.lower_fraction < 1:
+        return list(range(max(1, round(settings.lower_fraction * depth))))
+    return None
+
+
 def attach_lora(model: PreTrainedModel, settings: LoRASettings, adapter: str | None = None) -> PeftModel:
     """Freeze `model` and wrap it with LoRA adapters.
 
@@ -213,14 +228,7 @@ def attach_lora(model: PreTrainedModel, settings: LoRASettings, adapter: str | N
             adapter = str(resolve_adapter_dir(adapter))
         with _peft_quietly():
             return PeftModel.from_pretrained(model, adapter, is_trainable=True)
-    layers = None
-    if settings.layers is not None:
-        depth = model.config.num_hidden_layers
-        if bad := [i for i in settings.layers if not -depth <= i < depth]:
-            raise ValueError(f"lora.layers {bad} out of range for a model of {depth} blocks")
-        layers = sorted({i % depth for i in settings.layers})
-    elif settings.lower_fraction < 1:
-        layers = list(range(max(1, round(settings.lower_fraction * model.config.num_hidden_layers))))
+    layers = adapted_blocks(settings, model.config.num_hidden_layers)
     config = LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 import yaml
 
-from olm.backbone import LoRASettings, attach_lora, load_base
+from olm.backbone import LoRASettings, adapted_blocks, attach_lora, load_base
 from olm.bench.memory import current_rss
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,12 +72,8 @@ MODULE_DIMS = {  # target module → (in, out) in terms of a Shape
 
 def lora_params(shape: Shape, lora: LoRASettings) -> int:
     """Trainable parameters of one adapter of `lora`'s shape on `shape`: r·(in + out) per adapted matrix."""
-    if lora.layers is not None:
-        blocks = len({i % shape.layers for i in lora.layers})
-    elif lora.lower_fraction < 1:
-        blocks = max(1, round(lora.lower_fraction * shape.layers))
-    else:
-        blocks = shape.layers
+    adapted = adapted_blocks(lora, shape.layers)
+    blocks = shape.layers if adapted is None else len(adapted)
     per_block = sum(lora.r * sum(MODULE_DIMS[m](shape)) for m in lora.target_modules if m in MODULE_DIMS)
     return blocks * per_block
 
