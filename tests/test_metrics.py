@@ -9,7 +9,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torchmetrics.aggregation import RunningMean
 from torchmetrics.regression import KLDivergence
 from torchmetrics.text import Perplexity
 
@@ -17,13 +16,13 @@ from olm.backbone import LoRASettings, attach_lora, load_base
 from olm.metrics import (
     AnchorPerplexity,
     FactRecall,
-    LossImprovement,
-    LossSlope,
+    Plasticity,
     RecallByRepetitions,
     Regression,
     ValueStd,
     load_metric_state_dict,
     metric_state_dict,
+    window_slope,
 )
 from olm.probes import AnchorProbe, build_anchor_batch, is_recalled, load_anchors, normalize_answer
 from olm.render import render_prompt
@@ -90,54 +89,69 @@ def test_value_std_is_population_std_and_resets():
 
 
 # ----------------------------------------------------------------------------- plasticity
-def test_running_mean_is_mean_of_last_window():
-    metric = RunningMean(window=3)
+def test_plasticity_recent_loss_is_mean_of_last_window():
+    metric = Plasticity(window=3)
+    assert metric.compute()["recent_loss"].item() == 0.0  # nothing seen yet
     for v in [1.0, 2.0, 3.0, 10.0]:
-        metric.update(torch.tensor(v))
-    assert metric.compute().item() == pytest.approx(5.0)
+        metric.update(v)
+    assert metric.compute()["recent_loss"].item() == pytest.approx(5.0)
 
 
-def test_loss_improvement_old_vs_new_window():
-    metric = LossImprovement(window=2)
+def test_plasticity_improvement_old_vs_new_window():
+    metric = Plasticity(window=2)
     metric.update(4.0)
-    assert metric.compute().item() == 0.0  # one loss: no evidence
+    assert metric.compute()["improvement"].item() == 0.0  # one loss: no evidence
     metric.update(2.0)
-    assert metric.compute().item() == pytest.approx((4 - 2) / 4)
+    assert metric.compute()["improvement"].item() == pytest.approx((4 - 2) / 4)
     metric.update(3.0)  # k = 1: old = 2, new = 3
-    assert metric.compute().item() == pytest.approx((2 - 3) / 2)
+    assert metric.compute()["improvement"].item() == pytest.approx((2 - 3) / 2)
     for v in [1.0, 1.0]:
         metric.update(v)
     # last 4 values: [2, 3, 1, 1] -> old avg 2.5, new avg 1
-    assert metric.compute().item() == pytest.approx((2.5 - 1.0) / 2.5)
+    assert metric.compute()["improvement"].item() == pytest.approx((2.5 - 1.0) / 2.5)
     metric.reset()
-    assert metric.compute().item() == 0.0
+    assert metric.compute()["improvement"].item() == 0.0
 
 
-def test_loss_improvement_zero_old_average_is_zero_not_nan():
-    metric = LossImprovement(window=1)
+def test_plasticity_zero_old_average_is_zero_not_nan():
+    metric = Plasticity(window=2)
     metric.update(0.0)
     metric.update(1.0)
-    assert metric.compute().item() == 0.0
+    assert metric.compute()["improvement"].item() == 0.0
 
 
-def test_loss_slope_is_least_squares_slope_of_window():
-    metric = LossSlope(window=4)
-    for v in [100.0, 5.0, 3.0, 1.0, -1.0]:  # the first value falls out of the window
+def test_plasticity_slope_is_least_squares_slope_of_window():
+    metric = Plasticity(window=4)
+    for v in [100.0, 5.0, 3.0, 1.0, -1.0]:  # the first value falls out of the slope's window
         metric.update(v)
-    assert metric.compute().item() == pytest.approx(-2.0)
+    assert metric.compute()["slope"].item() == pytest.approx(-2.0)
     metric.reset()
     metric.update(1.0)
-    assert metric.compute().item() == 0.0
+    assert metric.compute()["slope"].item() == 0.0
     metric.update(2.0)
     metric.update(4.0)
     x, y = torch.arange(3.0), torch.tensor([1.0, 2.0, 4.0])
     hand = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()
-    assert metric.compute().item() == pytest.approx(hand.item())
+    assert metric.compute()["slope"].item() == pytest.approx(hand.item())
+
+
+def test_plasticity_keeps_two_windows_and_matches_a_recomputation():
+    metric, seen = Plasticity(window=3), []
+    for i in range(20):
+        v = float((i * 7) % 5) + 0.5 * i
+        metric.update(v)
+        seen.append(v)
+    assert len(metric.values) == 6
+    last = torch.tensor(seen[-6:])
+    out = metric.compute()
+    assert out["recent_loss"].item() == pytest.approx(last[-3:].mean().item())
+    assert out["improvement"].item() == pytest.approx(((last[:3].mean() - last[3:].mean()) / last[:3].mean()).item())
+    assert out["slope"].item() == pytest.approx(window_slope(last[-3:]).item())
 
 
 def test_window_metrics_reject_bad_window():
     with pytest.raises(ValueError, match="window must be >= 2, got 1"):
-        LossSlope(window=1)
+        Plasticity(window=1)
 
 
 # ----------------------------------------------------------------------------- forgetting
@@ -191,8 +205,7 @@ def test_recall_by_repetitions_bins_and_pools():
     assert math.isnan(metric.compute()[0].item()) and metric.compute()[1].item() == 1.0
 
 
-@pytest.mark.parametrize("make", [ValueStd, lambda: LossImprovement(window=2), lambda: LossSlope(window=3),
-                                  Regression, FactRecall, lambda: RunningMean(window=2)])  # fmt: skip
+@pytest.mark.parametrize("make", [ValueStd, lambda: Plasticity(window=2), Regression, FactRecall])
 def test_metric_state_round_trips_through_plain_types(make):
     a, b = make(), make()
     feeds = {

@@ -107,7 +107,7 @@ def test_monitors_log_every_group_at_the_turn_steps(run):
 
 def test_the_step_that_ends_the_stream_is_not_counted(run):
     _, cbs, _ = run
-    assert len(cbs[1].improvement.values) == 12  # one loss per trained turn (capacity 20)
+    assert len(cbs[1].plasticity_window.values) == 12  # one loss per trained turn (capacity 2 × window = 20)
 
 
 def test_logged_values_are_consistent(run):
@@ -184,10 +184,25 @@ def test_monitor_state_round_trips_and_keeps_the_run_start(run, tiny_model_dir):
         if isinstance(cb, StabilityMonitor):
             assert fresh.regression.first.item() == cb.regression.first.item()
             assert fresh.drift.compute().item() == pytest.approx(cb.drift.compute().item())
-            assert fresh.recent.compute().item() == pytest.approx(cb.recent.compute().item())
+            a, b = fresh.plasticity_window.compute(), cb.plasticity_window.compute()
+            assert {k: v.item() for k, v in a.items()} == pytest.approx({k: v.item() for k, v in b.items()})
         else:
             assert fresh.recall.keys == cb.recall.keys
             assert fresh.recall.compute() == cb.recall.compute()
+
+
+def test_stability_state_from_before_one_plasticity_metric_loads(run):
+    """Checkpoints written when plasticity was three metrics (RunningMean "recent", LossImprovement
+    "improvement", LossSlope "slope") resume with the same window: the improvement's buffer is it."""
+    _, cbs, _ = run
+    state = cbs[1].state_dict()
+    window = state["metrics"].pop("plasticity")
+    state["metrics"].update(improvement=window, slope=window, recent={"states": {}, "update_count": 0})
+    fresh = StabilityMonitor(every_n_turns=2, window=10)
+    fresh.load_state_dict(state)
+    assert len(fresh.plasticity_window.values) == 12
+    a, b = fresh.plasticity_window.compute(), cbs[1].plasticity_window.compute()
+    assert {k: v.item() for k, v in a.items()} == pytest.approx({k: v.item() for k, v in b.items()})
 
 
 def test_callback_settings_are_validated():

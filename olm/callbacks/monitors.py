@@ -42,15 +42,14 @@ from weakref import WeakKeyDictionary
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from torchmetrics.aggregation import MeanMetric, RunningMean
+from torchmetrics.aggregation import MeanMetric
 from torchmetrics.regression import KLDivergence
 
 from olm.generation import GenerationSettings
 from olm.metrics import (
     AnchorPerplexity,
     FactRecall,
-    LossImprovement,
-    LossSlope,
+    Plasticity,
     RecallByRepetitions,
     Regression,
     ValueStd,
@@ -165,15 +164,13 @@ class StabilityMonitor(Callback):
         self.prompts = load_anchors(anchors)
         self.anchor = AnchorMetrics()
         self.drift, self.regression = ValueStd(), Regression()
-        self.recent = RunningMean(window=window)
-        self.improvement, self.slope = LossImprovement(window), LossSlope(window)
+        self.plasticity_window = Plasticity(window)
         self.probe: AnchorProbe | None = None
         self.latest: dict[str, float] = {}
         self.last_check_turn = -1
 
     def _tracked(self) -> dict[str, Any]:
-        return {"drift": self.drift, "regression": self.regression, "recent": self.recent,
-                "improvement": self.improvement, "slope": self.slope}  # fmt: skip
+        return {"drift": self.drift, "regression": self.regression, "plasticity": self.plasticity_window}
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.probe = shared_probe(pl_module, self.prompts, self.cache_base)
@@ -205,11 +202,9 @@ class StabilityMonitor(Callback):
         """Feed the last turn's loss to the window metrics; their current values."""
         if pl_module.last is None:
             return {}
-        value = float(getattr(pl_module.last, self.loss))
-        for metric in (self.recent, self.improvement, self.slope):
-            metric.update(value)
-        values = torch.stack([self.recent.compute(), self.improvement.compute(), self.slope.compute()]).tolist()
-        return dict(zip(("plasticity/recent_loss", "plasticity/improvement", "plasticity/slope"), values))
+        self.plasticity_window.update(float(getattr(pl_module.last, self.loss)))
+        values = self.plasticity_window.compute()
+        return dict(zip((f"plasticity/{k}" for k in values), torch.stack(list(values.values())).tolist()))
 
     def check(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         """One anchor check: stability values and the anchor regression since the start."""
@@ -232,8 +227,12 @@ class StabilityMonitor(Callback):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        tracked = self._tracked()
-        for name, state in state_dict["metrics"].items():
+        tracked, states = self._tracked(), dict(state_dict["metrics"])
+        if "plasticity" not in states and "improvement" in states:
+            # checkpoints before one Plasticity metric: LossImprovement held the same buffer (last
+            # 2·window losses); RunningMean ("recent") and LossSlope ("slope") are derived from it
+            states = {"drift": states["drift"], "regression": states["regression"], "plasticity": states["improvement"]}
+        for name, state in states.items():
             load_metric_state_dict(tracked[name], state)
         self.last_check_turn = int(state_dict["last_check_turn"])
 
