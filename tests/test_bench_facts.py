@@ -51,7 +51,11 @@ def test_runs_are_stored_per_seed_and_reused_only_when_settings_match(tmp_path, 
             "--rows", "tuned", "--threads", "1"]  # fmt: skip
     assert main([*base, "--seeds", "0"]) == 0
     stored = json.loads((tmp_path / "runs" / "tuned-seed0.json").read_text())
-    assert stored["settings"]["seed"] == 0 and set(stored["metrics"]) == set(KEYS)
+    assert stored["settings"]["seed"] == 0 and set(stored["metrics"]) == {*KEYS, "facts"}
+    (fact,) = stored["metrics"]["facts"]  # per fact: what was asked and answered, for diagnosis
+    assert fact["recalled"] == [stored["metrics"]["recall_at_k"][0] == 1.0]
+    assert len(fact["answers"]) == 1 and isinstance(fact["answer_after"], str) and fact["answer_after"]
+    assert fact["generalization"] and all(g["question"] and isinstance(g["answer"], str) for g in fact["generalization"])
     calls = []
     real = facts.run_once
     monkeypatch.setattr(facts, "run_once", lambda args, row, seed, workdir: calls.append(seed) or real(args, row, seed, workdir))

@@ -155,6 +155,8 @@ class Probe(L.Callback):
     gk: list[dict[str, Any]] = field(default_factory=list)
     recall: dict[int, list[bool]] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
+    answers: dict[str, list[str]] = field(default_factory=dict)
+    """The generated answers of each probe round ("round1".., "retention", "generalization"), per fact."""
     ref: Reference | None = None
     turn_times: dict[str, list[float]] = field(default_factory=lambda: {"fact": [], "other": []})
 
@@ -167,7 +169,7 @@ class Probe(L.Callback):
         done = pl_module.turns_trained
         if done in self.round_ends.values():
             k = next(k for k, end in self.round_ends.items() if end == done)
-            self.recall[k] = self.ask(pl_module, [f.probe for f in self.schedule.facts])
+            self.recall[k] = self.ask(pl_module, [f.probe for f in self.schedule.facts], label=f"round{k}")
         if done == self.teaching_turns:
             self.end_of_teaching(pl_module)
         if self.updates and done == self.update_end:
@@ -176,16 +178,19 @@ class Probe(L.Callback):
     def on_train_end(self, trainer, pl_module: OnlineLM) -> None:
         if self.updates:
             answers = recall_answers(pl_module.model, pl_module.tokenizer, [f.probe for f in self.updates], pl_module.generation)
+            self.answers["retention"] = answers
             self.results["retention"] = mean([is_recalled(a, f.object) for a, f in zip(answers, self.updates)])
         else:
-            self.results["retention"] = mean(self.ask(pl_module, [f.probe for f in self.schedule.facts]))
+            self.results["retention"] = mean(self.ask(pl_module, [f.probe for f in self.schedule.facts], label="retention"))
         self.results["locality_after"] = self.locality(pl_module)
         fact, other = (statistics.median(v) if v else math.nan for v in self.turn_times.values())
         self.results["fact_turn_ratio"] = fact / other if other else math.nan
 
-    def ask(self, pl_module: OnlineLM, questions: list[str], facts=None) -> list[bool]:
+    def ask(self, pl_module: OnlineLM, questions: list[str], facts=None, label: str | None = None) -> list[bool]:
         facts = facts or self.schedule.facts
         answers = recall_answers(pl_module.model, pl_module.tokenizer, questions, pl_module.generation)
+        if label is not None:
+            self.answers[label] = answers
         return [is_recalled(a, f.expected) for a, f in zip(answers, facts)]
 
     def ask_updates(self, pl_module: OnlineLM) -> float:
@@ -197,7 +202,7 @@ class Probe(L.Callback):
     def end_of_teaching(self, pl_module: OnlineLM) -> None:
         facts = self.schedule.facts
         para = [(q, f) for f in facts for q in f.paraphrases]
-        self.results["generalization"] = mean(self.ask(pl_module, [q for q, _ in para], [f for _, f in para]))
+        self.results["generalization"] = mean(self.ask(pl_module, [q for q, _ in para], [f for _, f in para], "generalization"))
         self.results["locality"] = self.locality(pl_module)
         with pl_module.model.disable_adapter():
             self.results["base_control"] = mean(self.ask(pl_module, [f.probe for f in facts]))
@@ -319,7 +324,25 @@ def summarize(probe: Probe, reps: int) -> dict[str, Any]:
         "forgetting": per_k[-1] - probe.results["retention"], "locality": probe.results["locality"],
         "locality_after": probe.results["locality_after"], "base_control": probe.results["base_control"],
         "update": probe.results.get("update"), "fact_turn_ratio": probe.results["fact_turn_ratio"],
+        "facts": per_fact(probe, reps),
     }  # fmt: skip
+
+
+def per_fact(probe: Probe, reps: int) -> list[dict[str, Any]]:
+    """Each taught fact with its answer after every round and at the end (which facts fail, and how);
+    stored with the run, not aggregated."""
+    facts, out = probe.schedule.facts, []
+    para = [(i, q) for i, f in enumerate(facts) for q in f.paraphrases]
+    for i, f in enumerate(facts):
+        out.append({
+            "subject": f.fact.subject, "kind": f.fact.kind, "object": f.expected, "question": f.probe,
+            "recalled": [bool(probe.recall[k][i]) for k in range(1, reps + 1)],
+            "answers": [probe.answers.get(f"round{k}", [""] * len(facts))[i] for k in range(1, reps + 1)],
+            "answer_after": probe.answers.get("retention", [""] * len(facts))[i],
+            "generalization": [{"question": q, "answer": a} for (j, q), a
+                               in zip(para, probe.answers.get("generalization", [""] * len(para))) if j == i],
+        })  # fmt: skip
+    return out
 
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
