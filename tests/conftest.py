@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import pytest
@@ -21,6 +22,14 @@ TINY_TEXT = [
 def build_tiny_model(path, seed: int = 0, hidden: int = 32, layers: int = 2) -> str:
     """Save a tiny random Qwen2 causal LM with a chat tokenizer to `path`; returns the path."""
     return build_tiny_qwen2(path, TINY_TEXT, hidden=hidden, layers=layers, seed=seed)
+
+
+def pytest_configure(config):
+    """Ctrl+C as in a terminal, however the suite was started: a shell without job control starts a
+    background command (`pytest &`, `nohup`) with SIGINT ignored, the chat children the pty tests
+    spawn inherit that, and the signal tests that check handlers are put back would see SIG_IGN."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
