@@ -331,16 +331,20 @@ def summarize(probe: Probe, reps: int) -> dict[str, Any]:
 def per_fact(probe: Probe, reps: int) -> list[dict[str, Any]]:
     """Each taught fact with its answer after every round and at the end (which facts fail, and how);
     stored with the run, not aggregated."""
-    facts, out = probe.schedule.facts, []
-    para = [(i, q) for i, f in enumerate(facts) for q in f.paraphrases]
+    facts = probe.schedule.facts
+    blank = [""] * len(facts)
+    rounds = [probe.answers.get(f"round{k}", blank) for k in range(1, reps + 1)]
+    held_out: list[list[dict[str, str]]] = [[] for _ in facts]
+    para = [(i, q) for i, f in enumerate(facts) for q in f.paraphrases]  # the order end_of_teaching asked them
+    for (i, q), a in zip(para, probe.answers.get("generalization", [""] * len(para))):
+        held_out[i].append({"question": q, "answer": a})
+    out = []
     for i, f in enumerate(facts):
         out.append({
             "subject": f.fact.subject, "kind": f.fact.kind, "object": f.expected, "question": f.probe,
             "recalled": [bool(probe.recall[k][i]) for k in range(1, reps + 1)],
-            "answers": [probe.answers.get(f"round{k}", [""] * len(facts))[i] for k in range(1, reps + 1)],
-            "answer_after": probe.answers.get("retention", [""] * len(facts))[i],
-            "generalization": [{"question": q, "answer": a} for (j, q), a
-                               in zip(para, probe.answers.get("generalization", [""] * len(para))) if j == i],
+            "answers": [answers[i] for answers in rounds],
+            "answer_after": probe.answers.get("retention", blank)[i], "generalization": held_out[i],
         })  # fmt: skip
     return out
 
