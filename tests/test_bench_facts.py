@@ -4,7 +4,11 @@ import json
 
 import pytest
 
-from olm.bench.facts import KEYS, main, round_ends
+import math
+
+import torch
+
+from olm.bench.facts import KEYS, Reference, aggregate, flips, main, round_ends
 from olm.world.generator import make_world
 from olm.world.schedule import teaching_schedule
 
@@ -31,7 +35,8 @@ def test_facts_bench_writes_results_table_and_plot(tmp_path, tiny_model_dir):
         assert len(row["recall_at_k"]) == 2
         for rate in [*row["recall_at_k"], row["generalization"], row["retention"], row["base_control"],
                      row["locality"]["token_agreement"], row["locality"]["teacher_forced"],
-                     row["locality_after"]["teacher_forced"], row["locality"]["gk_base"], row["locality_after"]["gk_adapted"]]:  # fmt: skip
+                     row["locality_after"]["teacher_forced"], row["locality"]["gk_base"], row["locality_after"]["gk_adapted"],
+                     row["locality"]["teacher_forced_train"], row["locality"]["near_tie_positions"]]:  # fmt: skip
             assert 0.0 <= rate["mean"] <= 1.0 and rate["n"] == 2
     assert (out / "recall.png").stat().st_size > 0 and "| tuned |" in (out / "results.md").read_text()
 
@@ -65,3 +70,24 @@ def test_runs_are_stored_per_seed_and_reused_only_when_settings_match(tmp_path, 
     assert main([*base, "--seeds", "0", "--set=--model.optim.lr=1e-4"]) == 0  # other settings: run again
     assert main([*base, "--seeds", "1", "--fresh"]) == 0
     assert calls == [1, 0, 1]
+
+
+def test_flips_say_where_the_adapter_changed_the_base_top1():
+    ref = Reference(ids=torch.zeros(1, 4), attention=torch.ones(1, 4), positions=torch.ones(1, 4, dtype=torch.bool),
+                    base_top1=torch.tensor([1, 2, 3, 4]), base_replies=[""], gk=[], gk_base=[],
+                    base_margin=torch.tensor([0.1, 2.0, 0.3, 5.0]))  # fmt: skip
+    out = flips(torch.tensor([1, 9, 9, 4]), ref)  # positions 1 (margin 2.0) and 2 (margin 0.3) flipped
+    assert out["teacher_forced"] == 0.5 and out["near_tie_flips"] == 0.5 and out["near_tie_positions"] == 0.5
+    assert math.isclose(out["flip_margin"], 0.3, rel_tol=1e-6)  # the lower median of (0.3, 2.0)
+    same = flips(ref.base_top1.clone(), ref)
+    assert same["teacher_forced"] == 1.0 and math.isnan(same["flip_margin"]) and math.isnan(same["near_tie_flips"])
+
+
+def test_aggregate_counts_a_metric_only_in_the_runs_that_have_it():
+    old = {k: None for k in KEYS} | {"locality": {"teacher_forced": 0.8}, "fact_turn_ratio": math.nan}
+    new = {k: None for k in KEYS} | {"locality": {"teacher_forced": 0.9, "teacher_forced_train": 0.95},
+                                     "fact_turn_ratio": 4.0}  # fmt: skip
+    out = aggregate([old, new])
+    assert out["locality"]["teacher_forced"]["n"] == 2 and math.isclose(out["locality"]["teacher_forced"]["mean"], 0.85)
+    assert out["locality"]["teacher_forced_train"] == {"mean": 0.95, "std": 0.0, "n": 1}
+    assert out["fact_turn_ratio"]["n"] == 1 and out["update"]["n"] == 0  # NaN and None are missing, not averaged

@@ -17,7 +17,12 @@ distractors, then K unrelated turns. A probe callback asks questions in a fresh 
                   olm/assets/locality.txt): "teacher_forced" top-1 agreement with the base along the
                   base's own greedy reply, share of greedy tokens unchanged ("token_agreement", which
                   collapses on any harmless early rewording), KL(base ‖ adapter) and perplexity ratio;
-                  "gk_base" / "gk_adapted": share of `GK_QUESTIONS` (general knowledge) answered correctly
+                  "gk_base" / "gk_adapted": share of `GK_QUESTIONS` (general knowledge) answered correctly;
+                  diagnostics of where top-1 flips happen: "teacher_forced_train" (the same agreement on
+                  the locality term's own training prompts: does the term hold where it trains?),
+                  "flip_margin" (median base margin, top-1 minus top-2 log-probability, at the flipped
+                  positions), "near_tie_flips" (share of flips where that margin is below `NEAR_TIE`) and
+                  "near_tie_positions" (share of all positions below it: what a tiny change can flip)
 - base_control    the base (adapter disabled) on the same probes
 - update          (row "update" only) after teaching, every fact is contradicted ("Zara is my cousin."
                   after "Zara is my sister.") `reps` times: share answered with the new object and
@@ -70,6 +75,10 @@ GENERAL_PROMPTS = DATA / "general_prompts.txt"
 """Locality prompts of the benchmark: disjoint from the training locality prompts (tests check)."""
 GK_QUESTIONS = DATA / "gk_questions.jsonl"
 """General-knowledge questions with accepted answers: what the base knows must stay known."""
+NEAR_TIE = 0.5
+"""Base top-1 − top-2 log-probability margin (nats) under which a position counts as a near-tie."""
+TOP1_BATCH = 16
+"""Rows per teacher-forced forward (bounds the memory of the full-vocabulary logits)."""
 ORIGINAL = [  # the original design's values on the same model
     "--model.optim.lr=1e-6", "--model.optim.steps_per_fact=1", "--model.optim.steps_per_turn=1",
     "--model.optim.steps_per_replay=1", "--model.optim.grad_clip=0.1",
@@ -99,6 +108,8 @@ class Reference:
     base_replies: list[str]
     gk: list[dict[str, Any]]
     gk_base: list[bool]
+    base_margin: torch.Tensor
+    """(N,) the base's top-1 − top-2 log-probability at each compared position."""
 
 
 def gk_correct(answers: list[str], gk: list[dict[str, Any]]) -> list[bool]:
@@ -112,7 +123,7 @@ def reference(pl_module: OnlineLM, prompts: list[str], gk: list[dict[str, Any]])
     model, tok, gen = pl_module.model, pl_module.tokenizer, pl_module.generation
     with model.disable_adapter():
         replies = recall_answers(model, tok, prompts, gen)
-        gk_answers = recall_answers(model, tok, [q["question"] for q in gk], gen)
+        gk_answers = recall_answers(model, tok, [q["question"] for q in gk], gen) if gk else []
     rows, spans = [], []
     for prompt, reply in zip(prompts, replies):
         head = tok(render_prompt(tok, messages_for(prompt)), add_special_tokens=False).input_ids
@@ -127,19 +138,47 @@ def reference(pl_module: OnlineLM, prompts: list[str], gk: list[dict[str, Any]])
     for i, (a, b) in enumerate(spans):
         positions[i, a:b] = True
     with model.disable_adapter():
-        base_top1 = top1(pl_module, ids, attention, positions)
-    return Reference(ids, attention, positions, base_top1, replies, gk, gk_correct(gk_answers, gk))
+        base_top1, base_margin = top2(pl_module, ids, attention, positions)
+    return Reference(ids, attention, positions, base_top1, replies, gk, gk_correct(gk_answers, gk), base_margin)
 
 
 def top1(pl_module: OnlineLM, ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """(N,) the model's top-1 token at each of `positions` (teacher-forced, eval mode)."""
+    return top2(pl_module, ids, attention, positions)[0]
+
+
+@torch.no_grad()
+def top2(
+    pl_module: OnlineLM, ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,) top-1 token and (N,) its log-probability margin over the top-2 at each of `positions`,
+    in forwards of `TOP1_BATCH` rows."""
     model = pl_module.model
     was_training = model.training
     model.eval()
+    tokens, margins = [], []
     try:
-        logits = model(input_ids=ids.to(pl_module.device), attention_mask=attention.to(pl_module.device)).logits
+        for start in range(0, ids.shape[0], TOP1_BATCH):
+            rows = slice(start, start + TOP1_BATCH)
+            logits = model(input_ids=ids[rows].to(pl_module.device), attention_mask=attention[rows].to(pl_module.device)).logits
+            best = logits[positions[rows].to(pl_module.device)].float().log_softmax(-1).topk(2, dim=-1)
+            tokens.append(best.indices[:, 0].cpu())
+            margins.append((best.values[:, 0] - best.values[:, 1]).cpu())
     finally:
         model.train(was_training)
-    return logits[positions.to(pl_module.device)].argmax(-1).cpu()
+    return torch.cat(tokens), torch.cat(margins)
+
+
+def flips(adapted: torch.Tensor, ref: Reference) -> dict[str, float]:
+    """Agreement of `adapted` top-1 tokens with the base's, and where the flips are (base margins)."""
+    flipped = adapted != ref.base_top1
+    margin = ref.base_margin[flipped]
+    return {
+        "teacher_forced": float((~flipped).float().mean()),
+        "flip_margin": float(margin.median()) if margin.numel() else math.nan,
+        "near_tie_flips": float((margin < NEAR_TIE).float().mean()) if margin.numel() else math.nan,
+        "near_tie_positions": float((ref.base_margin < NEAR_TIE).float().mean()),
+    }
 
 
 @dataclass
@@ -158,6 +197,8 @@ class Probe(L.Callback):
     answers: dict[str, list[str]] = field(default_factory=dict)
     """The generated answers of each probe round ("round1".., "retention", "generalization"), per fact."""
     ref: Reference | None = None
+    ref_train: Reference | None = None
+    """The base on the locality term's training prompts (None until first used, or without the term)."""
     turn_times: dict[str, list[float]] = field(default_factory=lambda: {"fact": [], "other": []})
 
     def on_train_batch_end(self, trainer, pl_module: OnlineLM, outputs, *args) -> None:
@@ -212,7 +253,13 @@ class Probe(L.Callback):
             self.ref = reference(pl_module, self.anchors, self.gk)
         ref = self.ref
         out = locality(pl_module, self.anchors, ref.base_replies)
-        out["teacher_forced"] = float((top1(pl_module, ref.ids, ref.attention, ref.positions) == ref.base_top1).float().mean())
+        out.update(flips(top1(pl_module, ref.ids, ref.attention, ref.positions), ref))
+        out["teacher_forced_train"] = None
+        if pl_module.locality.settings.weight > 0:
+            if self.ref_train is None:
+                self.ref_train = reference(pl_module, pl_module.locality.prompts, [])
+            train = self.ref_train
+            out["teacher_forced_train"] = flips(top1(pl_module, train.ids, train.attention, train.positions), train)["teacher_forced"]
         answers = recall_answers(pl_module.model, pl_module.tokenizer, [q["question"] for q in ref.gk], pl_module.generation)
         out["gk_base"], out["gk_adapted"] = mean(ref.gk_base), mean(gk_correct(answers, ref.gk))
         return out
@@ -349,17 +396,23 @@ def per_fact(probe: Probe, reps: int) -> list[dict[str, Any]]:
     return out
 
 
+MISSING = {"mean": None, "std": None, "n": 0}
+"""An aggregate with no values (a row without updates, a run written before a metric existed)."""
+
+
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and standard deviation over seeds of every number (recursing into lists and dicts)."""
 
     def agg(values: list[Any]) -> Any:
-        if isinstance(values[0], dict):
-            return {k: agg([v[k] for v in values]) for k in values[0]}
-        if isinstance(values[0], list):
-            return [agg([v[i] for v in values]) for i in range(len(values[0]))]
-        nums = [v for v in values if v is not None]
+        present = [v for v in values if v is not None]
+        if present and isinstance(present[0], dict):  # a key a run lacks (older code) counts as missing there
+            keys = dict.fromkeys(k for v in present for k in v)
+            return {k: agg([v.get(k) for v in present]) for k in keys}
+        if present and isinstance(present[0], list):
+            return [agg([v[i] for v in present]) for i in range(len(present[0]))]
+        nums = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
         if not nums:
-            return {"mean": None, "std": None, "n": 0}
+            return dict(MISSING)
         return {"mean": statistics.fmean(nums), "std": statistics.pstdev(nums), "n": len(nums)}
 
     return {k: agg([r[k] for r in runs]) for k in KEYS}
@@ -372,7 +425,8 @@ def fmt(stat: dict[str, Any]) -> str:
 def markdown(results: dict[str, Any], reps: int) -> str:
     ks = sorted({1, 2, 3, reps} & set(range(1, reps + 1)))
     head = ["row", *[f"recall@{k}" for k in ks], "reps→recall", "generalization", "retention", "update",
-            "locality TF (teach / after)", "GK adapted (teach / after)", "GK base", "token agreement", "anchor KL",
+            "locality TF (teach / after)", "TF on the training locality prompts (teach / after)",
+            "flips at base near-ties (teach)", "GK adapted (teach / after)", "GK base", "token agreement", "anchor KL",
             "ppl ratio", "base control", "fact/plain turn time"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row, r in results.items():
@@ -380,6 +434,8 @@ def markdown(results: dict[str, Any], reps: int) -> str:
         cells = [row, *[fmt(r["recall_at_k"][k - 1]) for k in ks], fmt(r["reps_to_recall"]), fmt(r["generalization"]),
                  fmt(r["retention"]), fmt(r["update"]),
                  f"{fmt(loc['teacher_forced'])} / {fmt(after['teacher_forced'])}",
+                 f"{fmt(loc.get('teacher_forced_train', MISSING))} / {fmt(after.get('teacher_forced_train', MISSING))}",
+                 fmt(loc.get("near_tie_flips", MISSING)),
                  f"{fmt(loc['gk_adapted'])} / {fmt(after['gk_adapted'])}", fmt(loc["gk_base"]),
                  fmt(loc["token_agreement"]), fmt(loc["anchor_kl"]), fmt(loc["ppl_ratio"]), fmt(r["base_control"]),
                  fmt(r["fact_turn_ratio"])]  # fmt: skip
