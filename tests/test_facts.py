@@ -244,12 +244,17 @@ def test_no_catastrophic_backtracking(name):
     detector = FactDetector(DetectorConfig(max_chars=200_000))  # no truncation: the regexes themselves
     text = ADVERSARIAL[name][:100_000]
     for pattern, regex in detector.compiled:
+        assert best_of_3(lambda: regex.search(text)) < 0.5, (pattern.name, name)
+    assert best_of_3(lambda: detector.entities(text)) < 0.5  # linear: ~16 ms at 100k chars
+    assert best_of_3(lambda: FactDetector().detect(ADVERSARIAL[name])) < 0.1  # default truncation bounds the work
+
+
+def best_of_3(fn) -> float:
+    """Fastest of 3 timings: a scheduling hiccup on a loaded machine (one CI run saw 0.74 s for a 16 ms call)
+    does not fail the test, catastrophic backtracking (every run slow) still does."""
+    times = []
+    for _ in range(3):
         start = time.perf_counter()
-        regex.search(text)
-        assert time.perf_counter() - start < 0.5, (pattern.name, name)
-    start = time.perf_counter()
-    detector.entities(text)
-    assert time.perf_counter() - start < 0.5
-    start = time.perf_counter()
-    FactDetector().detect(ADVERSARIAL[name])  # default truncation bounds the work
-    assert time.perf_counter() - start < 0.1
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
