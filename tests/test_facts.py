@@ -1,6 +1,6 @@
 """FactDetector: true facts per default pattern, questions, near-misses, config errors, long inputs."""
 
-import time
+import timeit
 
 import pytest
 from hypothesis import given, settings
@@ -252,9 +252,4 @@ def test_no_catastrophic_backtracking(name):
 def best_of_3(fn) -> float:
     """Fastest of 3 timings: a scheduling hiccup on a loaded machine (one CI run saw 0.74 s for a 16 ms call)
     does not fail the test, catastrophic backtracking (every run slow) still does."""
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(timeit.repeat(fn, number=1, repeat=3))
