@@ -27,6 +27,7 @@ import torch
 from olm.context import KINDS
 from olm.generation import GenerationSettings, generate_replies
 from olm.losses import top_k_log_probs
+from olm.nullspace import input_moments, null_projector
 from olm.probes import load_anchors
 from olm.render import messages_for, render_prompt
 
@@ -55,6 +56,10 @@ class LocalitySettings:
     """Tokens of the base's greedy reply whose predictions are compared."""
     top_k: int = 64
     """Base tokens kept per position in the cache (the rest is one bucket)."""
+    null_space_energy: float = 0.0
+    """AlphaEdit-style constraint (`olm.nullspace`): keep every LoRA A orthogonal to the eigen-directions
+    holding this share of the adapted layers' input energy on these prompts and the base's replies, so the
+    adapter adds (almost) nothing on such text; 0 = off. Applies to every step, whatever its kind."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -66,6 +71,8 @@ class LocalitySettings:
         unknown = [k for k in self.kinds if k not in KINDS]
         if unknown:
             problems.append(f"locality.kinds has unknown kinds {unknown} (known: {list(KINDS)})")
+        if not 0 <= self.null_space_energy < 1:
+            problems.append(f"locality.null_space_energy must be in [0, 1), got {self.null_space_energy!r}")
         if self.prompts is not None and not Path(self.prompts).is_file():
             problems.append(f"locality.prompts: file not found: {self.prompts!r}")
         if problems:
@@ -104,6 +111,7 @@ class LocalityTerm:
         self.position = 0
         """Index of the next prompt in the rotation (saved in checkpoints)."""
         self._cache: dict[int, LocalityRow] = {}
+        self._projectors: dict[str, torch.Tensor] | None = None
 
     def applies(self, kind: str) -> bool:
         return self.settings.weight > 0 and kind in self.settings.kinds
@@ -120,6 +128,25 @@ class LocalityTerm:
         if any(i not in self._cache for i in idx):  # first use: every prompt at once (batched generation)
             self._fill(model, [i for i in range(len(self.prompts)) if i not in self._cache])
         return [self._cache[i] for i in idx]
+
+    def projectors(self, model) -> dict[str, torch.Tensor]:
+        """Per LoRA layer, the projector A is kept in (`olm.nullspace`), computed once from the base's
+        inputs on every prompt + greedy reply of the cache; empty when `null_space_energy` is 0."""
+        if self.settings.null_space_energy == 0:
+            return {}
+        if self._projectors is None:
+            missing = [i for i in range(len(self.prompts)) if i not in self._cache]
+            if missing:
+                self._fill(model, missing)
+            was_training = model.training
+            model.eval()
+            try:
+                with model.disable_adapter():
+                    moments = input_moments(model, [self._cache[i].input_ids for i in range(len(self.prompts))])
+            finally:
+                model.train(was_training)
+            self._projectors = {n: null_projector(c, self.settings.null_space_energy) for n, c in moments.items()}
+        return self._projectors
 
     @torch.no_grad()
     def _fill(self, model, indices: list[int]) -> None:

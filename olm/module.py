@@ -48,6 +48,7 @@ from olm.facts import DetectorConfig, FactDetector
 from olm.generation import CallbackStreamer, GenerationSettings, generate_reply
 from olm.guards import lora_problem
 from olm.locality import LocalitySettings, LocalityTerm
+from olm.nullspace import project_lora_a
 from olm.losses import online_loss, top_k_kl
 from olm.memory import FactMemory, MemoryConfig, StoredFact
 from olm.render import Example, LossOn, messages_for, render_exchange
@@ -494,6 +495,8 @@ class OnlineLM(L.LightningModule):
             top_ids = torch.cat([r.top_ids for r in rows]).to(self.device)
         with self._timed("base_forward"), torch.no_grad(), self.model.disable_adapter():
             base_logits = self.model(input_ids=ids[:n, :width], attention_mask=attn[:n, :width]).logits
+        projectors = self.locality.projectors(self.model)  # {} unless locality.null_space_energy > 0
+        project_lora_a(self.model, projectors)  # fresh adapters: A starts in the null space too
         self._set_lr(opt, mult)
         try:
             for _ in range(steps):
@@ -511,6 +514,7 @@ class OnlineLM(L.LightningModule):
                     self.manual_backward(loss)
                 with self._timed("optimizer_step"):
                     grad_norm = self._clip_and_step(opt, loss)
+                    project_lora_a(self.model, projectors)
         finally:
             self._set_lr(opt, 1.0)
         return {

@@ -1,0 +1,97 @@
+"""Keep the adapter blind to the inputs of unrelated text: LoRA down-projections in a null space.
+
+A LoRA layer adds B·A·x to a frozen linear layer. If every row of A is orthogonal to the inputs x
+the layer sees on unrelated text, the adapter adds nothing there, whatever B learns: the update
+lands only in directions such text does not use. This is the null-space constraint of AlphaEdit
+(Fang et al., 2024), applied to a LoRA adapter instead of a rank-one edit: from the uncentred second
+moment C = Σ x xᵀ of a layer's inputs on a corpus of unrelated text, the eigen-directions holding
+`energy` of its trace are *protected*, and after every optimizer step A ← A·P with P = I − U Uᵀ the
+projector onto the rest.
+
+The corpus is the locality term's prompts and the base's greedy replies (`olm.locality`): the
+benchmark's general prompts stay held out. These are pure functions; `LocalityTerm` computes the
+projectors once (the base never changes) and `OnlineLearner.learn` applies them after each step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+
+def lora_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The peft LoRA layers of `model` by name: modules with ``lora_A`` and a ``base_layer``."""
+    return {
+        name: m for name, m in model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")
+    }
+
+
+@torch.no_grad()
+def input_moments(model: nn.Module, sequences: Iterable[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Σ x xᵀ (float64) of the inputs of every LoRA layer over all positions of `sequences`.
+
+    Args:
+        model: a peft model; run as given (disable the adapter around the call for the base's inputs).
+        sequences: 1-D token id tensors, each run on its own (no padding enters the sums).
+    """
+    layers = lora_layers(model)
+    sums: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def record(_module, args):
+            x = args[0].reshape(-1, args[0].shape[-1]).to(torch.float64)
+            sums[name] = sums[name] + x.T @ x if name in sums else x.T @ x
+
+        return record
+
+    handles = [m.base_layer.register_forward_pre_hook(hook(name)) for name, m in layers.items()]
+    device = next(model.parameters()).device
+    try:
+        for ids in sequences:
+            model(input_ids=ids[None].to(device))
+    finally:
+        for h in handles:
+            h.remove()
+    return sums
+
+
+def null_projector(moment: torch.Tensor, energy: float) -> torch.Tensor:
+    """P = I − U Uᵀ, U the fewest top eigenvectors of `moment` holding `energy` of its trace.
+
+    Args:
+        moment: (d, d) symmetric positive semi-definite (an uncentred second moment).
+        energy: in [0, 1): the share of the trace to protect; 0 gives the identity.
+
+    Returns:
+        (d, d) float32 orthogonal projector onto the complement of the protected directions.
+    """
+    if not 0 <= energy < 1:
+        raise ValueError(f"energy must be in [0, 1), got {energy!r}")
+    d = moment.shape[0]
+    if energy == 0:
+        return torch.eye(d)
+    values, vectors = torch.linalg.eigh(moment.to(torch.float64))
+    values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)  # descending
+    share = values.cumsum(0) / values.sum().clamp_min(1e-300)
+    k = int(torch.searchsorted(share, torch.tensor(energy, dtype=share.dtype)).item()) + 1
+    u = vectors[:, : min(k, d)]
+    return (torch.eye(d, dtype=torch.float64) - u @ u.T).to(torch.float32)
+
+
+def protected_share(moment: torch.Tensor, projector: torch.Tensor) -> float:
+    """The share of Σ‖x‖² a projector removes: 1 − tr(P C P) / tr(C) (diagnostics, tests)."""
+    p = projector.to(torch.float64)
+    return float(1 - torch.trace(p @ moment @ p) / torch.trace(moment).clamp_min(1e-300))
+
+
+@torch.no_grad()
+def project_lora_a(model: nn.Module, projectors: dict[str, torch.Tensor]) -> None:
+    """A ← A·P for every LoRA layer with a projector (every adapter of the layer)."""
+    for name, layer in lora_layers(model).items():
+        if name not in projectors:
+            continue
+        for lin in layer.lora_A.values():
+            p = projectors[name].to(device=lin.weight.device, dtype=lin.weight.dtype)
+            lin.weight.copy_(lin.weight @ p)
