@@ -56,11 +56,15 @@ def test_runs_are_stored_per_seed_and_reused_only_when_settings_match(tmp_path, 
             "--rows", "tuned", "--threads", "1"]  # fmt: skip
     assert main([*base, "--seeds", "0"]) == 0
     stored = json.loads((tmp_path / "runs" / "tuned-seed0.json").read_text())
-    assert stored["settings"]["seed"] == 0 and set(stored["metrics"]) == {*KEYS, "facts"}
+    assert stored["settings"]["seed"] == 0 and set(stored["metrics"]) == {*KEYS, "facts", "gk"}
     (fact,) = stored["metrics"]["facts"]  # per fact: what was asked and answered, for diagnosis
     assert fact["recalled"] == [stored["metrics"]["recall_at_k"][0] == 1.0]
     assert len(fact["answers"]) == 1 and isinstance(fact["answer_after"], str) and fact["answer_after"]
     assert fact["generalization"] and all(g["question"] and isinstance(g["answer"], str) for g in fact["generalization"])
+    gk = stored["metrics"]["gk"]  # per general-knowledge question: the base's and the adapted model's answers
+    assert len(gk) == 52 and all(q["base"] and q["adapted"] and q["adapted_after"] for q in gk)
+    teach = stored["metrics"]["locality"]
+    assert sum(q["correct"][0] for q in gk) / 52 == teach["gk_base"] and sum(q["correct"][1] for q in gk) / 52 == teach["gk_adapted"]
     calls = []
     real = facts.run_once
     monkeypatch.setattr(facts, "run_once", lambda args, row, seed, workdir: calls.append(seed) or real(args, row, seed, workdir))
@@ -74,7 +78,7 @@ def test_runs_are_stored_per_seed_and_reused_only_when_settings_match(tmp_path, 
 
 def test_flips_say_where_the_adapter_changed_the_base_top1():
     ref = Reference(ids=torch.zeros(1, 4), attention=torch.ones(1, 4), positions=torch.ones(1, 4, dtype=torch.bool),
-                    base_top1=torch.tensor([1, 2, 3, 4]), base_replies=[""], gk=[], gk_base=[],
+                    base_top1=torch.tensor([1, 2, 3, 4]), base_replies=[""], gk=[], gk_base=[], gk_answers=[],
                     base_margin=torch.tensor([0.1, 2.0, 0.3, 5.0]))  # fmt: skip
     out = flips(torch.tensor([1, 9, 9, 4]), ref)  # positions 1 (margin 2.0) and 2 (margin 0.3) flipped
     assert out["teacher_forced"] == 0.5 and out["near_tie_flips"] == 0.5 and out["near_tie_positions"] == 0.5

@@ -108,6 +108,8 @@ class Reference:
     base_replies: list[str]
     gk: list[dict[str, Any]]
     gk_base: list[bool]
+    gk_answers: list[str]
+    """The base's answers to the general-knowledge questions (stored with each run)."""
     base_margin: torch.Tensor
     """(N,) the base's top-1 − top-2 log-probability at each compared position."""
 
@@ -139,7 +141,7 @@ def reference(pl_module: OnlineLM, prompts: list[str], gk: list[dict[str, Any]])
         positions[i, a:b] = True
     with model.disable_adapter():
         base_top1, base_margin = top2(pl_module, ids, attention, positions)
-    return Reference(ids, attention, positions, base_top1, replies, gk, gk_correct(gk_answers, gk), base_margin)
+    return Reference(ids, attention, positions, base_top1, replies, gk, gk_correct(gk_answers, gk), gk_answers, base_margin)
 
 
 def top1(pl_module: OnlineLM, ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -261,6 +263,7 @@ class Probe(L.Callback):
             train = self.ref_train
             out["teacher_forced_train"] = flips(top1(pl_module, train.ids, train.attention, train.positions), train)["teacher_forced"]
         answers = recall_answers(pl_module.model, pl_module.tokenizer, [q["question"] for q in ref.gk], pl_module.generation)
+        self.answers["gk_teach" if "gk_teach" not in self.answers else "gk_after"] = answers
         out["gk_base"], out["gk_adapted"] = mean(ref.gk_base), mean(gk_correct(answers, ref.gk))
         return out
 
@@ -371,8 +374,22 @@ def summarize(probe: Probe, reps: int) -> dict[str, Any]:
         "forgetting": per_k[-1] - probe.results["retention"], "locality": probe.results["locality"],
         "locality_after": probe.results["locality_after"], "base_control": probe.results["base_control"],
         "update": probe.results.get("update"), "fact_turn_ratio": probe.results["fact_turn_ratio"],
-        "facts": per_fact(probe, reps),
+        "facts": per_fact(probe, reps), "gk": per_gk_question(probe),
     }  # fmt: skip
+
+
+def per_gk_question(probe: Probe) -> list[dict[str, Any]]:
+    """Each general-knowledge question with the base's answer and the adapted model's after teaching and
+    after the unrelated turns (what a GK share above or below the base's is made of); not aggregated."""
+    if probe.ref is None:
+        return []
+    ref, blank = probe.ref, [""] * len(probe.ref.gk)
+    teach, after = probe.answers.get("gk_teach", blank), probe.answers.get("gk_after", blank)
+    return [
+        {"question": q["question"], "accepted": q["answers"], "base": b, "adapted": t, "adapted_after": a,
+         "correct": [ok, *gk_correct([t, a], [q, q])]}
+        for q, b, ok, t, a in zip(ref.gk, ref.gk_answers, ref.gk_base, teach, after)
+    ]  # fmt: skip
 
 
 def per_fact(probe: Probe, reps: int) -> list[dict[str, Any]]:
