@@ -13,27 +13,44 @@ the base's next-token distribution. The base never changes, so both are computed
 all at the first step that needs them (one batched generation), and cached as the top-`top_k` log-probabilities plus a "rest" bucket
 (`olm.losses.top_k_kl`): ~k × 12 bytes per position instead of a full vocabulary row.
 
+The cache is also kept on disk (``$OLM_CACHE/locality/<key>.pt``, `disk_cache`): the key is a hash of
+everything the cached outputs depend on — every base weight, the model's config, the tokenizer and
+its chat template, the prompts, `reply_tokens`, `top_k`, dtype, device type and the torch and
+transformers versions — so a later run on the same base skips the generation (~80 s on 2 CPU cores
+for smollm2-135m), and a different base, prompt file or setting never reads another's outputs. A
+cache file that cannot be read is logged and recomputed; one that cannot be written is logged.
+
 The benchmark measures locality on *other* prompts (``olm/bench/general_prompts.txt``); a test
 checks the two files share no prompt.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import transformers
 
 from olm.context import KINDS
+from olm.durable import atomic_write
 from olm.generation import GenerationSettings, generate_replies
 from olm.losses import top_k_log_probs
 from olm.nullspace import input_moments, null_projector
 from olm.probes import load_anchors
 from olm.render import messages_for, render_prompt
+from olm.smollm2 import cache_root
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PROMPTS = Path(__file__).parent / "assets" / "locality.txt"
 FILL_BATCH = 32
 """Prompts per batched generation when the cache is filled."""
+DISK_FORMAT = 1
+"""Version of the on-disk cache layout (part of the key)."""
 
 
 def _default_kinds() -> list[str]:
@@ -60,6 +77,9 @@ class LocalitySettings:
     """AlphaEdit-style constraint (`olm.nullspace`): keep every LoRA A orthogonal to the eigen-directions
     holding this share of the adapted layers' input energy on these prompts and the base's replies, so the
     adapter adds (almost) nothing on such text; 0 = off. Applies to every step, whatever its kind."""
+    disk_cache: bool = True
+    """Keep the base's cached outputs on the prompts under ``$OLM_CACHE/locality/`` (keyed by the base's
+    weights, tokenizer, prompts and these settings) so later runs skip their generation."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -148,8 +168,29 @@ class LocalityTerm:
             self._projectors = {n: null_projector(c, self.settings.null_space_energy) for n, c in moments.items()}
         return self._projectors
 
-    @torch.no_grad()
+    def disk_path(self, model) -> Path:
+        """Where this cache lives on disk for `model` (the peft model; its base weights enter the key)."""
+        return cache_root() / "locality" / f"{cache_key(model, self.tokenizer, self.prompts, self.settings)}.pt"
+
     def _fill(self, model, indices: list[int]) -> None:
+        """Compute the rows of `indices`; when they are all the prompts (the first fill), read them
+        from the disk cache if it has them, else compute and store them there."""
+        whole = self.settings.disk_cache and sorted(indices) == list(range(len(self.prompts)))
+        path = self.disk_path(model) if whole else None
+        if path is not None and path.is_file():
+            rows = load_rows(path, len(self.prompts))
+            if rows is not None:
+                self._cache.update(enumerate(rows))
+                return
+        self._compute(model, indices)
+        if path is not None:
+            try:
+                save_rows(path, [self._cache[i] for i in range(len(self.prompts))])
+            except OSError as err:
+                log.warning("could not write the locality cache %s (%s): the next run recomputes it", path, err)
+
+    @torch.no_grad()
+    def _compute(self, model, indices: list[int]) -> None:
         tok = self.tokenizer
         gen = GenerationSettings(max_new_tokens=self.settings.reply_tokens)
         device = next(model.parameters()).device
@@ -173,3 +214,57 @@ class LocalityTerm:
                     self._cache[i] = LocalityRow(ids, positions, top_log_p, top_ids)
             finally:
                 model.train(was_training)
+
+
+def base_fingerprint(model) -> str:
+    """A hash of every base weight of a peft model (float64 sum and sum of squares per tensor, LoRA excluded)."""
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                continue
+            x = p.detach()
+            name = name.replace(".base_layer", "")  # the same base whichever layers carry LoRA
+            h.update(f"{name}:{tuple(x.shape)}:{x.dtype}:".encode())
+            stats = (torch.sum(x, dtype=torch.float64).item(), torch.linalg.vector_norm(x, dtype=torch.float64).item())
+            h.update(repr(stats).encode())
+    return h.hexdigest()
+
+
+def cache_key(model, tokenizer, prompts: list[str], settings: LocalitySettings) -> str:
+    """The disk cache's key: a hash of everything the cached base outputs depend on (module docstring)."""
+    param = next(model.parameters())
+    config = getattr(model, "config", None)
+    parts = {
+        "format": DISK_FORMAT, "weights": base_fingerprint(model),
+        "config": config.to_json_string(use_diff=False) if config is not None else type(model).__name__,
+        "tokenizer": [type(tokenizer).__name__, len(tokenizer), getattr(tokenizer, "chat_template", None),
+                      tokenizer.eos_token_id, tokenizer.pad_token_id],
+        "prompts": prompts, "reply_tokens": settings.reply_tokens, "top_k": settings.top_k, "batch": FILL_BATCH,
+        "dtype": str(param.dtype), "device": param.device.type,
+        "versions": [torch.__version__, transformers.__version__],
+    }  # fmt: skip
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def save_rows(path: Path, rows: list[LocalityRow]) -> None:
+    """Write the rows atomically (`olm.durable.atomic_write`)."""
+    payload = {"format": DISK_FORMAT, "rows": [vars(r) for r in rows]}
+    atomic_write(path, lambda fh: torch.save(payload, fh))
+
+
+def load_rows(path: Path, count: int) -> list[LocalityRow] | None:
+    """The `count` rows stored at `path`, or None (logged) when the file is unreadable or does not fit."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        rows = [LocalityRow(**r) for r in payload["rows"]]
+        if payload.get("format") != DISK_FORMAT or len(rows) != count:
+            raise ValueError(f"holds {len(rows)} rows of format {payload.get('format')}, expected {count}")
+        for r in rows:
+            n = int(r.positions.sum())
+            if r.positions.shape != r.input_ids.shape or r.top_log_p.shape[0] != n or r.top_ids.shape != r.top_log_p.shape:
+                raise ValueError("a row's shapes do not match")
+    except Exception as err:  # noqa: BLE001 - any broken file is recomputed, never fatal
+        log.warning("locality cache %s is unreadable (%s): recomputing it", path, err)
+        return None
+    return rows
