@@ -39,7 +39,7 @@ from olm.context import KINDS
 from olm.durable import atomic_write
 from olm.generation import GenerationSettings, generate_replies
 from olm.losses import top_k_log_probs
-from olm.nullspace import input_moments, null_projector
+from olm.nullspace import input_moments, lora_layers, projector_from_basis, protected_basis
 from olm.probes import load_anchors
 from olm.render import messages_for, render_prompt
 from olm.smollm2 import cache_root
@@ -132,6 +132,7 @@ class LocalityTerm:
         """Index of the next prompt in the rotation (saved in checkpoints)."""
         self._cache: dict[int, LocalityRow] = {}
         self._projectors: dict[str, torch.Tensor] | None = None
+        self._key: str | None = None  # the disk cache's key, computed on first use
 
     def applies(self, kind: str) -> bool:
         return self.settings.weight > 0 and kind in self.settings.kinds
@@ -151,26 +152,50 @@ class LocalityTerm:
 
     def projectors(self, model) -> dict[str, torch.Tensor]:
         """Per LoRA layer, the projector A is kept in (`olm.nullspace`), computed once from the base's
-        inputs on every prompt + greedy reply of the cache; empty when `null_space_energy` is 0."""
-        if self.settings.null_space_energy == 0:
+        inputs on every prompt + greedy reply of the cache (its protected bases kept on disk beside
+        the rows, with `disk_cache`); empty when `null_space_energy` is 0."""
+        energy = self.settings.null_space_energy
+        if energy == 0:
             return {}
         if self._projectors is None:
-            missing = [i for i in range(len(self.prompts)) if i not in self._cache]
-            if missing:
-                self._fill(model, missing)
-            was_training = model.training
-            model.eval()
-            try:
-                with model.disable_adapter():
-                    moments = input_moments(model, [self._cache[i].input_ids for i in range(len(self.prompts))])
-            finally:
-                model.train(was_training)
-            self._projectors = {n: null_projector(c, self.settings.null_space_energy) for n, c in moments.items()}
+            names = sorted(lora_layers(model))
+            path = self.disk_path(model, f"null {energy!r} {names}") if self.settings.disk_cache else None
+            bases = load_bases(path, names) if path is not None and path.is_file() else None
+            if bases is None:
+                bases = self._protected_bases(model, energy)
+                if path is not None:
+                    try:
+                        save_bases(path, bases)
+                    except OSError as err:
+                        log.warning("could not write the null-space cache %s (%s)", path, err)
+            shared: dict[int, torch.Tensor] = {}  # layers with one basis (gate/up) share one projector
+            self._projectors = {n: shared.setdefault(id(u), projector_from_basis(u)) for n, u in bases.items()}
         return self._projectors
 
-    def disk_path(self, model) -> Path:
-        """Where this cache lives on disk for `model` (the peft model; its base weights enter the key)."""
-        return cache_root() / "locality" / f"{cache_key(model, self.tokenizer, self.prompts, self.settings)}.pt"
+    def _protected_bases(self, model, energy: float) -> dict[str, torch.Tensor]:
+        missing = [i for i in range(len(self.prompts)) if i not in self._cache]
+        if missing:
+            self._fill(model, missing)
+        was_training = model.training
+        model.eval()
+        try:
+            with model.disable_adapter():
+                moments = input_moments(model, [self._cache[i].input_ids for i in range(len(self.prompts))])
+        finally:
+            model.train(was_training)
+        done: dict[int, torch.Tensor] = {}  # a moment shared by layers is decomposed once
+        for c in moments.values():
+            if id(c) not in done:
+                done[id(c)] = protected_basis(c, energy)
+        return {n: done[id(c)] for n, c in moments.items()}
+
+    def disk_path(self, model, part: str = "rows") -> Path:
+        """Where this cache's `part` ("rows", or the null-space bases) lives on disk for `model` (the
+        peft model; its base weights enter the key, computed once per term)."""
+        if self._key is None:
+            self._key = cache_key(model, self.tokenizer, self.prompts, self.settings)
+        suffix = "" if part == "rows" else "-" + hashlib.sha256(part.encode()).hexdigest()[:12]
+        return cache_root() / "locality" / f"{self._key}{suffix}.pt"
 
     def _fill(self, model, indices: list[int]) -> None:
         """Compute the rows of `indices`; when they are all the prompts (the first fill), read them
@@ -268,3 +293,33 @@ def load_rows(path: Path, count: int) -> list[LocalityRow] | None:
         log.warning("locality cache %s is unreadable (%s): recomputing it", path, err)
         return None
     return rows
+
+
+def save_bases(path: Path, bases: dict[str, torch.Tensor]) -> None:
+    """Write the protected bases of the LoRA layers atomically (one copy of a basis layers share)."""
+    unique: dict[int, str] = {}
+    payload = {"format": DISK_FORMAT, "bases": {}, "same": {}}
+    for name, u in bases.items():
+        first = unique.setdefault(id(u), name)
+        if first == name:
+            payload["bases"][name] = u.contiguous()
+        else:
+            payload["same"][name] = first
+    atomic_write(path, lambda fh: torch.save(payload, fh))
+
+
+def load_bases(path: Path, names: list[str]) -> dict[str, torch.Tensor] | None:
+    """The stored bases of exactly the layers `names`, or None (logged) when unreadable or another layout."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        bases = dict(payload["bases"])
+        bases.update({n: bases[first] for n, first in payload["same"].items()})
+        if payload.get("format") != DISK_FORMAT or sorted(bases) != names:
+            raise ValueError("the stored layers differ from this adapter's")
+        for name, u in bases.items():
+            if u.dim() != 2 or u.shape[1] > u.shape[0] or not torch.isfinite(u).all():
+                raise ValueError(f"basis of {name} has shape {tuple(u.shape)} or non-finite values")
+    except Exception as err:  # noqa: BLE001 - any broken file is recomputed, never fatal
+        log.warning("null-space cache %s is unreadable (%s): recomputing it", path, err)
+        return None
+    return bases

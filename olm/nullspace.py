@@ -6,7 +6,8 @@ lands only in directions such text does not use. This is the null-space constrai
 (Fang et al., 2024), applied to a LoRA adapter instead of a rank-one edit: from the uncentred second
 moment C = Σ x xᵀ of a layer's inputs on a corpus of unrelated text, the eigen-directions holding
 `energy` of its trace are *protected*, and after every optimizer step A ← A·P with P = I − U Uᵀ the
-projector onto the rest.
+projector onto the rest. Layers fed the same input (gate_proj and up_proj) share one moment, one
+eigendecomposition and one projector.
 
 The corpus is the locality term's prompts and the base's greedy replies (`olm.locality`): the
 benchmark's general prompts stay held out. These are pure functions; `LocalityTerm` computes the
@@ -38,11 +39,20 @@ def input_moments(model: nn.Module, sequences: Iterable[torch.Tensor]) -> dict[s
     """
     layers = lora_layers(model)
     sums: dict[str, torch.Tensor] = {}
+    same: dict[str, str] = {}  # layers fed the very same tensor (gate_proj and up_proj): summed once
+    seen: list[tuple[torch.Tensor, str]] = []  # this forward's inputs, held so no address is reused
 
     def hook(name):
         def record(_module, args):
-            x = args[0].reshape(-1, args[0].shape[-1]).to(torch.float64)
-            sums[name] = sums[name] + x.T @ x if name in sums else x.T @ x
+            x = args[0]
+            first = next((n for t, n in seen if t is x), None)
+            if first is not None and first != name:
+                same[name] = first
+                return
+            seen.append((x, name))
+            x = x.reshape(-1, x.shape[-1]).float()
+            xx = (x.T @ x).to(torch.float64)  # one sequence's products in float32, summed in float64
+            sums[name] = sums[name] + xx if name in sums else xx
 
         return record
 
@@ -50,34 +60,48 @@ def input_moments(model: nn.Module, sequences: Iterable[torch.Tensor]) -> dict[s
     device = next(model.parameters()).device
     try:
         for ids in sequences:
+            seen.clear()
             model(input_ids=ids[None].to(device))
     finally:
         for h in handles:
             h.remove()
+    for name, first in same.items():
+        sums[name] = sums[first]  # the same tensor object: `LocalityTerm` decomposes it once
     return sums
 
 
-def null_projector(moment: torch.Tensor, energy: float) -> torch.Tensor:
-    """P = I − U Uᵀ, U the fewest top eigenvectors of `moment` holding `energy` of its trace.
+def protected_basis(moment: torch.Tensor, energy: float) -> torch.Tensor:
+    """U: the fewest top eigenvectors of `moment` holding `energy` of its trace.
 
     Args:
         moment: (d, d) symmetric positive semi-definite (an uncentred second moment).
-        energy: in [0, 1): the share of the trace to protect; 0 gives the identity.
+        energy: in [0, 1): the share of the trace to protect; 0 gives no direction.
 
     Returns:
-        (d, d) float32 orthogonal projector onto the complement of the protected directions.
+        (d, k) float32 orthonormal columns (k = 0 at energy 0).
     """
     if not 0 <= energy < 1:
         raise ValueError(f"energy must be in [0, 1), got {energy!r}")
     d = moment.shape[0]
     if energy == 0:
-        return torch.eye(d)
+        return torch.zeros(d, 0)
     values, vectors = torch.linalg.eigh(moment.to(torch.float64))
     values, vectors = values.flip(0).clamp_min(0), vectors.flip(1)  # descending
     share = values.cumsum(0) / values.sum().clamp_min(1e-300)
     k = int(torch.searchsorted(share, torch.tensor(energy, dtype=share.dtype)).item()) + 1
-    u = vectors[:, : min(k, d)]
-    return (torch.eye(d, dtype=torch.float64) - u @ u.T).to(torch.float32)
+    return vectors[:, : min(k, d)].to(torch.float32)
+
+
+def projector_from_basis(u: torch.Tensor) -> torch.Tensor:
+    """P = I − U Uᵀ (float32) for orthonormal columns U (d, k)."""
+    u = u.to(torch.float64)
+    return (torch.eye(u.shape[0], dtype=torch.float64) - u @ u.T).to(torch.float32)
+
+
+def null_projector(moment: torch.Tensor, energy: float) -> torch.Tensor:
+    """P = I − U Uᵀ, U the fewest top eigenvectors of `moment` holding `energy` of its trace
+    (`protected_basis`); (d, d) float32, the identity at energy 0."""
+    return projector_from_basis(protected_basis(moment, energy))
 
 
 def protected_share(moment: torch.Tensor, projector: torch.Tensor) -> float:

@@ -9,6 +9,7 @@ import torch
 
 import olm.locality as locality_mod
 from olm.locality import LocalitySettings, LocalityTerm, cache_key
+from olm.backbone import LoRASettings
 from olm.module import OnlineLM
 
 
@@ -94,3 +95,30 @@ def test_a_partial_fill_does_not_touch_the_disk(tiny_model_dir, cache, monkeypat
     term = LocalityTerm(model.locality.settings, model.tokenizer)
     term._fill(model.model, [0, 1])  # only part of the prompts: computed, not stored
     assert set(term._cache) == {0, 1} and not cache.exists()
+
+
+def test_null_space_bases_are_kept_on_disk_and_shared_by_layers_with_one_input(tiny_model_dir, cache, monkeypatch):
+    mlp = LoRASettings(target_modules=["gate_proj", "up_proj", "down_proj"])
+
+    def build(energy):
+        return OnlineLM(base_model=tiny_model_dir, lora=mlp,
+                        locality=LocalitySettings(weight=1.0, null_space_energy=energy))  # fmt: skip
+
+    first = build(0.9)
+    projectors = first.locality.projectors(first.model)
+    gate = [n for n in projectors if n.endswith("gate_proj")]
+    assert gate and all(projectors[n] is projectors[n.replace("gate_proj", "up_proj")] for n in gate)
+    assert all(projectors[n] is not projectors[n.replace("gate_proj", "down_proj")] for n in gate)
+    assert len(list(cache.glob("*.pt"))) == 2  # the rows and the bases
+
+    def refuse(*_a, **_k):
+        raise AssertionError("the null-space bases were recomputed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(locality_mod, "input_moments", refuse)
+        second = build(0.9)
+        again = second.locality.projectors(second.model)
+    assert sorted(again) == sorted(projectors) and all(torch.equal(again[n], projectors[n]) for n in projectors)
+    other = build(0.5)  # another energy: its own file, other projectors
+    assert not torch.equal(other.locality.projectors(other.model)[gate[0]], projectors[gate[0]])
+    assert len(list(cache.glob("*.pt"))) == 3

@@ -90,3 +90,31 @@ def test_constrained_adapter_learns_the_fact_and_barely_touches_the_protected_te
         assert torch.allclose(a @ projectors[name], a, atol=1e-5)
     free.locality._cache = constrained.locality._cache  # same texts for both
     assert _adapter_change_on_locality_text(constrained) < 0.6 * _adapter_change_on_locality_text(free)
+
+
+def test_input_moments_match_each_layers_own_inputs(tiny_model_dir):
+    from olm.backbone import LoRASettings
+    from olm.nullspace import input_moments
+
+    model = OnlineLM(base_model=tiny_model_dir, lora=LoRASettings(target_modules=["gate_proj", "up_proj", "down_proj"]))
+    peft = model.model.eval()
+    seqs = [torch.tensor(model.tokenizer(t).input_ids) for t in ("Zara is my sister.", "What is 2 + 2? It is 4.")]
+    expected: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name, layer in lora_layers(peft).items():
+        def keep(_m, args, name=name):
+            x = args[0].reshape(-1, args[0].shape[-1]).double()
+            expected[name] = expected.get(name, 0) + x.T @ x
+        hooks.append(layer.base_layer.register_forward_pre_hook(keep))
+    with torch.no_grad(), peft.disable_adapter():
+        for ids in seqs:
+            peft(input_ids=ids[None])
+    for h in hooks:
+        h.remove()
+    with peft.disable_adapter():
+        got = input_moments(peft, seqs)
+    assert sorted(got) == sorted(expected) and any("down_proj" in n for n in got)
+    for name, moment in got.items():
+        assert torch.allclose(moment, expected[name], rtol=1e-4, atol=1e-4), name
+        if name.endswith("gate_proj"):  # one input, one moment
+            assert got[name.replace("gate_proj", "up_proj")] is moment
