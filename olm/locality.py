@@ -164,10 +164,7 @@ class LocalityTerm:
             if bases is None:
                 bases = self._protected_bases(model, energy)
                 if path is not None:
-                    try:
-                        save_bases(path, bases)
-                    except OSError as err:
-                        log.warning("could not write the null-space cache %s (%s)", path, err)
+                    save_bases(path, bases)
             shared: dict[int, torch.Tensor] = {}  # layers with one basis (gate/up) share one projector
             self._projectors = {n: shared.setdefault(id(u), projector_from_basis(u)) for n, u in bases.items()}
         return self._projectors
@@ -209,10 +206,7 @@ class LocalityTerm:
                 return
         self._compute(model, indices)
         if path is not None:
-            try:
-                save_rows(path, [self._cache[i] for i in range(len(self.prompts))])
-            except OSError as err:
-                log.warning("could not write the locality cache %s (%s): the next run recomputes it", path, err)
+            save_rows(path, [self._cache[i] for i in range(len(self.prompts))])
 
     @torch.no_grad()
     def _compute(self, model, indices: list[int]) -> None:
@@ -272,54 +266,72 @@ def cache_key(model, tokenizer, prompts: list[str], settings: LocalitySettings) 
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
+def _write(path: Path, what: str, payload: dict) -> None:
+    """Write `payload` (with the layout's format) atomically (`olm.durable.atomic_write`); a failure only warns."""
+    try:
+        atomic_write(path, lambda fh: torch.save({"format": DISK_FORMAT, **payload}, fh))
+    except OSError as err:
+        log.warning("could not write the %s %s (%s): the next run recomputes it", what, path, err)
+
+
+def _read(path: Path, what: str, parse):
+    """`parse(payload)` of the file at `path`, or None (logged) when it is unreadable, of another format,
+    or `parse` rejects it (raises)."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if payload.get("format") != DISK_FORMAT:
+            raise ValueError(f"format {payload.get('format')}, expected {DISK_FORMAT}")
+        return parse(payload)
+    except Exception as err:  # noqa: BLE001 - any broken file is recomputed, never fatal
+        log.warning("%s %s is unreadable (%s): recomputing it", what, path, err)
+        return None
+
+
 def save_rows(path: Path, rows: list[LocalityRow]) -> None:
-    """Write the rows atomically (`olm.durable.atomic_write`)."""
-    payload = {"format": DISK_FORMAT, "rows": [vars(r) for r in rows]}
-    atomic_write(path, lambda fh: torch.save(payload, fh))
+    """Store the rows (`_write`)."""
+    _write(path, "locality cache", {"rows": [vars(r) for r in rows]})
 
 
 def load_rows(path: Path, count: int) -> list[LocalityRow] | None:
     """The `count` rows stored at `path`, or None (logged) when the file is unreadable or does not fit."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+
+    def parse(payload) -> list[LocalityRow]:
         rows = [LocalityRow(**r) for r in payload["rows"]]
-        if payload.get("format") != DISK_FORMAT or len(rows) != count:
-            raise ValueError(f"holds {len(rows)} rows of format {payload.get('format')}, expected {count}")
+        if len(rows) != count:
+            raise ValueError(f"holds {len(rows)} rows, expected {count}")
         for r in rows:
             n = int(r.positions.sum())
             if r.positions.shape != r.input_ids.shape or r.top_log_p.shape[0] != n or r.top_ids.shape != r.top_log_p.shape:
                 raise ValueError("a row's shapes do not match")
-    except Exception as err:  # noqa: BLE001 - any broken file is recomputed, never fatal
-        log.warning("locality cache %s is unreadable (%s): recomputing it", path, err)
-        return None
-    return rows
+        return rows
+
+    return _read(path, "locality cache", parse)
 
 
 def save_bases(path: Path, bases: dict[str, torch.Tensor]) -> None:
-    """Write the protected bases of the LoRA layers atomically (one copy of a basis layers share)."""
+    """Store the protected bases of the LoRA layers (`_write`; one copy of a basis layers share)."""
     unique: dict[int, str] = {}
-    payload = {"format": DISK_FORMAT, "bases": {}, "same": {}}
+    stored, same = {}, {}
     for name, u in bases.items():
         first = unique.setdefault(id(u), name)
         if first == name:
-            payload["bases"][name] = u.contiguous()
+            stored[name] = u.contiguous()
         else:
-            payload["same"][name] = first
-    atomic_write(path, lambda fh: torch.save(payload, fh))
+            same[name] = first
+    _write(path, "null-space cache", {"bases": stored, "same": same})
 
 
 def load_bases(path: Path, names: list[str]) -> dict[str, torch.Tensor] | None:
     """The stored bases of exactly the layers `names`, or None (logged) when unreadable or another layout."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+
+    def parse(payload) -> dict[str, torch.Tensor]:
         bases = dict(payload["bases"])
         bases.update({n: bases[first] for n, first in payload["same"].items()})
-        if payload.get("format") != DISK_FORMAT or sorted(bases) != names:
+        if sorted(bases) != names:
             raise ValueError("the stored layers differ from this adapter's")
         for name, u in bases.items():
             if u.dim() != 2 or u.shape[1] > u.shape[0] or not torch.isfinite(u).all():
                 raise ValueError(f"basis of {name} has shape {tuple(u.shape)} or non-finite values")
-    except Exception as err:  # noqa: BLE001 - any broken file is recomputed, never fatal
-        log.warning("null-space cache %s is unreadable (%s): recomputing it", path, err)
-        return None
-    return bases
+        return bases
+
+    return _read(path, "null-space cache", parse)
