@@ -39,6 +39,10 @@ class AugmentSettings:
     """Reply to a paraphrased statement; ``{answer}`` is the pattern's filled answer template."""
     on_replay: bool = True
     """Augment replayed facts as well (a replay then trains on the stored exchange + the extras)."""
+    train_end: bool = True
+    """Train the end-of-turn markup after each templated answer. The answers are one short
+    sentence by construction; training where they end pushes every reply towards that length
+    (``olm.render.render_exchange``'s ``end_target``)."""
 
     def __post_init__(self) -> None:
         problems = []

@@ -448,8 +448,12 @@ class OnlineLM(L.LightningModule):
         pattern = self.detector.pattern(fact.pattern) if fact is not None else None
         pairs = fact_exchanges(fact.subject, fact.object, fact.relation, pattern, self.augment, rotation, statement)
         return [
-            render_exchange(self.tokenizer, u, a, (), self.objective.loss_on, self.objective.max_tokens) for u, a in pairs
-        ]
+            render_exchange(
+                self.tokenizer, u, a, (), self.objective.loss_on, self.objective.max_tokens,
+                end_target=self.augment.train_end,
+            )
+            for u, a in pairs
+        ]  # fmt: skip
 
     def learn(
         self, examples: Example | list[Example], ctx: Context, contexts: list[Context] | None = None

@@ -64,6 +64,7 @@ def render_exchange(
     max_tokens: int = 512,
     system: str | None = None,
     context_spans: tuple[tuple[int, int], ...] = (),
+    end_target: bool = True,
 ) -> Example:
     """Render system prompt + history + user message + reply and mark the task-loss targets.
 
@@ -79,6 +80,10 @@ def render_exchange(
         system: a system prompt rendered first, as context.
         context_spans: (start, end) character spans of `reply` that are context (tool calls and
             results): no token starting inside one is a target.
+        end_target: whether the template's end-of-turn markup after the reply (``<|im_end|>``...)
+            is a target. False for synthetic replies (the fact augmentation's templated answers),
+            whose length is an artifact of the template: training their end teaches "stop after
+            one short sentence" on every question.
 
     Returns:
         The rendered `Example`.
@@ -92,6 +97,9 @@ def render_exchange(
     start_char = len(prompt) if loss_on == "reply" else len(context)
     spans = _reply_spans(full, prompt, reply, context_spans)
     mask = [s >= start_char and not any(a <= s < b for a, b in spans) for s, _ in offsets]
+    if not end_target:
+        end = _reply_end(full, prompt, reply)
+        mask = [m and s < end for m, (s, _) in zip(mask, offsets)]
     cut = max(len(ids) - max_tokens, 0)
     ids, offsets, mask = ids[cut:], offsets[cut:], mask[cut:]
     return Example(
@@ -101,6 +109,15 @@ def render_exchange(
         text=full,
         cut_tokens=cut,
     )
+
+
+def _reply_end(full: str, prompt: str, reply: str) -> int:
+    """Character index in `full` where the reply's own text ends (before the end-of-turn markup).
+    Templates may strip the reply; should the reply not be found, the whole tail after the
+    prompt counts as reply (nothing is dropped)."""
+    text = reply.strip()
+    at = full.find(text, len(prompt)) if text else -1
+    return at + len(text) if at >= 0 else len(full)
 
 
 def _reply_spans(

@@ -152,3 +152,17 @@ def test_memory_state_version_1_loads_with_slot_from_relation():
     old = FactMemory()
     old.load_state_dict(state)
     assert old.get("Xiomara", "lives_in").slot == "lives_in"
+
+
+@pytest.mark.parametrize("train_end", [True, False])
+def test_augmented_answers_train_their_end_of_turn_only_when_set(tiny_model_dir, train_end):
+    model = OnlineLM(base_model=tiny_model_dir, augment=AugmentSettings(qa_pairs=2, paraphrases=1, train_end=train_end))
+    fact = model.detector.detect("Zara is my sister.")
+    for ex in model.fact_examples(fact, 0, "Zara is my sister."):
+        last = int(ex.loss_mask.nonzero().max())  # the last target token
+        answer_end = ex.text.rindex("sister.") + len("sister.")
+        if train_end:  # the template's markup after the answer is trained
+            assert ex.offsets[last][0] >= answer_end
+        else:  # the answer's own last token is the last target
+            assert ex.offsets[last][1] == answer_end
+        assert "sister" in "".join(ex.text[s:e] for (s, e), m in zip(ex.offsets, ex.loss_mask.tolist()) if m)

@@ -43,3 +43,13 @@ def test_cut_to_max_tokens_is_reported(tokenizer):
     cut = render_exchange(tokenizer, "Zara is my sister.", "Got it. " * 20, max_tokens=16)
     assert full.cut_tokens == 0 and cut.num_tokens == 16 and cut.cut_tokens == full.num_tokens - 16
     assert cut.input_ids.tolist() == full.input_ids.tolist()[-16:]
+
+
+@pytest.mark.parametrize("loss_on", ["reply", "exchange"])
+def test_end_of_turn_markup_is_a_target_only_when_asked(tokenizer, loss_on):
+    kept = render_exchange(tokenizer, "Who is Zara?", "Zara is your sister.", loss_on=loss_on)
+    dropped = render_exchange(tokenizer, "Who is Zara?", "Zara is your sister.", loss_on=loss_on, end_target=False)
+    assert kept.input_ids.tolist() == dropped.input_ids.tolist()
+    assert targets(kept).startswith(targets(dropped)) and targets(dropped).endswith("Zara is your sister.")
+    tail = targets(kept)[len(targets(dropped)):]
+    assert tail.strip() and tail.strip() in kept.text[kept.text.rindex("sister.") + len("sister."):]

@@ -96,9 +96,9 @@ class MinimalLoop:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.device = next(model.parameters()).device
 
-    def render(self, user: str, reply: str) -> Example:
+    def render(self, user: str, reply: str, end_target: bool = True) -> Example:
         """The exchange rendered as OnlineLM renders it (no history)."""
-        return render_exchange(self.tokenizer, user, reply, (), self.loss_on, self.max_tokens)
+        return render_exchange(self.tokenizer, user, reply, (), self.loss_on, self.max_tokens, end_target=end_target)
 
     def rows(self, user: str, reply: str, fact: FactTurn | None) -> list[Example]:
         """The exchange, then (on a fact turn) its augmentation, each rendered."""
@@ -106,7 +106,7 @@ class MinimalLoop:
         if fact is not None:
             f = fact
             extra = fact_exchanges(f.subject, f.obj, f.relation, f.pattern, self.augment, f.rotation, user)
-            rows += [self.render(u, a) for u, a in extra]
+            rows += [self.render(u, a, self.augment.train_end) for u, a in extra]
         return rows
 
     def batch(self, rows: list[Example], locality: list[LocalityRow]) -> Batch:
