@@ -95,3 +95,18 @@ def test_aggregate_counts_a_metric_only_in_the_runs_that_have_it():
     assert out["locality"]["teacher_forced"]["n"] == 2 and math.isclose(out["locality"]["teacher_forced"]["mean"], 0.85)
     assert out["locality"]["teacher_forced_train"] == {"mean": 0.95, "std": 0.0, "n": 1}
     assert out["fact_turn_ratio"]["n"] == 1 and out["update"]["n"] == 0  # NaN and None are missing, not averaged
+
+
+def test_gk_kept_counts_only_questions_the_base_answers_and_ignores_gains():
+    def run(records):
+        return {k: None for k in KEYS} | {"locality": {"gk_adapted": 0.5}, "locality_after": {"gk_adapted": 0.5},
+                                          "gk": [{"correct": c} for c in records]}  # fmt: skip
+
+    # base right on 4: the adapted model loses 1 of them after teaching, 2 after the unrelated turns,
+    # and gains the 2 questions the base got wrong (which must not count)
+    records = [[True, True, True], [True, True, True], [True, True, False], [True, False, False],
+               [False, True, True], [False, True, True]]  # fmt: skip
+    out = aggregate([run(records), run([[False, True, True]])])  # a run whose base answers nothing: no measure
+    assert out["locality"]["gk_kept"] == {"mean": 0.75, "std": 0.0, "n": 1}
+    assert out["locality_after"]["gk_kept"] == {"mean": 0.5, "std": 0.0, "n": 1}
+    assert out["locality"]["gk_adapted"]["n"] == 2

@@ -18,6 +18,9 @@ distractors, then K unrelated turns. A probe callback asks questions in a fresh 
                   base's own greedy reply, share of greedy tokens unchanged ("token_agreement", which
                   collapses on any harmless early rewording), KL(base ‖ adapter) and perplexity ratio;
                   "gk_base" / "gk_adapted": share of `GK_QUESTIONS` (general knowledge) answered correctly;
+                  "gk_kept": share of the questions the *base* answers correctly that the adapted model
+                  still answers correctly (the issue's measure; gk_adapted can rise above gk_base by
+                  questions gained while others are lost);
                   diagnostics of where top-1 flips happen: "teacher_forced_train" (the same agreement on
                   the locality term's own training prompts: does the term hold where it trains?),
                   "flip_margin" (median base margin, top-1 minus top-2 log-probability, at the flipped
@@ -432,7 +435,21 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
             return dict(MISSING)
         return {"mean": statistics.fmean(nums), "std": statistics.pstdev(nums), "n": len(nums)}
 
-    return {k: agg([r[k] for r in runs]) for k in KEYS}
+    return {k: agg([with_gk_kept(r)[k] for r in runs]) for k in KEYS}
+
+
+def with_gk_kept(run: dict[str, Any]) -> dict[str, Any]:
+    """`run` with "gk_kept" in its locality dicts, from its per-question GK records (so runs stored
+    before the measure existed get it too): of the questions the base answers correctly, the share
+    the adapted model still answers correctly, after teaching and after the unrelated turns."""
+    held = [q["correct"] for q in run.get("gk") or [] if q["correct"][0]]
+    if not held:
+        return run
+    out = dict(run)
+    for key, col in (("locality", 1), ("locality_after", 2)):
+        if isinstance(run.get(key), dict):
+            out[key] = {**run[key], "gk_kept": mean([c[col] for c in held])}
+    return out
 
 
 def fmt(stat: dict[str, Any]) -> str:
@@ -443,7 +460,7 @@ def markdown(results: dict[str, Any], reps: int) -> str:
     ks = sorted({1, 2, 3, reps} & set(range(1, reps + 1)))
     head = ["row", *[f"recall@{k}" for k in ks], "reps→recall", "generalization", "retention", "update",
             "locality TF (teach / after)", "TF on the training locality prompts (teach / after)",
-            "flips at base near-ties (teach)", "GK adapted (teach / after)", "GK base", "token agreement", "anchor KL",
+            "flips at base near-ties (teach)", "GK kept (teach / after)", "GK adapted (teach / after)", "GK base", "token agreement", "anchor KL",
             "ppl ratio", "base control", "fact/plain turn time"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row, r in results.items():
@@ -453,6 +470,7 @@ def markdown(results: dict[str, Any], reps: int) -> str:
                  f"{fmt(loc['teacher_forced'])} / {fmt(after['teacher_forced'])}",
                  f"{fmt(loc.get('teacher_forced_train', MISSING))} / {fmt(after.get('teacher_forced_train', MISSING))}",
                  fmt(loc.get("near_tie_flips", MISSING)),
+                 f"{fmt(loc.get('gk_kept', MISSING))} / {fmt(after.get('gk_kept', MISSING))}",
                  f"{fmt(loc['gk_adapted'])} / {fmt(after['gk_adapted'])}", fmt(loc["gk_base"]),
                  fmt(loc["token_agreement"]), fmt(loc["anchor_kl"]), fmt(loc["ppl_ratio"]), fmt(r["base_control"]),
                  fmt(r["fact_turn_ratio"])]  # fmt: skip
