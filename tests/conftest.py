@@ -40,5 +40,24 @@ def argv_without_pytest_flags(monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def few_locality_prompts(tmp_path_factory):
+    """Every 6th prompt of the bundled locality file (~40, every kind of it): what the in-process tests
+    fill the locality cache with on a tiny model, instead of all of its prompts each time."""
+    import olm.locality
+    from olm.probes import load_anchors
+
+    path = tmp_path_factory.mktemp("locality") / "prompts.txt"
+    path.write_text("\n".join(load_anchors(olm.locality.DEFAULT_PROMPTS)[::6]) + "\n")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def bundled_locality_prompts_are_few(monkeypatch, few_locality_prompts):
+    """The default locality prompts of in-process runs are `few_locality_prompts` (tests of the bundled
+    file itself import its path directly; subprocess runs read the real file)."""
+    monkeypatch.setattr("olm.locality.DEFAULT_PROMPTS", few_locality_prompts)
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"))
