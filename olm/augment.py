@@ -40,9 +40,9 @@ class AugmentSettings:
     on_replay: bool = True
     """Augment replayed facts as well (a replay then trains on the stored exchange + the extras)."""
     train_end: bool = True
-    """Train the end-of-turn markup after each templated answer. The answers are one short
-    sentence by construction; training where they end pushes every reply towards that length
-    (``olm.render.render_exchange``'s ``end_target``)."""
+    """Train the end-of-turn markup after each templated answer (``olm.render.render_exchange``'s
+    ``end_target``). The answers are one short sentence by construction; on smollm2 not training
+    their end lengthened the adapted model's other answers but cost recall (README, Fact acquisition)."""
 
     def __post_init__(self) -> None:
         problems = []

@@ -81,9 +81,8 @@ def render_exchange(
         context_spans: (start, end) character spans of `reply` that are context (tool calls and
             results): no token starting inside one is a target.
         end_target: whether the template's end-of-turn markup after the reply (``<|im_end|>``...)
-            is a target. False for synthetic replies (the fact augmentation's templated answers),
-            whose length is an artifact of the template: training their end teaches "stop after
-            one short sentence" on every question.
+            is a target. False trains only the reply's own tokens (`augment.train_end` for the fact
+            augmentation's templated answers, whose length is an artifact of the template).
 
     Returns:
         The rendered `Example`.
