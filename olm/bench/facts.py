@@ -435,7 +435,8 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
             return dict(MISSING)
         return {"mean": statistics.fmean(nums), "std": statistics.pstdev(nums), "n": len(nums)}
 
-    return {k: agg([with_gk_kept(r)[k] for r in runs]) for k in KEYS}
+    runs = [with_gk_kept(r) for r in runs]
+    return {k: agg([r[k] for r in runs]) for k in KEYS}
 
 
 def with_gk_kept(run: dict[str, Any]) -> dict[str, Any]:
