@@ -4,8 +4,9 @@ The KL of the online loss covers only the tokens of the exchange being learned; 
 fact step from changing how the model answers everything else. Following the locality loss of
 knowledge-editing methods (EasyEdit) and Learning without Forgetting, each step of the configured
 kinds (fact and replay by default) also pulls the adapter towards the base on `per_step` prompts
-drawn in rotation from a bundled, configurable file of varied general prompts (chit-chat,
-arithmetic, general knowledge, writing: ``olm/assets/locality.txt``), weighted by its own λ.
+drawn in rotation from a bundled, configurable file of varied general prompts (247: chit-chat,
+arithmetic, general knowledge, science, writing, advice, technology, language:
+``olm/assets/locality.txt``), weighted by its own λ.
 
 What is compared: each prompt rendered as a fresh chat followed by the *base* model's greedy reply
 (up to `reply_tokens`); at every position that predicts a reply token (and the end of the turn),
