@@ -492,6 +492,7 @@ def plot(results: dict[str, Any], reps: int, path: Path) -> None:
         stds = [s["std"] for s in r["recall_at_k"]]
         ax.errorbar(ks, means, yerr=stds, marker="o", capsize=3, label=row)
     ax.set(xlabel="repetitions of each fact", ylabel="recall (fresh context, generated)", ylim=(-0.02, 1.02))
+    ax.set_xticks(ks)  # repetitions are whole statements
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
