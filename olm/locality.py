@@ -74,6 +74,12 @@ class LocalitySettings:
     """Tokens of the base's greedy reply whose predictions are compared."""
     top_k: int = 64
     """Base tokens kept per position in the cache (the rest is one bucket)."""
+    lead_tokens: int = 0
+    """The first this many compared positions of each reply (the ones that pick the reply's first
+    tokens, hence its form: a one-line answer or a worked solution) count `lead_weight` times in the
+    term (`lead_weights`); 0 = every position counts once."""
+    lead_weight: float = 1.0
+    """How many times each of the `lead_tokens` first positions counts."""
     null_space_energy: float = 0.0
     """AlphaEdit-style constraint (`olm.nullspace`): keep every LoRA A orthogonal to the eigen-directions
     holding this share of the adapted layers' input energy on these prompts and the base's replies, so the
@@ -89,6 +95,10 @@ class LocalitySettings:
         for name in ("per_step", "reply_tokens", "top_k"):
             if getattr(self, name) < 1:
                 problems.append(f"locality.{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.lead_tokens < 0:
+            problems.append(f"locality.lead_tokens must be >= 0, got {self.lead_tokens!r}")
+        if not self.lead_weight >= 0 or self.lead_weight == float("inf"):
+            problems.append(f"locality.lead_weight must be a finite number >= 0, got {self.lead_weight!r}")
         unknown = [k for k in self.kinds if k not in KINDS]
         if unknown:
             problems.append(f"locality.kinds has unknown kinds {unknown} (known: {list(KINDS)})")
@@ -115,6 +125,19 @@ class LocalityRow:
     positions: torch.Tensor
     top_log_p: torch.Tensor
     top_ids: torch.Tensor
+
+
+def lead_weights(rows: list[LocalityRow], lead_tokens: int, lead_weight: float) -> torch.Tensor | None:
+    """(N,) weight of every compared position of `rows`, in their order (row by row, left to right):
+    `lead_weight` for each row's first `lead_tokens`, 1 for the rest; None when every weight is 1."""
+    if lead_tokens == 0 or lead_weight == 1.0:
+        return None
+    parts = []
+    for r in rows:
+        w = torch.ones(int(r.positions.sum()))
+        w[:lead_tokens] = lead_weight
+        parts.append(w)
+    return torch.cat(parts) if parts else torch.ones(0)
 
 
 class LocalityTerm:

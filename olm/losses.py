@@ -88,7 +88,12 @@ def top_k_log_probs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.T
     return log_p.topk(min(k, log_p.shape[-1]), dim=-1)
 
 
-def top_k_kl(adapter_logits: torch.Tensor, base_top_log_p: torch.Tensor, base_top_ids: torch.Tensor) -> torch.Tensor:
+def top_k_kl(
+    adapter_logits: torch.Tensor,
+    base_top_log_p: torch.Tensor,
+    base_top_ids: torch.Tensor,
+    position_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Mean KL(base ‖ adapter) with the base stored as its top-k tokens plus one "rest" bucket.
 
     The base distribution is coarsened to k + 1 outcomes (its k most likely tokens and all the
@@ -100,9 +105,11 @@ def top_k_kl(adapter_logits: torch.Tensor, base_top_log_p: torch.Tensor, base_to
         adapter_logits: (N, V) adapted-model logits at the compared positions.
         base_top_log_p: (N, k) base log-probabilities of its top-k tokens (`top_k_log_probs`).
         base_top_ids: (N, k) their token ids.
+        position_weights: (N,) how many times each position counts (default 1 each); the sum is
+            still divided by N, so a weight above 1 adds to the term instead of diluting the rest.
 
     Returns:
-        Scalar tensor: the mean over the N positions (0 if N = 0).
+        Scalar tensor: Σ weight × KL over the N positions, divided by N (0 if N = 0).
     """
     if adapter_logits.shape[0] == 0:
         return adapter_logits.sum() * 0.0
@@ -114,4 +121,7 @@ def top_k_kl(adapter_logits: torch.Tensor, base_top_log_p: torch.Tensor, base_to
     q_rest = (1.0 - log_q_top.exp().sum(-1)).clamp_min(tiny)
     top = (p_top * (base_top_log_p - log_q_top)).sum(-1)
     rest = torch.xlogy(p_rest, p_rest) - p_rest * q_rest.log()
-    return (top + rest).mean()
+    kl = top + rest
+    if position_weights is not None:
+        return (kl * position_weights.to(kl.dtype)).sum() / kl.shape[0]
+    return kl.mean()

@@ -47,7 +47,7 @@ from olm.errors import ResumeError, RunError
 from olm.facts import DetectorConfig, FactDetector
 from olm.generation import CallbackStreamer, GenerationSettings, generate_reply
 from olm.guards import lora_problem
-from olm.locality import LocalitySettings, LocalityTerm
+from olm.locality import LocalitySettings, LocalityTerm, lead_weights
 from olm.nullspace import project_lora_a
 from olm.losses import online_loss, top_k_kl
 from olm.memory import FactMemory, MemoryConfig, StoredFact
@@ -497,6 +497,9 @@ class OnlineLM(L.LightningModule):
             loc_positions = loc_positions.to(self.device)
             top_log_p = torch.cat([r.top_log_p for r in rows]).to(self.device)
             top_ids = torch.cat([r.top_ids for r in rows]).to(self.device)
+            loc = self.locality.settings
+            loc_weights = lead_weights(rows, loc.lead_tokens, loc.lead_weight)
+            loc_weights = loc_weights.to(self.device) if loc_weights is not None else None
         with self._timed("base_forward"), torch.no_grad(), self.model.disable_adapter():
             base_logits = self.model(input_ids=ids[:n, :width], attention_mask=attn[:n, :width]).logits
         projectors = self.locality.projectors(self.model)  # {} unless locality.null_space_energy > 0
@@ -512,7 +515,7 @@ class OnlineLM(L.LightningModule):
                     )
                     loss = out["loss"]
                     if rows:
-                        out["locality_kl"] = top_k_kl(logits[n:][loc_positions], top_log_p, top_ids)
+                        out["locality_kl"] = top_k_kl(logits[n:][loc_positions], top_log_p, top_ids, loc_weights)
                         loss = loss + self.locality.settings.weight * out["locality_kl"]
                     opt.zero_grad(set_to_none=True)
                     self.manual_backward(loss)

@@ -10,7 +10,7 @@ from olm.augment import AugmentSettings, fact_exchanges
 from olm.bench.facts import GENERAL_PROMPTS
 from olm.context import Context
 from olm.facts import DetectorConfig, FactDetector, fill
-from olm.locality import DEFAULT_PROMPTS, LocalitySettings
+from olm.locality import DEFAULT_PROMPTS, LocalityRow, LocalitySettings, lead_weights
 from olm.losses import kl_to_base, top_k_kl, top_k_log_probs
 from olm.memory import FactMemory
 from olm.module import OnlineLM, OptimSettings
@@ -98,6 +98,31 @@ def test_top_k_kl_is_exact_at_full_k_and_a_lower_bound_below():
     assert adapter.grad.abs().sum() > 0
 
 
+def test_top_k_kl_counts_weighted_positions_more_without_diluting_the_rest():
+    torch.manual_seed(0)
+    adapter, base = torch.randn(4, 30), torch.randn(4, 30)
+    log_p, ids = top_k_log_probs(base, 8)
+    each = torch.stack([top_k_kl(adapter[i : i + 1], log_p[i : i + 1], ids[i : i + 1]) for i in range(4)])
+    w = torch.tensor([5.0, 1.0, 1.0, 0.0])
+    assert torch.allclose(top_k_kl(adapter, log_p, ids, w), (w * each).sum() / 4, atol=1e-6)
+    assert torch.allclose(top_k_kl(adapter, log_p, ids, torch.ones(4)), top_k_kl(adapter, log_p, ids), atol=1e-6)
+
+
+def test_lead_weights_weigh_the_first_compared_positions_of_each_row():
+    def row(prompt: int, reply: int) -> LocalityRow:
+        positions = torch.zeros(prompt + reply, dtype=torch.bool)
+        positions[prompt - 1 : prompt + reply - 1] = True
+        return LocalityRow(torch.zeros(prompt + reply, dtype=torch.long), positions, torch.zeros(reply, 2), torch.zeros(reply, 2))
+
+    rows = [row(5, 4), row(3, 1), row(2, 3)]
+    w = lead_weights(rows, 2, 6.0)
+    assert w.tolist() == [6, 6, 1, 1, 6, 6, 6, 1]  # a row shorter than lead_tokens: all of it
+    assert lead_weights(rows, 0, 6.0) is None and lead_weights(rows, 2, 1.0) is None
+    for bad in ({"lead_tokens": -1}, {"lead_weight": -2.0}, {"lead_weight": float("nan")}, {"lead_weight": float("inf")}):
+        with pytest.raises(ValueError, match="lead_"):
+            LocalitySettings(**bad)
+
+
 def test_fact_step_trains_on_one_padded_batch_with_locality(tiny_model_dir, monkeypatch):
     model = OnlineLM(
         base_model=tiny_model_dir, optim=OptimSettings(lr=1e-3),
@@ -126,6 +151,29 @@ def test_fact_step_trains_on_one_padded_batch_with_locality(tiny_model_dir, monk
     model.learn(examples, ctx)  # next rotation: served from the cache, nothing recomputed
     assert model.locality.position == 4 and all(model.locality._cache[i] is cached[i] for i in cached)
     assert model.learn(examples, Context("chat"))["examples"] == 4  # chat steps carry no locality term
+
+
+def test_fact_step_weighs_the_lead_positions_of_the_locality_replies(tiny_model_dir, monkeypatch):
+    import olm.module
+
+    model = OnlineLM(
+        base_model=tiny_model_dir, optim=OptimSettings(lr=1e-3, steps_per_fact=1),
+        locality=LocalitySettings(weight=1.0, per_step=2, lead_tokens=3, lead_weight=4.0),
+    )  # fmt: skip
+    model.optimizers = lambda: model._opt
+    model._opt = model.configure_optimizers()
+    model.manual_backward = lambda loss: loss.backward()
+    seen = []
+    real = olm.module.top_k_kl
+    monkeypatch.setattr(olm.module, "top_k_kl", lambda *a: (seen.append(a), real(*a))[1])
+    fact = model.detector.detect("Zara is my sister.")
+    model.learn([render_exchange(model.tokenizer, "Zara is my sister.", "Got it.")], Context("fact", fact=fact))
+    logits, top_log_p, _, weights = seen[0]
+    rows = [model.locality._cache[i] for i in (0, 1)]
+    assert logits.shape[0] == top_log_p.shape[0] == weights.shape[0] == sum(int(r.positions.sum()) for r in rows)
+    first = int(rows[0].positions.sum())
+    assert weights[:3].tolist() == [4.0] * 3 and weights[first : first + 3].tolist() == [4.0] * 3
+    assert int((weights == 1.0).sum()) == weights.shape[0] - 6
 
 
 def test_contradiction_replaces_the_fact_in_memory_and_what_is_replayed(tiny_model_dir):
