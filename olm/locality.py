@@ -127,6 +127,47 @@ class LocalityRow:
     top_ids: torch.Tensor
 
 
+@dataclass
+class LocalityBatch:
+    """Locality rows right-padded into one batch of their own width (`locality_batch`).
+
+    Attributes:
+        ids: (R, T) token ids (pad after each row).
+        attention: (R, T) 1 on real tokens.
+        positions: (R, T) bool; the compared positions.
+        top_log_p: (N, k) the base's cached top-k log-probabilities at those positions, row by row.
+        top_ids: (N, k) their token ids.
+        weights: (N,) how many times each compared position counts (`lead_weights`), or None (once each).
+    """
+
+    ids: torch.Tensor
+    attention: torch.Tensor
+    positions: torch.Tensor
+    top_log_p: torch.Tensor
+    top_ids: torch.Tensor
+    weights: torch.Tensor | None
+
+
+def locality_batch(rows: list[LocalityRow], settings: LocalitySettings, pad_id: int, device) -> LocalityBatch:
+    """The rows as one right-padded batch on `device`. The rows get a forward of their own, apart from
+    the examples being learned: a locality row (prompt + the base's reply, median 69 tokens with
+    smollm2-135m) is longer than a fact's examples (~47), and padding both to one width would
+    spend a quarter of a fact step's positions on padding."""
+    width = max(r.input_ids.numel() for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros_like(ids)
+    positions = torch.zeros(len(rows), width, dtype=torch.bool)
+    for j, r in enumerate(rows):
+        t = r.input_ids.numel()
+        ids[j, :t], attention[j, :t], positions[j, :t] = r.input_ids, 1, r.positions
+    weights = lead_weights(rows, settings.lead_tokens, settings.lead_weight)
+    return LocalityBatch(
+        ids.to(device), attention.to(device), positions.to(device),
+        torch.cat([r.top_log_p for r in rows]).to(device), torch.cat([r.top_ids for r in rows]).to(device),
+        weights.to(device) if weights is not None else None,
+    )  # fmt: skip
+
+
 def lead_weights(rows: list[LocalityRow], lead_tokens: int, lead_weight: float) -> torch.Tensor | None:
     """(N,) weight of every compared position of `rows`, in their order (row by row, left to right):
     `lead_weight` for each row's first `lead_tokens`, 1 for the rest; None when every weight is 1."""

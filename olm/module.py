@@ -7,8 +7,8 @@ Per turn (`training_step`, manual optimization):
   3. render    chat template → ids, loss mask (system prompt, history and tool steps are context,
                never targets), token weights (ImportanceWeighter); a fact turn
                adds its augmentation (`olm.augment`: Q/A pairs, paraphrases), rendered alike
-  4. learn     one right-padded batch of the turn's examples (+ locality prompts on the kinds
-               that carry them, `olm.locality`); lr = base × multiplier(context) for these steps
+  4. learn     one right-padded batch of the turn's examples (+ one of locality prompts on the
+               kinds that carry them, `olm.locality`); lr = base × multiplier(context) for these steps
                only; KL(base ‖ adapter) with the adapter disabled for the base; weighted CE;
                λ_loc · KL on the locality prompts; backward; clip; AdamW step
   5. remember  facts go to the FactMemory after their step
@@ -47,7 +47,7 @@ from olm.errors import ResumeError, RunError
 from olm.facts import DetectorConfig, FactDetector
 from olm.generation import CallbackStreamer, GenerationSettings, generate_reply
 from olm.guards import lora_problem
-from olm.locality import LocalitySettings, LocalityTerm, lead_weights
+from olm.locality import LocalitySettings, LocalityTerm, locality_batch
 from olm.nullspace import project_lora_a
 from olm.losses import online_loss, top_k_kl
 from olm.memory import FactMemory, MemoryConfig, StoredFact
@@ -463,7 +463,8 @@ class OnlineLM(L.LightningModule):
         The examples (the exchange, and for facts its augmentation) go through one right-padded
         forward; KL(base ‖ adapter) covers every real token, the task loss the weighted targets.
         On the kinds configured for it, the locality term adds λ_loc · KL(base ‖ adapter) on the
-        next locality prompts, in the same forward (their base outputs are cached). The LR is
+        next locality prompts, in the same step: one more padded forward of their own width
+        (`olm.locality.locality_batch`; their base outputs are cached). The LR is
         base × multiplier for these steps only; a step whose loss or gradient norm is not finite
         is skipped (the adapter is left unchanged) and counted. `contexts` gives each example's own
         context for its token weights (a replay batch holds several facts); default `ctx`.
@@ -479,29 +480,18 @@ class OnlineLM(L.LightningModule):
         mult, lam = lr_multiplier(ctx, self.policy), kl_lambda(ctx, self.policy)
         rows = self.locality.next_rows(self.model) if self.locality.applies(ctx.kind) else []
         n, width = len(examples), max(e.num_tokens for e in examples)
-        full = max([width] + [r.input_ids.numel() for r in rows])
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((n + len(rows), full), pad, dtype=torch.long)
+        ids = torch.full((n, width), pad, dtype=torch.long)
         attn = torch.zeros_like(ids)
         weights = torch.zeros(n, width)
-        loc_positions = torch.zeros(len(rows), full, dtype=torch.bool)
         for i, e in enumerate(examples):
             ids[i, : e.num_tokens], attn[i, : e.num_tokens] = e.input_ids, 1
             weights[i, : e.num_tokens] = self.token_weights(e, contexts[i] if contexts else ctx)
-        for j, r in enumerate(rows):
-            t = r.input_ids.numel()
-            ids[n + j, :t], attn[n + j, :t], loc_positions[j, :t] = r.input_ids, 1, r.positions
         ids, attn, weights = ids.to(self.device), attn.to(self.device), weights.to(self.device)
-        kl_mask = attn[:n, :width].to(weights.dtype)
-        if rows:
-            loc_positions = loc_positions.to(self.device)
-            top_log_p = torch.cat([r.top_log_p for r in rows]).to(self.device)
-            top_ids = torch.cat([r.top_ids for r in rows]).to(self.device)
-            loc = self.locality.settings
-            loc_weights = lead_weights(rows, loc.lead_tokens, loc.lead_weight)
-            loc_weights = loc_weights.to(self.device) if loc_weights is not None else None
+        kl_mask = attn.to(weights.dtype)
+        loc = locality_batch(rows, self.locality.settings, pad, self.device) if rows else None
         with self._timed("base_forward"), torch.no_grad(), self.model.disable_adapter():
-            base_logits = self.model(input_ids=ids[:n, :width], attention_mask=attn[:n, :width]).logits
+            base_logits = self.model(input_ids=ids, attention_mask=attn).logits
         projectors = self.locality.projectors(self.model)  # {} unless locality.null_space_energy > 0
         project_lora_a(self.model, projectors)  # fresh adapters: A starts in the null space too
         self._set_lr(opt, mult)
@@ -509,13 +499,11 @@ class OnlineLM(L.LightningModule):
             for _ in range(steps):
                 with self._timed("adapter_forward_backward"):
                     logits = self.model(input_ids=ids, attention_mask=attn).logits
-                    out = online_loss(
-                        logits[:n, :width], base_logits, ids[:n, :width], weights, kl_mask, lam,
-                        self.objective.task_lambda,
-                    )
+                    out = online_loss(logits, base_logits, ids, weights, kl_mask, lam, self.objective.task_lambda)
                     loss = out["loss"]
-                    if rows:
-                        out["locality_kl"] = top_k_kl(logits[n:][loc_positions], top_log_p, top_ids, loc_weights)
+                    if loc is not None:
+                        loc_logits = self.model(input_ids=loc.ids, attention_mask=loc.attention).logits
+                        out["locality_kl"] = top_k_kl(loc_logits[loc.positions], loc.top_log_p, loc.top_ids, loc.weights)
                         loss = loss + self.locality.settings.weight * out["locality_kl"]
                     opt.zero_grad(set_to_none=True)
                     self.manual_backward(loss)

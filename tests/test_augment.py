@@ -123,7 +123,7 @@ def test_lead_weights_weigh_the_first_compared_positions_of_each_row():
             LocalitySettings(**bad)
 
 
-def test_fact_step_trains_on_one_padded_batch_with_locality(tiny_model_dir, monkeypatch):
+def test_fact_step_trains_on_one_padded_batch_and_its_locality_prompts_on_another(tiny_model_dir, monkeypatch):
     model = OnlineLM(
         base_model=tiny_model_dir, optim=OptimSettings(lr=1e-3),
         augment=AugmentSettings(qa_pairs=2, paraphrases=1), locality=LocalitySettings(weight=1.0, per_step=2),
@@ -143,8 +143,10 @@ def test_fact_step_trains_on_one_padded_batch_with_locality(tiny_model_dir, monk
     before = {k: v.clone() for k, v in model.model.named_parameters() if v.requires_grad}
     stats = model.learn(examples, ctx)
     assert stats["examples"] == 6 and stats["locality_kl"] == pytest.approx(0.0, abs=1e-5)  # first step: adapter = base
-    trained = [shape for shape in calls if shape[0] == 6]
-    assert len(trained) == model.optim.steps_per_fact  # one forward per step for all 6 rows
+    steps = model.optim.steps_per_fact
+    mine = calls[-(1 + 2 * steps) :]  # after the cache's fill (its generation and scoring)
+    assert [shape[0] for shape in mine] == [4] + [4, 2] * steps  # base; per step: the 4 examples, the 2 prompts
+    assert mine[1][1] == max(e.num_tokens for e in examples)  # the examples padded to their own width
     assert any(not torch.equal(v, before[k]) for k, v in model.model.named_parameters() if v.requires_grad)
     cached = dict(model.locality._cache)
     assert len(cached) == len(model.locality.prompts) and model.locality.position == 2  # filled once, batched

@@ -116,7 +116,7 @@ def test_minimal_loop_computes_online_loss_on_rendered_tokens(peft_model):
     user, reply = "Tell me something nice about tea.", "I think tea makes a calm choice."
     example = render_exchange(tok, user, reply)
     b = loop.batch(loop.rows(user, reply, None), [])
-    assert torch.equal(b.ids[0], example.input_ids) and b.top_ids is None
+    assert torch.equal(b.ids[0], example.input_ids) and b.locality is None
     base = loop.base_logits(b)
     ids, ones = example.input_ids[None], torch.ones(1, example.num_tokens)
     ref = online_loss(model(input_ids=ids).logits, base, ids, example.loss_mask[None].float(), ones, 0.3, 0.7)
@@ -149,12 +149,12 @@ def test_minimal_fact_turn_computes_onlinelm_fact_loss(tiny_model_dir, tmp_path)
                 p.copy_(before[n])  # the adapter OnlineLM's (only) step computed its loss with
     loop = minimal.MinimalLoop(
         module.model, module.tokenizer, module.optim, 1.0, 1.0, 512, loss_on="reply", augment=module.augment,
-        locality_weight=2.0,
+        locality=LocalitySettings(weight=2.0),
     )  # fmt: skip
     rows = loop.rows(user, module.last.reply, fact)
     assert len(rows) == 1 + 2 + 1  # the exchange, 2 Q/A pairs, 1 paraphrase
     b = loop.batch(rows, fact.locality)
-    assert b.ids.shape[0] == 6 and b.positions.any()
+    assert b.ids.shape[0] == 4 and b.locality.ids.shape[0] == 2 and b.locality.positions.any()
     assert fact.kl_lambda == module.latest_scalars["turn/kl_lambda"] != module.policy.kl_lambdas["fact"]
     loss = loop.loss(b, loop.base_logits(b), fact.kl_lambda)
     assert loss.item() == pytest.approx(module.last.loss, rel=1e-5)

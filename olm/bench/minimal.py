@@ -1,6 +1,6 @@
 """The speed benchmark's reference: a minimal hand-written PyTorch loop doing OnlineLM's arithmetic
 (base forward with the adapter disabled, adapter forward + backward on KL + CE, one AdamW step per
-step; on a fact turn the augmentation rows and the locality term in one padded batch; optional
+step; on a fact turn the augmentation rows in one padded batch and the locality rows in another; optional
 generation) on the same model and tokens, timed per phase."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from olm.augment import AugmentSettings, fact_exchanges
 from olm.bench.memory import tensor_storages
 from olm.facts import FactPattern
-from olm.locality import LocalityRow
+from olm.locality import LocalityBatch, LocalityRow, LocalitySettings, locality_batch
 from olm.losses import online_loss, top_k_kl
 from olm.render import Example, LossOn, render_exchange
 
@@ -40,18 +40,13 @@ class FactTurn:
 
 @dataclass
 class Batch:
-    """One right-padded batch: the n rendered rows, then the locality rows."""
+    """The n rendered rows right-padded into one batch; the locality rows in a batch of their own."""
 
     ids: torch.Tensor
     attn: torch.Tensor
-    n: int
-    width: int
     weights: torch.Tensor
     """(n, width) task-loss weight of each token as a target (the loss mask)."""
-    positions: torch.Tensor
-    """(rows, T) bool: locality positions compared to the cached base outputs."""
-    top_log_p: torch.Tensor | None
-    top_ids: torch.Tensor | None
+    locality: LocalityBatch | None
 
 
 class MinimalLoop:
@@ -76,12 +71,12 @@ class MinimalLoop:
         generate_tokens: tokens generated per turn (0: learn the given reply).
         loss_on: task-loss targets (`olm.render.LossOn`).
         augment: a fact turn's augmentation counts.
-        locality_weight: λ of the locality KL on a fact turn.
+        locality: the locality term's settings (its λ and lead weights) on a fact turn; None = no term.
     """
 
     def __init__(
         self, model, tokenizer, optim, kl_lambda: float, task_lambda: float, max_tokens: int, generate_tokens: int = 0,
-        loss_on: LossOn = "exchange", augment: AugmentSettings | None = None, locality_weight: float = 0.0,
+        loss_on: LossOn = "exchange", augment: AugmentSettings | None = None, locality: LocalitySettings | None = None,
     ) -> None:  # fmt: skip
         self.model, self.tokenizer = model, tokenizer
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -92,7 +87,7 @@ class MinimalLoop:
         self.steps_per_turn, self.steps_per_fact = optim.steps_per_turn, optim.steps_per_fact
         self.augment = augment or AugmentSettings(qa_pairs=0, paraphrases=0)
         self.max_tokens, self.generate_tokens, self.loss_on = max_tokens, generate_tokens, loss_on
-        self.locality_weight = locality_weight
+        self.locality_settings = locality or LocalitySettings()
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.device = next(model.parameters()).device
 
@@ -110,21 +105,15 @@ class MinimalLoop:
         return rows
 
     def batch(self, rows: list[Example], locality: list[LocalityRow]) -> Batch:
-        """`rows` and the `locality` rows right-padded into one batch."""
+        """`rows` right-padded into one batch, the `locality` rows into another (as `OnlineLM.learn`)."""
         n, width = len(rows), max(r.num_tokens for r in rows)
-        full = max([width] + [r.input_ids.numel() for r in locality])
-        ids = torch.full((n + len(locality), full), self.pad_id, dtype=torch.long)
+        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
         attn, weights = torch.zeros_like(ids), torch.zeros(n, width)
-        positions = torch.zeros(len(locality), full, dtype=torch.bool)
         for i, r in enumerate(rows):
             ids[i, : r.num_tokens], attn[i, : r.num_tokens], weights[i, : r.num_tokens] = r.input_ids, 1, r.loss_mask
-        for j, r in enumerate(locality):
-            t = r.input_ids.numel()
-            ids[n + j, :t], attn[n + j, :t], positions[j, :t] = r.input_ids, 1, r.positions
         dev = self.device
-        top_log_p = torch.cat([r.top_log_p for r in locality]).to(dev) if locality else None
-        top_ids = torch.cat([r.top_ids for r in locality]).to(dev) if locality else None
-        return Batch(ids.to(dev), attn.to(dev), n, width, weights.to(dev), positions.to(dev), top_log_p, top_ids)
+        loc = locality_batch(locality, self.locality_settings, self.pad_id, dev) if locality else None
+        return Batch(ids.to(dev), attn.to(dev), weights.to(dev), loc)
 
     @torch.no_grad()
     def generate(self, user: str) -> str:
@@ -147,16 +136,17 @@ class MinimalLoop:
     def base_logits(self, b: Batch) -> torch.Tensor:
         """(n, width, V) logits of the rendered rows with the adapter disabled."""
         with torch.no_grad(), self.model.disable_adapter():
-            return self.model(input_ids=b.ids[: b.n, : b.width], attention_mask=b.attn[: b.n, : b.width]).logits
+            return self.model(input_ids=b.ids, attention_mask=b.attn).logits
 
     def loss(self, b: Batch, base: torch.Tensor, kl_lambda: float) -> torch.Tensor:
         """λ_KL·KL(base ‖ adapter) + λ_task·weighted CE on the rows (+ λ_loc·top-k KL on the locality rows)."""
         logits = self.model(input_ids=b.ids, attention_mask=b.attn).logits
-        n, w = b.n, b.width
-        kl_mask = b.attn[:n, :w].to(b.weights.dtype)
-        loss = online_loss(logits[:n, :w], base, b.ids[:n, :w], b.weights, kl_mask, kl_lambda, self.task_lambda)["loss"]
-        if b.top_ids is not None:
-            loss = loss + self.locality_weight * top_k_kl(logits[n:][b.positions], b.top_log_p, b.top_ids)
+        kl_mask = b.attn.to(b.weights.dtype)
+        loss = online_loss(logits, base, b.ids, b.weights, kl_mask, kl_lambda, self.task_lambda)["loss"]
+        if (loc := b.locality) is not None:
+            loc_logits = self.model(input_ids=loc.ids, attention_mask=loc.attention).logits
+            kl = top_k_kl(loc_logits[loc.positions], loc.top_log_p, loc.top_ids, loc.weights)
+            loss = loss + self.locality_settings.weight * kl
         return loss
 
     def step(self, user: str, reply: str, fact: FactTurn | None = None) -> dict[str, float]:

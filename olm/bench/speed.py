@@ -545,7 +545,7 @@ class SpeedProbe(Callback):
         self.loop = MinimalLoop(
             m.model, m.tokenizer, m.optim, kl, objective.task_lambda, objective.max_tokens, self.generate_tokens,
             loss_on=objective.loss_on, augment=m.augment,
-            locality_weight=m.locality.settings.weight if m.locality.applies("fact") else 0.0,
+            locality=m.locality.settings if m.locality.applies("fact") else None,
         )  # fmt: skip
         if self.generate_tokens:  # OnlineLM's generate() passes eos but no min: force the length here
             m.model.get_base_model().generation_config.min_new_tokens = self.generate_tokens
