@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from olm.bench.facts import KEYS, Reference, aggregate, flips, main, round_ends
+from olm.bench.facts import KEYS, Reference, aggregate, flips, main, round_ends, with_gk_kept
 from olm.world.generator import make_world
 from olm.world.schedule import teaching_schedule
 
@@ -110,3 +110,32 @@ def test_gk_kept_counts_only_questions_the_base_answers_and_ignores_gains():
     assert out["locality"]["gk_kept"] == {"mean": 0.75, "std": 0.0, "n": 1}
     assert out["locality_after"]["gk_kept"] == {"mean": 0.5, "std": 0.0, "n": 1}
     assert out["locality"]["gk_adapted"]["n"] == 2
+
+
+def test_gk_whole_answers_extend_the_probe_answers_and_are_judged_alike(tmp_path, tiny_model_dir):
+    argv = ["--out", str(tmp_path), "--model", tiny_model_dir, "--facts", "1", "--reps", "1", "--unrelated", "1",
+            "--seeds", "0", "--rows", "tuned", "--threads", "1", "--probe-tokens", "3", "--gk-long-tokens", "9"]  # fmt: skip
+    assert main(argv) == 0
+    stored = json.loads((tmp_path / "runs" / "tuned-seed0.json").read_text())
+    assert stored["settings"]["gk_long_tokens"] == 9
+    records = stored["metrics"]["gk"]
+    assert records and all(len(r["correct_long"]) == 3 for r in records)
+    for r in records:  # greedy: the whole answer goes on from where the probe's stopped (up to a cut character)
+        for short, long in ((r["base"], r["base_long"]), (r["adapted"], r["adapted_long"]),
+                            (r["adapted_after"], r["adapted_after_long"])):  # fmt: skip
+            assert long.startswith(short.split("\ufffd")[0]) and len(long) >= len(short.split("\ufffd")[0])
+    with pytest.raises(SystemExit):
+        main([*argv[:-1], "-1"])
+
+
+def test_gk_kept_long_is_computed_from_the_whole_answers_only_when_a_run_has_them():
+    gk = [{"correct": [True, False, False], "correct_long": [True, True, False]},
+          {"correct": [True, True, True], "correct_long": [True, True, True]},
+          {"correct": [False, False, False], "correct_long": [True, False, True]}]  # fmt: skip
+    run = {k: None for k in KEYS} | {"locality": {}, "locality_after": {}, "gk": gk}
+    out = with_gk_kept(run)
+    assert out["locality"]["gk_kept"] == 0.5 and out["locality_after"]["gk_kept"] == 0.5
+    # held by the base's *whole* answers: all three (the third is right only when not cut)
+    assert out["locality"]["gk_kept_long"] == pytest.approx(2 / 3) and out["locality_after"]["gk_kept_long"] == pytest.approx(2 / 3)
+    plain = with_gk_kept({**run, "gk": [{"correct": c["correct"]} for c in gk]})
+    assert "gk_kept_long" not in plain["locality"] and plain["locality"]["gk_kept"] == 0.5

@@ -20,7 +20,9 @@ distractors, then K unrelated turns. A probe callback asks questions in a fresh 
                   "gk_base" / "gk_adapted": share of `GK_QUESTIONS` (general knowledge) answered correctly;
                   "gk_kept": share of the questions the *base* answers correctly that the adapted model
                   still answers correctly (the issue's measure; gk_adapted can rise above gk_base by
-                  questions gained while others are lost);
+                  questions gained while others are lost); with ``--gk-long-tokens N`` also
+                  "gk_kept_long", the same on answers generated up to N tokens instead of the probes'
+                  `--probe-tokens` (an answer reworded at more length can be cut before its fact);
                   diagnostics of where top-1 flips happen: "teacher_forced_train" (the same agreement on
                   the locality term's own training prompts: does the term hold where it trains?),
                   "flip_margin" (median base margin, top-1 minus top-2 log-probability, at the flipped
@@ -43,6 +45,7 @@ last invocation with all the seeds aggregates them; ``--fresh`` recomputes every
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -115,6 +118,8 @@ class Reference:
     """The base's answers to the general-knowledge questions (stored with each run)."""
     base_margin: torch.Tensor
     """(N,) the base's top-1 − top-2 log-probability at each compared position."""
+    gk_long: list[str] = field(default_factory=list)
+    """The base's whole answers to the general-knowledge questions (`gk_long_tokens`; empty when off)."""
 
 
 def gk_correct(answers: list[str], gk: list[dict[str, Any]]) -> list[bool]:
@@ -122,13 +127,15 @@ def gk_correct(answers: list[str], gk: list[dict[str, Any]]) -> list[bool]:
 
 
 @torch.no_grad()
-def reference(pl_module: OnlineLM, prompts: list[str], gk: list[dict[str, Any]]) -> Reference:
+def reference(pl_module: OnlineLM, prompts: list[str], gk: list[dict[str, Any]], gk_long_tokens: int = 0) -> Reference:
     """The base's greedy replies to `prompts` (rendered with them as one padded batch), its top-1
-    token along them, and its answers to the general-knowledge questions."""
+    token along them, and its answers to the general-knowledge questions (also whole, up to
+    `gk_long_tokens`, when not 0)."""
     model, tok, gen = pl_module.model, pl_module.tokenizer, pl_module.generation
     with model.disable_adapter():
         replies = recall_answers(model, tok, prompts, gen)
         gk_answers = recall_answers(model, tok, [q["question"] for q in gk], gen) if gk else []
+        gk_long = gk_whole_answers(pl_module, gk, gk_long_tokens)
     rows, spans = [], []
     for prompt, reply in zip(prompts, replies):
         head = tok(render_prompt(tok, messages_for(prompt)), add_special_tokens=False).input_ids
@@ -144,7 +151,17 @@ def reference(pl_module: OnlineLM, prompts: list[str], gk: list[dict[str, Any]])
         positions[i, a:b] = True
     with model.disable_adapter():
         base_top1, base_margin = top2(pl_module, ids, attention, positions)
-    return Reference(ids, attention, positions, base_top1, replies, gk, gk_correct(gk_answers, gk), gk_answers, base_margin)
+    return Reference(ids, attention, positions, base_top1, replies, gk, gk_correct(gk_answers, gk), gk_answers, base_margin, gk_long)
+
+
+def gk_whole_answers(pl_module: OnlineLM, gk: list[dict[str, Any]], max_tokens: int) -> list[str]:
+    """Answers to the general-knowledge questions generated up to `max_tokens` (greedy, as the probes;
+    [] when 0): the probe answers stop at `probe_tokens`, and an answer reworded at more length can be
+    cut before the fact it would state, as can the base's own (a diagnostic beside "gk_kept")."""
+    if not max_tokens or not gk:
+        return []
+    gen = dataclasses.replace(pl_module.generation, max_new_tokens=max_tokens)
+    return recall_answers(pl_module.model, pl_module.tokenizer, [q["question"] for q in gk], gen)
 
 
 def top1(pl_module: OnlineLM, ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -197,6 +214,8 @@ class Probe(L.Callback):
     updates: list[Fact] = field(default_factory=list)
     update_end: int = 0
     gk: list[dict[str, Any]] = field(default_factory=list)
+    gk_long_tokens: int = 0
+    """Also answer the general-knowledge questions whole, up to this many tokens (0 = not)."""
     recall: dict[int, list[bool]] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
     answers: dict[str, list[str]] = field(default_factory=dict)
@@ -255,7 +274,7 @@ class Probe(L.Callback):
 
     def locality(self, pl_module: OnlineLM) -> dict[str, float]:
         if self.ref is None:
-            self.ref = reference(pl_module, self.anchors, self.gk)
+            self.ref = reference(pl_module, self.anchors, self.gk, self.gk_long_tokens)
         ref = self.ref
         out = locality(pl_module, self.anchors, ref.base_replies)
         out.update(flips(top1(pl_module, ref.ids, ref.attention, ref.positions), ref))
@@ -266,7 +285,10 @@ class Probe(L.Callback):
             train = self.ref_train
             out["teacher_forced_train"] = flips(top1(pl_module, train.ids, train.attention, train.positions), train)["teacher_forced"]
         answers = recall_answers(pl_module.model, pl_module.tokenizer, [q["question"] for q in ref.gk], pl_module.generation)
-        self.answers["gk_teach" if "gk_teach" not in self.answers else "gk_after"] = answers
+        point = "gk_teach" if "gk_teach" not in self.answers else "gk_after"
+        self.answers[point] = answers
+        if self.gk_long_tokens:
+            self.answers[point + "_long"] = gk_whole_answers(pl_module, ref.gk, self.gk_long_tokens)
         out["gk_base"], out["gk_adapted"] = mean(ref.gk_base), mean(gk_correct(answers, ref.gk))
         return out
 
@@ -354,7 +376,7 @@ def run_once(args, row: str, seed: int, workdir: Path) -> dict[str, Any]:
     )  # fmt: skip
     gk = [json.loads(line) for line in GK_QUESTIONS.read_text().splitlines() if line.strip()]
     probe = Probe(schedule, round_ends(schedule), load_anchors(GENERAL_PROMPTS), len(schedule.turns),
-                  updates, len(schedule.turns) + len(update_turns), gk)  # fmt: skip
+                  updates, len(schedule.turns) + len(update_turns), gk, args.gk_long_tokens)  # fmt: skip
     # keep the research callbacks, drop file output (checkpoints, adapters) from the benchmark
     cli.trainer.callbacks[:] = [c for c in cli.trainer.callbacks if isinstance(c, FactReplay) and keep_replay]
     cli.trainer.callbacks.append(probe)
@@ -388,11 +410,17 @@ def per_gk_question(probe: Probe) -> list[dict[str, Any]]:
         return []
     ref, blank = probe.ref, [""] * len(probe.ref.gk)
     teach, after = probe.answers.get("gk_teach", blank), probe.answers.get("gk_after", blank)
-    return [
+    out = [
         {"question": q["question"], "accepted": q["answers"], "base": b, "adapted": t, "adapted_after": a,
          "correct": [ok, *gk_correct([t, a], [q, q])]}
         for q, b, ok, t, a in zip(ref.gk, ref.gk_answers, ref.gk_base, teach, after)
     ]  # fmt: skip
+    if ref.gk_long:  # the whole answers (`gk_long_tokens`), judged alike
+        teach, after = probe.answers.get("gk_teach_long", blank), probe.answers.get("gk_after_long", blank)
+        for rec, q, b, t, a in zip(out, ref.gk, ref.gk_long, teach, after):
+            rec.update({"base_long": b, "adapted_long": t, "adapted_after_long": a,
+                        "correct_long": gk_correct([b, t, a], [q, q, q])})  # fmt: skip
+    return out
 
 
 def per_fact(probe: Probe, reps: int) -> list[dict[str, Any]]:
@@ -442,14 +470,16 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def with_gk_kept(run: dict[str, Any]) -> dict[str, Any]:
     """`run` with "gk_kept" in its locality dicts, from its per-question GK records (so runs stored
     before the measure existed get it too): of the questions the base answers correctly, the share
-    the adapted model still answers correctly, after teaching and after the unrelated turns."""
-    held = [q["correct"] for q in run.get("gk") or [] if q["correct"][0]]
-    if not held:
-        return run
+    the adapted model still answers correctly, after teaching and after the unrelated turns; and
+    "gk_kept_long", the same on the whole answers, when the run has them (`gk_long_tokens`)."""
     out = dict(run)
-    for key, col in (("locality", 1), ("locality_after", 2)):
-        if isinstance(run.get(key), dict):
-            out[key] = {**run[key], "gk_kept": mean([c[col] for c in held])}
+    for name, field_ in (("gk_kept", "correct"), ("gk_kept_long", "correct_long")):
+        held = [q[field_] for q in run.get("gk") or [] if field_ in q and q[field_][0]]
+        if not held:
+            continue
+        for key, col in (("locality", 1), ("locality_after", 2)):
+            if isinstance(out.get(key), dict):
+                out[key] = {**out[key], name: mean([c[col] for c in held])}
     return out
 
 
@@ -461,7 +491,7 @@ def markdown(results: dict[str, Any], reps: int) -> str:
     ks = sorted({1, 2, 3, reps} & set(range(1, reps + 1)))
     head = ["row", *[f"recall@{k}" for k in ks], "reps→recall", "generalization", "retention", "update",
             "locality TF (teach / after)", "TF on the training locality prompts (teach / after)",
-            "flips at base near-ties (teach)", "GK kept (teach / after)", "GK adapted (teach / after)", "GK base", "token agreement", "anchor KL",
+            "flips at base near-ties (teach)", "GK kept (teach / after)", "GK kept, whole answers (teach / after)", "GK adapted (teach / after)", "GK base", "token agreement", "anchor KL",
             "ppl ratio", "base control", "fact/plain turn time"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row, r in results.items():
@@ -472,6 +502,7 @@ def markdown(results: dict[str, Any], reps: int) -> str:
                  f"{fmt(loc.get('teacher_forced_train', MISSING))} / {fmt(after.get('teacher_forced_train', MISSING))}",
                  fmt(loc.get("near_tie_flips", MISSING)),
                  f"{fmt(loc.get('gk_kept', MISSING))} / {fmt(after.get('gk_kept', MISSING))}",
+                 f"{fmt(loc.get('gk_kept_long', MISSING))} / {fmt(after.get('gk_kept_long', MISSING))}",
                  f"{fmt(loc['gk_adapted'])} / {fmt(after['gk_adapted'])}", fmt(loc["gk_base"]),
                  fmt(loc["token_agreement"]), fmt(loc["anchor_kl"]), fmt(loc["ppl_ratio"]), fmt(r["base_control"]),
                  fmt(r["fact_turn_ratio"])]  # fmt: skip
@@ -513,11 +544,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--unrelated", type=int, default=100, help="unrelated turns before the retention probe (K)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--probe-tokens", type=int, default=32, help="most tokens generated per probe answer")
+    p.add_argument("--gk-long-tokens", type=int, default=0, metavar="N",
+                   help="also answer the general-knowledge questions up to N tokens and report 'GK kept, whole "
+                        "answers' (0 = not; 128 is ample for smollm2-135m's answers)")
     p.add_argument("--fresh", action="store_true", help="recompute runs stored under DIR/runs/")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="=--KEY=VALUE",
                    help="a `cli.py fit` override for every row, before the row's own (repeatable; write it "
                         "with '=': --set=--model.optim.lr=1e-3)")  # fmt: skip
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.gk_long_tokens < 0:
+        p.error(f"--gk-long-tokens must be >= 0, got {args.gk_long_tokens}")
+    return args
 
 
 def run_settings(args: argparse.Namespace, row: str, seed: int) -> dict[str, Any]:
@@ -525,7 +562,8 @@ def run_settings(args: argparse.Namespace, row: str, seed: int) -> dict[str, Any
     config = hashlib.sha256(Path(args.config).read_bytes()).hexdigest()
     return {"row": row, "seed": seed, "model": str(args.model), "config_sha256": config, "facts": args.facts,
             "reps": args.reps, "unrelated": args.unrelated, "probe_tokens": args.probe_tokens,
-            "overrides": list(args.overrides)}  # fmt: skip
+            "overrides": list(args.overrides),
+            **({"gk_long_tokens": args.gk_long_tokens} if args.gk_long_tokens else {})}  # fmt: skip
 
 
 def stored_or_run(args: argparse.Namespace, row: str, seed: int) -> dict[str, Any]:
