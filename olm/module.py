@@ -50,6 +50,7 @@ from olm.guards import lora_problem
 from olm.locality import LocalitySettings, LocalityTerm, locality_batch
 from olm.nullspace import project_lora_a
 from olm.losses import online_loss, top_k_kl
+from olm.prefix import shared_prefix_forward
 from olm.memory import FactMemory, MemoryConfig, StoredFact
 from olm.render import Example, LossOn, messages_for, render_exchange
 from olm.turns import log_scalars, turn_step
@@ -79,6 +80,10 @@ class OptimSettings:
     """Optimizer steps on a fact turn (the original design's iterations_per_fact)."""
     steps_per_replay: int = 1
     """Optimizer steps per replay (the replayed facts are learned together, in one batch)."""
+    share_prefix: bool = True
+    """Compute the token prefix all rows of a step's batch share (the chat template's system prompt
+    and user header) once, not once per row (`olm.prefix`): the same logits and gradient, fewer
+    positions. False = one plain padded forward."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -464,7 +469,8 @@ class OnlineLM(L.LightningModule):
         forward; KL(base ‖ adapter) covers every real token, the task loss the weighted targets.
         On the kinds configured for it, the locality term adds λ_loc · KL(base ‖ adapter) on the
         next locality prompts, in the same step: one more padded forward of their own width
-        (`olm.locality.locality_batch`; their base outputs are cached). The LR is
+        (`olm.locality.locality_batch`; their base outputs are cached). With `optim.share_prefix`
+        each batch's common prefix (the template's system prompt) is computed once (`olm.prefix`). The LR is
         base × multiplier for these steps only; a step whose loss or gradient norm is not finite
         is skipped (the adapter is left unchanged) and counted. `contexts` gives each example's own
         context for its token weights (a replay batch holds several facts); default `ctx`.
@@ -491,18 +497,18 @@ class OnlineLM(L.LightningModule):
         kl_mask = attn.to(weights.dtype)
         loc = locality_batch(rows, self.locality.settings, pad, self.device) if rows else None
         with self._timed("base_forward"), torch.no_grad(), self.model.disable_adapter():
-            base_logits = self.model(input_ids=ids, attention_mask=attn).logits
+            base_logits = shared_prefix_forward(self.model, ids, attn, self.optim.share_prefix)
         projectors = self.locality.projectors(self.model)  # {} unless locality.null_space_energy > 0
         project_lora_a(self.model, projectors)  # fresh adapters: A starts in the null space too
         self._set_lr(opt, mult)
         try:
             for _ in range(steps):
                 with self._timed("adapter_forward_backward"):
-                    logits = self.model(input_ids=ids, attention_mask=attn).logits
+                    logits = shared_prefix_forward(self.model, ids, attn, self.optim.share_prefix)
                     out = online_loss(logits, base_logits, ids, weights, kl_mask, lam, self.objective.task_lambda)
                     loss = out["loss"]
                     if loc is not None:
-                        loc_logits = self.model(input_ids=loc.ids, attention_mask=loc.attention).logits
+                        loc_logits = shared_prefix_forward(self.model, loc.ids, loc.attention, self.optim.share_prefix)
                         out["locality_kl"] = top_k_kl(loc_logits[loc.positions], loc.top_log_p, loc.top_ids, loc.weights)
                         loss = loss + self.locality.settings.weight * out["locality_kl"]
                     opt.zero_grad(set_to_none=True)

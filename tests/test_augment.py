@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from olm.augment import AugmentSettings, fact_exchanges
+from olm.backbone import LoRASettings
+from olm.prefix import MIN_PREFIX, common_prefix_length
 from olm.bench.facts import GENERAL_PROMPTS
 from olm.context import Context
 from olm.facts import DetectorConfig, FactDetector, fill
@@ -125,7 +127,7 @@ def test_lead_weights_weigh_the_first_compared_positions_of_each_row():
 
 def test_fact_step_trains_on_one_padded_batch_and_its_locality_prompts_on_another(tiny_model_dir, monkeypatch):
     model = OnlineLM(
-        base_model=tiny_model_dir, optim=OptimSettings(lr=1e-3),
+        base_model=tiny_model_dir, optim=OptimSettings(lr=1e-3, share_prefix=False),  # rows whole: tests/test_prefix.py
         augment=AugmentSettings(qa_pairs=2, paraphrases=1), locality=LocalitySettings(weight=1.0, per_step=2),
     )  # fmt: skip
     model.optimizers = lambda: model._opt  # outside a trainer
@@ -176,6 +178,37 @@ def test_fact_step_weighs_the_lead_positions_of_the_locality_replies(tiny_model_
     first = int(rows[0].positions.sum())
     assert weights[:3].tolist() == [4.0] * 3 and weights[first : first + 3].tolist() == [4.0] * 3
     assert int((weights == 1.0).sum()) == weights.shape[0] - 6
+
+
+def test_a_fact_step_with_the_shared_prefix_makes_the_same_update_as_without(tiny_model_dir):
+    def step(share: bool) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = OnlineLM(
+            base_model=tiny_model_dir, lora=LoRASettings(dropout=0.0), optim=OptimSettings(lr=1e-3, share_prefix=share),
+            augment=AugmentSettings(qa_pairs=2, paraphrases=1), locality=LocalitySettings(weight=1.0, per_step=2),
+        )  # fmt: skip
+        model.optimizers = lambda: model._opt
+        model._opt = model.configure_optimizers()
+        model.manual_backward = lambda loss: loss.backward()
+        statement = "Zara is my sister."
+        fact = model.detector.detect(statement)
+        system = "You are a kind assistant who keeps answers short."  # a long shared prefix
+        examples = [render_exchange(model.tokenizer, statement, "Got it.", system=system)]
+        examples += [render_exchange(model.tokenizer, u, "Zara is your sister.", system=system)
+                     for u in ("Who is Zara?", "Who is Zara to me?")]  # fmt: skip
+        rows = [e.input_ids.tolist() for e in examples]
+        width = max(map(len, rows))
+        ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+        attention = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+        assert common_prefix_length(ids, attention) >= MIN_PREFIX  # the shared path is taken
+        for _ in range(2):  # the second step starts from a trained adapter
+            model.learn(examples, Context("fact", fact=fact))
+        return {n: p.detach().clone() for n, p in model.model.named_parameters() if "lora_" in n}
+
+    shared, plain = step(True), step(False)
+    assert any(not torch.equal(v, torch.zeros_like(v)) for n, v in shared.items() if "lora_B" in n)
+    for name in plain:
+        assert torch.allclose(shared[name], plain[name], atol=1e-5), name
 
 
 def test_contradiction_replaces_the_fact_in_memory_and_what_is_replayed(tiny_model_dir):

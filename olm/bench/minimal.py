@@ -16,6 +16,7 @@ from olm.bench.memory import tensor_storages
 from olm.facts import FactPattern
 from olm.locality import LocalityBatch, LocalityRow, LocalitySettings, locality_batch
 from olm.losses import online_loss, top_k_kl
+from olm.prefix import shared_prefix_forward
 from olm.render import Example, LossOn, render_exchange
 
 MS = 1e3
@@ -85,6 +86,7 @@ class MinimalLoop:
         )
         self.grad_clip, self.kl_lambda, self.task_lambda = optim.grad_clip, kl_lambda, task_lambda
         self.steps_per_turn, self.steps_per_fact = optim.steps_per_turn, optim.steps_per_fact
+        self.share_prefix = optim.share_prefix
         self.augment = augment or AugmentSettings(qa_pairs=0, paraphrases=0)
         self.max_tokens, self.generate_tokens, self.loss_on = max_tokens, generate_tokens, loss_on
         self.locality_settings = locality or LocalitySettings()
@@ -136,15 +138,15 @@ class MinimalLoop:
     def base_logits(self, b: Batch) -> torch.Tensor:
         """(n, width, V) logits of the rendered rows with the adapter disabled."""
         with torch.no_grad(), self.model.disable_adapter():
-            return self.model(input_ids=b.ids, attention_mask=b.attn).logits
+            return shared_prefix_forward(self.model, b.ids, b.attn, self.share_prefix)
 
     def loss(self, b: Batch, base: torch.Tensor, kl_lambda: float) -> torch.Tensor:
         """λ_KL·KL(base ‖ adapter) + λ_task·weighted CE on the rows (+ λ_loc·top-k KL on the locality rows)."""
-        logits = self.model(input_ids=b.ids, attention_mask=b.attn).logits
+        logits = shared_prefix_forward(self.model, b.ids, b.attn, self.share_prefix)
         kl_mask = b.attn.to(b.weights.dtype)
         loss = online_loss(logits, base, b.ids, b.weights, kl_mask, kl_lambda, self.task_lambda)["loss"]
         if (loc := b.locality) is not None:
-            loc_logits = self.model(input_ids=loc.ids, attention_mask=loc.attention).logits
+            loc_logits = shared_prefix_forward(self.model, loc.ids, loc.attention, self.share_prefix)
             kl = top_k_kl(loc_logits[loc.positions], loc.top_log_p, loc.top_ids, loc.weights)
             loss = loss + self.locality_settings.weight * kl
         return loss
