@@ -152,7 +152,7 @@ def locality_batch(rows: list[LocalityRow], settings: LocalitySettings, pad_id: 
     """The rows as one right-padded batch on `device`. The rows get a forward of their own, apart from
     the examples being learned: a locality row (prompt + the base's reply, median 69 tokens with
     smollm2-135m) is longer than a fact's examples (~47), and padding both to one width would
-    spend a quarter of a fact step's positions on padding."""
+    spend ~13% of a fact step's positions on padding."""
     width = max(r.input_ids.numel() for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention = torch.zeros_like(ids)
