@@ -151,8 +151,8 @@ class LocalityBatch:
 def locality_batch(rows: list[LocalityRow], settings: LocalitySettings, pad_id: int, device) -> LocalityBatch:
     """The rows as one right-padded batch on `device`. The rows get a forward of their own, apart from
     the examples being learned: a locality row (prompt + the base's reply, median 69 tokens with
-    smollm2-135m) is longer than a fact's examples (~47), and padding both to one width would
-    spend ~13% of a fact step's positions on padding."""
+    smollm2-135m) is longer than a fact's examples (~47), and one width for both would pad every
+    example to the longest prompt."""
     width = max(r.input_ids.numel() for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention = torch.zeros_like(ids)
