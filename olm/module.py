@@ -31,7 +31,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +45,7 @@ from olm.context import KINDS, Context, ContextPolicy, kl_lambda, lr_multiplier
 from olm.distributed import gather_ranks, lockstep, own_rank_state
 from olm.errors import ResumeError, RunError
 from olm.facts import DetectorConfig, FactDetector
+from olm.gate import known_rows, target_min_p
 from olm.generation import CallbackStreamer, GenerationSettings, generate_reply
 from olm.guards import lora_problem
 from olm.locality import LocalitySettings, LocalityTerm, locality_batch
@@ -84,9 +85,16 @@ class OptimSettings:
     """Compute the token prefix all rows of a step's batch share (the chat template's system prompt
     and user header) once, not once per row (`olm.prefix`): the same logits and gradient, fewer
     positions. False = one plain padded forward."""
+    skip_known: float = 0.0
+    """Known-fact gate (`olm.gate`): before each fact or replay step, a fact whose templated Q/A
+    answers and paraphrases the adapted model already predicts, every target token with probability
+    >= this, is not trained on (a fact turn then stops: one forward, no edit); 0 = off. Off under
+    DDP, where the ranks step in lockstep."""
 
     def __post_init__(self) -> None:
         problems = []
+        if not 0.0 <= self.skip_known < 1.0:
+            problems.append(f"optim.skip_known must be in [0, 1), got {self.skip_known!r}")
         if self.lr <= 0:
             problems.append(f"optim.lr must be > 0, got {self.lr!r}")
         if self.weight_decay < 0:
@@ -453,10 +461,10 @@ class OnlineLM(L.LightningModule):
         pattern = self.detector.pattern(fact.pattern) if fact is not None else None
         pairs = fact_exchanges(fact.subject, fact.object, fact.relation, pattern, self.augment, rotation, statement)
         return [
-            render_exchange(
+            replace(render_exchange(
                 self.tokenizer, u, a, (), self.objective.loss_on, self.objective.max_tokens,
                 end_target=self.augment.train_end,
-            )
+            ), templated=True)
             for u, a in pairs
         ]  # fmt: skip
 
@@ -474,9 +482,13 @@ class OnlineLM(L.LightningModule):
         base × multiplier for these steps only; a step whose loss or gradient norm is not finite
         is skipped (the adapter is left unchanged) and counted. `contexts` gives each example's own
         context for its token weights (a replay batch holds several facts); default `ctx`.
+        With `optim.skip_known` (`olm.gate`), a fact or replay batch's facts the model already
+        answers are not trained on (their rows keep only the KL term), and once every fact is known
+        the remaining steps are skipped (a fact turn of a known fact: one forward, no edit).
 
         Returns:
-            Scalars of the last step: loss, kl, ce, locality_kl, grad_norm, lr, kl_lambda, steps, examples.
+            Scalars of the last forward: loss, kl, ce, locality_kl, grad_norm, lr, kl_lambda, steps
+            (taken), examples; with the gate on, known (share of the facts known before the first step).
         """
         examples = [examples] if isinstance(examples, Example) else list(examples)
         opt = self.active_optimizer()
@@ -501,29 +513,46 @@ class OnlineLM(L.LightningModule):
         projectors = self.locality.projectors(self.model)  # {} unless locality.null_space_energy > 0
         project_lora_a(self.model, projectors)  # fresh adapters: A starts in the null space too
         self._set_lr(opt, mult)
+        # known-fact gate (olm.gate): per row, the fact it belongs to and whether it is measured
+        gate = self.optim.skip_known if ctx.kind in ("fact", "replay") and lockstep(self) is None else 0.0
+        groups = [id((contexts[i] if contexts else ctx).fact) for i in range(n)]
+        templated = [e.templated for e in examples]
+        taken, known_share, grad_norm, loc_kl = 0, 0.0, 0.0, None
         try:
-            for _ in range(steps):
+            for step in range(steps):
                 with self._timed("adapter_forward_backward"):
                     logits = shared_prefix_forward(self.model, ids, attn, self.optim.share_prefix)
-                    out = online_loss(logits, base_logits, ids, weights, kl_mask, lam, self.objective.task_lambda)
+                    step_weights = weights
+                    if gate:
+                        known = known_rows(target_min_p(logits.detach(), ids, weights), templated, groups, gate)
+                        if step == 0:
+                            known_share = len({g for g, k in zip(groups, known.tolist()) if k}) / len(set(groups))
+                        step_weights = weights * (~known).to(weights)[:, None]
+                    out = online_loss(logits, base_logits, ids, step_weights, kl_mask, lam, self.objective.task_lambda)
                     loss = out["loss"]
+                    if gate and bool(known.all()):  # nothing left to learn: no locality term, no step
+                        break
                     if loc is not None:
                         loc_logits = shared_prefix_forward(self.model, loc.ids, loc.attention, self.optim.share_prefix)
-                        out["locality_kl"] = top_k_kl(loc_logits[loc.positions], loc.top_log_p, loc.top_ids, loc.weights)
-                        loss = loss + self.locality.settings.weight * out["locality_kl"]
+                        loc_kl = top_k_kl(loc_logits[loc.positions], loc.top_log_p, loc.top_ids, loc.weights)
+                        loss = loss + self.locality.settings.weight * loc_kl
                     opt.zero_grad(set_to_none=True)
                     self.manual_backward(loss)
                 with self._timed("optimizer_step"):
                     grad_norm = self._clip_and_step(opt, loss)
                     project_lora_a(self.model, projectors)
+                taken += 1
         finally:
             self._set_lr(opt, 1.0)
-        return {
+        stats = {
             "loss": loss.item(), "kl": out["kl"].item(), "ce": out["ce"].item(),
-            "locality_kl": out["locality_kl"].item() if rows else 0.0,
+            "locality_kl": loc_kl.item() if loc_kl is not None else 0.0,
             "grad_norm": grad_norm, "lr": opt.param_groups[0]["base_lr"] * mult, "kl_lambda": lam,
-            "steps": steps, "examples": n + len(rows),
+            "steps": taken, "examples": n + len(rows),
         }  # fmt: skip
+        if gate:
+            stats["known"] = known_share  # share of the batch's facts known before its first step
+        return stats
 
     @property
     def memory_clock(self) -> int:

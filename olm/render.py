@@ -26,6 +26,8 @@ class Example:
         offsets: (T,) list of (start, end) char spans of each token in `text`.
         text: the rendered text.
         cut_tokens: leading tokens dropped to fit ``max_tokens`` (0: none).
+        templated: a fact's templated Q/A pair or paraphrase (`olm.augment`), not an exchange: the
+            known-fact gate (`olm.gate`) measures whether the model already answers these.
     """
 
     input_ids: torch.Tensor
@@ -33,6 +35,7 @@ class Example:
     offsets: list[tuple[int, int]]
     text: str
     cut_tokens: int = 0
+    templated: bool = False
 
     @property
     def num_tokens(self) -> int:
