@@ -45,7 +45,7 @@ from olm.context import KINDS, Context, ContextPolicy, kl_lambda, lr_multiplier
 from olm.distributed import gather_ranks, lockstep, own_rank_state
 from olm.errors import ResumeError, RunError
 from olm.facts import DetectorConfig, FactDetector
-from olm.gate import known_rows, target_min_p
+from olm.gate import answer_mask, known_rows, target_min_p
 from olm.generation import CallbackStreamer, GenerationSettings, generate_reply
 from olm.guards import lora_problem
 from olm.locality import LocalitySettings, LocalityTerm, locality_batch
@@ -87,8 +87,8 @@ class OptimSettings:
     positions. False = one plain padded forward."""
     skip_known: float = 0.0
     """Known-fact gate (`olm.gate`): before each fact or replay step, a fact whose templated Q/A
-    answers and paraphrases the adapted model already predicts, every target token with probability
-    >= this, is not trained on (a fact turn then stops: one forward, no edit); 0 = off. Off under
+    answers the adapted model already predicts (every token that spells the answer, with probability
+    >= this) is not trained on (a fact turn then stops: one forward, no edit); 0 = off. Off under
     DDP, where the ranks step in lockstep."""
 
     def __post_init__(self) -> None:
@@ -460,13 +460,14 @@ class OnlineLM(L.LightningModule):
         """The rendered augmentation of a fact (`olm.augment`): Q/A pairs and paraphrases, no history."""
         pattern = self.detector.pattern(fact.pattern) if fact is not None else None
         pairs = fact_exchanges(fact.subject, fact.object, fact.relation, pattern, self.augment, rotation, statement)
-        return [
-            replace(render_exchange(
+        out = []
+        for u, a in pairs:
+            e = render_exchange(
                 self.tokenizer, u, a, (), self.objective.loss_on, self.objective.max_tokens,
                 end_target=self.augment.train_end,
-            ), templated=True)
-            for u, a in pairs
-        ]  # fmt: skip
+            )  # fmt: skip
+            out.append(replace(e, answer_mask=answer_mask(e.text, e.offsets, e.loss_mask, u, fact.object)))
+        return out
 
     def learn(
         self, examples: Example | list[Example], ctx: Context, contexts: list[Context] | None = None
@@ -516,7 +517,11 @@ class OnlineLM(L.LightningModule):
         # known-fact gate (olm.gate): per row, the fact it belongs to and whether it is measured
         gate = self.optim.skip_known if ctx.kind in ("fact", "replay") and lockstep(self) is None else 0.0
         groups = [id((contexts[i] if contexts else ctx).fact) for i in range(n)]
-        templated = [e.templated for e in examples]
+        measured = [e.answer_mask is not None for e in examples]
+        answers = torch.zeros_like(attn, dtype=torch.bool)
+        for i, e in enumerate(examples):
+            if e.answer_mask is not None:
+                answers[i, : e.num_tokens] = e.answer_mask
         taken, known_share, grad_norm, loc_kl = 0, 0.0, 0.0, None
         try:
             for step in range(steps):
@@ -524,7 +529,7 @@ class OnlineLM(L.LightningModule):
                     logits = shared_prefix_forward(self.model, ids, attn, self.optim.share_prefix)
                     step_weights = weights
                     if gate:
-                        known = known_rows(target_min_p(logits.detach(), ids, weights), templated, groups, gate)
+                        known = known_rows(target_min_p(logits.detach(), ids, answers), measured, groups, gate)
                         if step == 0:
                             known_share = len({g for g, k in zip(groups, known.tolist()) if k}) / len(set(groups))
                         step_weights = weights * (~known).to(weights)[:, None]

@@ -26,8 +26,9 @@ class Example:
         offsets: (T,) list of (start, end) char spans of each token in `text`.
         text: the rendered text.
         cut_tokens: leading tokens dropped to fit ``max_tokens`` (0: none).
-        templated: a fact's templated Q/A pair or paraphrase (`olm.augment`), not an exchange: the
-            known-fact gate (`olm.gate`) measures whether the model already answers these.
+        answer_mask: (T,) bool, the target tokens that spell a fact's answer in a templated Q/A pair
+            whose question does not contain it (`olm.gate.answer_mask`); None for other examples.
+            The known-fact gate measures these.
     """
 
     input_ids: torch.Tensor
@@ -35,7 +36,7 @@ class Example:
     offsets: list[tuple[int, int]]
     text: str
     cut_tokens: int = 0
-    templated: bool = False
+    answer_mask: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:

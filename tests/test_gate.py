@@ -10,7 +10,7 @@ import torch
 import olm.module
 from olm.augment import AugmentSettings
 from olm.context import Context
-from olm.gate import known_rows, target_min_p
+from olm.gate import answer_mask, known_rows, target_min_p
 from olm.module import OnlineLM, OptimSettings
 from olm.render import render_exchange
 
@@ -22,15 +22,31 @@ def test_target_min_p_is_the_least_likely_weighted_target_of_each_row():
         [[0.5, 0.25, 0.25], [0.6, 0.3, 0.1], [1 / 3, 1 / 3, 1 / 3]],
     ]))  # fmt: skip
     ids = torch.tensor([[0, 0, 1], [2, 1, 2]])
-    weights = torch.tensor([[0.0, 1.0, 2.0], [0.0, 0.0, 0.0]])  # row 1: no targets
-    p = target_min_p(logits, ids, weights)
+    mask = torch.tensor([[False, True, True], [False, False, False]])  # row 1: nothing measured
+    p = target_min_p(logits, ids, mask)
     assert p[0].item() == pytest.approx(0.7)  # targets: token 0 at p 0.7, token 1 at p 0.8
     assert p[1].item() == 1.0
-    weights[0, 1] = 0.0  # only the last target left
-    assert target_min_p(logits, ids, weights)[0].item() == pytest.approx(0.8)
+    mask[0, 1] = False  # only the last target left
+    assert target_min_p(logits, ids, mask)[0].item() == pytest.approx(0.8)
 
 
-def test_known_rows_marks_a_whole_fact_only_when_every_templated_row_passes():
+def test_answer_mask_covers_the_answer_tokens_of_the_reply_only(tiny_model_dir):
+    from olm.backbone import load_base
+
+    tok = load_base(tiny_model_dir)[1]
+    e = render_exchange(tok, "What does Chako do for a living?", "Chako works as a chef.")
+    mask = answer_mask(e.text, e.offsets, e.loss_mask, "What does Chako do for a living?", "chef")
+    assert mask is not None and not (mask & ~e.loss_mask).any()
+    spelled = "".join(e.text[s:t] for (s, t), m in zip(e.offsets, mask.tolist()) if m)
+    assert "chef" in spelled.lower() and "works" not in spelled
+    # the question holds the answer (a paraphrase: "Chako is a chef." -> "Got it. ..."): nothing to recall
+    p = render_exchange(tok, "Chako is a chef.", "Got it. Chako works as a chef.")
+    assert answer_mask(p.text, p.offsets, p.loss_mask, "Chako is a chef.", "chef") is None
+    # the answer is nowhere among the targets
+    assert answer_mask(e.text, e.offsets, e.loss_mask, "What does Chako do?", "pilot") is None
+
+
+def test_known_rows_marks_a_whole_fact_only_when_every_measured_row_passes():
     min_p = torch.tensor([0.01, 0.9, 0.95, 0.2, 0.99, 0.4, 0.99])
     templated = [False, True, True, False, True, True, False]
     groups = ["a", "a", "a", "b", "b", "b", "c"]  # c: an exchange alone, never measured
@@ -67,7 +83,7 @@ def _lora(model: OnlineLM) -> dict[str, torch.Tensor]:
 def test_a_fact_step_is_skipped_only_when_the_fact_is_known(tiny_model_dir, threshold, known):
     model = _model(tiny_model_dir, threshold)
     examples, ctx = _fact_batch(model, "Zara is my sister.")
-    assert [e.templated for e in examples] == [False, True, True, True]
+    assert [e.answer_mask is not None for e in examples] == [False, True, True, False]  # Q/A pairs measured
     before = _lora(model)
     stats = model.learn(examples, ctx)
     after = _lora(model)
