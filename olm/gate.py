@@ -78,3 +78,13 @@ def known_rows(min_p: torch.Tensor, measured: Sequence[bool], groups: Sequence[H
         if m:
             known[g] = known.get(g, True) and p >= threshold
     return torch.tensor([known.get(g, False) for g in groups], dtype=torch.bool)
+
+
+def batch_answer_mask(examples: Sequence, width: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, list[bool]]:
+    """The `answer_mask`s of a right-padded batch of `olm.render.Example`s: a (B, width) bool mask
+    (False where an example has none, and on padding) and, per row, whether it has one."""
+    mask = torch.zeros(len(examples), width, dtype=torch.bool)
+    for i, e in enumerate(examples):
+        if e.answer_mask is not None:
+            mask[i, : e.num_tokens] = e.answer_mask
+    return mask.to(device), [e.answer_mask is not None for e in examples]

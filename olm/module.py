@@ -45,12 +45,12 @@ from olm.context import KINDS, Context, ContextPolicy, kl_lambda, lr_multiplier
 from olm.distributed import gather_ranks, lockstep, own_rank_state
 from olm.errors import ResumeError, RunError
 from olm.facts import DetectorConfig, FactDetector
-from olm.gate import answer_mask, known_rows, target_min_p
+from olm.gate import answer_mask, batch_answer_mask, known_rows, target_min_p
 from olm.generation import CallbackStreamer, GenerationSettings, generate_reply
 from olm.guards import lora_problem
 from olm.locality import LocalitySettings, LocalityTerm, locality_batch
 from olm.nullspace import project_lora_a
-from olm.losses import online_loss, top_k_kl
+from olm.losses import online_loss, top_k_kl, weighted_token_ce
 from olm.prefix import shared_prefix_forward
 from olm.memory import FactMemory, MemoryConfig, StoredFact
 from olm.render import Example, LossOn, messages_for, render_exchange
@@ -509,34 +509,34 @@ class OnlineLM(L.LightningModule):
         ids, attn, weights = ids.to(self.device), attn.to(self.device), weights.to(self.device)
         kl_mask = attn.to(weights.dtype)
         loc = locality_batch(rows, self.locality.settings, pad, self.device) if rows else None
-        with self._timed("base_forward"), torch.no_grad(), self.model.disable_adapter():
-            base_logits = shared_prefix_forward(self.model, ids, attn, self.optim.share_prefix)
         projectors = self.locality.projectors(self.model)  # {} unless locality.null_space_energy > 0
         project_lora_a(self.model, projectors)  # fresh adapters: A starts in the null space too
         self._set_lr(opt, mult)
-        # known-fact gate (olm.gate): per row, the fact it belongs to and whether it is measured
         gate = self.optim.skip_known if ctx.kind in ("fact", "replay") and lockstep(self) is None else 0.0
-        groups = [id((contexts[i] if contexts else ctx).fact) for i in range(n)]
-        measured = [e.answer_mask is not None for e in examples]
-        answers = torch.zeros_like(attn, dtype=torch.bool)
-        for i, e in enumerate(examples):
-            if e.answer_mask is not None:
-                answers[i, : e.num_tokens] = e.answer_mask
-        taken, known_share, grad_norm, loc_kl = 0, 0.0, 0.0, None
+        groups = [id((contexts[i] if contexts else ctx).fact) for i in range(n)]  # one key per fact
+        answers, measured = batch_answer_mask(examples, width, self.device)
+        base_logits, out, loc_kl, taken, known_share, grad_norm = None, None, None, 0, 0.0, 0.0
         try:
             for step in range(steps):
                 with self._timed("adapter_forward_backward"):
                     logits = shared_prefix_forward(self.model, ids, attn, self.optim.share_prefix)
-                    step_weights = weights
-                    if gate:
-                        known = known_rows(target_min_p(logits.detach(), ids, answers), measured, groups, gate)
-                        if step == 0:
-                            known_share = len({g for g, k in zip(groups, known.tolist()) if k}) / len(set(groups))
-                        step_weights = weights * (~known).to(weights)[:, None]
+                step_weights = weights
+                if gate:  # known-fact gate (olm.gate): a known fact's rows keep only the KL term
+                    known = known_rows(target_min_p(logits.detach(), ids, answers), measured, groups, gate)
+                    if step == 0:
+                        known_share = len({g for g, k in zip(groups, known.tolist()) if k}) / len(set(groups))
+                    if bool(known.all()):  # nothing left to learn: no base forward, no locality term, no step
+                        if out is None:
+                            ce = weighted_token_ce(logits[:, :-1].detach(), ids[:, 1:], weights[:, 1:])
+                            out = {"loss": self.objective.task_lambda * ce, "kl": torch.zeros(()), "ce": ce}
+                        break
+                    step_weights = weights * (~known).to(weights)[:, None]
+                if base_logits is None:  # the base's logits do not change between steps
+                    with self._timed("base_forward"), torch.no_grad(), self.model.disable_adapter():
+                        base_logits = shared_prefix_forward(self.model, ids, attn, self.optim.share_prefix)
+                with self._timed("adapter_forward_backward"):
                     out = online_loss(logits, base_logits, ids, step_weights, kl_mask, lam, self.objective.task_lambda)
                     loss = out["loss"]
-                    if gate and bool(known.all()):  # nothing left to learn: no locality term, no step
-                        break
                     if loc is not None:
                         loc_logits = shared_prefix_forward(self.model, loc.ids, loc.attention, self.optim.share_prefix)
                         loc_kl = top_k_kl(loc_logits[loc.positions], loc.top_log_p, loc.top_ids, loc.weights)
@@ -550,7 +550,7 @@ class OnlineLM(L.LightningModule):
         finally:
             self._set_lr(opt, 1.0)
         stats = {
-            "loss": loss.item(), "kl": out["kl"].item(), "ce": out["ce"].item(),
+            "loss": out["loss"].item(), "kl": out["kl"].item(), "ce": out["ce"].item(),
             "locality_kl": loc_kl.item() if loc_kl is not None else 0.0,
             "grad_norm": grad_norm, "lr": opt.param_groups[0]["base_lr"] * mult, "kl_lambda": lam,
             "steps": taken, "examples": n + len(rows),
