@@ -529,6 +529,7 @@ class OnlineLM(L.LightningModule):
                         if out is None:
                             ce = weighted_token_ce(logits[:, :-1].detach(), ids[:, 1:], weights[:, 1:])
                             out = {"loss": self.objective.task_lambda * ce, "kl": torch.zeros(()), "ce": ce}
+                            loss = out["loss"]
                         break
                     step_weights = weights * (~known).to(weights)[:, None]
                 if base_logits is None:  # the base's logits do not change between steps
@@ -550,7 +551,7 @@ class OnlineLM(L.LightningModule):
         finally:
             self._set_lr(opt, 1.0)
         stats = {
-            "loss": out["loss"].item(), "kl": out["kl"].item(), "ce": out["ce"].item(),
+            "loss": loss.item(), "kl": out["kl"].item(), "ce": out["ce"].item(),
             "locality_kl": loc_kl.item() if loc_kl is not None else 0.0,
             "grad_norm": grad_norm, "lr": opt.param_groups[0]["base_lr"] * mult, "kl_lambda": lam,
             "steps": taken, "examples": n + len(rows),
