@@ -513,8 +513,9 @@ class OnlineLM(L.LightningModule):
         project_lora_a(self.model, projectors)  # fresh adapters: A starts in the null space too
         self._set_lr(opt, mult)
         gate = self.optim.skip_known if ctx.kind in ("fact", "replay") and lockstep(self) is None else 0.0
-        groups = [id((contexts[i] if contexts else ctx).fact) for i in range(n)]  # one key per fact
-        answers, measured = batch_answer_mask(examples, width, self.device)
+        if gate:  # per row: the fact it belongs to, and the answer tokens measured
+            groups = [id((contexts[i] if contexts else ctx).fact) for i in range(n)]
+            answers, measured = batch_answer_mask(examples, width, self.device)
         base_logits, out, loc_kl, taken, known_share, grad_norm = None, None, None, 0, 0.0, 0.0
         try:
             for step in range(steps):
