@@ -8,6 +8,10 @@ the step trains on a small batch:
 - the exchange itself (the user's statement and the reply), rendered by `olm.render`;
 - `qa_pairs` question → answer pairs from the detector pattern's templates
   (`FactPattern.questions` → `FactPattern.answer`): "Who is Zara?" → "Zara is your sister.";
+- `about_pairs` subject-only questions from `about_questions` ("What do you know about Zara?") →
+  the same answer: they tie the fact to its subject, not to one question's wording, which is what
+  a question phrased any other way shares with them. Third-person facts only (for first-person
+  facts every fact would share "What do you know about me?");
 - `paraphrases` restatements from `FactPattern.statements` ("My sister is Zara."), each answered
   with `acknowledgement` ("Got it. Zara is your sister.").
 
@@ -19,7 +23,7 @@ templates (tests/test_augment.py), so generalization stays a measurement.
 from __future__ import annotations
 
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from olm.facts import FactPattern, fill
 
@@ -35,6 +39,13 @@ class AugmentSettings:
     """Question → answer pairs per fact step."""
     paraphrases: int = 1
     """Paraphrased statements per fact step."""
+    about_pairs: int = 0
+    """Subject-only question → answer pairs per fact step (third-person facts; 0 = none)."""
+    about_questions: list[str] = field(
+        default_factory=lambda: ["What do you know about {subject}?", "Tell me about {subject}."]
+    )
+    """Subject-only question templates (field: ``{subject}``), rotated like the pattern's questions.
+    Never the benchmark's held-out phrasings (tests/test_augment.py checks)."""
     acknowledgement: str = "Got it. {answer}"
     """Reply to a paraphrased statement; ``{answer}`` is the pattern's filled answer template."""
     on_replay: bool = True
@@ -46,7 +57,7 @@ class AugmentSettings:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("qa_pairs", "paraphrases"):
+        for name in ("qa_pairs", "paraphrases", "about_pairs"):
             if getattr(self, name) < 0:
                 problems.append(f"augment.{name} must be >= 0, got {getattr(self, name)!r}")
         try:
@@ -55,6 +66,13 @@ class AugmentSettings:
             fields = {"<malformed>"}
         if not fields <= {"answer"}:
             problems.append(f"augment.acknowledgement may only use {{answer}}, got {self.acknowledgement!r}")
+        for t in self.about_questions:
+            try:
+                about = {f for _, f, _, _ in string.Formatter().parse(t) if f is not None}
+            except ValueError:
+                about = {"<malformed>"}
+            if about != {"subject"}:
+                problems.append(f"augment.about_questions must each use {{subject}} and nothing else, got {t!r}")
         if problems:
             raise ValueError("invalid augmentation settings: " + "; ".join(problems))
 
@@ -84,7 +102,7 @@ def fact_exchanges(
         statement: the user's own statement; a paraphrase never repeats it verbatim.
 
     Returns:
-        Q/A pairs first, then paraphrases: ``[(user, reply), ...]``.
+        Q/A pairs first, then subject-only questions, then paraphrases: ``[(user, reply), ...]``.
     """
     if pattern is None or not pattern.answer:
         return []
@@ -92,6 +110,9 @@ def fact_exchanges(
     out: list[Exchange] = []
     for q in _rotated(pattern.questions, settings.qa_pairs, rotation):
         out.append((fill(q, subject, obj, relation), answer))
+    if not pattern.subject:  # a first-person fact's subject ("me") is shared by all of them
+        for q in _rotated(settings.about_questions, settings.about_pairs, rotation):
+            out.append((q.format(subject=subject), answer))
     own = statement.strip()
     statements = [fill(t, subject, obj, relation) for t in pattern.statements]
     for text in _rotated(statements, settings.paraphrases, rotation, skip=own):

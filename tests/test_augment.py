@@ -28,7 +28,7 @@ def test_training_templates_never_hold_a_held_out_question():
     held_out = {
         " ".join(T.fill(q, name).casefold().split()) for qs in T.HELD_OUT_QUESTIONS.values() for q in qs for name in NAMES
     }
-    trained = set()
+    trained = {" ".join(t.format(subject=name).casefold().split()) for t in AugmentSettings().about_questions for name in NAMES}
     for p in DetectorConfig().patterns:
         for t in [p.question, *p.questions, *p.statements, p.answer]:
             for name in NAMES:
@@ -57,6 +57,25 @@ def test_fact_exchanges_counts_rotation_and_no_verbatim_statement():
     assert fact_exchanges("Zara", "sister", "sister", pattern, AugmentSettings(0, 0)) == []
     with pytest.raises(ValueError, match="qa_pairs"):
         AugmentSettings(qa_pairs=-1)
+    with pytest.raises(ValueError, match="about_questions"):
+        AugmentSettings(about_questions=["What is {object}?"])
+    with pytest.raises(ValueError, match="about_pairs"):
+        AugmentSettings(about_pairs=-1)
+
+
+def test_subject_only_questions_for_third_person_facts_only():
+    detector = FactDetector()
+    settings = AugmentSettings(qa_pairs=1, paraphrases=1, about_pairs=1)
+    fact = detector.detect("Zara is my sister.")
+    pattern = detector.pattern(fact.pattern)
+    first = fact_exchanges(fact.subject, fact.object, fact.relation, pattern, settings, 0, "Zara is my sister.")
+    second = fact_exchanges(fact.subject, fact.object, fact.relation, pattern, settings, 1, "Zara is my sister.")
+    assert len(first) == 3 and first[1] == ("What do you know about Zara?", "Zara is your sister.")
+    assert second[1] == ("Tell me about Zara.", "Zara is your sister.")  # rotated
+    assert first[2][1] == "Got it. Zara is your sister."  # paraphrases stay last
+    me = detector.detect("I live in Lisbon.")
+    mine = fact_exchanges(me.subject, me.object, me.relation, detector.pattern(me.pattern), settings, 0, "I live in Lisbon.")
+    assert len(mine) == 2 and not any("about" in q for q, _ in mine)
     with pytest.raises(ValueError, match="acknowledgement"):
         AugmentSettings(acknowledgement="Got {it}")
 
