@@ -60,21 +60,21 @@ class AugmentSettings:
         for name in ("qa_pairs", "paraphrases", "about_pairs"):
             if getattr(self, name) < 0:
                 problems.append(f"augment.{name} must be >= 0, got {getattr(self, name)!r}")
-        try:
-            fields = {f for _, f, _, _ in string.Formatter().parse(self.acknowledgement) if f is not None}
-        except ValueError:
-            fields = {"<malformed>"}
-        if not fields <= {"answer"}:
+        if not _fields(self.acknowledgement) <= {"answer"}:
             problems.append(f"augment.acknowledgement may only use {{answer}}, got {self.acknowledgement!r}")
         for t in self.about_questions:
-            try:
-                about = {f for _, f, _, _ in string.Formatter().parse(t) if f is not None}
-            except ValueError:
-                about = {"<malformed>"}
-            if about != {"subject"}:
+            if _fields(t) != {"subject"}:
                 problems.append(f"augment.about_questions must each use {{subject}} and nothing else, got {t!r}")
         if problems:
             raise ValueError("invalid augmentation settings: " + "; ".join(problems))
+
+
+def _fields(template: str) -> set[str]:
+    """The replacement fields of a str.format template ({"<malformed>"} if it does not parse)."""
+    try:
+        return {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError:
+        return {"<malformed>"}
 
 
 def _rotated(templates: list[str], n: int, rotation: int, skip: str = "") -> list[str]:
