@@ -112,7 +112,7 @@ def fact_exchanges(
         out.append((fill(q, subject, obj, relation), answer))
     if not pattern.subject:  # a first-person fact's subject ("me") is shared by all of them
         for q in _rotated(settings.about_questions, settings.about_pairs, rotation):
-            out.append((q.format(subject=subject), answer))
+            out.append((fill(q, subject, obj, relation), answer))
     own = statement.strip()
     statements = [fill(t, subject, obj, relation) for t in pattern.statements]
     for text in _rotated(statements, settings.paraphrases, rotation, skip=own):
