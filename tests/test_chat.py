@@ -192,6 +192,7 @@ def saved_state(tmp: Path) -> dict:
     return torch.load(latest_run(tmp) / "checkpoints" / "last.ckpt", weights_only=True)
 
 
+@pytest.mark.slow  # the default suite's time budget: a subprocess kill/restart, ~40-60 s on 2 cores
 def test_chat_through_a_pty_teach_quit_restart_and_ctrl_c(tmp_path, tiny_model_dir):
     config = local_chat_config(tmp_path)
 

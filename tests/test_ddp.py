@@ -209,6 +209,7 @@ def test_ddp_trains_every_turn_exactly_once_with_identical_adapters(tmp_path, ti
     assert done.stdout.count("olm: trained") == 1  # the summary is printed once
 
 
+@pytest.mark.slow  # the default suite's time budget: a subprocess kill/restart, ~40-60 s on 2 cores
 def test_ddp_kill_and_resume_trains_each_turn_once_after_the_checkpoint(tmp_path, tiny_model_dir):
     log = write_conversations(tmp_path / "log.jsonl", turns_each=4)
     config = local_config(TINY, tmp_path, every(4))

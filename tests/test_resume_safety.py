@@ -61,6 +61,7 @@ def temp_files(root: Path) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------- 1: rotation, atomic writes
+@pytest.mark.slow  # the default suite's time budget: a subprocess kill/restart, ~40-60 s on 2 cores
 def test_corrupt_last_is_quarantined_and_a_kill_in_the_next_save_loses_nothing(tmp_path, tiny_model_dir):
     ckpts = tmp_path / "ckpts"
     config = local_config(TINY, tmp_path, every(2, ckpts))
@@ -346,6 +347,7 @@ def test_resolve_reports_every_unusable_candidate(tmp_path):
 
 
 # ----------------------------------------------------------------------------- 9: the run lock
+@pytest.mark.slow  # the default suite's time budget: a subprocess kill/restart, ~40-60 s on 2 cores
 def test_a_second_run_on_the_same_directory_is_refused_and_a_kill_frees_it(tmp_path, tiny_model_dir):
     config = local_config(TINY, tmp_path)
     read_end, write_end = os.pipe()
