@@ -86,7 +86,7 @@ def recall(module: OnlineLM, probes: list[dict[str, Any]]) -> list[RecallRow]:
     """Each probe asked alone to the adapted model and to the base (adapter disabled)."""
     model, tok, gen = module.model, module.tokenizer, module.generation
     questions = [p["question"] for p in probes]
-    adapted = recall_answers(model, tok, questions, gen)
+    adapted = recall_answers(model, tok, questions, gen, module.router)
     with model.disable_adapter():
         base = recall_answers(model, tok, questions, gen)
     return [
@@ -100,7 +100,7 @@ def recall(module: OnlineLM, probes: list[dict[str, Any]]) -> list[RecallRow]:
 def locality(module: OnlineLM, prompts: list[str]) -> dict[str, float]:
     """Teacher-forced top-1 agreement with the base along the base's greedy replies to `prompts`."""
     ref = reference(module, prompts, [])
-    agree = top1(module, ref.ids, ref.attention, ref.positions) == ref.base_top1
+    agree = top1(module, ref.ids, ref.attention, ref.positions, module.router) == ref.base_top1
     return {"teacher_forced": float(agree.float().mean()), "positions": int(agree.numel())}
 
 

@@ -7,11 +7,13 @@ no_grad and restores the previous train/eval mode afterwards.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
 from olm.render import render_prompt
+from olm.routing import gated, left_padded
 
 
 @dataclass
@@ -58,7 +60,8 @@ class CallbackStreamer:
 
 @torch.no_grad()
 def generate_replies(
-    model, tokenizer, conversations: list[list[dict[str, str]]], settings: GenerationSettings, streamer=None
+    model, tokenizer, conversations: list[list[dict[str, str]]], settings: GenerationSettings, streamer=None,
+    router=None,
 ) -> list[str]:
     """Generate one assistant reply per conversation, batched with left padding.
 
@@ -68,6 +71,8 @@ def generate_replies(
         conversations: each a list of {"role", "content"} messages ending with a user message.
         settings: decoding settings.
         streamer: a `CallbackStreamer` for a single conversation: its text is sent as it is generated.
+        router: an `olm.routing.Router`: each conversation is answered with the adapter on or off by
+            its prompt's score (None, or routing disabled: the adapter as it is).
 
     Returns:
         The decoded replies, special tokens removed and whitespace stripped.
@@ -75,27 +80,22 @@ def generate_replies(
     if not conversations:
         return []
     prompts = [render_prompt(tokenizer, msgs) for msgs in conversations]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        batch = tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
-    finally:
-        tokenizer.padding_side = side
-    device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in batch.items()}
+    batch = left_padded(tokenizer, prompts, next(model.parameters()).device)
     was_training = model.training
     model.eval()
     try:
+        on = router.route(model, batch["input_ids"], batch["attention_mask"]) if router is not None else None
         sampling = {"temperature": settings.temperature, "top_p": settings.top_p} if settings.do_sample else {}
-        out = model.generate(
-            **batch,
-            max_new_tokens=settings.max_new_tokens,
-            do_sample=settings.do_sample,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            **({"streamer": streamer.streamer} if streamer is not None and len(prompts) == 1 else {}),
-            **sampling,
-        )
+        with gated(model, on) if on is not None else nullcontext():
+            out = model.generate(
+                **batch,
+                max_new_tokens=settings.max_new_tokens,
+                do_sample=settings.do_sample,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                **({"streamer": streamer.streamer} if streamer is not None and len(prompts) == 1 else {}),
+                **sampling,
+            )
     finally:
         model.train(was_training)
     new = out[:, batch["input_ids"].shape[1] :]
@@ -103,7 +103,7 @@ def generate_replies(
 
 
 def generate_reply(
-    model, tokenizer, messages: list[dict[str, str]], settings: GenerationSettings, streamer=None
+    model, tokenizer, messages: list[dict[str, str]], settings: GenerationSettings, streamer=None, router=None
 ) -> str:
     """Generate the assistant reply to one conversation (see `generate_replies`)."""
-    return generate_replies(model, tokenizer, [messages], settings, streamer)[0]
+    return generate_replies(model, tokenizer, [messages], settings, streamer, router)[0]

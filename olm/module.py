@@ -54,6 +54,7 @@ from olm.losses import online_loss, top_k_kl, weighted_token_ce
 from olm.prefix import shared_prefix_forward
 from olm.memory import FactMemory, MemoryConfig, StoredFact
 from olm.render import Example, LossOn, messages_for, render_exchange
+from olm.routing import Router, RoutingSettings
 from olm.turns import log_scalars, turn_step
 from olm.users import UserRegistry
 from olm.weighting import ImportanceWeighter, WeightingConfig
@@ -172,6 +173,8 @@ class OnlineLM(L.LightningModule):
         weighting: per-token importance weights of the task loss.
         augment: extra examples of a fact step (question → answer pairs, paraphrases).
         locality: KL to the base on unrelated prompts in the steps of some kinds.
+        routing: per-prompt choice at generation between the adapter and the base (`olm.routing`),
+            calibrated on the locality prompts; off by default.
         per_user: one adapter, optimizer and fact memory per user (a turn's ``user_id``; `olm.users`).
         per_user_max_loaded: users kept in memory with per_user; the least recently active go to disk.
     """
@@ -193,6 +196,7 @@ class OnlineLM(L.LightningModule):
         weighting: WeightingConfig = WeightingConfig(),
         augment: AugmentSettings = AugmentSettings(qa_pairs=0, paraphrases=0),
         locality: LocalitySettings = LocalitySettings(),
+        routing: RoutingSettings = RoutingSettings(),
         per_user: bool = False,
         per_user_max_loaded: int = 8,
     ) -> None:
@@ -216,6 +220,8 @@ class OnlineLM(L.LightningModule):
         self.weighter = ImportanceWeighter(weighting)
         self.augment = augment
         self.locality = LocalityTerm(locality, self.tokenizer)
+        self.router = Router(routing, self.tokenizer, self.locality.prompts)
+        """Generation's per-prompt choice between the adapter and the base (`olm.routing`)."""
         self.turns_trained = 0
         self.nonfinite_steps = 0
         self.no_reply_skipped = 0  # turns without a logged reply skipped (respond="skip")
@@ -444,7 +450,7 @@ class OnlineLM(L.LightningModule):
     ) -> str:
         """The adapted model's reply to `user` after `system` and `history` (eval mode, no grad)."""
         messages = messages_for(user, history, system)
-        return generate_reply(self.model, self.tokenizer, messages, self.generation, streamer)
+        return generate_reply(self.model, self.tokenizer, messages, self.generation, streamer, self.router)
 
     def token_weights(self, example: Example, ctx: Context) -> torch.Tensor:
         """(T,) task-loss weight of each token as a target: importance weights × loss mask."""

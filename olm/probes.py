@@ -170,6 +170,9 @@ def is_recalled(answer: str, obj: str) -> bool:
     return bool(target) and f" {target} " in f" {normalize_answer(answer)} "
 
 
-def recall_answers(model, tokenizer, questions: Sequence[str], settings: GenerationSettings) -> list[str]:
-    """Generated answers to each question asked alone in a fresh chat (no history), batched."""
-    return generate_replies(model, tokenizer, [messages_for(q) for q in questions], settings)
+def recall_answers(
+    model, tokenizer, questions: Sequence[str], settings: GenerationSettings, router=None
+) -> list[str]:
+    """Generated answers to each question asked alone in a fresh chat (no history), batched; with
+    `router` (`olm.routing.Router`), each with the adapter on or off as the router decides."""
+    return generate_replies(model, tokenizer, [messages_for(q) for q in questions], settings, router=router)

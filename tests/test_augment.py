@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +11,7 @@ import torch.nn.functional as F
 from olm.augment import AugmentSettings, fact_exchanges
 from olm.backbone import LoRASettings
 from olm.prefix import MIN_PREFIX, common_prefix_length
-from olm.bench.facts import GENERAL_PROMPTS
+from olm.bench.facts import GENERAL_PROMPTS, GK_QUESTIONS
 from olm.context import Context
 from olm.facts import DetectorConfig, FactDetector, fill
 from olm.locality import DEFAULT_PROMPTS, LocalityRow, LocalitySettings, lead_weights
@@ -37,9 +39,12 @@ def test_training_templates_never_hold_a_held_out_question():
 
 
 def test_locality_training_prompts_and_benchmark_prompts_are_disjoint():
+    # the locality prompts also calibrate routing (olm.routing): the benchmark's prompts and
+    # general-knowledge questions stay held out from both
     train = {p.casefold() for p in load_anchors(DEFAULT_PROMPTS)}
     bench = {p.casefold() for p in load_anchors(GENERAL_PROMPTS)}
-    assert len(train) >= 50 and len(bench) >= 20 and not train & bench
+    gk = {json.loads(line)["question"].casefold() for line in GK_QUESTIONS.read_text().splitlines() if line.strip()}
+    assert len(train) >= 50 and len(bench) >= 20 and len(gk) >= 50 and not train & bench and not train & gk
 
 
 def test_fact_exchanges_counts_rotation_and_no_verbatim_statement():

@@ -145,7 +145,7 @@ def test_markdown_cell_escapes_and_shortens():
 
 
 def test_forgetting_monitor_counts_recalled_answers(tiny_model_dir, tmp_path, monkeypatch):
-    def fake_answers(model, tokenizer, questions, settings):  # Zara recalled, everyone else not
+    def fake_answers(model, tokenizer, questions, settings, router=None):  # Zara recalled, everyone else not
         return ["Zara is your sister." if "Zara" in q else "I don't know." for q in questions]
 
     monkeypatch.setattr(monitors, "recall_answers", fake_answers)

@@ -53,6 +53,7 @@ import random
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,13 +70,14 @@ from olm.probes import AnchorProbe, is_recalled, recall_answers
 from olm.turns import trained_turn
 from olm.probes import load_anchors
 from olm.render import messages_for, render_prompt
+from olm.routing import gated
 from olm.world.generator import Fact, make_world, random_object
 from olm.world.quality import WORLD_FILE, load_world
 from olm.world.schedule import TeachingSchedule, teaching_schedule, unrelated_turns
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = ("recall_at_k", "reps_to_recall", "generalization", "retention", "forgetting", "locality", "locality_after",
-        "base_control", "update", "fact_turn_ratio")
+        "base_control", "update", "fact_turn_ratio", "routed")
 DATA = Path(__file__).parent / "data"
 GENERAL_PROMPTS = DATA / "general_prompts.txt"
 """Locality prompts of the benchmark: disjoint from the training locality prompts (tests check)."""
@@ -154,27 +156,31 @@ def reference(pl_module: OnlineLM, prompts: list[str], gk: list[dict[str, Any]],
     return Reference(ids, attention, positions, base_top1, replies, gk, gk_correct(gk_answers, gk), gk_answers, base_margin, gk_long)
 
 
-def gk_whole_answers(pl_module: OnlineLM, gk: list[dict[str, Any]], max_tokens: int) -> list[str]:
+def gk_whole_answers(pl_module: OnlineLM, gk: list[dict[str, Any]], max_tokens: int, router=None) -> list[str]:
     """Answers to the general-knowledge questions generated up to `max_tokens` (greedy, as the probes;
     [] when 0): the probe answers stop at `probe_tokens`, and an answer reworded at more length can be
     cut before the fact it would state, as can the base's own (a diagnostic beside "gk_kept")."""
     if not max_tokens or not gk:
         return []
     gen = dataclasses.replace(pl_module.generation, max_new_tokens=max_tokens)
-    return recall_answers(pl_module.model, pl_module.tokenizer, [q["question"] for q in gk], gen)
+    return recall_answers(pl_module.model, pl_module.tokenizer, [q["question"] for q in gk], gen, router)
 
 
-def top1(pl_module: OnlineLM, ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """(N,) the model's top-1 token at each of `positions` (teacher-forced, eval mode)."""
-    return top2(pl_module, ids, attention, positions)[0]
+def top1(
+    pl_module: OnlineLM, ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor, router=None
+) -> torch.Tensor:
+    """(N,) the model's top-1 token at each of `positions` (teacher-forced, eval mode; with `router`,
+    each row with the adapter on or off as its prompt is routed, see `top2`)."""
+    return top2(pl_module, ids, attention, positions, router)[0]
 
 
 @torch.no_grad()
 def top2(
-    pl_module: OnlineLM, ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor
+    pl_module: OnlineLM, ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor, router=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(N,) top-1 token and (N,) its log-probability margin over the top-2 at each of `positions`,
-    in forwards of `TOP1_BATCH` rows."""
+    in forwards of `TOP1_BATCH` rows. With `router` (`olm.routing`), each row runs with the adapter
+    on or off as generation would route its prompt (the tokens before its first compared position)."""
     model = pl_module.model
     was_training = model.training
     model.eval()
@@ -182,7 +188,10 @@ def top2(
     try:
         for start in range(0, ids.shape[0], TOP1_BATCH):
             rows = slice(start, start + TOP1_BATCH)
-            logits = model(input_ids=ids[rows].to(pl_module.device), attention_mask=attention[rows].to(pl_module.device)).logits
+            x, a = ids[rows].to(pl_module.device), attention[rows].to(pl_module.device)
+            on = router.route(model, x, a, positions[rows].int().argmax(1) + 1) if router is not None else None
+            with gated(model, on) if on is not None else nullcontext():
+                logits = model(input_ids=x, attention_mask=a).logits
             best = logits[positions[rows].to(pl_module.device)].float().log_softmax(-1).topk(2, dim=-1)
             tokens.append(best.indices[:, 0].cpu())
             margins.append((best.values[:, 0] - best.values[:, 1]).cpu())
@@ -224,6 +233,14 @@ class Probe(L.Callback):
     ref_train: Reference | None = None
     """The base on the locality term's training prompts (None until first used, or without the term)."""
     turn_times: dict[str, list[float]] = field(default_factory=lambda: {"fact": [], "other": []})
+    routed: dict[str, float] = field(default_factory=dict)
+    """With routing (`olm.routing`): per probe set ("round1".., "generalization", "retention", "gk_teach",
+    "general_teach", …), the share of its prompts answered with the adapter on."""
+
+    def note_routed(self, pl_module: OnlineLM, label: str) -> None:
+        router = pl_module.router
+        if router.enabled and router.last_on is not None:
+            self.routed[label] = mean(router.last_on.tolist())
 
     def on_train_batch_end(self, trainer, pl_module: OnlineLM, outputs, *args) -> None:
         if not trained_turn(outputs):
@@ -242,7 +259,7 @@ class Probe(L.Callback):
 
     def on_train_end(self, trainer, pl_module: OnlineLM) -> None:
         if self.updates:
-            answers = recall_answers(pl_module.model, pl_module.tokenizer, [f.probe for f in self.updates], pl_module.generation)
+            answers = recall_answers(pl_module.model, pl_module.tokenizer, [f.probe for f in self.updates], pl_module.generation, pl_module.router)
             self.answers["retention"] = answers
             self.results["retention"] = mean([is_recalled(a, f.object) for a, f in zip(answers, self.updates)])
         else:
@@ -251,16 +268,19 @@ class Probe(L.Callback):
         fact, other = (statistics.median(v) if v else math.nan for v in self.turn_times.values())
         self.results["fact_turn_ratio"] = fact / other if other else math.nan
 
-    def ask(self, pl_module: OnlineLM, questions: list[str], facts=None, label: str | None = None) -> list[bool]:
+    def ask(self, pl_module: OnlineLM, questions: list[str], facts=None, label: str | None = None, base: bool = False) -> list[bool]:
         facts = facts or self.schedule.facts
-        answers = recall_answers(pl_module.model, pl_module.tokenizer, questions, pl_module.generation)
+        router = None if base else pl_module.router
+        answers = recall_answers(pl_module.model, pl_module.tokenizer, questions, pl_module.generation, router)
         if label is not None:
             self.answers[label] = answers
+            if not base:
+                self.note_routed(pl_module, label)
         return [is_recalled(a, f.expected) for a, f in zip(answers, facts)]
 
     def ask_updates(self, pl_module: OnlineLM) -> float:
         """Share of contradicted facts answered with the new object and without the old one."""
-        answers = recall_answers(pl_module.model, pl_module.tokenizer, [f.probe for f in self.updates], pl_module.generation)
+        answers = recall_answers(pl_module.model, pl_module.tokenizer, [f.probe for f in self.updates], pl_module.generation, pl_module.router)
         old = [f.expected for f in self.schedule.facts]
         return mean([is_recalled(a, new.object) and not is_recalled(a, o) for a, new, o in zip(answers, self.updates, old)])
 
@@ -270,25 +290,27 @@ class Probe(L.Callback):
         self.results["generalization"] = mean(self.ask(pl_module, [q for q, _ in para], [f for _, f in para], "generalization"))
         self.results["locality"] = self.locality(pl_module)
         with pl_module.model.disable_adapter():
-            self.results["base_control"] = mean(self.ask(pl_module, [f.probe for f in facts]))
+            self.results["base_control"] = mean(self.ask(pl_module, [f.probe for f in facts], base=True))
 
     def locality(self, pl_module: OnlineLM) -> dict[str, float]:
         if self.ref is None:
             self.ref = reference(pl_module, self.anchors, self.gk, self.gk_long_tokens)
         ref = self.ref
         out = locality(pl_module, self.anchors, ref.base_replies)
-        out.update(flips(top1(pl_module, ref.ids, ref.attention, ref.positions), ref))
+        self.note_routed(pl_module, "general_teach" if "gk_teach" not in self.answers else "general_after")
+        out.update(flips(top1(pl_module, ref.ids, ref.attention, ref.positions, pl_module.router), ref))
         out["teacher_forced_train"] = None
         if pl_module.locality.settings.weight > 0:
             if self.ref_train is None:
                 self.ref_train = reference(pl_module, pl_module.locality.prompts, [])
             train = self.ref_train
-            out["teacher_forced_train"] = flips(top1(pl_module, train.ids, train.attention, train.positions), train)["teacher_forced"]
-        answers = recall_answers(pl_module.model, pl_module.tokenizer, [q["question"] for q in ref.gk], pl_module.generation)
+            out["teacher_forced_train"] = flips(top1(pl_module, train.ids, train.attention, train.positions, pl_module.router), train)["teacher_forced"]
+        answers = recall_answers(pl_module.model, pl_module.tokenizer, [q["question"] for q in ref.gk], pl_module.generation, pl_module.router)
         point = "gk_teach" if "gk_teach" not in self.answers else "gk_after"
         self.answers[point] = answers
+        self.note_routed(pl_module, point)
         if self.gk_long_tokens:
-            self.answers[point + "_long"] = gk_whole_answers(pl_module, ref.gk, self.gk_long_tokens)
+            self.answers[point + "_long"] = gk_whole_answers(pl_module, ref.gk, self.gk_long_tokens, pl_module.router)
         out["gk_base"], out["gk_adapted"] = mean(ref.gk_base), mean(gk_correct(answers, ref.gk))
         return out
 
@@ -301,7 +323,7 @@ def mean(values: list[bool] | list[float]) -> float:
 def locality(pl_module: OnlineLM, anchors: list[str], base: list[str] | None = None) -> dict[str, float]:
     """Greedy-token agreement with the base, anchor KL(base ‖ adapter) and perplexity ratio."""
     model, tok = pl_module.model, pl_module.tokenizer
-    adapted = recall_answers(model, tok, anchors, pl_module.generation)
+    adapted = recall_answers(model, tok, anchors, pl_module.generation, pl_module.router)
     if base is None:
         with model.disable_adapter():
             base = recall_answers(model, tok, anchors, pl_module.generation)
@@ -399,7 +421,7 @@ def summarize(probe: Probe, reps: int) -> dict[str, Any]:
         "forgetting": per_k[-1] - probe.results["retention"], "locality": probe.results["locality"],
         "locality_after": probe.results["locality_after"], "base_control": probe.results["base_control"],
         "update": probe.results.get("update"), "fact_turn_ratio": probe.results["fact_turn_ratio"],
-        "facts": per_fact(probe, reps), "gk": per_gk_question(probe),
+        "facts": per_fact(probe, reps), "gk": per_gk_question(probe), "routed": probe.routed or None,
     }  # fmt: skip
 
 

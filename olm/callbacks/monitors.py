@@ -300,7 +300,9 @@ class ForgettingMonitor(Callback):
         answers: list[str] = []
         for i in range(0, len(facts), self.batch_size):
             chunk = [f.question for f in facts[i : i + self.batch_size]]
-            answers += recall_answers(pl_module.model, pl_module.tokenizer, chunk, self.generation)
+            answers += recall_answers(
+                pl_module.model, pl_module.tokenizer, chunk, self.generation, getattr(pl_module, "router", None)
+            )
         correct = torch.tensor([is_recalled(a, f.object) for a, f in zip(answers, facts)])
         reps = torch.tensor([max(int(f.count), 1) for f in facts])
         self.recall.update(keys, correct, reps, pl_module.turns_trained)

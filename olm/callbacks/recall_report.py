@@ -66,7 +66,7 @@ def _rows(pl_module, facts: list) -> list[RecallRow]:
         return []
     questions = [f.question for f in facts]
     model, tok, gen = pl_module.model, pl_module.tokenizer, pl_module.generation
-    adapted = recall_answers(model, tok, questions, gen)
+    adapted = recall_answers(model, tok, questions, gen, getattr(pl_module, "router", None))
     with model.disable_adapter():
         base = recall_answers(model, tok, questions, gen)
     return [

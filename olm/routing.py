@@ -1,0 +1,271 @@
+"""Route each prompt to the adapter or to the base, by how much of it the adapter reads.
+
+The null-space constraint (`olm.nullspace`) keeps every LoRA down-projection A nearly blind to the
+input directions unrelated text uses, but only nearly: the protected energy is a share (0.95), the
+directions are estimated on a finite corpus, and each block's input drifts with the adapters below
+it. What leaks through shifts the form of general answers. Routing makes the rest of the model
+*exactly* the base where the adapter has nothing to say, in the spirit of WISE (Wang et al., 2024),
+which routes between an edited side memory and the main one by the side memory's activation:
+
+    r(prompt) = max over the prompt's own tokens t of  Σ_layers ‖A x_t‖² / Σ_layers ‖x_t‖²
+
+the share of the adapted layers' input energy that falls where the adapter reads (A's row space).
+Tokens of the chat template's shared prefix (system prompt, first header) are not the prompt's
+own and are left out. A prompt whose r exceeds τ = `margin` × the `quantile` of r over calibration
+prompts (unrelated text: the locality term's prompts) is answered with the adapter on; any other
+with the adapter off — the base, bit for bit. τ is recomputed whenever the adapter's weights change
+(`Router` keys it on a fingerprint of the LoRA weights), so it follows learning, resumes and
+per-user swaps without being told.
+
+It is still recall from the weights: the decision reads only the adapter's own activations on the
+prompt, never the fact memory or the chat history. Learning is not routed: every training step
+(the task loss, the KL and locality terms) runs with the adapter on.
+
+Pure functions (`token_shares`, `prompt_scores`, `threshold`) and two model helpers
+(`read_energy`: one forward that measures A's share per token; `gated`: a context in which each
+row of a batch has the adapter on or off).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from olm.nullspace import lora_layers
+from olm.render import messages_for, render_prompt
+
+
+@dataclass
+class RoutingSettings:
+    """Per-prompt choice between the adapted model and the base at generation (`olm.routing`)."""
+
+    enabled: bool = False
+    """Route generation (replies, recall probes, reports) by the adapter's read share; False = the
+    adapter always on."""
+    margin: float = 1.0
+    """τ = margin × the `quantile` of the calibration prompts' scores: above 1, fewer prompts get the adapter."""
+    quantile: float = 1.0
+    """Quantile of the calibration scores τ starts from (1.0: their maximum)."""
+    calibration: int = 64
+    """Calibration prompts: the first N of the locality term's prompt file (0 = all of them)."""
+    batch_size: int = 32
+    """Rows per calibration forward."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.margin > 0:
+            problems.append(f"routing.margin must be > 0, got {self.margin!r}")
+        if not 0 < self.quantile <= 1:
+            problems.append(f"routing.quantile must be in (0, 1], got {self.quantile!r}")
+        if self.calibration < 0:
+            problems.append(f"routing.calibration must be >= 0, got {self.calibration!r}")
+        if self.batch_size < 1:
+            problems.append(f"routing.batch_size must be >= 1, got {self.batch_size!r}")
+        if problems:
+            raise ValueError("invalid routing settings: " + "; ".join(problems))
+
+
+def token_shares(read: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
+    """(B, T) share of each token's input energy the adapter reads: Σ‖A x‖² / Σ‖x‖² (0 where no energy)."""
+    return torch.where(energy > 0, read / energy.clamp_min(1e-30), torch.zeros_like(read))
+
+
+def prompt_scores(shares: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """(B,) the largest share over each row's own tokens (`own`, (B, T) bool); 0 for a row with none."""
+    masked = torch.where(own, shares, torch.zeros_like(shares))
+    return masked.max(dim=1).values if shares.shape[1] else torch.zeros(shares.shape[0])
+
+
+def threshold(scores: torch.Tensor, quantile: float, margin: float) -> float:
+    """τ = margin × the `quantile` of the calibration `scores` (1-D, non-empty)."""
+    if scores.numel() == 0:
+        raise ValueError("routing needs at least one calibration prompt")
+    return margin * float(torch.quantile(scores.double(), quantile))
+
+
+def own_tokens(ids: torch.Tensor, attention: torch.Tensor, prefix: list[int]) -> torch.Tensor:
+    """(B, T) bool: the real tokens of each row that are not the shared template prefix `prefix`
+    (the prefix is skipped where a row, after its left padding, starts with it)."""
+    own = attention.bool().clone()
+    n = len(prefix)
+    if n == 0:
+        return own
+    pre = torch.tensor(prefix, dtype=ids.dtype, device=ids.device)
+    for i in range(ids.shape[0]):
+        real = torch.nonzero(attention[i], as_tuple=False).flatten()
+        if real.numel() < n:
+            continue
+        start = int(real[0])
+        if torch.equal(ids[i, start : start + n], pre):
+            own[i, start : start + n] = False
+    return own
+
+
+@torch.no_grad()
+def read_energy(model: nn.Module, ids: torch.Tensor, attention: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward with the adapter on: per token, Σ over LoRA layers of ‖A x‖² and of ‖x‖².
+
+    Returns:
+        (read, energy), each (B, T) float32 on the model's device.
+    """
+    layers = lora_layers(model)
+    read = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
+    energy = torch.zeros_like(read)
+
+    def hook(_module, args, out):
+        x = args[0]
+        energy.add_(x.float().pow(2).sum(-1))
+        read.add_(out.float().pow(2).sum(-1))
+
+    handles = [lin.register_forward_hook(hook) for layer in layers.values() for lin in active_a(layer)]
+    was_training = model.training
+    model.eval()  # no LoRA dropout: the hook sees x itself
+    try:
+        model(input_ids=ids, attention_mask=attention)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return read, energy
+
+
+def active_a(layer: nn.Module) -> list[nn.Module]:
+    """The A linears of a peft LoRA layer's active adapters."""
+    names = layer.active_adapters if hasattr(layer, "active_adapters") else list(layer.lora_A)
+    return [layer.lora_A[n] for n in names if n in layer.lora_A]
+
+
+@contextmanager
+def gated(model, on: torch.Tensor):
+    """Rows of `on` (B,) True run with the adapter, False without it (the base, exactly).
+
+    All on: nothing changes; none on: peft's ``disable_adapter()``; mixed: every LoRA B output is
+    multiplied by the row's 0/1 (a forward hook), so a batch is still one forward.
+    """
+    if bool(on.all()):
+        with nullcontext():
+            yield
+        return
+    if not bool(on.any()):
+        with model.disable_adapter():
+            yield
+        return
+    handles = []
+    for layer in lora_layers(model).values():
+        for name, lin in layer.lora_B.items():
+            def scale(_module, _args, out):
+                return out * on.to(device=out.device, dtype=out.dtype).view(-1, *([1] * (out.dim() - 1)))
+
+            handles.append(lin.register_forward_hook(scale))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def adapter_disabled(model: nn.Module) -> bool:
+    """Whether the LoRA layers are switched off (inside peft's ``disable_adapter()``)."""
+    return any(getattr(layer, "disable_adapters", False) for layer in lora_layers(model).values())
+
+
+def fingerprint(model: nn.Module) -> tuple[float, ...]:
+    """A cheap identity of the LoRA weights: each parameter's sum and sum of squares (changes with any step)."""
+    out: list[float] = []
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                out += [float(p.sum()), float(p.pow(2).sum())]
+    return tuple(out)
+
+
+class Router:
+    """Decides per prompt whether the adapter answers (see the module docstring).
+
+    Args:
+        settings: routing settings.
+        tokenizer: the model's tokenizer (with a chat template).
+        prompts: the calibration prompts (unrelated text).
+    """
+
+    def __init__(self, settings: RoutingSettings, tokenizer, prompts: list[str]) -> None:
+        self.settings = settings
+        self.tokenizer = tokenizer
+        self.prompts = list(prompts[: settings.calibration] if settings.calibration else prompts)
+        if settings.enabled and not self.prompts:
+            raise ValueError("routing.enabled needs calibration prompts (the locality prompt file is empty)")
+        self.prefix = template_prefix(tokenizer)
+        self._tau: tuple[tuple[float, ...], float] | None = None
+        self.last_on: torch.Tensor | None = None
+        """Which rows of the last routed batch got the adapter (diagnostics; None until one is routed)."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.settings.enabled
+
+    def scores(
+        self, model, ids: torch.Tensor, attention: torch.Tensor, prompt_end: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B,) each row's read share r (see the module docstring; `prompt_end` as in `route`)."""
+        read, energy = read_energy(model, ids, attention)
+        own = own_tokens(ids, attention, self.prefix)
+        if prompt_end is not None:
+            own &= torch.arange(ids.shape[1], device=ids.device)[None, :] < prompt_end.to(ids.device)[:, None]
+        return prompt_scores(token_shares(read, energy), own).cpu()
+
+    def tau(self, model) -> float:
+        """τ for the adapter's current weights (recomputed when they changed)."""
+        key = fingerprint(model)
+        if self._tau is None or self._tau[0] != key:
+            self._tau = (key, threshold(self.calibration_scores(model), self.settings.quantile, self.settings.margin))
+        return self._tau[1]
+
+    def calibration_scores(self, model) -> torch.Tensor:
+        tok = self.tokenizer
+        device = next(model.parameters()).device
+        out = []
+        for i in range(0, len(self.prompts), self.settings.batch_size):
+            texts = [render_prompt(tok, messages_for(p)) for p in self.prompts[i : i + self.settings.batch_size]]
+            batch = left_padded(tok, texts, device)
+            out.append(self.scores(model, batch["input_ids"], batch["attention_mask"]))
+        return torch.cat(out)
+
+    def route(
+        self, model, ids: torch.Tensor, attention: torch.Tensor, prompt_end: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B,) bool: which rows get the adapter (all True when routing is off).
+
+        Args:
+            ids, attention: the prompts, (B, T), left- or right-padded.
+            prompt_end: (B,) with rows that go on past their prompt (teacher forcing): each row's
+                prompt ends before this column, and only its prompt is scored, as generation would.
+        """
+        if not self.settings.enabled or adapter_disabled(model):
+            return torch.ones(ids.shape[0], dtype=torch.bool)  # nothing to route (inside disable_adapter: the base)
+        self.last_on = self.scores(model, ids, attention, prompt_end) > self.tau(model)
+        return self.last_on
+
+
+def left_padded(tokenizer, texts: list[str], device) -> dict[str, torch.Tensor]:
+    """`texts` tokenized as one left-padded batch (no special tokens added: the template has them)."""
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        batch = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+    finally:
+        tokenizer.padding_side = side
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def template_prefix(tokenizer) -> list[int]:
+    """The token ids every fresh-chat prompt starts with (the template's system prompt and first
+    header): the common prefix of two renderings that differ only in the user's text."""
+    a = tokenizer(render_prompt(tokenizer, messages_for("a")), add_special_tokens=False).input_ids
+    b = tokenizer(render_prompt(tokenizer, messages_for("z")), add_special_tokens=False).input_ids
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return list(a[:n])

@@ -1,0 +1,177 @@
+"""Routing (`olm.routing`): each prompt answered by the adapter or by the base, by the adapter's read share."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from olm.bench.facts import reference, top1
+from olm.generation import GenerationSettings, generate_replies
+from olm.module import OnlineLM
+from olm.render import messages_for, render_prompt
+from olm.routing import (
+    Router, RoutingSettings, adapter_disabled, gated, left_padded, own_tokens, prompt_scores, template_prefix,
+    threshold, token_shares,
+)  # fmt: skip
+
+
+def test_token_shares_and_prompt_scores_use_only_the_rows_own_tokens():
+    read = torch.tensor([[4.0, 1.0, 0.0], [9.0, 2.0, 3.0]])
+    energy = torch.tensor([[8.0, 2.0, 0.0], [10.0, 4.0, 6.0]])
+    shares = token_shares(read, energy)
+    assert torch.allclose(shares, torch.tensor([[0.5, 0.5, 0.0], [0.9, 0.5, 0.5]]))
+    own = torch.tensor([[False, True, True], [False, True, True]])  # column 0: the template prefix
+    assert torch.allclose(prompt_scores(shares, own), torch.tensor([0.5, 0.5]))  # row 1's 0.9 is not its own
+    assert torch.equal(prompt_scores(shares, torch.zeros_like(own)), torch.zeros(2))
+
+
+def test_threshold_is_margin_times_the_quantile():
+    scores = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert threshold(scores, 1.0, 1.0) == 4.0
+    assert threshold(scores, 1.0, 1.5) == 6.0
+    assert threshold(scores, 0.5, 1.0) == pytest.approx(2.5)
+    with pytest.raises(ValueError, match="calibration"):
+        threshold(torch.zeros(0), 1.0, 1.0)
+
+
+@pytest.mark.parametrize("bad", [{"margin": 0}, {"quantile": 0}, {"quantile": 1.5}, {"calibration": -1}, {"batch_size": 0}])
+def test_bad_routing_settings_are_clear_errors(bad):
+    with pytest.raises(ValueError, match="routing"):
+        RoutingSettings(**bad)
+
+
+def test_own_tokens_skip_the_shared_template_prefix_under_either_padding():
+    prefix = [7, 8]
+    ids = torch.tensor([[0, 0, 7, 8, 5], [7, 8, 5, 6, 0], [5, 7, 8, 6, 6]])
+    attn = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
+    own = own_tokens(ids, attn, prefix)
+    assert own.tolist() == [
+        [False, False, False, False, True],  # left-padded: the prefix after the padding
+        [False, False, True, True, False],  # right-padded
+        [True, True, True, True, True],  # does not start with the prefix: every token is its own
+    ]
+
+
+@pytest.fixture(scope="module")
+def module(tiny_model_dir):
+    m = OnlineLM(base_model=tiny_model_dir, routing=RoutingSettings(enabled=True, calibration=4)).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # an adapter that changes the outputs everywhere
+        for n, p in m.model.named_parameters():
+            if "lora_" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return m
+
+
+def _logits(model, batch):
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+def test_gated_runs_each_row_with_the_adapter_on_or_off_in_one_batch(module):
+    tok, model = module.tokenizer, module.model
+    texts = [render_prompt(tok, messages_for(q)) for q in ("What is two plus two?", "Name a colour.", "Hi!")]
+    batch = left_padded(tok, texts, "cpu")
+    with torch.no_grad():
+        on = _logits(model, batch)
+        with model.disable_adapter():
+            off = _logits(model, batch)
+        with gated(model, torch.tensor([True, False, True])):
+            mixed = _logits(model, batch)
+        assert not torch.allclose(on, off, atol=1e-4)  # the adapter matters
+        keep = batch["attention_mask"].bool()
+        assert torch.allclose(mixed[0][keep[0]], on[0][keep[0]], atol=1e-5)
+        assert torch.allclose(mixed[1][keep[1]], off[1][keep[1]], atol=1e-5)
+        assert torch.allclose(mixed[2][keep[2]], on[2][keep[2]], atol=1e-5)
+        with gated(model, torch.tensor([False, False, False])):
+            assert torch.allclose(_logits(model, batch), off, atol=1e-6)
+        assert torch.allclose(_logits(model, batch), on, atol=1e-6)  # hooks removed, adapter back on
+
+
+def test_template_prefix_is_the_rendering_every_fresh_chat_starts_with(module):
+    tok = module.tokenizer
+    prefix = template_prefix(tok)
+    for q in ("a question", "Zara is my sister."):
+        ids = tok(render_prompt(tok, messages_for(q)), add_special_tokens=False).input_ids
+        assert ids[: len(prefix)] == prefix and len(ids) > len(prefix)
+
+
+def test_a_calibration_prompt_is_never_routed_above_the_maximum_and_tau_follows_the_weights(module):
+    router, model, tok = module.router, module.model, module.tokenizer
+    cal = router.calibration_scores(model)
+    assert cal.shape == (4,) and bool((cal > 0).all())
+    tau = router.tau(model)
+    assert tau == pytest.approx(float(cal.max()))
+    batch = left_padded(tok, [render_prompt(tok, messages_for(p)) for p in router.prompts], "cpu")
+    assert not router.route(model, batch["input_ids"], batch["attention_mask"]).any()  # r ≤ τ: all the base
+    lora_a = next(p for n, p in model.named_parameters() if "lora_A" in n)
+    saved = lora_a.detach().clone()
+    try:
+        with torch.no_grad():
+            lora_a.mul_(3.0)
+        assert router.tau(model) != pytest.approx(tau)  # new weights: recalibrated
+    finally:
+        with torch.no_grad():
+            lora_a.copy_(saved)
+    assert router.tau(model) == pytest.approx(tau)
+
+
+def test_a_low_threshold_gives_every_prompt_the_adapter_and_disabled_routing_changes_nothing(module):
+    tok, model = module.tokenizer, module.model
+    batch = left_padded(tok, [render_prompt(tok, messages_for("Something else entirely, 42."))], "cpu")
+    low = Router(RoutingSettings(enabled=True, margin=1e-9, calibration=2), tok, module.router.prompts)
+    assert low.route(model, batch["input_ids"], batch["attention_mask"]).all()
+    off = Router(RoutingSettings(enabled=False), tok, module.router.prompts)
+    assert off.route(model, batch["input_ids"], batch["attention_mask"]).all()
+
+
+def test_inside_disable_adapter_nothing_is_routed_or_calibrated(module):
+    router, model, tok = module.router, module.model, module.tokenizer
+    batch = left_padded(tok, [render_prompt(tok, messages_for("Hello there."))], "cpu")
+    router._tau = None
+    with model.disable_adapter():
+        assert adapter_disabled(model)
+        assert router.route(model, batch["input_ids"], batch["attention_mask"]).all()
+        assert router._tau is None  # no τ computed from a switched-off adapter
+    assert not adapter_disabled(model)
+
+
+def test_routed_generation_answers_unrelated_prompts_exactly_as_the_base(module):
+    tok, model, router = module.tokenizer, module.model, module.router
+    settings = GenerationSettings(max_new_tokens=8)
+    convs = [messages_for(p) for p in router.prompts]  # scores at most τ: every one goes to the base
+    with model.disable_adapter():
+        base = generate_replies(model, tok, convs, settings)
+    adapted = generate_replies(model, tok, convs, settings)
+    routed = generate_replies(model, tok, convs, settings, router=router)
+    assert routed == base
+    assert adapted != base  # the adapter would have changed them
+    high = Router(RoutingSettings(enabled=True, margin=1e-9, calibration=2), tok, router.prompts)
+    assert generate_replies(model, tok, convs, settings, router=high) == adapted
+
+
+def test_module_generate_and_teacher_forced_locality_are_routed(module):
+    tok, model, router = module.tokenizer, module.model, module.router
+    prompt = router.prompts[0]
+    with model.disable_adapter():
+        base = module.generate(prompt)
+    assert module.generate(prompt) == base  # a calibration prompt: routed to the base
+    ref = reference(module, router.prompts, [])
+    assert torch.equal(top1(module, ref.ids, ref.attention, ref.positions, router), ref.base_top1)
+    assert not torch.equal(top1(module, ref.ids, ref.attention, ref.positions), ref.base_top1)
+
+
+def test_the_facts_bench_reports_the_share_of_each_probe_set_routed_to_the_adapter(tmp_path, tiny_model_dir):
+    import json
+
+    from olm.bench.facts import main
+
+    argv = ["--out", str(tmp_path), "--model", tiny_model_dir, "--facts", "2", "--reps", "1", "--unrelated", "1",
+            "--seeds", "0", "--rows", "tuned", "--threads", "1", "--set=--model.routing.enabled=true",
+            "--set=--model.routing.calibration=4"]  # fmt: skip
+    assert main(argv) == 0
+    routed = json.loads((tmp_path / "runs" / "tuned-seed0.json").read_text())["metrics"]["routed"]
+    assert {"round1", "generalization", "retention", "gk_teach", "gk_after", "general_teach", "general_after"} <= set(routed)
+    assert all(0.0 <= v <= 1.0 for v in routed.values())
+    plain = tmp_path / "plain"
+    assert main([*argv[:1], str(plain), *argv[2:-2]]) == 0  # routing off: nothing reported
+    assert json.loads((plain / "runs" / "tuned-seed0.json").read_text())["metrics"]["routed"] is None
