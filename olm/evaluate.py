@@ -14,6 +14,8 @@ The protocol of docs/design.md §6, with the code the run and the benchmark use:
   ``olm/bench/data/general_prompts.txt``), teacher-forced top-1 agreement with the base along the
   base's own greedy reply (`olm.bench.facts.reference` / `top1`): 1.0 means the adapter changed no
   next-token choice there.
+- ``--routing``: answer as a run with ``model.routing.enabled`` does (`olm.routing`): each probe and
+  each general prompt goes to the adapter or to the base by the adapter's read share.
 
 Prints the recall table (`olm.callbacks.recall_report`) and a JSON summary; ``--out`` writes the
 summary and rows as JSON (and the table as markdown beside it).
@@ -36,6 +38,7 @@ from olm.generation import GenerationSettings
 from olm.module import OnlineLM
 from olm.probes import is_recalled, load_anchors, recall_answers
 from olm.publish import AdapterDirError, resolve_adapter_dir
+from olm.routing import RoutingSettings
 
 
 def load_probes(path: str | Path) -> list[dict[str, Any]]:
@@ -106,7 +109,7 @@ def locality(module: OnlineLM, prompts: list[str]) -> dict[str, float]:
 
 def evaluate(
     adapter: str | Path, probes: list[dict[str, Any]] | None = None, base_model: str | None = None,
-    prompts: list[str] | None = None, max_new_tokens: int = 32,
+    prompts: list[str] | None = None, max_new_tokens: int = 32, routing: bool = False,
 ) -> dict[str, Any]:
     """Recall and locality of the adapter in `adapter` (see the module docstring); a version root
     (``runs/tiny/version_0/adapter``) stands for its latest version (`olm.publish.resolve_adapter_dir`).
@@ -118,12 +121,13 @@ def evaluate(
     module = OnlineLM(
         base_model=base_model or adapter_base(adapter), adapter=str(adapter),
         generation=GenerationSettings(max_new_tokens=max_new_tokens, do_sample=False),
+        routing=RoutingSettings(enabled=routing),
     ).eval()
     probes = probes if probes is not None else memory_probes(adapter)
     rows = recall(module, probes)
     n = len(rows)
     return {
-        "adapter": str(adapter), "base_model": module.base_model_name, "probes": n,
+        "adapter": str(adapter), "base_model": module.base_model_name, "probes": n, "routing": routing,
         "recall_adapted": sum(r.adapted_recalled for r in rows) / n, "recall_base": sum(r.base_recalled for r in rows) / n,
         "locality": locality(module, prompts if prompts is not None else load_anchors(GENERAL_PROMPTS)),
         "rows": [asdict(r) for r in rows],
@@ -138,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-model", help="default: the adapter's adapter_config.json base_model_name_or_path")
     parser.add_argument("--prompts", help=f"general prompts for locality, one a line (default {GENERAL_PROMPTS.name})")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="greedy answer length")
+    parser.add_argument("--routing", action="store_true", help="route each prompt to the adapter or the base (olm.routing)")
     parser.add_argument("--out", help="write the summary and rows as JSON here (and a .md table beside it)")
     args = parser.parse_args(argv)
     try:
@@ -147,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         probes = load_probes(args.probes) if args.probes else None
         prompts = load_anchors(args.prompts) if args.prompts else None
-        result = evaluate(args.adapter, probes, args.base_model, prompts, args.max_new_tokens)
+        result = evaluate(args.adapter, probes, args.base_model, prompts, args.max_new_tokens, args.routing)
     except (FileNotFoundError, ValueError) as err:
         print(f"olm.evaluate: {err}", file=sys.stderr)
         return 2

@@ -300,6 +300,9 @@ class OnlineLM(L.LightningModule):
         if self.users is not None:
             self.users.trained()
         self._mark_trained(turn)
+        if self.router.enabled and not self.logged_reply(turn):  # the next reply is likely generated too
+            with self._timed("routing_calibration"):  # τ for the new weights now, not on the next reply's latency
+                self.router.tau(self.model)
         self._timings["turn"] = time.perf_counter() - start
         self._record(turn, reply, ctx, stats, example, replayed)
         return {"turn": turn}
@@ -682,6 +685,8 @@ class OnlineLM(L.LightningModule):
             "data/no_reply_skipped": float(self.no_reply_skipped),
         })  # fmt: skip
         scalars.update({f"time/{k}": v for k, v in self._timings.items()})
+        if self.router.enabled and not self.logged_reply(turn) and self.router.last_on is not None:
+            scalars["routing/adapter_on"] = float(self.router.last_on.float().mean())  # this turn's reply
         if replayed:
             scalars.update({f"replay/{k}": sum(r[k] for r in replayed) / len(replayed) for k in ("loss", "lr")})
         # straight to the loggers at step = turn index: LightningModule.log costs ~250 µs per scalar

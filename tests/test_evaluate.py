@@ -36,6 +36,10 @@ def test_evaluate_untouched_and_taught_adapters(tmp_path, capsys):
     assert [r["question"] for r in moved["rows"]] == ["Who is Xiomara?"] and moved["rows"][0]["statements"] == 3
     assert moved["locality"]["teacher_forced"] < 1.0  # the taught adapter changed some next-token choices
     assert moved["base_model"] == result["base_model"]
+    routed = evaluate(taught, None, prompts=PROMPTS, max_new_tokens=12, routing=True)  # olm.routing
+    assert routed["routing"] is True and moved["routing"] is False
+    for r, m in zip(routed["rows"], moved["rows"]):  # each answer is the adapter's or the base's, whole
+        assert r["adapted_answer"] in (m["adapted_answer"], m["base_answer"])
 
 
 def test_bad_inputs_fail_with_one_line(tmp_path, capsys):

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from test_module import fit, turns
 
-from olm.bench.facts import reference, top1
+from olm.bench.facts import main, reference, top1
 from olm.generation import GenerationSettings, generate_replies
-from olm.module import OnlineLM
+from olm.module import OnlineLM, OptimSettings
 from olm.render import messages_for, render_prompt
 from olm.routing import (
-    Router, RoutingSettings, adapter_disabled, gated, left_padded, own_tokens, prompt_scores, template_prefix,
-    threshold, token_shares,
+    Router, RoutingSettings, adapter_disabled, fingerprint, gated, left_padded, own_tokens, prompt_scores,
+    template_prefix, threshold, token_shares,
 )  # fmt: skip
 
 
@@ -161,10 +164,6 @@ def test_module_generate_and_teacher_forced_locality_are_routed(module):
 
 
 def test_the_facts_bench_reports_the_share_of_each_probe_set_routed_to_the_adapter(tmp_path, tiny_model_dir):
-    import json
-
-    from olm.bench.facts import main
-
     argv = ["--out", str(tmp_path), "--model", tiny_model_dir, "--facts", "2", "--reps", "1", "--unrelated", "1",
             "--seeds", "0", "--rows", "tuned", "--threads", "1", "--set=--model.routing.enabled=true",
             "--set=--model.routing.calibration=4"]  # fmt: skip
@@ -175,3 +174,17 @@ def test_the_facts_bench_reports_the_share_of_each_probe_set_routed_to_the_adapt
     plain = tmp_path / "plain"
     assert main([*argv[:1], str(plain), *argv[2:-2]]) == 0  # routing off: nothing reported
     assert json.loads((plain / "runs" / "tuned-seed0.json").read_text())["metrics"]["routed"] is None
+
+
+def test_a_generated_reply_is_routed_and_the_next_tau_is_computed_after_learning(tiny_model_dir):
+    m = OnlineLM(base_model=tiny_model_dir, optim=OptimSettings(lr=1e-2), routing=RoutingSettings(enabled=True, calibration=3))
+    routed = []
+    route = m.router.route
+    m.router.route = lambda *a, **k: (routed.append(1), route(*a, **k))[1]
+    fit(m, turns(("Hello there", None), ("And how are you?", None)))
+    assert len(routed) == 2  # each generated reply went through the router
+    assert m.last.timings["routing_calibration"] > 0
+    assert m.router._tau is not None and m.router._tau[0] == fingerprint(m.model)  # τ of the final weights
+    assert 0.0 <= m.latest_scalars["routing/adapter_on"] <= 1.0
+    fit(m, turns(("Hi", "Hello!")))  # a logged reply: nothing generated, nothing routed or calibrated
+    assert len(routed) == 2 and "routing_calibration" not in m.last.timings
