@@ -13,9 +13,9 @@ the share of the adapted layers' input energy that falls where the adapter reads
 Tokens of the chat template's shared prefix (system prompt, first header) are not the prompt's
 own and are left out. A prompt whose r exceeds τ = `margin` × the `quantile` of r over calibration
 prompts (unrelated text: the locality term's prompts) is answered with the adapter on; any other
-with the adapter off — the base, bit for bit. τ is recomputed whenever the adapter's weights change
-(`Router` keys it on a fingerprint of the LoRA weights), so it follows learning, resumes and
-per-user swaps without being told.
+with the adapter off — the base, bit for bit. τ is recomputed whenever a LoRA tensor has moved by
+more than `tolerance` (relative L2) since it was last computed (`Router` keeps a copy of the weights
+it calibrated), so it follows learning, resumes, rollbacks and per-user swaps without being told.
 
 It is still recall from the weights: the decision reads only the adapter's own activations on the
 prompt, never the fact memory or the chat history. Learning is not routed: every training step
@@ -53,6 +53,10 @@ class RoutingSettings:
     """Calibration prompts: the first N of the locality term's prompt file (0 = all of them)."""
     batch_size: int = 32
     """Rows per calibration forward."""
+    tolerance: float = 0.0
+    """Recompute τ once some LoRA tensor moved by more than this share of its norm (‖W − W_τ‖ > tolerance ·
+    ‖W_τ‖) since τ was computed; 0 = after any change. A calibration is one forward of the
+    `calibration` prompts: a chat's small-LR turns need not pay it every time."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -64,6 +68,8 @@ class RoutingSettings:
             problems.append(f"routing.calibration must be >= 0, got {self.calibration!r}")
         if self.batch_size < 1:
             problems.append(f"routing.batch_size must be >= 1, got {self.batch_size!r}")
+        if not 0 <= self.tolerance < 1:
+            problems.append(f"routing.tolerance must be in [0, 1), got {self.tolerance!r}")
         if problems:
             raise ValueError("invalid routing settings: " + "; ".join(problems))
 
@@ -104,9 +110,15 @@ def own_tokens(ids: torch.Tensor, attention: torch.Tensor, prefix: list[int]) ->
     return own
 
 
+class _Measured(Exception):
+    """Raised by `read_energy`'s hook once every adapted layer has been seen: the rest of the forward
+    (the blocks above the adapted ones, the LM head) cannot change the score."""
+
+
 @torch.no_grad()
 def read_energy(model: nn.Module, ids: torch.Tensor, attention: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward with the adapter on: per token, Σ over LoRA layers of ‖A x‖² and of ‖x‖².
+    """A forward with the adapter on, up to the last adapted layer: per token, Σ over LoRA layers of
+    ‖A x‖² and of ‖x‖².
 
     Returns:
         (read, energy), each (B, T) float32 on the model's device.
@@ -114,17 +126,24 @@ def read_energy(model: nn.Module, ids: torch.Tensor, attention: torch.Tensor) ->
     layers = lora_layers(model)
     read = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
     energy = torch.zeros_like(read)
+    linears = [lin for layer in layers.values() for lin in active_a(layer)]
+    seen = [0]
 
     def hook(_module, args, out):
         x = args[0]
         energy.add_(x.float().pow(2).sum(-1))
         read.add_(out.float().pow(2).sum(-1))
+        seen[0] += 1
+        if seen[0] == len(linears):
+            raise _Measured
 
-    handles = [lin.register_forward_hook(hook) for layer in layers.values() for lin in active_a(layer)]
+    handles = [lin.register_forward_hook(hook) for lin in linears]
     was_training = model.training
     model.eval()  # no LoRA dropout: the hook sees x itself
     try:
-        model(input_ids=ids, attention_mask=attention)
+        model(input_ids=ids, attention_mask=attention, use_cache=False)
+    except _Measured:
+        pass
     finally:
         model.train(was_training)
         for h in handles:
@@ -172,14 +191,26 @@ def adapter_disabled(model: nn.Module) -> bool:
     return any(getattr(layer, "disable_adapters", False) for layer in lora_layers(model).values())
 
 
-def fingerprint(model: nn.Module) -> tuple[float, ...]:
-    """A cheap identity of the LoRA weights: each parameter's sum and sum of squares (changes with any step)."""
-    out: list[float] = []
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_" in name:
-                out += [float(p.sum()), float(p.pow(2).sum())]
-    return tuple(out)
+def lora_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every LoRA parameter, by name."""
+    return {name: p.detach().clone() for name, p in model.named_parameters() if "lora_" in name}
+
+
+@torch.no_grad()
+def moved(model: nn.Module, snapshot: dict[str, torch.Tensor], tolerance: float) -> bool:
+    """Whether some LoRA tensor differs from `snapshot` by more than `tolerance` × its snapshot norm
+    (any change at 0; another set of tensors, a swapped-in user's for one, always counts)."""
+    now = {name: p for name, p in model.named_parameters() if "lora_" in name}
+    if now.keys() != snapshot.keys():
+        return True
+    for name, p in now.items():
+        old = snapshot[name]
+        if p.shape != old.shape:
+            return True
+        diff = float((p - old).norm())
+        if diff > tolerance * float(old.norm()) or (tolerance == 0 and not torch.equal(p, old)):
+            return True
+    return False
 
 
 class Router:
@@ -198,7 +229,8 @@ class Router:
         if settings.enabled and not self.prompts:
             raise ValueError("routing.enabled needs calibration prompts (the locality prompt file is empty)")
         self.prefix = template_prefix(tokenizer)
-        self._tau: tuple[tuple[float, ...], float] | None = None
+        self._tau: tuple[dict[str, torch.Tensor], float] | None = None
+        """The LoRA weights τ was computed for, and τ."""
         self.last_on: torch.Tensor | None = None
         """Which rows of the last routed batch got the adapter (diagnostics; None until one is routed)."""
 
@@ -217,10 +249,10 @@ class Router:
         return prompt_scores(token_shares(read, energy), own).cpu()
 
     def tau(self, model) -> float:
-        """τ for the adapter's current weights (recomputed when they changed)."""
-        key = fingerprint(model)
-        if self._tau is None or self._tau[0] != key:
-            self._tau = (key, threshold(self.calibration_scores(model), self.settings.quantile, self.settings.margin))
+        """τ for the adapter's current weights (recomputed when they moved past `tolerance`)."""
+        if self._tau is None or moved(model, self._tau[0], self.settings.tolerance):
+            tau = threshold(self.calibration_scores(model), self.settings.quantile, self.settings.margin)
+            self._tau = (lora_snapshot(model), tau)
         return self._tau[1]
 
     def calibration_scores(self, model) -> torch.Tensor:

@@ -11,10 +11,11 @@ from test_module import fit, turns
 from olm.bench.facts import main, reference, top1
 from olm.generation import GenerationSettings, generate_replies
 from olm.module import OnlineLM, OptimSettings
+from olm.nullspace import lora_layers
 from olm.render import messages_for, render_prompt
 from olm.routing import (
-    Router, RoutingSettings, adapter_disabled, fingerprint, gated, left_padded, own_tokens, prompt_scores,
-    template_prefix, threshold, token_shares,
+    Router, RoutingSettings, adapter_disabled, gated, left_padded, lora_snapshot, moved, own_tokens, prompt_scores,
+    read_energy, template_prefix, threshold, token_shares,
 )  # fmt: skip
 
 
@@ -37,7 +38,9 @@ def test_threshold_is_margin_times_the_quantile():
         threshold(torch.zeros(0), 1.0, 1.0)
 
 
-@pytest.mark.parametrize("bad", [{"margin": 0}, {"quantile": 0}, {"quantile": 1.5}, {"calibration": -1}, {"batch_size": 0}])
+@pytest.mark.parametrize(
+    "bad", [{"margin": 0}, {"quantile": 0}, {"quantile": 1.5}, {"calibration": -1}, {"batch_size": 0}, {"tolerance": 1.0}]
+)
 def test_bad_routing_settings_are_clear_errors(bad):
     with pytest.raises(ValueError, match="routing"):
         RoutingSettings(**bad)
@@ -184,7 +187,59 @@ def test_a_generated_reply_is_routed_and_the_next_tau_is_computed_after_learning
     fit(m, turns(("Hello there", None), ("And how are you?", None)))
     assert len(routed) == 2  # each generated reply went through the router
     assert m.last.timings["routing_calibration"] > 0
-    assert m.router._tau is not None and m.router._tau[0] == fingerprint(m.model)  # τ of the final weights
+    assert m.router._tau is not None and not moved(m.model, m.router._tau[0], 0.0)  # τ of the final weights
     assert 0.0 <= m.latest_scalars["routing/adapter_on"] <= 1.0
     fit(m, turns(("Hi", "Hello!")))  # a logged reply: nothing generated, nothing routed or calibrated
     assert len(routed) == 2 and "routing_calibration" not in m.last.timings
+
+
+def test_read_energy_stops_after_the_last_adapted_layer_and_matches_a_manual_sum(module):
+    tok, model = module.tokenizer, module.model
+    batch = left_padded(tok, [render_prompt(tok, messages_for("Who is Zara?"))], "cpu")
+    head = model.get_output_embeddings()
+    called = []
+    handle = head.register_forward_hook(lambda *a: called.append(1))
+    try:
+        read, energy = read_energy(model, batch["input_ids"], batch["attention_mask"])
+    finally:
+        handle.remove()
+    assert not called  # no LM head: the forward stopped once every adapted layer was measured
+    manual_read, manual_energy = torch.zeros_like(read), torch.zeros_like(energy)
+
+    def record(_m, args, out):
+        manual_energy.add_(args[0].pow(2).sum(-1))
+        manual_read.add_(out.pow(2).sum(-1))
+
+    handles = [layer.lora_A["default"].register_forward_hook(record) for layer in lora_layers(model).values()]
+    try:
+        with torch.no_grad():
+            model(**batch)
+    finally:
+        for h in handles:
+            h.remove()
+    assert torch.allclose(read, manual_read, rtol=1e-5) and torch.allclose(energy, manual_energy, rtol=1e-5)
+
+
+def test_tau_is_recomputed_past_the_tolerance_only(module):
+    model, tok = module.model, module.tokenizer
+    router = Router(RoutingSettings(enabled=True, calibration=2, tolerance=0.05), tok, module.router.prompts)
+    calls = []
+    scores = router.calibration_scores
+    router.calibration_scores = lambda m: (calls.append(1), scores(m))[1]
+    snap = lora_snapshot(model)
+    lora_b = next(p for n, p in model.named_parameters() if "lora_B" in n)
+    try:
+        router.tau(model)
+        with torch.no_grad():
+            lora_b.mul_(1.01)  # 1 % of that tensor: within the tolerance
+        assert not moved(model, snap, 0.05) and moved(model, snap, 0.0)
+        router.tau(model)
+        assert len(calls) == 1
+        with torch.no_grad():
+            lora_b.mul_(1.2)
+        router.tau(model)
+        assert len(calls) == 2
+    finally:
+        with torch.no_grad():
+            lora_b.copy_(snap[next(n for n, p in model.named_parameters() if p is lora_b)])
+    assert not moved(model, snap, 0.0)
