@@ -175,7 +175,7 @@ def test_the_facts_bench_reports_the_share_of_each_probe_set_routed_to_the_adapt
     assert {"round1", "generalization", "retention", "gk_teach", "gk_after", "general_teach", "general_after"} <= set(routed)
     assert all(0.0 <= v <= 1.0 for v in routed.values())
     plain = tmp_path / "plain"
-    assert main([*argv[:1], str(plain), *argv[2:-2]]) == 0  # routing off: nothing reported
+    assert main([*argv[:1], str(plain), *argv[2:-2], "--set=--model.routing.enabled=false"]) == 0  # nothing reported
     assert json.loads((plain / "runs" / "tuned-seed0.json").read_text())["metrics"]["routed"] is None
 
 
