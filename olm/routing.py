@@ -28,7 +28,7 @@ row of a batch has the adapter on or off).
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -165,8 +165,7 @@ def gated(model, on: torch.Tensor):
     multiplied by the row's 0/1 (a forward hook), so a batch is still one forward.
     """
     if bool(on.all()):
-        with nullcontext():
-            yield
+        yield
         return
     if not bool(on.any()):
         with model.disable_adapter():
