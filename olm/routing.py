@@ -173,7 +173,7 @@ def gated(model, on: torch.Tensor):
         return
     handles = []
     for layer in lora_layers(model).values():
-        for name, lin in layer.lora_B.items():
+        for lin in layer.lora_B.values():
             def scale(_module, _args, out):
                 return out * on.to(device=out.device, dtype=out.dtype).view(-1, *([1] * (out.dim() - 1)))
 
