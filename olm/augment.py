@@ -118,3 +118,11 @@ def fact_exchanges(
     for text in _rotated(statements, settings.paraphrases, rotation, skip=own):
         out.append((text, settings.acknowledgement.format(answer=answer)))
     return out
+
+
+def fact_questions(subject: str, obj: str, relation: str, pattern: FactPattern | None) -> list[str]:
+    """Every question a fact's steps train on: its pattern's question templates, filled ([] without a
+    pattern or an answer template: nothing is trained then). Routing's second calibration set."""
+    if pattern is None or not pattern.answer:
+        return []
+    return [fill(q, subject, obj, relation) for q in pattern.questions]

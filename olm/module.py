@@ -38,7 +38,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
-from olm.augment import AugmentSettings, fact_exchanges
+from olm.augment import AugmentSettings, fact_exchanges, fact_questions
 from olm.backbone import LoRASettings, attach_lora, load_base
 from olm.console import quiet_known_messages
 from olm.context import KINDS, Context, ContextPolicy, kl_lambda, lr_multiplier
@@ -220,7 +220,7 @@ class OnlineLM(L.LightningModule):
         self.weighter = ImportanceWeighter(weighting)
         self.augment = augment
         self.locality = LocalityTerm(locality, self.tokenizer)
-        self.router = Router(routing, self.tokenizer, self.locality.prompts)
+        self.router = Router(routing, self.tokenizer, self.locality.prompts, self.recent_fact_questions)
         """Generation's per-prompt choice between the adapter and the base (`olm.routing`)."""
         self.turns_trained = 0
         self.nonfinite_steps = 0
@@ -464,6 +464,12 @@ class OnlineLM(L.LightningModule):
             example.text, example.offsets, entities, terms, mask=example.loss_mask, input_ids=example.input_ids
         )
         return weights * example.loss_mask
+
+    def recent_fact_questions(self, n: int) -> list[str]:
+        """The trained questions of the `n` most recently stated facts in memory (routing's calibration)."""
+        recent = sorted(self.memory, key=lambda f: f.last_turn, reverse=True)[:n]
+        pattern = self.detector.pattern
+        return [q for f in recent for q in fact_questions(f.subject, f.object, f.relation, pattern(f.pattern))]
 
     def fact_examples(self, fact, rotation: int, statement: str = "") -> list[Example]:
         """The rendered augmentation of a fact (`olm.augment`): Q/A pairs and paraphrases, no history."""

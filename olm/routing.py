@@ -7,27 +7,38 @@ it. What leaks through shifts the form of general answers. Routing makes the res
 *exactly* the base where the adapter has nothing to say, in the spirit of WISE (Wang et al., 2024),
 which routes between an edited side memory and the main one by the side memory's activation:
 
-    r(prompt) = max over the prompt's own tokens t of  Σ_layers ‖A x_t‖² / Σ_layers ‖x_t‖²
+    r(prompt) = max over the prompt's own tokens t of  mean over the adapted layers l of ‖A_l x_t‖² / ‖x_t‖²
 
-the share of the adapted layers' input energy that falls where the adapter reads (A's row space).
+the share of each adapted layer's input energy that falls where the adapter reads (A's row space),
+averaged over the layers so that no one layer decides (summed energies instead would be ruled by
+the MLP down-projections, whose inputs are an order of magnitude larger and read common words too).
 Tokens of the chat template's shared prefix (system prompt, first header) are not the prompt's
-own and are left out. A prompt whose r exceeds τ = `margin` × the `quantile` of r over calibration
-prompts (unrelated text: the locality term's prompts) is answered with the adapter on; any other
-with the adapter off — the base, bit for bit. τ is recomputed whenever a LoRA tensor has moved by
-more than `tolerance` (relative L2) since it was last computed (`Router` keeps a copy of the weights
-it calibrated), so it follows learning, resumes, rollbacks and per-user swaps without being told.
+own and are left out. A prompt whose r exceeds τ is answered with the adapter on; any other with
+the adapter off — the base, bit for bit. τ sits between two calibration sets:
+
+    τ_0 = `margin` × the `quantile` of r over unrelated prompts (the locality term's prompts)
+    τ   = max(τ_0, √(τ_0 · lowest r over the taught facts' trained questions))
+
+the geometric midpoint between what the adapter must leave alone and the questions it was trained
+to answer (the `facts` most recently stated facts of the memory; the benchmark's held-out
+phrasings are never among them), and never below τ_0. Without facts, τ = τ_0. τ is recomputed
+whenever a LoRA tensor has moved by more than `tolerance` (relative L2) since it was last computed,
+or the facts' questions changed (`Router` keeps a copy of the weights it calibrated), so it follows
+learning, resumes, rollbacks and per-user swaps without being told.
 
 It is still recall from the weights: the decision reads only the adapter's own activations on the
 prompt, never the fact memory or the chat history. Learning is not routed: every training step
-(the task loss, the KL and locality terms) runs with the adapter on.
+(the task loss, the KL and locality terms) runs with the adapter on. The decision reads the
+adapter's activations on the prompt; the memory's facts only set the one number τ.
 
 Pure functions (`token_shares`, `prompt_scores`, `threshold`) and two model helpers
-(`read_energy`: one forward that measures A's share per token; `gated`: a context in which each
+(`read_shares`: one forward that measures A's share per token; `gated`: a context in which each
 row of a batch has the adapter on or off).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -46,11 +57,14 @@ class RoutingSettings:
     """Route generation (replies, recall probes, reports) by the adapter's read share; False = the
     adapter always on."""
     margin: float = 1.0
-    """τ = margin × the `quantile` of the calibration prompts' scores: above 1, fewer prompts get the adapter."""
+    """τ_0 = margin × the `quantile` of the calibration prompts' scores: above 1, fewer prompts get the adapter."""
     quantile: float = 1.0
-    """Quantile of the calibration scores τ starts from (1.0: their maximum)."""
+    """Quantile of the calibration scores τ_0 starts from (1.0: their maximum)."""
     calibration: int = 64
     """Calibration prompts: the first N of the locality term's prompt file (0 = all of them)."""
+    facts: int = 32
+    """τ is raised to the geometric midpoint between τ_0 and the lowest score of the trained questions of
+    the N most recently stated facts of the memory (never lowered); 0 = τ_0 from unrelated prompts alone."""
     batch_size: int = 32
     """Rows per calibration forward."""
     tolerance: float = 0.0
@@ -64,6 +78,8 @@ class RoutingSettings:
             problems.append(f"routing.margin must be > 0, got {self.margin!r}")
         if not 0 < self.quantile <= 1:
             problems.append(f"routing.quantile must be in (0, 1], got {self.quantile!r}")
+        if self.facts < 0:
+            problems.append(f"routing.facts must be >= 0, got {self.facts!r}")
         if self.calibration < 0:
             problems.append(f"routing.calibration must be >= 0, got {self.calibration!r}")
         if self.batch_size < 1:
@@ -75,7 +91,7 @@ class RoutingSettings:
 
 
 def token_shares(read: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
-    """(B, T) share of each token's input energy the adapter reads: Σ‖A x‖² / Σ‖x‖² (0 where no energy)."""
+    """(B, T) share of each token's input energy a layer's adapter reads: ‖A x‖² / ‖x‖² (0 where no energy)."""
     return torch.where(energy > 0, read / energy.clamp_min(1e-30), torch.zeros_like(read))
 
 
@@ -85,11 +101,17 @@ def prompt_scores(shares: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
     return masked.max(dim=1).values if shares.shape[1] else torch.zeros(shares.shape[0])
 
 
-def threshold(scores: torch.Tensor, quantile: float, margin: float) -> float:
-    """τ = margin × the `quantile` of the calibration `scores` (1-D, non-empty)."""
+def threshold(
+    scores: torch.Tensor, quantile: float, margin: float, facts: torch.Tensor | None = None
+) -> float:
+    """τ from the unrelated prompts' `scores` (1-D, non-empty) and the taught facts' questions' `facts`:
+    τ_0 = margin × the `quantile` of `scores`; with facts, max(τ_0, √(τ_0 · min(facts)))."""
     if scores.numel() == 0:
         raise ValueError("routing needs at least one calibration prompt")
-    return margin * float(torch.quantile(scores.double(), quantile))
+    tau = margin * float(torch.quantile(scores.double(), quantile))
+    if facts is not None and facts.numel():
+        tau = max(tau, (tau * float(facts.min())) ** 0.5)
+    return tau
 
 
 def own_tokens(ids: torch.Tensor, attention: torch.Tensor, prefix: list[int]) -> torch.Tensor:
@@ -111,28 +133,25 @@ def own_tokens(ids: torch.Tensor, attention: torch.Tensor, prefix: list[int]) ->
 
 
 class _Measured(Exception):
-    """Raised by `read_energy`'s hook once every adapted layer has been seen: the rest of the forward
+    """Raised by `read_shares`'s hook once every adapted layer has been seen: the rest of the forward
     (the blocks above the adapted ones, the LM head) cannot change the score."""
 
 
 @torch.no_grad()
-def read_energy(model: nn.Module, ids: torch.Tensor, attention: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A forward with the adapter on, up to the last adapted layer: per token, Σ over LoRA layers of
-    ‖A x‖² and of ‖x‖².
+def read_shares(model: nn.Module, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+    """A forward with the adapter on, up to the last adapted layer: per token, the mean over the LoRA
+    layers of ‖A x‖² / ‖x‖² (`token_shares`).
 
     Returns:
-        (read, energy), each (B, T) float32 on the model's device.
+        (B, T) float32 on the model's device.
     """
     layers = lora_layers(model)
-    read = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
-    energy = torch.zeros_like(read)
+    total = torch.zeros(ids.shape, dtype=torch.float32, device=ids.device)
     linears = [lin for layer in layers.values() for lin in active_a(layer)]
     seen = [0]
 
     def hook(_module, args, out):
-        x = args[0]
-        energy.add_(x.float().pow(2).sum(-1))
-        read.add_(out.float().pow(2).sum(-1))
+        total.add_(token_shares(out.float().pow(2).sum(-1), args[0].float().pow(2).sum(-1)))
         seen[0] += 1
         if seen[0] == len(linears):
             raise _Measured
@@ -148,7 +167,7 @@ def read_energy(model: nn.Module, ids: torch.Tensor, attention: torch.Tensor) ->
         model.train(was_training)
         for h in handles:
             h.remove()
-    return read, energy
+    return total / max(len(linears), 1)
 
 
 def active_a(layer: nn.Module) -> list[nn.Module]:
@@ -219,17 +238,23 @@ class Router:
         settings: routing settings.
         tokenizer: the model's tokenizer (with a chat template).
         prompts: the calibration prompts (unrelated text).
+        fact_questions: called with `settings.facts`, the trained questions of that many of the most
+            recently stated facts (the second calibration set); None = none.
     """
 
-    def __init__(self, settings: RoutingSettings, tokenizer, prompts: list[str]) -> None:
+    def __init__(
+        self, settings: RoutingSettings, tokenizer, prompts: list[str],
+        fact_questions: Callable[[int], list[str]] | None = None,
+    ) -> None:  # fmt: skip
         self.settings = settings
         self.tokenizer = tokenizer
         self.prompts = list(prompts[: settings.calibration] if settings.calibration else prompts)
         if settings.enabled and not self.prompts:
             raise ValueError("routing.enabled needs calibration prompts (the locality prompt file is empty)")
+        self.fact_questions = fact_questions
         self.prefix = template_prefix(tokenizer)
-        self._tau: tuple[dict[str, torch.Tensor], float] | None = None
-        """The LoRA weights τ was computed for, and τ."""
+        self._tau: tuple[dict[str, torch.Tensor], tuple[str, ...], float] | None = None
+        """The LoRA weights and fact questions τ was computed for, and τ."""
         self.last_on: torch.Tensor | None = None
         """Which rows of the last routed batch got the adapter (diagnostics; None until one is routed)."""
 
@@ -241,25 +266,31 @@ class Router:
         self, model, ids: torch.Tensor, attention: torch.Tensor, prompt_end: torch.Tensor | None = None
     ) -> torch.Tensor:
         """(B,) each row's read share r (see the module docstring; `prompt_end` as in `route`)."""
-        read, energy = read_energy(model, ids, attention)
+        shares = read_shares(model, ids, attention)
         own = own_tokens(ids, attention, self.prefix)
         if prompt_end is not None:
             own &= torch.arange(ids.shape[1], device=ids.device)[None, :] < prompt_end.to(ids.device)[:, None]
-        return prompt_scores(token_shares(read, energy), own).cpu()
+        return prompt_scores(shares, own).cpu()
 
     def tau(self, model) -> float:
-        """τ for the adapter's current weights (recomputed when they moved past `tolerance`)."""
-        if self._tau is None or moved(model, self._tau[0], self.settings.tolerance):
-            tau = threshold(self.calibration_scores(model), self.settings.quantile, self.settings.margin)
-            self._tau = (lora_snapshot(model), tau)
-        return self._tau[1]
+        """τ for the adapter's current weights and facts (recomputed when the weights moved past
+        `tolerance` or the facts' questions changed)."""
+        s = self.settings
+        questions = tuple(self.fact_questions(s.facts)) if self.fact_questions is not None and s.facts else ()
+        if self._tau is None or self._tau[1] != questions or moved(model, self._tau[0], s.tolerance):
+            facts = self.calibration_scores(model, list(questions)) if questions else None
+            tau = threshold(self.calibration_scores(model), s.quantile, s.margin, facts)
+            self._tau = (lora_snapshot(model), questions, tau)
+        return self._tau[2]
 
-    def calibration_scores(self, model) -> torch.Tensor:
+    def calibration_scores(self, model, prompts: list[str] | None = None) -> torch.Tensor:
+        """(N,) the scores of fresh-chat `prompts` (default: the unrelated calibration prompts)."""
         tok = self.tokenizer
         device = next(model.parameters()).device
+        prompts = self.prompts if prompts is None else prompts
         out = []
-        for i in range(0, len(self.prompts), self.settings.batch_size):
-            texts = [render_prompt(tok, messages_for(p)) for p in self.prompts[i : i + self.settings.batch_size]]
+        for i in range(0, len(prompts), self.settings.batch_size):
+            texts = [render_prompt(tok, messages_for(p)) for p in prompts[i : i + self.settings.batch_size]]
             batch = left_padded(tok, texts, device)
             out.append(self.scores(model, batch["input_ids"], batch["attention_mask"]))
         return torch.cat(out)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from olm.augment import AugmentSettings, fact_exchanges
+from olm.augment import AugmentSettings, fact_exchanges, fact_questions
 from olm.backbone import LoRASettings
 from olm.prefix import MIN_PREFIX, common_prefix_length
 from olm.bench.facts import GENERAL_PROMPTS, GK_QUESTIONS
@@ -273,3 +273,10 @@ def test_augmented_answers_train_their_end_of_turn_only_when_set(tiny_model_dir,
         else:  # the answer's own last token is the last target
             assert ex.offsets[last][1] == answer_end
         assert "sister" in "".join(ex.text[s:e] for (s, e), m in zip(ex.offsets, ex.loss_mask.tolist()) if m)
+
+
+def test_fact_questions_are_the_patterns_trained_questions_filled():
+    pattern = FactDetector().pattern("relation")
+    qs = fact_questions("Zara", "sister", "sister", pattern)
+    assert qs and "Who is Zara?" in qs and all("{" not in q for q in qs)
+    assert fact_questions("Zara", "sister", "sister", None) == []

@@ -15,7 +15,7 @@ from olm.nullspace import lora_layers
 from olm.render import messages_for, render_prompt
 from olm.routing import (
     Router, RoutingSettings, adapter_disabled, gated, left_padded, lora_snapshot, moved, own_tokens, prompt_scores,
-    read_energy, template_prefix, threshold, token_shares,
+    read_shares, template_prefix, threshold, token_shares,
 )  # fmt: skip
 
 
@@ -36,6 +36,10 @@ def test_threshold_is_margin_times_the_quantile():
     assert threshold(scores, 0.5, 1.0) == pytest.approx(2.5)
     with pytest.raises(ValueError, match="calibration"):
         threshold(torch.zeros(0), 1.0, 1.0)
+    # the taught facts' questions raise τ to the geometric midpoint, never lower it
+    assert threshold(scores, 1.0, 1.0, torch.tensor([16.0, 25.0])) == pytest.approx(8.0)
+    assert threshold(scores, 1.0, 1.0, torch.tensor([1.0, 30.0])) == 4.0
+    assert threshold(scores, 1.0, 1.0, torch.zeros(0)) == 4.0
 
 
 @pytest.mark.parametrize(
@@ -193,22 +197,21 @@ def test_a_generated_reply_is_routed_and_the_next_tau_is_computed_after_learning
     assert len(routed) == 2 and "routing_calibration" not in m.last.timings
 
 
-def test_read_energy_stops_after_the_last_adapted_layer_and_matches_a_manual_sum(module):
+def test_read_shares_stop_after_the_last_adapted_layer_and_average_each_layers_share(module):
     tok, model = module.tokenizer, module.model
-    batch = left_padded(tok, [render_prompt(tok, messages_for("Who is Zara?"))], "cpu")
+    batch = left_padded(tok, [render_prompt(tok, messages_for(p)) for p in ("Who is Zara?", "Hi")], "cpu")
     head = model.get_output_embeddings()
     called = []
     handle = head.register_forward_hook(lambda *a: called.append(1))
     try:
-        read, energy = read_energy(model, batch["input_ids"], batch["attention_mask"])
+        shares = read_shares(model, batch["input_ids"], batch["attention_mask"])
     finally:
         handle.remove()
     assert not called  # no LM head: the forward stopped once every adapted layer was measured
-    manual_read, manual_energy = torch.zeros_like(read), torch.zeros_like(energy)
+    per_layer = []
 
     def record(_m, args, out):
-        manual_energy.add_(args[0].pow(2).sum(-1))
-        manual_read.add_(out.pow(2).sum(-1))
+        per_layer.append(out.pow(2).sum(-1) / args[0].pow(2).sum(-1))
 
     handles = [layer.lora_A["default"].register_forward_hook(record) for layer in lora_layers(model).values()]
     try:
@@ -217,7 +220,39 @@ def test_read_energy_stops_after_the_last_adapted_layer_and_matches_a_manual_sum
     finally:
         for h in handles:
             h.remove()
-    assert torch.allclose(read, manual_read, rtol=1e-5) and torch.allclose(energy, manual_energy, rtol=1e-5)
+    assert len(per_layer) > 1 and shares.shape == batch["input_ids"].shape
+    real = batch["attention_mask"].bool()  # (a left pad's input can be all zeros: 0/0 by hand, 0 in read_shares)
+    assert torch.allclose(shares[real], torch.stack(per_layer).mean(0)[real], rtol=1e-5)  # the mean, not Σ/Σ
+
+
+def test_the_taught_facts_questions_raise_tau_and_a_new_fact_recalibrates(module):
+    model, tok = module.model, module.tokenizer
+    asked = []
+    questions = ["Who is Zara?", "Where does Zara live?"]
+    router = Router(
+        RoutingSettings(enabled=True, calibration=4, facts=3), tok, module.router.prompts,
+        lambda n: (asked.append(n), list(questions))[1],
+    )  # fmt: skip
+    tau0 = float(router.calibration_scores(model).max())
+    facts = router.calibration_scores(model, questions)
+    want = max(tau0, (tau0 * float(facts.min())) ** 0.5)
+    assert router.tau(model) == pytest.approx(want) and asked == [3]
+    assert router.tau(model) == pytest.approx(want)  # same weights, same questions: cached
+    questions.append("What is 2 plus 2?")  # a new fact stated
+    high = threshold(router.calibration_scores(model), 1.0, 1.0, router.calibration_scores(model, questions))
+    assert router.tau(model) == pytest.approx(high)
+    assert Router(RoutingSettings(enabled=True, calibration=4, facts=0), tok, module.router.prompts,
+                  lambda n: pytest.fail("facts=0 asks for no questions")).tau(model) == pytest.approx(tau0)
+
+
+def test_the_module_calibrates_on_the_trained_questions_of_its_latest_facts(tiny_model_dir):
+    m = OnlineLM(base_model=tiny_model_dir, routing=RoutingSettings(enabled=True, calibration=2))
+    assert m.recent_fact_questions(5) == []
+    fit(m, turns(("Zara is my sister.", "Nice!"), ("Leo lives in Paris.", "Cool."), ("Zara is my sister.", "Yes.")))
+    latest = m.recent_fact_questions(1)
+    assert "Who is Zara?" in latest and not any("Leo" in q for q in latest)  # Zara's statement is the latest
+    both = m.recent_fact_questions(5)
+    assert "Where does Leo live?" in both and set(latest) < set(both)
 
 
 def test_tau_is_recomputed_past_the_tolerance_only(module):
