@@ -276,7 +276,7 @@ def test_augmented_answers_train_their_end_of_turn_only_when_set(tiny_model_dir,
 
 
 def test_fact_questions_are_the_patterns_trained_questions_filled():
-    pattern = FactDetector().pattern("relation")
+    pattern = FactDetector().pattern("x_is_my_y")
     qs = fact_questions("Zara", "sister", "sister", pattern)
     assert qs and "Who is Zara?" in qs and all("{" not in q for q in qs)
     assert fact_questions("Zara", "sister", "sister", None) == []
