@@ -209,16 +209,25 @@ def adapter_disabled(model: nn.Module) -> bool:
     return any(getattr(layer, "disable_adapters", False) for layer in lora_layers(model).values())
 
 
+def active_lora(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The LoRA parameters of the active adapter(s), by name (per-user runs keep every loaded user's
+    adapter in the model; only the active one answers)."""
+    names = next((tuple(layer.active_adapters) for layer in lora_layers(model).values()), ())
+    return {
+        name: p for name, p in model.named_parameters() if "lora_" in name and any(f".{a}." in name for a in names)
+    }
+
+
 def lora_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A copy of every LoRA parameter, by name."""
-    return {name: p.detach().clone() for name, p in model.named_parameters() if "lora_" in name}
+    """A copy of the active adapter's LoRA parameters, by name."""
+    return {name: p.detach().clone() for name, p in active_lora(model).items()}
 
 
 @torch.no_grad()
 def moved(model: nn.Module, snapshot: dict[str, torch.Tensor], tolerance: float) -> bool:
     """Whether some LoRA tensor differs from `snapshot` by more than `tolerance` × its snapshot norm
-    (any change at 0; another set of tensors, a swapped-in user's for one, always counts)."""
-    now = {name: p for name, p in model.named_parameters() if "lora_" in name}
+    (any change at 0; another set of tensors, another user's adapter active for one, always counts)."""
+    now = active_lora(model)
     if now.keys() != snapshot.keys():
         return True
     for name, p in now.items():

@@ -423,3 +423,25 @@ def test_recall_report_asks_each_users_facts_to_that_users_adapter(tiny_model_di
     assert set(model.model.peft_config) == {"default", model.users.users["bob"].adapter}
     saved = json.loads((tmp_path / "recall_report.json").read_text())
     assert [r["user"] for r in saved] == ["alice", "alice", "bob"]
+
+
+def test_routing_calibrates_on_the_active_users_adapter_and_facts(tiny_model_dir, tmp_path):
+    from olm.routing import Router, RoutingSettings
+
+    settings = RoutingSettings(enabled=True, calibration=4)
+    model = new_model(tiny_model_dir, routing=settings)
+    fit(model, turns_of(("alice", A_TURNS[:3]), ("bob", B_TURNS[:2])), tmp_path)
+    router, net = model.router, model.model
+    model.users.activate("alice")
+    tau_alice, alice_questions = router.tau(net), router._tau[1]
+    assert any("Zara" in q for q in alice_questions)
+    model.users.activate("bob")  # weights untouched by the swap: only the active adapter changed
+    tau_bob = router.tau(net)
+    assert router._tau[1] == () and tau_bob != pytest.approx(tau_alice)
+    assert tau_bob == pytest.approx(Router(settings, model.tokenizer, router.prompts, model.recent_fact_questions).tau(net))
+    model.users.activate("alice")
+    assert router.tau(net) == pytest.approx(tau_alice)
+    model.users.activate("carol")  # no facts either: only the active adapter tells bob and carol apart
+    tau_carol = router.tau(net)
+    model.users.activate("bob")
+    assert tau_carol != pytest.approx(tau_bob) and router.tau(net) == pytest.approx(tau_bob)

@@ -1,10 +1,11 @@
-"""Prototype of olm.routing's score (run before it existed): at the end of teaching, per prompt and token,
-‖x‖², ‖A·x‖² and ‖B·A·x‖² of every LoRA layer for the probe sets (usage: docs/bench/routing/analyze.py)."""
+"""At the end of teaching, per prompt and token, ‖x‖², ‖A·x‖² and ‖B·A·x‖² of every LoRA layer for the probe
+sets, the taught statements and the memory's trained questions (usage: docs/bench/routing/analyze.py)."""
 import json, sys, torch
 from pathlib import Path
 import olm.bench.facts as bf
 from olm.render import messages_for, render_prompt
 from olm.probes import load_anchors
+from olm.facts import fill
 
 OUT = Path(sys.argv[1]); OUT.mkdir(parents=True, exist_ok=True)
 orig = bf.Probe.end_of_teaching
@@ -44,6 +45,9 @@ def patched(self, pl):
         "gk": [q["question"] for q in self.gk],
         "general": self.anchors,
         "locality": list(pl.locality.prompts),
+        "statement": [m.text for m in pl.memory],
+        "trained": sorted({fill(q, m.subject, m.object, m.relation) for m in pl.memory
+                           for q in (pl.detector.pattern(m.pattern).questions if pl.detector.pattern(m.pattern) else [])}),
     }
     seed = pl.trainer.callback_metrics  # unused
     out = {k: scores(pl, v) for k, v in sets.items()}
