@@ -11,7 +11,7 @@ which routes between an edited side memory and the main one by the side memory's
 
 the share of each adapted layer's input energy that falls where the adapter reads (A's row space),
 averaged over the layers so that no one layer decides (summed energies instead would be ruled by
-the MLP down-projections, whose inputs are an order of magnitude larger and read common words too).
+the MLP down-projections, whose inputs carry most of the summed energy and read common words too).
 Tokens of the chat template's shared prefix (system prompt, first header) are not the prompt's
 own and are left out. A prompt whose r exceeds τ is answered with the adapter on; any other with
 the adapter off — the base, bit for bit. τ sits between two calibration sets:
