@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -262,8 +262,8 @@ class Router:
             raise ValueError("routing.enabled needs calibration prompts (the locality prompt file is empty)")
         self.fact_questions = fact_questions
         self.prefix = template_prefix(tokenizer)
-        self._tau: tuple[dict[str, torch.Tensor], tuple[str, ...], float] | None = None
-        """The LoRA weights and fact questions τ was computed for, and τ."""
+        self._tau: tuple[dict[str, torch.Tensor], tuple[str, ...], RoutingSettings, float] | None = None
+        """The LoRA weights, fact questions and settings τ was computed for, and τ."""
         self.last_on: torch.Tensor | None = None
         """Which rows of the last routed batch got the adapter (diagnostics; None until one is routed)."""
 
@@ -283,14 +283,17 @@ class Router:
 
     def tau(self, model) -> float:
         """τ for the adapter's current weights and facts (recomputed when the weights moved past
-        `tolerance` or the facts' questions changed)."""
+        `tolerance`, the facts' questions or the settings changed)."""
         s = self.settings
         questions = tuple(self.fact_questions(s.facts)) if self.fact_questions is not None and s.facts else ()
-        if self._tau is None or self._tau[1] != questions or moved(model, self._tau[0], s.tolerance):
+        if (
+            self._tau is None or self._tau[1] != questions or self._tau[2] != s
+            or moved(model, self._tau[0], s.tolerance)
+        ):  # fmt: skip
             facts = self.calibration_scores(model, list(questions)) if questions else None
             tau = threshold(self.calibration_scores(model), s.quantile, s.margin, facts)
-            self._tau = (lora_snapshot(model), questions, tau)
-        return self._tau[2]
+            self._tau = (lora_snapshot(model), questions, replace(s), tau)
+        return self._tau[3]
 
     def calibration_scores(self, model, prompts: list[str] | None = None) -> torch.Tensor:
         """(N,) the scores of fresh-chat `prompts` (default: the unrelated calibration prompts)."""

@@ -42,6 +42,8 @@ class RecallRow:
     statements: int
     user: str | None = None
     """With per-user learning: whose fact, asked to that user's adapter."""
+    routed: bool | None = None
+    """With routing (`olm.routing`): whether the adapter answered (False: the base did); None without."""
 
 
 def recall_rows(pl_module, max_facts: int) -> list[RecallRow]:
@@ -66,13 +68,19 @@ def _rows(pl_module, facts: list) -> list[RecallRow]:
         return []
     questions = [f.question for f in facts]
     model, tok, gen = pl_module.model, pl_module.tokenizer, pl_module.generation
-    adapted = recall_answers(model, tok, questions, gen, getattr(pl_module, "router", None))
+    router = getattr(pl_module, "router", None)
+    adapted = recall_answers(model, tok, questions, gen, router)
+    on = [bool(x) for x in router.last_on] if router is not None and router.enabled else [None] * len(facts)
     with model.disable_adapter():
         base = recall_answers(model, tok, questions, gen)
     return [
-        RecallRow(q, f.object, b, a, is_recalled(b, f.object), is_recalled(a, f.object), f.count)
-        for q, f, b, a in zip(questions, facts, base, adapted)
+        RecallRow(q, f.object, b, a, is_recalled(b, f.object), is_recalled(a, f.object), f.count, routed=r)
+        for q, f, b, a, r in zip(questions, facts, base, adapted, on)
     ]
+
+
+def _routed(row: RecallRow) -> str:
+    return "" if row.routed is None else f"; routed to the {'adapter' if row.routed else 'base'}"
 
 
 def _cell(text: str, width: int) -> str:
@@ -88,7 +96,7 @@ def format_report(rows: list[RecallRow], width: int = 60) -> str:
     for r in rows:
         who = f"[{r.user}] " if r.user is not None else ""
         lines += [
-            f"  {who}Q: {r.question}   (expected: {r.expected}; stated {r.statements}x)",
+            f"  {who}Q: {r.question}   (expected: {r.expected}; stated {r.statements}x{_routed(r)})",
             f"     base    [{'x' if r.base_recalled else ' '}] {_cell(r.base_answer, width)}",
             f"     adapted [{'x' if r.adapted_recalled else ' '}] {_cell(r.adapted_answer, width)}",
         ]
@@ -102,7 +110,8 @@ def markdown_report(rows: list[RecallRow]) -> str:
     """The report as a markdown table."""
     head = "| question | expected | base answer | adapted answer |\n|---|---|---|---|\n"
     body = "".join(
-        f"| {'[' + r.user + '] ' if r.user is not None else ''}{r.question} | {r.expected} | {'✓' if r.base_recalled else '✗'} {_cell(r.base_answer, 80)} "
+        f"| {'[' + r.user + '] ' if r.user is not None else ''}{r.question}{' (' + _routed(r)[2:] + ')' if _routed(r) else ''} "
+        f"| {r.expected} | {'✓' if r.base_recalled else '✗'} {_cell(r.base_answer, 80)} "
         f"| {'✓' if r.adapted_recalled else '✗'} {_cell(r.adapted_answer, 80)} |\n"
         for r in rows
     )

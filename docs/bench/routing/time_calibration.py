@@ -1,27 +1,49 @@
-"""Seconds for one routing calibration (64 and 32 locality prompts, smollm2, 1 thread) and for a routed vs plain reply.
+"""Seconds for one routing calibration (τ) with smollm2 on 1 thread: the 64 unrelated prompts alone, and with
+the trained questions of 20 facts (70 more prompts); and a routed vs a plain reply.
 
-    PYTHONPATH=. python docs/bench/routing/time_calibration.py
+    PYTHONPATH=. python docs/bench/routing/time_calibration.py > docs/bench/routing/time_calibration.txt
 
-The output in time_calibration.txt was taken with four 1-thread benchmarks sharing the 2 cores (a busy core)."""
-import time, torch, statistics
-torch.set_num_threads(1)
+Taken on an otherwise idle machine unless the output says otherwise (medians of 3)."""
+import statistics
+import time
+
+import torch
+
+from olm.backbone import LoRASettings
+from olm.facts import FactDetector
+from olm.augment import fact_questions
 from olm.module import OnlineLM
 from olm.routing import RoutingSettings
-from olm.locality import LocalitySettings
-m = OnlineLM(base_model="smollm2-135m", routing=RoutingSettings(enabled=True, calibration=64),
-             lora=__import__("olm.backbone", fromlist=["LoRASettings"]).LoRASettings(r=8, alpha=16, target_modules=["gate_proj","up_proj","down_proj"], lower_fraction=0.67))
+
+torch.set_num_threads(1)
+lora = LoRASettings(r=8, alpha=16, target_modules=["gate_proj", "up_proj", "down_proj"], lower_fraction=0.67)
+m = OnlineLM(base_model="smollm2-135m", routing=RoutingSettings(enabled=True, calibration=64), lora=lora)
 with torch.no_grad():
     for n, p in m.model.named_parameters():
-        if "lora_B" in n: p.normal_(0, 0.01)
+        if "lora_B" in n:
+            p.normal_(0, 0.01)
+det = FactDetector()
+names = ["Zara", "Leo", "Mira", "Tomas", "Ines"]
+facts = [(n, o, r, p) for n in names for (o, r, p) in
+         (("sister", "sister", "x_is_my_y"), ("Paris", "lives_in", "lives_in"), ("a painter", "works_as", "works_as"),
+          ("yoga", "likes", "likes"))]
+questions = [q for s, o, r, p in facts for q in fact_questions(s, o, r, det.pattern(p))]
 r = m.router
-for cal in (64, 32):
-    r.prompts = r.prompts if cal == 64 else r.prompts[:32]
+
+
+def timed(fn):
     ts = []
     for _ in range(3):
-        t = time.perf_counter(); r.calibration_scores(m.model); ts.append(time.perf_counter() - t)
-    print(cal, "calibration s", [round(x, 2) for x in ts])
-from olm.generation import GenerationSettings
-from olm.render import messages_for
-t = time.perf_counter(); m.generate("Who is Zara?"); print("generate routed", round(time.perf_counter() - t, 2))
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+print(f"tau, 64 unrelated prompts: {timed(lambda: r.calibration_scores(m.model)):.2f} s")
+print(f"tau, + {len(questions)} trained questions of {len(facts)} facts: "
+      f"{timed(lambda: (r.calibration_scores(m.model), r.calibration_scores(m.model, questions))):.2f} s")
+r.tau(m.model)  # τ cached: a reply pays only its own score
+print(f"reply, routed (τ cached): {timed(lambda: m.generate('Who is Zara?')):.2f} s")
 r.settings = RoutingSettings(enabled=False)
-t = time.perf_counter(); m.generate("Who is Zara?"); print("generate plain", round(time.perf_counter() - t, 2))
+print(f"reply, routing off: {timed(lambda: m.generate('Who is Zara?')):.2f} s")
