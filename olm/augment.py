@@ -48,6 +48,10 @@ class AugmentSettings:
     Never the benchmark's held-out phrasings (tests/test_augment.py checks)."""
     acknowledgement: str = "Got it. {answer}"
     """Reply to a paraphrased statement; ``{answer}`` is the pattern's filled answer template."""
+    acknowledge_generated: bool = True
+    """A stated fact whose reply the model generated (a chat: no logged reply) is learned with the
+    `acknowledgement` as its reply instead of the generated one, which carries nothing the user said
+    and, on a small model, is often a made-up biography of the subject that the step would teach."""
     on_replay: bool = True
     """Augment replayed facts as well (a replay then trains on the stored exchange + the extras)."""
     train_end: bool = True
@@ -126,3 +130,13 @@ def fact_questions(subject: str, obj: str, relation: str, pattern: FactPattern |
     if pattern is None or not pattern.answer:
         return []
     return [fill(q, subject, obj, relation) for q in pattern.questions]
+
+
+def fact_acknowledgement(
+    subject: str, obj: str, relation: str, pattern: FactPattern | None, settings: AugmentSettings
+) -> str | None:
+    """The `acknowledgement` of a stated fact ("Got it. Zara is your sister."); None without a pattern
+    or an answer template."""
+    if pattern is None or not pattern.answer:
+        return None
+    return settings.acknowledgement.format(answer=fill(pattern.answer, subject, obj, relation))

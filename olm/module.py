@@ -38,7 +38,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
-from olm.augment import AugmentSettings, fact_exchanges, fact_questions
+from olm.augment import AugmentSettings, fact_acknowledgement, fact_exchanges, fact_questions
 from olm.backbone import LoRASettings, attach_lora, load_base
 from olm.console import quiet_known_messages
 from olm.context import KINDS, Context, ContextPolicy, kl_lambda, lr_multiplier
@@ -281,11 +281,15 @@ class OnlineLM(L.LightningModule):
             return self._skip_unanswered(turn)
         start = time.perf_counter()
         ctx = self.classify(turn.user)
-        reply = self.respond(turn)
+        reply = target = self.respond(turn)
+        if ctx.kind == "fact" and not self.logged_reply(turn) and self.augment.acknowledge_generated:
+            fact = ctx.fact  # learn what the user said, not the model's own guess about the subject
+            pattern = self.detector.pattern(fact.pattern)
+            target = fact_acknowledgement(fact.subject, fact.object, fact.relation, pattern, self.augment) or reply
         with self._timed("render"):
             spans = turn.context_spans if self.logged_reply(turn) else ()
             example = render_exchange(
-                self.tokenizer, turn.user, reply, turn.history, self.objective.loss_on, self.objective.max_tokens,
+                self.tokenizer, turn.user, target, turn.history, self.objective.loss_on, self.objective.max_tokens,
                 turn.system, spans,
             )
             self._count_cut(example, turn)
@@ -294,7 +298,7 @@ class OnlineLM(L.LightningModule):
                 examples += self.fact_examples(ctx.fact, ctx.repetition - 1, turn.user)
         stats = self.learn(examples, ctx)
         if ctx.kind == "fact":
-            self.memory.store(ctx.fact, turn.user, reply, self.memory_clock)
+            self.memory.store(ctx.fact, turn.user, target, self.memory_clock)
         self.memory.decay(self.memory_clock)
         self.turns_trained += 1
         if self.users is not None:
@@ -426,7 +430,8 @@ class OnlineLM(L.LightningModule):
         return self.respond_mode != "generate" and turn.assistant is not None
 
     def respond(self, turn) -> str:
-        """The reply to learn: the logged one (respond="auto" or "skip") or a generated one.
+        """The turn's reply: the logged one (respond="auto" or "skip") or a generated one, which is learned
+        as is except after a stated fact (`augment.acknowledge_generated`: the acknowledgement instead).
 
         With `reply_listener` set (the chat sets it), a generated reply is streamed to it as it is
         generated, *before* the learning step: the person reads while the model learns. The time

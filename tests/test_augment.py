@@ -280,3 +280,25 @@ def test_fact_questions_are_the_patterns_trained_questions_filled():
     qs = fact_questions("Zara", "sister", "sister", pattern)
     assert qs and "Who is Zara?" in qs and all("{" not in q for q in qs)
     assert fact_questions("Zara", "sister", "sister", None) == []
+
+
+def test_a_stated_fact_with_a_generated_reply_is_learned_with_its_acknowledgement(tiny_model_dir):
+    from test_module import fit, turns
+
+    from olm.augment import fact_acknowledgement
+
+    pattern = FactDetector().pattern("x_is_my_y")
+    assert fact_acknowledgement("Zara", "sister", "sister", pattern, AugmentSettings()) == "Got it. Zara is your sister."
+    assert fact_acknowledgement("Zara", "sister", "sister", None, AugmentSettings()) is None
+    learned = []
+    for acknowledge in (True, False):
+        m = OnlineLM(base_model=tiny_model_dir, augment=AugmentSettings(acknowledge_generated=acknowledge))
+        shown = []
+        m.reply_listener = lambda text, end: shown.append(text)
+        fit(m, turns(("Zara is my sister.", None), ("Leo lives in Paris.", "Nice, Paris!")))
+        [zara] = [f for f in m.memory if f.subject == "Zara"]
+        [leo] = [f for f in m.memory if f.subject == "Leo"]
+        assert leo.reply == "Nice, Paris!"  # a logged reply is learned as it is
+        assert "".join(shown).strip()  # the person still reads the generated reply
+        learned.append(zara.reply)
+    assert learned[0] == "Got it. Zara is your sister." and learned[1] != learned[0]
