@@ -119,8 +119,8 @@ def fact_exchanges(
             out.append((fill(q, subject, obj, relation), answer))
     own = statement.strip()
     statements = [fill(t, subject, obj, relation) for t in pattern.statements]
-    for text in _rotated(statements, settings.paraphrases, rotation, skip=own):
-        out.append((text, settings.acknowledgement.format(answer=answer)))
+    ack = settings.acknowledgement.format(answer=answer)  # `fact_acknowledgement`
+    out += [(text, ack) for text in _rotated(statements, settings.paraphrases, rotation, skip=own)]
     return out
 
 

@@ -27,9 +27,8 @@ or the facts' questions changed (`Router` keeps a copy of the weights it calibra
 learning, resumes, rollbacks and per-user swaps without being told.
 
 It is still recall from the weights: the decision reads only the adapter's own activations on the
-prompt, never the fact memory or the chat history. Learning is not routed: every training step
-(the task loss, the KL and locality terms) runs with the adapter on. The decision reads the
-adapter's activations on the prompt; the memory's facts only set the one number τ.
+prompt, never the chat history; the memory's facts only set the one number τ. Learning is not
+routed: every training step (the task loss, the KL and locality terms) runs with the adapter on.
 
 Pure functions (`token_shares`, `prompt_scores`, `threshold`) and two model helpers
 (`read_shares`: one forward that measures A's share per token; `gated`: a context in which each
