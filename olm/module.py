@@ -50,6 +50,7 @@ from olm.generation import CallbackStreamer, GenerationSettings, generate_reply
 from olm.guards import lora_problem
 from olm.locality import LocalitySettings, LocalityTerm, locality_batch
 from olm.nullspace import project_lora_a
+from olm.optimizer import adamw, group_lr, is_lora_b, regroup_state
 from olm.losses import online_loss, top_k_kl, weighted_token_ce
 from olm.prefix import shared_prefix_forward
 from olm.memory import FactMemory, MemoryConfig, StoredFact
@@ -74,6 +75,8 @@ class OptimSettings:
     """AdamW betas."""
     eps: float = 1e-8
     """AdamW epsilon."""
+    lr_ratio_b: float = 1.0
+    """LoRA+ (`olm.optimizer`): the LoRA B matrices train at lr × this, the rest at lr; 1 = one lr."""
     grad_clip: float = 0.1
     """Max global L2 norm of the LoRA gradient (clip by norm)."""
     steps_per_turn: int = 1
@@ -98,6 +101,8 @@ class OptimSettings:
             problems.append(f"optim.skip_known must be in [0, 1), got {self.skip_known!r}")
         if self.lr <= 0:
             problems.append(f"optim.lr must be > 0, got {self.lr!r}")
+        if not 0 < self.lr_ratio_b <= 1e3:
+            problems.append(f"optim.lr_ratio_b must be in (0, 1000], got {self.lr_ratio_b!r}")
         if self.weight_decay < 0:
             problems.append(f"optim.weight_decay must be >= 0, got {self.weight_decay!r}")
         if self.grad_clip <= 0:
@@ -246,15 +251,14 @@ class OnlineLM(L.LightningModule):
             self.users.root = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "users"
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        # per-turn lr = each group's base_lr × multiplier, never compounded (`_set_lr`)
+        return adamw(self.trainable_parameters(), self.optim)
+
+    def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """The named parameters the module's optimizer holds, in its order."""
         if self.users is not None:  # each user steps its own (`active_optimizer`); this one is never stepped
-            params = self.users.template_parameters()
-        opt = torch.optim.AdamW(
-            params, lr=self.optim.lr, betas=self.optim.betas, eps=self.optim.eps, weight_decay=self.optim.weight_decay
-        )
-        for group in opt.param_groups:
-            group["base_lr"] = group["lr"]  # per-turn lr = base_lr × multiplier, never compounded
-        return opt
+            return self.users.template_parameters()
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
 
     def training_step(self, dataloader_iter: Iterator) -> dict[str, Any] | None:
         if (ranks := lockstep(self)) is not None and not ranks.inside:  # DDP: olm.distributed
@@ -395,17 +399,23 @@ class OnlineLM(L.LightningModule):
         (the restored moments are kept). Each value that differs from the checkpoint's is logged;
         returns those messages."""
         o = self.optim
-        wanted = {"lr": o.lr, "weight_decay": o.weight_decay, "betas": tuple(o.betas), "eps": o.eps}
         changes: dict[str, str] = {}
-        for opt_state in checkpoint.get("optimizer_states") or []:
+        b_flags = [is_lora_b(n) for n, _ in self.trainable_parameters()]
+        states = checkpoint.get("optimizer_states") or []
+        for i, opt_state in enumerate(states):
+            if len(opt_state.get("param_groups", [])) != (2 if o.lr_ratio_b != 1.0 else 1):
+                changes["lr_ratio_b"] = f"optim.lr_ratio_b {o.lr_ratio_b} (the checkpoint's optimizer differs)"
+            states[i] = opt_state = regroup_state(opt_state, b_flags, o.lr_ratio_b)
             for group in opt_state.get("param_groups", []):
+                lr = group_lr(group, o)
+                wanted = {"lr": lr, "weight_decay": o.weight_decay, "betas": tuple(o.betas), "eps": o.eps}
                 saved = {**group, "lr": group.get("base_lr", group.get("lr"))}  # lr between turns = base_lr
                 for key, value in wanted.items():
                     old = tuple(saved[key]) if key == "betas" and saved.get(key) is not None else saved.get(key)
                     if old is not None and old != value:
                         changes[key] = f"optim.{key} {value} (the checkpoint's was {old})"
                     group[key] = value
-                group["base_lr"] = o.lr
+                group["base_lr"] = lr
         messages = list(changes.values())
         if messages:
             log.warning("resuming with this run's %s: settings that can change on resume take the command "

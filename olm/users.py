@@ -51,6 +51,7 @@ import torch
 from olm.durable import atomic_write
 from olm.errors import ResumeError
 from olm.memory import FactMemory
+from olm.optimizer import adamw, group_lr, is_lora_b, regroup_state
 
 log = logging.getLogger(__name__)
 
@@ -184,9 +185,9 @@ class UserRegistry:
         self.template = {n: p.detach().clone() for n, p in self._params(TEMPLATE).items()}
 
     # ----------------------------------------------------------------- what the module calls
-    def template_parameters(self) -> list[torch.nn.Parameter]:
-        """The template adapter's parameters (the module's own optimizer holds them; never stepped)."""
-        return list(self._params(TEMPLATE).values())
+    def template_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """The template adapter's named parameters (the module's own optimizer holds them; never stepped)."""
+        return list(self._params(TEMPLATE).items())
 
     @property
     def model(self):
@@ -385,16 +386,13 @@ class UserRegistry:
         return params
 
     def _new_optimizer(self, params: dict[str, torch.nn.Parameter]) -> torch.optim.Optimizer:
-        o = self.module.optim
-        opt = torch.optim.AdamW(list(params.values()), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
-        for group in opt.param_groups:
-            group["base_lr"] = group["lr"]
-        return opt
+        return adamw(params.items(), self.module.optim)
 
     def _apply_settings(self, opt: torch.optim.Optimizer) -> None:
         o = self.module.optim  # this run's settings win over a saved state's (as for the module's optimizer)
         for group in opt.param_groups:
-            group.update(lr=o.lr, base_lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas), eps=o.eps)
+            lr = group_lr(group, o)
+            group.update(lr=lr, base_lr=lr, weight_decay=o.weight_decay, betas=tuple(o.betas), eps=o.eps)
 
     def _load(self, state: UserState) -> None:
         """Create a new user's bundle, or read an evicted one's state file."""
@@ -412,8 +410,10 @@ class UserRegistry:
         self.loaded[state.user_id] = None
 
     def _install_live(self, state: UserState, saved: dict[str, Any]) -> None:
-        state.optimizer = self._new_optimizer(self._params(state.adapter))
-        state.optimizer.load_state_dict(saved["optimizer"])
+        params = self._params(state.adapter)
+        state.optimizer = self._new_optimizer(params)
+        b_flags = [is_lora_b(n) for n in params]  # a state saved under another optim.lr_ratio_b: regrouped
+        state.optimizer.load_state_dict(regroup_state(saved["optimizer"], b_flags, self.module.optim.lr_ratio_b))
         self._apply_settings(state.optimizer)
         state.memory = FactMemory(self.module.memory_config)
         state.memory.load_state_dict(saved["memory"])
