@@ -402,10 +402,10 @@ class OnlineLM(L.LightningModule):
         changes: dict[str, str] = {}
         b_flags = [is_lora_b(n) for n, _ in self.trainable_parameters()]
         states = checkpoint.get("optimizer_states") or []
-        for i, opt_state in enumerate(states):
-            if len(opt_state.get("param_groups", [])) != (2 if o.lr_ratio_b != 1.0 else 1):
-                changes["lr_ratio_b"] = f"optim.lr_ratio_b {o.lr_ratio_b} (the checkpoint's optimizer differs)"
-            states[i] = opt_state = regroup_state(opt_state, b_flags, o.lr_ratio_b)
+        for i, saved_state in enumerate(states):
+            states[i] = opt_state = regroup_state(saved_state, b_flags, o.lr_ratio_b)
+            if opt_state is not saved_state:  # saved under another layout: regrouped
+                changes["lr_ratio_b"] = f"optim.lr_ratio_b {o.lr_ratio_b} (the checkpoint's optimizer had another)"
             for group in opt_state.get("param_groups", []):
                 lr = group_lr(group, o)
                 wanted = {"lr": lr, "weight_decay": o.weight_decay, "betas": tuple(o.betas), "eps": o.eps}

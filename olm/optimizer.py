@@ -64,8 +64,9 @@ def regroup_state(state: dict[str, Any], b_flags: Sequence[bool], ratio_b: float
         ratio_b: the λ of this run.
 
     Returns:
-        The state with each parameter's moments under its index in the new layout; the groups'
-        hyperparameters are copied from the saved first group (`apply` of the caller sets lr).
+        The state (a new dict only when regrouped) with each parameter's moments under its index in
+        the new layout; the groups' hyperparameters are copied from the saved first group (the caller
+        then sets this run's lr per group, `group_lr`).
     """
     groups = state.get("param_groups") or []
     want_two = ratio_b != 1.0
