@@ -50,7 +50,7 @@ from olm.generation import CallbackStreamer, GenerationSettings, generate_reply
 from olm.guards import lora_problem
 from olm.locality import LocalitySettings, LocalityTerm, locality_batch
 from olm.nullspace import project_lora_a
-from olm.optimizer import adamw, group_lr, is_lora_b, regroup_state
+from olm.optimizer import B_GROUP, adamw, b_factor, group_lr, is_lora_b, regroup_state, two_groups
 from olm.losses import online_loss, top_k_kl, weighted_token_ce
 from olm.prefix import shared_prefix_forward
 from olm.memory import FactMemory, MemoryConfig, StoredFact
@@ -77,6 +77,11 @@ class OptimSettings:
     """AdamW epsilon."""
     lr_ratio_b: float = 1.0
     """LoRA+ (`olm.optimizer`): the LoRA B matrices train at lr × this, the rest at lr; 1 = one lr."""
+    fresh_ratio_b: float | None = None
+    """B's lr ratio for a fresh adapter (empty fact memory), falling linearly to `lr_ratio_b` as the
+    memory fills to `fresh_facts` facts (`olm.optimizer.b_ratio`); None = `lr_ratio_b` throughout."""
+    fresh_facts: int = 5
+    """Facts in memory at which B's ratio is back to `lr_ratio_b`."""
     grad_clip: float = 0.1
     """Max global L2 norm of the LoRA gradient (clip by norm)."""
     steps_per_turn: int = 1
@@ -103,6 +108,10 @@ class OptimSettings:
             problems.append(f"optim.lr must be > 0, got {self.lr!r}")
         if not 0 < self.lr_ratio_b <= 1e3:
             problems.append(f"optim.lr_ratio_b must be in (0, 1000], got {self.lr_ratio_b!r}")
+        if self.fresh_ratio_b is not None and not 0 < self.fresh_ratio_b <= 1e3:
+            problems.append(f"optim.fresh_ratio_b must be in (0, 1000] or null, got {self.fresh_ratio_b!r}")
+        if self.fresh_facts < 1:
+            problems.append(f"optim.fresh_facts must be >= 1, got {self.fresh_facts!r}")
         if self.weight_decay < 0:
             problems.append(f"optim.weight_decay must be >= 0, got {self.weight_decay!r}")
         if self.grad_clip <= 0:
@@ -403,9 +412,10 @@ class OnlineLM(L.LightningModule):
         b_flags = [is_lora_b(n) for n, _ in self.trainable_parameters()]
         states = checkpoint.get("optimizer_states") or []
         for i, saved_state in enumerate(states):
-            states[i] = opt_state = regroup_state(saved_state, b_flags, o.lr_ratio_b)
+            states[i] = opt_state = regroup_state(saved_state, b_flags, two_groups(o))
             if opt_state is not saved_state:  # saved under another layout: regrouped
-                changes["lr_ratio_b"] = f"optim.lr_ratio_b {o.lr_ratio_b} (the checkpoint's optimizer had another)"
+                changes["lr_ratio_b"] = (f"optim.lr_ratio_b {o.lr_ratio_b}, fresh_ratio_b {o.fresh_ratio_b} "
+                                         "(the checkpoint's optimizer had another layout)")  # fmt: skip
             for group in opt_state.get("param_groups", []):
                 lr = group_lr(group, o)
                 wanted = {"lr": lr, "weight_decay": o.weight_decay, "betas": tuple(o.betas), "eps": o.eps}
@@ -541,7 +551,10 @@ class OnlineLM(L.LightningModule):
         loc = locality_batch(rows, self.locality.settings, pad, self.device) if rows else None
         projectors = self.locality.projectors(self.model)  # {} unless locality.null_space_energy > 0
         project_lora_a(self.model, projectors)  # fresh adapters: A starts in the null space too
-        self._set_lr(opt, mult)
+        # optim.fresh_ratio_b: B faster while the (active user's) memory is small; not under DDP, whose
+        # ranks hold different memories but must step alike
+        b_mult = b_factor(self.optim, len(self.memory)) if lockstep(self) is None else 1.0
+        self._set_lr(opt, mult, b_mult)
         gate = self.optim.skip_known if ctx.kind in ("fact", "replay") and lockstep(self) is None else 0.0
         if gate:  # per row: the fact it belongs to, and the answer tokens measured
             groups = [id((contexts[i] if contexts else ctx).fact) for i in range(n)]
@@ -622,9 +635,9 @@ class OnlineLM(L.LightningModule):
         return grad_norm
 
     @staticmethod
-    def _set_lr(opt, mult: float) -> None:
+    def _set_lr(opt, mult: float, b_mult: float = 1.0) -> None:
         for group in opt.param_groups:
-            group["lr"] = group["base_lr"] * mult
+            group["lr"] = group["base_lr"] * mult * (b_mult if group.get("name") == B_GROUP else 1.0)
 
     def _run_replay_queue(self) -> list[dict[str, float]]:
         """Learn the queued facts in one batch (each fact's stored exchange and, with

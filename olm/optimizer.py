@@ -9,6 +9,17 @@ trainable parameter but B at ``lr`` and the ``lora_B`` tensors at ``lr × λ`` (
 one group, as before LoRA+ existed, so checkpoints of either shape stay loadable:
 `regroup_state` moves a saved optimizer state (moments and all) between the one-group and two-group
 layouts when the setting changed between runs.
+
+A fresh adapter is where B's zero start costs most: its output moves only as fast as B·A grows from
+nothing, while an adapter that already holds facts has a B that every A step acts through at once.
+``optim.fresh_ratio_b`` = λ₀ gives B a larger ratio while the adapter's fact memory is nearly empty,
+falling linearly to ``lr_ratio_b`` = λ as it fills (`b_ratio`):
+
+    ratio(n) = λ + (λ₀ − λ) · max(0, 1 − n / fresh_facts)      n = facts in the (active user's) memory
+
+so a person's first facts are learned at LoRA+ speed, and a memory of many facts, where a fast B
+overwrites the facts it already holds, at λ. The step's B group then runs at base_lr × ratio(n) / λ
+(`b_factor`). Two groups whenever λ ≠ 1 or λ₀ ≠ λ (`two_groups`).
 """
 
 from __future__ import annotations
@@ -28,11 +39,34 @@ def is_lora_b(name: str) -> bool:
     return ".lora_B." in name or name.startswith("lora_B.")
 
 
-def param_groups(named: Iterable[tuple[str, torch.nn.Parameter]], lr: float, ratio_b: float) -> list[dict[str, Any]]:
-    """AdamW parameter groups: one at `lr` when `ratio_b` is 1, else the non-B parameters at `lr`
-    and the B ones at `lr` × `ratio_b` (group ``name`` `B_GROUP`), each in the given order."""
+def fresh_ratio(settings: Any) -> float:
+    """λ₀ of `settings` (`olm.module.OptimSettings`): ``fresh_ratio_b``, or λ when it is unset."""
+    return settings.lr_ratio_b if settings.fresh_ratio_b is None else settings.fresh_ratio_b
+
+
+def two_groups(settings: Any) -> bool:
+    """Whether `settings` give B a learning rate of its own."""
+    return settings.lr_ratio_b != 1.0 or fresh_ratio(settings) != settings.lr_ratio_b
+
+
+def b_ratio(settings: Any, n_facts: int) -> float:
+    """B's lr ratio for an adapter whose memory holds `n_facts` facts (module docstring)."""
+    fill = max(0.0, 1.0 - n_facts / settings.fresh_facts)
+    return settings.lr_ratio_b + (fresh_ratio(settings) - settings.lr_ratio_b) * fill
+
+
+def b_factor(settings: Any, n_facts: int) -> float:
+    """The factor on the B group's base lr (lr × `lr_ratio_b`) for a step at `n_facts` facts."""
+    return b_ratio(settings, n_facts) / settings.lr_ratio_b
+
+
+def param_groups(
+    named: Iterable[tuple[str, torch.nn.Parameter]], lr: float, ratio_b: float, split: bool | None = None
+) -> list[dict[str, Any]]:
+    """AdamW parameter groups: one at `lr` when not `split` (default: `ratio_b` ≠ 1), else the non-B
+    parameters at `lr` and the B ones at `lr` × `ratio_b` (group ``name`` `B_GROUP`), each in the given order."""
     named = list(named)
-    if ratio_b == 1.0:
+    if not (ratio_b != 1.0 if split is None else split):
         return [{"params": [p for _, p in named], "lr": lr, "base_lr": lr}]
     rest = [p for n, p in named if not is_lora_b(n)]
     b = [p for n, p in named if is_lora_b(n)]
@@ -43,7 +77,7 @@ def param_groups(named: Iterable[tuple[str, torch.nn.Parameter]], lr: float, rat
 def adamw(named: Iterable[tuple[str, torch.nn.Parameter]], settings: Any) -> torch.optim.AdamW:
     """The AdamW of `settings` (`olm.module.OptimSettings`) over the named trainable parameters."""
     return torch.optim.AdamW(
-        param_groups(named, settings.lr, settings.lr_ratio_b),
+        param_groups(named, settings.lr, settings.lr_ratio_b, two_groups(settings)),
         lr=settings.lr, betas=settings.betas, eps=settings.eps, weight_decay=settings.weight_decay,
     )  # fmt: skip
 
@@ -53,15 +87,15 @@ def group_lr(group: dict[str, Any], settings: Any) -> float:
     return settings.lr * (settings.lr_ratio_b if group.get("name") == B_GROUP else 1.0)
 
 
-def regroup_state(state: dict[str, Any], b_flags: Sequence[bool], ratio_b: float) -> dict[str, Any]:
-    """A saved ``optimizer.state_dict()`` in the layout `param_groups` builds for `ratio_b`.
+def regroup_state(state: dict[str, Any], b_flags: Sequence[bool], want_two: bool) -> dict[str, Any]:
+    """A saved ``optimizer.state_dict()`` in the layout `param_groups` builds: two groups when `want_two`.
 
     Args:
         state: the saved state, one group (λ = 1 when saved) or two (LoRA+); returned as is when it
             already has the wanted layout or is not one of these two.
         b_flags: per trainable parameter, in the order the optimizer is built from, whether it is a
             LoRA B tensor.
-        ratio_b: the λ of this run.
+        want_two: this run's layout (`two_groups`).
 
     Returns:
         The state (a new dict only when regrouped) with each parameter's moments under its index in
@@ -69,7 +103,6 @@ def regroup_state(state: dict[str, Any], b_flags: Sequence[bool], ratio_b: float
         then sets this run's lr per group, `group_lr`).
     """
     groups = state.get("param_groups") or []
-    want_two = ratio_b != 1.0
     if len(groups) == (2 if want_two else 1) or len(groups) not in (1, 2):
         return state
     n = len(b_flags)

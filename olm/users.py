@@ -51,7 +51,7 @@ import torch
 from olm.durable import atomic_write
 from olm.errors import ResumeError
 from olm.memory import FactMemory
-from olm.optimizer import adamw, group_lr, is_lora_b, regroup_state
+from olm.optimizer import adamw, group_lr, is_lora_b, regroup_state, two_groups
 
 log = logging.getLogger(__name__)
 
@@ -413,7 +413,7 @@ class UserRegistry:
         params = self._params(state.adapter)
         state.optimizer = self._new_optimizer(params)
         b_flags = [is_lora_b(n) for n in params]  # a state saved under another optim.lr_ratio_b: regrouped
-        state.optimizer.load_state_dict(regroup_state(saved["optimizer"], b_flags, self.module.optim.lr_ratio_b))
+        state.optimizer.load_state_dict(regroup_state(saved["optimizer"], b_flags, two_groups(self.module.optim)))
         self._apply_settings(state.optimizer)
         state.memory = FactMemory(self.module.memory_config)
         state.memory.load_state_dict(saved["memory"])

@@ -1,5 +1,6 @@
 """LoRA+ learning rates (`olm.optimizer`): the B matrices' group, its step size, and saved states moved
-between the one-group and two-group layouts (a run resumed under another `optim.lr_ratio_b`)."""
+between the one-group and two-group layouts (a run resumed under another `optim.lr_ratio_b`), and the
+fresh-adapter ratio (`optim.fresh_ratio_b`) that falls as the fact memory fills."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 
 from olm.context import Context
 from olm.module import OnlineLM, OptimSettings
-from olm.optimizer import adamw, is_lora_b, param_groups, regroup_state
+from olm.optimizer import adamw, b_ratio, is_lora_b, param_groups, regroup_state, two_groups
 from olm.render import render_exchange
 
 NAMES = ["m.q.lora_A.default.weight", "m.q.lora_B.default.weight", "m.v.lora_A.default.weight",
@@ -65,7 +66,7 @@ def test_regrouped_state_keeps_every_parameters_moments(saved_ratio, ratio):
     moments = {n: opt.state[p]["exp_avg_sq"].clone() for n, p in named}
     fresh = _named(seed=5)
     new = adamw(fresh, OptimSettings(lr=1e-3, lr_ratio_b=ratio))
-    new.load_state_dict(regroup_state(opt.state_dict(), [is_lora_b(n) for n, _ in fresh], ratio))
+    new.load_state_dict(regroup_state(opt.state_dict(), [is_lora_b(n) for n, _ in fresh], ratio != 1.0))
     assert len(new.param_groups) == (1 if ratio == 1.0 else 2)
     for n, p in fresh:
         assert torch.equal(new.state[p]["exp_avg_sq"], moments[n]), n
@@ -74,7 +75,7 @@ def test_regrouped_state_keeps_every_parameters_moments(saved_ratio, ratio):
 
 def test_regroup_leaves_another_models_state_alone():
     state = adamw(_named(), OptimSettings(lr=1e-3)).state_dict()
-    assert regroup_state(state, [False, True], 16.0) is state  # two flags, five saved parameters
+    assert regroup_state(state, [False, True], True) is state  # two flags, five saved parameters
     with pytest.raises(ValueError, match="optim.lr_ratio_b"):
         OptimSettings(lr_ratio_b=0.0)
 
@@ -120,3 +121,40 @@ def test_each_users_optimizer_has_the_b_group(tiny_model_dir):
     mark = f".{model.users.state.adapter}."  # alice's own adapter
     b_names = [n for n, p in model.model.named_parameters() if any(p is q for q in groups["lora_B"]["params"])]
     assert b_names and all(mark in n and is_lora_b(n) for n in b_names)
+
+
+def test_fresh_ratio_falls_linearly_to_lr_ratio_b_as_the_memory_fills():
+    s = OptimSettings(lr_ratio_b=2.0, fresh_ratio_b=16.0, fresh_facts=4)
+    assert [b_ratio(s, n) for n in range(6)] == [16.0, 12.5, 9.0, 5.5, 2.0, 2.0]
+    unset = OptimSettings(lr_ratio_b=4.0)  # fresh_ratio_b None: λ throughout
+    assert b_ratio(unset, 0) == b_ratio(unset, 9) == 4.0
+    assert not two_groups(OptimSettings()) and not two_groups(OptimSettings(fresh_ratio_b=1.0))
+    assert two_groups(OptimSettings(fresh_ratio_b=16.0)) and two_groups(OptimSettings(lr_ratio_b=16.0))
+    for bad in ({"fresh_ratio_b": 0.0}, {"fresh_facts": 0}):
+        with pytest.raises(ValueError, match="optim.fresh_"):
+            OptimSettings(**bad)
+
+
+def test_fresh_adapter_steps_b_at_the_fresh_ratio_until_the_memory_fills(tiny_model_dir):
+    """A fact step of an adapter with an empty memory moves B λ₀ / λ times as far as the same step with a
+    full memory; A moves alike, and between turns each group is back at its base lr."""
+    torch.manual_seed(0)
+    fresh = OnlineLM(base_model=tiny_model_dir, optim=OptimSettings(lr=1e-3, grad_clip=10.0, fresh_ratio_b=8.0, fresh_facts=2))
+    fresh.optimizers = lambda: fresh._opt
+    fresh._opt = fresh.configure_optimizers()
+    fresh.manual_backward = lambda loss: loss.backward()
+    start = fresh.model.state_dict()
+    ex = render_exchange(fresh.tokenizer, "Zara is my sister.", "Got it. Zara is your sister.")
+    moved = []
+    for facts in ("", "Zara is my sister. Tom is my brother."):  # empty memory, then 2 facts: ratio 8, then 1
+        fresh.model.load_state_dict(start)
+        fresh._opt = fresh.configure_optimizers()
+        for text in filter(None, facts.split(". ")):
+            fact = fresh.detector.detect(text.rstrip(".") + ".")
+            fresh.memory.store(fact, text, "ok", 0)
+        before = {n: p.detach().clone() for n, p in fresh.trainable_parameters()}
+        fresh.learn(ex, Context("fact"))
+        moved.append({n: float((p.detach() - before[n]).abs().sum()) for n, p in fresh.trainable_parameters()})
+        assert {g["name"]: g["lr"] for g in fresh._opt.param_groups} == {"lora_A": 1e-3, "lora_B": 1e-3}
+    b = [sum(v for n, v in m.items() if is_lora_b(n)) for m in moved]
+    assert len(fresh.memory) == 2 and b[0] == pytest.approx(8.0 * b[1], rel=0.05)
