@@ -153,7 +153,8 @@ def test_fresh_adapter_steps_b_at_the_fresh_ratio_until_the_memory_fills(tiny_mo
             fact = fresh.detector.detect(text.rstrip(".") + ".")
             fresh.memory.store(fact, text, "ok", 0)
         before = {n: p.detach().clone() for n, p in fresh.trainable_parameters()}
-        fresh.learn(ex, Context("fact"))
+        stats = fresh.learn(ex, Context("fact"))
+        assert stats["lr_b"] == pytest.approx(1e-3 * 5.0 * (8.0 if not facts else 1.0))  # fact ×5 (policy default)
         moved.append({n: float((p.detach() - before[n]).abs().sum()) for n, p in fresh.trainable_parameters()})
         assert {g["name"]: g["lr"] for g in fresh._opt.param_groups} == {"lora_A": 1e-3, "lora_B": 1e-3}
     b = [sum(v for n, v in m.items() if is_lora_b(n)) for m in moved]
