@@ -603,7 +603,7 @@ class OnlineLM(L.LightningModule):
         if gate:
             stats["known"] = known_share  # share of the batch's facts known before its first step
         if two_groups(self.optim):  # LoRA+: B's lr in these steps (turn/lr_b in TensorBoard)
-            stats["lr_b"] = group_lr({"name": B_GROUP}, self.optim) * mult * b_mult
+            stats["lr_b"] = self.optim.lr * self.optim.lr_ratio_b * b_mult * mult
         return stats
 
     @property
