@@ -66,7 +66,9 @@ def param_groups(
     """AdamW parameter groups: one at `lr` when not `split` (default: `ratio_b` ≠ 1), else the non-B
     parameters at `lr` and the B ones at `lr` × `ratio_b` (group ``name`` `B_GROUP`), each in the given order."""
     named = list(named)
-    if not (ratio_b != 1.0 if split is None else split):
+    if split is None:
+        split = ratio_b != 1.0
+    if not split:
         return [{"params": [p for _, p in named], "lr": lr, "base_lr": lr}]
     rest = [p for n, p in named if not is_lora_b(n)]
     b = [p for n, p in named if is_lora_b(n)]
