@@ -15,6 +15,11 @@ the step trains on a small batch:
 - `paraphrases` restatements from `FactPattern.statements` ("My sister is Zara."), each answered
   with `acknowledgement` ("Got it. Zara is your sister.").
 
+With `train_statements` the statement rows (the stated exchange, a replay's stored one, the
+paraphrases) are targets on their user side too: the fact is then also learned as text, in several
+forms that each start from its subject, which is what Allen-Zhu & Li find makes a fact extractable
+by questions phrased any way. The question rows stay answer-only (`statement_loss_on`).
+
 Templates rotate with `rotation` (the fact's statement count or replay count), so successive steps
 on one fact see different phrasings. The benchmark's held-out question phrasings are never among the
 templates (tests/test_augment.py), so generalization stays a measurement.
@@ -26,6 +31,7 @@ import string
 from dataclasses import dataclass, field
 
 from olm.facts import FactPattern, fill
+from olm.render import LossOn
 
 Exchange = tuple[str, str]
 """(user message, assistant reply)."""
@@ -54,6 +60,10 @@ class AugmentSettings:
     and, on a small model, is often a made-up biography of the subject that the step would teach."""
     on_replay: bool = True
     """Augment replayed facts as well (a replay then trains on the stored exchange + the extras)."""
+    train_statements: bool = False
+    """Train the user's side of a fact step's statement rows as well (the stated exchange, a replay's
+    stored exchange, the paraphrases: the fact as text), whatever `objective.loss_on` says; Q/A rows
+    stay answer-only. False: every row follows `objective.loss_on`."""
     train_end: bool = True
     """Train the end-of-turn markup after each templated answer (``olm.render.render_exchange``'s
     ``end_target``). The answers are one short sentence by construction; on smollm2 not training
@@ -108,20 +118,34 @@ def fact_exchanges(
     Returns:
         Q/A pairs first, then subject-only questions, then paraphrases: ``[(user, reply), ...]``.
     """
+    return [(u, a) for u, a, _ in fact_rows(subject, obj, relation, pattern, settings, rotation, statement)]
+
+
+def fact_rows(
+    subject: str, obj: str, relation: str, pattern: FactPattern | None, settings: AugmentSettings,
+    rotation: int = 0, statement: str = "",
+) -> list[tuple[str, str, bool]]:  # fmt: skip
+    """`fact_exchanges`, each marked True when it is a paraphrased statement (False: a question)."""
     if pattern is None or not pattern.answer:
         return []
     answer = fill(pattern.answer, subject, obj, relation)
-    out: list[Exchange] = []
+    out: list[tuple[str, str, bool]] = []
     for q in _rotated(pattern.questions, settings.qa_pairs, rotation):
-        out.append((fill(q, subject, obj, relation), answer))
+        out.append((fill(q, subject, obj, relation), answer, False))
     if not pattern.subject:  # a first-person fact's subject ("me") is shared by all of them
         for q in _rotated(settings.about_questions, settings.about_pairs, rotation):
-            out.append((fill(q, subject, obj, relation), answer))
+            out.append((fill(q, subject, obj, relation), answer, False))
     own = statement.strip()
     statements = [fill(t, subject, obj, relation) for t in pattern.statements]
     ack = settings.acknowledgement.format(answer=answer)  # `fact_acknowledgement`
-    out += [(text, ack) for text in _rotated(statements, settings.paraphrases, rotation, skip=own)]
+    out += [(text, ack, True) for text in _rotated(statements, settings.paraphrases, rotation, skip=own)]
     return out
+
+
+def statement_loss_on(settings: AugmentSettings, loss_on: LossOn) -> LossOn:
+    """The task-loss targets of a fact step's statement rows: the whole exchange with
+    `train_statements`, else the run's `loss_on`."""
+    return "exchange" if settings.train_statements else loss_on
 
 
 def fact_questions(subject: str, obj: str, relation: str, pattern: FactPattern | None) -> list[str]:

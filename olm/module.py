@@ -38,7 +38,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
-from olm.augment import AugmentSettings, fact_acknowledgement, fact_exchanges, fact_questions
+from olm.augment import AugmentSettings, fact_acknowledgement, fact_questions, fact_rows, statement_loss_on
 from olm.backbone import LoRASettings, attach_lora, load_base
 from olm.console import quiet_known_messages
 from olm.context import KINDS, Context, ContextPolicy, kl_lambda, lr_multiplier
@@ -301,9 +301,10 @@ class OnlineLM(L.LightningModule):
             target = fact_acknowledgement(fact.subject, fact.object, fact.relation, pattern, self.augment) or reply
         with self._timed("render"):
             spans = turn.context_spans if self.logged_reply(turn) else ()
+            loss_on = self.objective.loss_on  # a stated fact's own row: `augment.train_statements`
+            loss_on = statement_loss_on(self.augment, loss_on) if ctx.kind == "fact" else loss_on
             example = render_exchange(
-                self.tokenizer, turn.user, target, turn.history, self.objective.loss_on, self.objective.max_tokens,
-                turn.system, spans,
+                self.tokenizer, turn.user, target, turn.history, loss_on, self.objective.max_tokens, turn.system, spans
             )
             self._count_cut(example, turn)
             examples = [example]
@@ -499,12 +500,13 @@ class OnlineLM(L.LightningModule):
     def fact_examples(self, fact, rotation: int, statement: str = "") -> list[Example]:
         """The rendered augmentation of a fact (`olm.augment`): Q/A pairs and paraphrases, no history."""
         pattern = self.detector.pattern(fact.pattern) if fact is not None else None
-        pairs = fact_exchanges(fact.subject, fact.object, fact.relation, pattern, self.augment, rotation, statement)
+        rows = fact_rows(fact.subject, fact.object, fact.relation, pattern, self.augment, rotation, statement)
+        said = statement_loss_on(self.augment, self.objective.loss_on)
         out = []
-        for u, a in pairs:
+        for u, a, is_statement in rows:
             e = render_exchange(
-                self.tokenizer, u, a, (), self.objective.loss_on, self.objective.max_tokens,
-                end_target=self.augment.train_end,
+                self.tokenizer, u, a, (), said if is_statement else self.objective.loss_on,
+                self.objective.max_tokens, end_target=self.augment.train_end,
             )  # fmt: skip
             out.append(replace(e, answer_mask=answer_mask(e.text, e.offsets, e.loss_mask, u, fact.object)))
         return out
@@ -657,7 +659,8 @@ class OnlineLM(L.LightningModule):
         with self._timed("render"):
             for fact in facts:
                 ctx = Context("replay", fact=fact, repetition=fact.count, importance=fact.importance)
-                mine = [render_exchange(self.tokenizer, fact.text, fact.reply, (), self.objective.loss_on, self.objective.max_tokens)]
+                said = statement_loss_on(self.augment, self.objective.loss_on)
+                mine = [render_exchange(self.tokenizer, fact.text, fact.reply, (), said, self.objective.max_tokens)]
                 if self.augment.on_replay:  # a rotation that moves on with the run
                     mine += self.fact_examples(fact, fact.count + self.memory_clock, fact.text)
                 examples += mine

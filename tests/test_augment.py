@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from olm.augment import AugmentSettings, fact_exchanges, fact_questions
+from olm.augment import AugmentSettings, fact_exchanges, fact_questions, fact_rows
 from olm.backbone import LoRASettings
 from olm.prefix import MIN_PREFIX, common_prefix_length
 from olm.bench.facts import GENERAL_PROMPTS, GK_QUESTIONS
@@ -17,7 +17,7 @@ from olm.facts import DetectorConfig, FactDetector, fill
 from olm.locality import DEFAULT_PROMPTS, LocalityRow, LocalitySettings, lead_weights
 from olm.losses import kl_to_base, top_k_kl, top_k_log_probs
 from olm.memory import FactMemory
-from olm.module import OnlineLM, OptimSettings
+from olm.module import ObjectiveSettings, OnlineLM, OptimSettings
 from olm.probes import load_anchors
 from olm.render import render_exchange
 from olm.world import templates as T
@@ -302,3 +302,45 @@ def test_a_stated_fact_with_a_generated_reply_is_learned_with_its_acknowledgemen
         assert "".join(shown).strip()  # the person still reads the generated reply
         learned.append(zara.reply)
     assert learned[0] == "Got it. Zara is your sister." and learned[1] != learned[0]
+
+
+def test_fact_rows_mark_the_paraphrased_statements():
+    pattern = FactDetector().pattern("x_is_my_y")
+    settings = AugmentSettings(qa_pairs=2, paraphrases=1)
+    rows = fact_rows("Zara", "sister", "sister", pattern, settings, 0, "Zara is my sister.")
+    assert [s for _, _, s in rows] == [False, False, True]
+    assert [(u, a) for u, a, _ in rows] == fact_exchanges("Zara", "sister", "sister", pattern, settings, 0, "Zara is my sister.")
+
+
+def _trained_text(ex) -> str:
+    return "".join(ex.text[s:e] for (s, e), m in zip(ex.offsets, ex.loss_mask.tolist()) if m)
+
+
+@pytest.mark.parametrize("train_statements", [True, False])
+def test_train_statements_trains_the_statement_rows_user_side_only(tiny_model_dir, train_statements):
+    """augment.train_statements: the stated exchange, a replay's stored exchange and the paraphrases learn
+    the user's words too; the Q/A rows and every other turn stay reply-only."""
+    from test_module import fit, turns
+
+    model = OnlineLM(
+        base_model=tiny_model_dir, objective=ObjectiveSettings(loss_on="reply"),
+        augment=AugmentSettings(qa_pairs=2, paraphrases=1, train_statements=train_statements),
+    )  # fmt: skip
+    seen: list[tuple[str, list]] = []
+    real = model.learn
+    model.learn = lambda examples, ctx, *a: (seen.append((ctx.kind, list(examples))), real(examples, ctx, *a))[1]
+    fact = model.detector.detect("Zara is my sister.")
+    model.memory.store(fact, "Zara is my sister.", "Got it.", 0)
+    model.queue_replay(list(model.memory))
+    fit(model, turns(("Zara is my sister.", "Got it."), ("I went for a walk today.", "Sounds nice.")))
+    kinds = [k for k, _ in seen]
+    assert kinds == ["replay", "fact", "chat"]
+    for kind, examples in seen:
+        if kind == "chat":
+            assert "walk" not in _trained_text(examples[0])
+            continue
+        statement, q1, q2, para = examples
+        assert ("Zara is my sister" in _trained_text(statement)) == train_statements
+        assert ("Zara" in _trained_text(para).split("Zara is your sister")[0]) == train_statements  # its user side
+        for qa in (q1, q2):
+            assert "?" not in _trained_text(qa) and "Zara is your sister" in _trained_text(qa)

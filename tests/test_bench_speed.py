@@ -124,13 +124,15 @@ def test_minimal_loop_computes_online_loss_on_rendered_tokens(peft_model):
     assert loop.loss(b, base, 0.3).item() == pytest.approx(ref["loss"].item(), rel=1e-5)
 
 
-def test_minimal_fact_turn_computes_onlinelm_fact_loss(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("train_statements", [False, True])
+def test_minimal_fact_turn_computes_onlinelm_fact_loss(tiny_model_dir, tmp_path, train_statements):
     prompts = tmp_path / "locality.txt"
     prompts.write_text("Tell me a joke.\nWhat is two plus two?\nName a colour.\n")
     torch.manual_seed(0)
     module = OnlineLM(
         base_model=tiny_model_dir, lora=LoRASettings(dropout=0.0), optim=OptimSettings(lr=1e-3, steps_per_fact=1),
-        objective=ObjectiveSettings(loss_on="reply"), augment=AugmentSettings(qa_pairs=2, paraphrases=1),
+        objective=ObjectiveSettings(loss_on="reply"),
+        augment=AugmentSettings(qa_pairs=2, paraphrases=1, train_statements=train_statements),
         locality=LocalitySettings(weight=2.0, prompts=str(prompts), per_step=2),
     )  # fmt: skip
     for name, p in module.model.named_parameters():

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from olm.augment import AugmentSettings, fact_exchanges
+from olm.augment import AugmentSettings, fact_rows, statement_loss_on
 from olm.bench.memory import tensor_storages
 from olm.facts import FactPattern
 from olm.locality import LocalityBatch, LocalityRow, LocalitySettings, locality_batch
@@ -25,7 +25,7 @@ MS = 1e3
 @dataclass
 class FactTurn:
     """What a fact turn adds to the exchange: the fact (its augmentation is built from the pattern's
-    templates by `olm.augment.fact_exchanges`) and the locality prompts of its steps (cached base
+    templates by `olm.augment.fact_rows`) and the locality prompts of its steps (cached base
     outputs, as OnlineLM caches them)."""
 
     subject: str
@@ -93,18 +93,21 @@ class MinimalLoop:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.device = next(model.parameters()).device
 
-    def render(self, user: str, reply: str, end_target: bool = True) -> Example:
-        """The exchange rendered as OnlineLM renders it (no history)."""
-        return render_exchange(self.tokenizer, user, reply, (), self.loss_on, self.max_tokens, end_target=end_target)
+    def render(self, user: str, reply: str, end_target: bool = True, loss_on: str | None = None) -> Example:
+        """The exchange rendered as OnlineLM renders it (no history); `loss_on` default the loop's."""
+        loss_on = loss_on or self.loss_on
+        return render_exchange(self.tokenizer, user, reply, (), loss_on, self.max_tokens, end_target=end_target)
 
     def rows(self, user: str, reply: str, fact: FactTurn | None) -> list[Example]:
         """The exchange, then (on a fact turn) its augmentation, each rendered."""
-        rows = [self.render(user, reply)]
-        if fact is not None:
-            f = fact
-            extra = fact_exchanges(f.subject, f.obj, f.relation, f.pattern, self.augment, f.rotation, user)
-            rows += [self.render(u, a, self.augment.train_end) for u, a in extra]
-        return rows
+        if fact is None:
+            return [self.render(user, reply)]
+        f, said = fact, statement_loss_on(self.augment, self.loss_on)
+        extra = fact_rows(f.subject, f.obj, f.relation, f.pattern, self.augment, f.rotation, user)
+        end = self.augment.train_end
+        return [self.render(user, reply, loss_on=said)] + [
+            self.render(u, a, end, said if is_statement else None) for u, a, is_statement in extra
+        ]
 
     def batch(self, rows: list[Example], locality: list[LocalityRow]) -> Batch:
         """`rows` right-padded into one batch, the `locality` rows into another (as `OnlineLM.learn`)."""
