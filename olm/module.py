@@ -656,10 +656,10 @@ class OnlineLM(L.LightningModule):
         if not facts:
             return []
         examples, contexts = [], []
+        said = statement_loss_on(self.augment, self.objective.loss_on)  # the stored statements' targets
         with self._timed("render"):
             for fact in facts:
                 ctx = Context("replay", fact=fact, repetition=fact.count, importance=fact.importance)
-                said = statement_loss_on(self.augment, self.objective.loss_on)
                 mine = [render_exchange(self.tokenizer, fact.text, fact.reply, (), said, self.objective.max_tokens)]
                 if self.augment.on_replay:  # a rotation that moves on with the run
                     mine += self.fact_examples(fact, fact.count + self.memory_clock, fact.text)

@@ -93,7 +93,7 @@ class MinimalLoop:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.device = next(model.parameters()).device
 
-    def render(self, user: str, reply: str, end_target: bool = True, loss_on: str | None = None) -> Example:
+    def render(self, user: str, reply: str, end_target: bool = True, loss_on: LossOn | None = None) -> Example:
         """The exchange rendered as OnlineLM renders it (no history); `loss_on` default the loop's."""
         loss_on = loss_on or self.loss_on
         return render_exchange(self.tokenizer, user, reply, (), loss_on, self.max_tokens, end_target=end_target)
