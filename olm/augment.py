@@ -8,6 +8,10 @@ the step trains on a small batch:
 - the exchange itself (the user's statement and the reply), rendered by `olm.render`;
 - `qa_pairs` question → answer pairs from the detector pattern's templates
   (`FactPattern.questions` → `FactPattern.answer`): "Who is Zara?" → "Zara is your sister.";
+  With `short_answers`, that many of them are answered with the pattern's `short_answer` instead
+  ("Who is Zara?" → "Your sister."): the answer's first token is then the fact's object itself, not
+  the sentence frame ("Zara is your …") that a question phrased another way can pull toward another
+  kind of fact's frame;
 - `about_pairs` subject-only questions from `about_questions` ("What do you know about Zara?") →
   the same answer: they tie the fact to its subject, not to one question's wording, which is what
   a question phrased any other way shares with them. Third-person facts only (for first-person
@@ -45,6 +49,9 @@ class AugmentSettings:
     """Question → answer pairs per fact step."""
     paraphrases: int = 1
     """Paraphrased statements per fact step."""
+    short_answers: int = 0
+    """Of the `qa_pairs` rows, how many are answered with the pattern's `short_answer` ("In Lisbon.")
+    instead of its full `answer`; which ones moves with the rotation, so each question gets both forms."""
     about_pairs: int = 0
     """Subject-only question → answer pairs per fact step (third-person facts; 0 = none)."""
     about_questions: list[str] = field(
@@ -71,7 +78,7 @@ class AugmentSettings:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("qa_pairs", "paraphrases", "about_pairs"):
+        for name in ("qa_pairs", "paraphrases", "about_pairs", "short_answers"):
             if getattr(self, name) < 0:
                 problems.append(f"augment.{name} must be >= 0, got {getattr(self, name)!r}")
         if not _fields(self.acknowledgement) <= {"answer"}:
@@ -89,6 +96,11 @@ def _fields(template: str) -> set[str]:
         return {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
     except ValueError:
         return {"<malformed>"}
+
+
+def _capitalised(text: str) -> str:
+    """`text` with its first letter upper-case ("a nurse." → "A nurse.")."""
+    return text[:1].upper() + text[1:]
 
 
 def _rotated(templates: list[str], n: int, rotation: int, skip: str = "") -> list[str]:
@@ -129,9 +141,12 @@ def fact_rows(
     if pattern is None or not pattern.answer:
         return []
     answer = fill(pattern.answer, subject, obj, relation)
+    short = _capitalised(fill(pattern.short_answer, subject, obj, relation)) if pattern.short_answer else answer
     out: list[tuple[str, str, bool]] = []
-    for q in _rotated(pattern.questions, settings.qa_pairs, rotation):
-        out.append((fill(q, subject, obj, relation), answer, False))
+    questions = _rotated(pattern.questions, settings.qa_pairs, rotation)
+    shorts = {(rotation + j) % len(questions) for j in range(settings.short_answers)} if questions else set()
+    for i, q in enumerate(questions):
+        out.append((fill(q, subject, obj, relation), short if i in shorts else answer, False))
     if not pattern.subject:  # a first-person fact's subject ("me") is shared by all of them
         for q in _rotated(settings.about_questions, settings.about_pairs, rotation):
             out.append((fill(q, subject, obj, relation), answer, False))

@@ -120,6 +120,9 @@ class FactPattern:
     steps. Never the benchmark's held-out phrasings (tests/test_augment.py checks)."""
     answer: str = ""
     """Answer template, second person: "{subject} is your {object}."."""
+    short_answer: str = ""
+    """The answer without its sentence frame: "Your {object}.", "In {object}." (first letter capitalised
+    when filled). Used by `augment.short_answers`; empty: the full `answer` instead."""
     statements: list[str] = field(default_factory=list)
     """Paraphrased statement templates that fact augmentation trains on."""
 
@@ -144,12 +147,12 @@ def _default_patterns() -> list[FactPattern]:
         relation="{object}", slot="relation", question="Who is {subject}?",
         questions=["Who is {subject}?", "Do you know who {subject} is?", "Can you tell me who {subject} is?",
                    "How do I know {subject}?"],
-        answer="{subject} is your {object}.",
+        answer="{subject} is your {object}.", short_answer="Your {object}.",
         statements=["{subject} is my {object}.", "My {object} is {subject}.", "My {object}'s name is {subject}."],
     )  # fmt: skip
     name = dict(
         questions=["What is my name?", "What's my name?", "Do you know my name?", "What am I called?"],
-        answer="Your name is {object}.",
+        answer="Your name is {object}.", short_answer="{object}.",
         statements=["My name is {object}.", "I'm {object}.", "Call me {object}."],
     )  # fmt: skip
     return [
@@ -177,7 +180,7 @@ def _default_patterns() -> list[FactPattern]:
             "lives_in", "Where does {subject} live?",
             questions=["Where does {subject} live?", "Which city does {subject} live in?",
                        "Do you know where {subject} lives?", "Where is {subject} based?"],
-            answer="{subject} lives in {object}.",
+            answer="{subject} lives in {object}.", short_answer="In {object}.",
             statements=["{subject} lives in {object}.", "{subject} is living in {object}.", "{subject}'s home is in {object}."],
         ),
         FactPattern(
@@ -186,7 +189,7 @@ def _default_patterns() -> list[FactPattern]:
             "works_as", "What does {subject} do for work?",
             questions=["What does {subject} do for work?", "What does {subject} do for a living?",
                        "What is {subject}'s job?", "What does {subject} work as?"],
-            answer="{subject} works as {article} {object}.",
+            answer="{subject} works as {article} {object}.", short_answer="{article} {object}.",
             statements=["{subject} works as {article} {object}.", "{subject} is {article} {object} by trade.",
                         "{subject}'s job: {object}."],
         ),
@@ -197,7 +200,7 @@ def _default_patterns() -> list[FactPattern]:
             r"(?P<object>{PHRASE}){END}",
             "has", "What does {subject} have?", confidence=0.7,
             questions=["What does {subject} have?", "What does {subject} own?", "Do you know what {subject} has?"],
-            answer="{subject} has {article} {object}.",
+            answer="{subject} has {article} {object}.", short_answer="{article} {object}.",
             statements=["{subject} has {article} {object}.", "{subject} owns {article} {object}."],
         ),
         FactPattern(
@@ -206,7 +209,7 @@ def _default_patterns() -> list[FactPattern]:
             r"(?P<object>{PHRASE}){END}",
             "likes", "What does {subject} like?", confidence=0.7,
             questions=["What does {subject} like?", "What does {subject} enjoy?", "Do you know what {subject} likes?"],
-            answer="{subject} likes {object}.",
+            answer="{subject} likes {object}.", short_answer="{object}.",
             statements=["{subject} likes {object}.", "{subject} enjoys {object}.", "{subject} loves {object}."],
         ),
         FactPattern(
@@ -215,7 +218,7 @@ def _default_patterns() -> list[FactPattern]:
             "favourite_colour", "What is {subject}'s favourite colour?",
             questions=["What is {subject}'s favourite colour?", "Which colour does {subject} like best?",
                        "Do you know {subject}'s favourite colour?"],
-            answer="{subject}'s favourite colour is {object}.",
+            answer="{subject}'s favourite colour is {object}.", short_answer="{object}.",
             statements=["{subject}'s favourite colour is {object}.", "{subject}'s favorite color is {object}.",
                         "{subject} likes the colour {object} best."],
         ),
@@ -226,7 +229,7 @@ def _default_patterns() -> list[FactPattern]:
             "birthday", "When is {subject}'s birthday?",
             questions=["When is {subject}'s birthday?", "In which month is {subject}'s birthday?",
                        "Do you know when {subject}'s birthday is?"],
-            answer="{subject}'s birthday is in {object}.",
+            answer="{subject}'s birthday is in {object}.", short_answer="In {object}.",
             statements=["{subject}'s birthday is in {object}.", "{subject} celebrates a birthday in {object}."],
         ),
         # first person: facts about the speaker ("me")
@@ -235,7 +238,7 @@ def _default_patterns() -> list[FactPattern]:
             r"\bI(?:\s+|['’]m\s+|\s+am\s+)(?:live|living|reside)\s+in\s+(?P<object>{PLACE})",
             "lives_in", "Where do I live?", subject="me",
             questions=["Where do I live?", "Which city do I live in?", "Do you know where I live?"],
-            answer="You live in {object}.",
+            answer="You live in {object}.", short_answer="In {object}.",
             statements=["I live in {object}.", "My home is in {object}.", "I'm living in {object}."],
         ),
         FactPattern(
@@ -255,7 +258,7 @@ def _default_patterns() -> list[FactPattern]:
             r"\b(?i:my)\s+(?i:favou?rite)\s+colou?r\s+is\s+(?P<object>[a-z]+(?:[ -][a-z]+)?){END}",
             "favourite_colour", "What is my favourite colour?", subject="me",
             questions=["What is my favourite colour?", "Which colour do I like best?", "Do you know my favourite colour?"],
-            answer="Your favourite colour is {object}.",
+            answer="Your favourite colour is {object}.", short_answer="{object}.",
             statements=["My favourite colour is {object}.", "My favorite color is {object}.", "I like the colour {object} best."],
         ),
         FactPattern(
@@ -264,7 +267,7 @@ def _default_patterns() -> list[FactPattern]:
             r"(?P<object>{MONTH}(?:\s+\d{1,2}(?:st|nd|rd|th)?)?|\d{1,2}(?:st|nd|rd|th)?\s+(?:of\s+)?{MONTH})\b",
             "birthday", "When is my birthday?", subject="me",
             questions=["When is my birthday?", "In which month is my birthday?", "Do you know when my birthday is?"],
-            answer="Your birthday is in {object}.",
+            answer="Your birthday is in {object}.", short_answer="In {object}.",
             statements=["My birthday is in {object}.", "I celebrate my birthday in {object}."],
         ),
         FactPattern(
@@ -272,7 +275,7 @@ def _default_patterns() -> list[FactPattern]:
             r"\bI\s+work\s+(?:at|for)\s+(?P<object>{PLACE})",
             "works_at", "Where do I work?", subject="me",
             questions=["Where do I work?", "Which company do I work for?", "Do you know where I work?"],
-            answer="You work at {object}.",
+            answer="You work at {object}.", short_answer="At {object}.",
             statements=["I work at {object}.", "I work for {object}.", "My employer is {object}."],
         ),
         FactPattern(
@@ -280,7 +283,7 @@ def _default_patterns() -> list[FactPattern]:
             r"\bI(?:\s+am|['’]m)\s+allergic\s+to\s+(?P<object>{PHRASE}){END}",
             "allergic_to", "What am I allergic to?", subject="me",
             questions=["What am I allergic to?", "Do I have any allergies?", "Do you know what I'm allergic to?"],
-            answer="You are allergic to {object}.",
+            answer="You are allergic to {object}.", short_answer="{object}.",
             statements=["I am allergic to {object}.", "I'm allergic to {object}.", "I have an allergy to {object}."],
         ),
     ]  # fmt: skip
@@ -472,7 +475,7 @@ def _pattern_problems(config: DetectorConfig) -> list[str]:
             if missing:
                 problems.append(f"{label} lacks named groups {sorted(missing)}: {p.regex!r}")
         templates = {"question": [p.question], "relation": [p.relation], "answer": [p.answer],
-                     "questions": p.questions, "statements": p.statements}  # fmt: skip
+                     "short_answer": [p.short_answer], "questions": p.questions, "statements": p.statements}  # fmt: skip
         for field_name, values in templates.items():
             for value in values:
                 try:
