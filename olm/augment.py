@@ -51,7 +51,8 @@ class AugmentSettings:
     """Paraphrased statements per fact step."""
     short_answers: int = 0
     """Of the `qa_pairs` rows, how many are answered with the pattern's `short_answer` ("In Lisbon.")
-    instead of its full `answer`; which ones moves with the rotation, so each question gets both forms."""
+    instead of its full `answer`; which rows moves with the rotation, so questions get both forms (with
+    3 pairs drawn from 4 templates, one template always keeps the full answer)."""
     about_pairs: int = 0
     """Subject-only question → answer pairs per fact step (third-person facts; 0 = none)."""
     about_questions: list[str] = field(

@@ -13,7 +13,7 @@ from olm.backbone import LoRASettings
 from olm.prefix import MIN_PREFIX, common_prefix_length
 from olm.bench.facts import GENERAL_PROMPTS, GK_QUESTIONS
 from olm.context import Context
-from olm.facts import DetectorConfig, FactDetector, fill
+from olm.facts import DetectorConfig, FactDetector, FactPattern, fill
 from olm.locality import DEFAULT_PROMPTS, LocalityRow, LocalitySettings, lead_weights
 from olm.losses import kl_to_base, top_k_kl, top_k_log_probs
 from olm.memory import FactMemory
@@ -32,7 +32,7 @@ def test_training_templates_never_hold_a_held_out_question():
     }
     trained = {" ".join(t.format(subject=name).casefold().split()) for t in AugmentSettings().about_questions for name in NAMES}
     for p in DetectorConfig().patterns:
-        for t in [p.question, *p.questions, *p.statements, p.answer]:
+        for t in [p.question, *p.questions, *p.statements, p.answer, p.short_answer]:
             for name in NAMES:
                 trained.add(" ".join(fill(t, p.subject or name, "sister", p.relation).casefold().split()))
     assert trained and not trained & held_out, sorted(trained & held_out)
@@ -66,6 +66,33 @@ def test_fact_exchanges_counts_rotation_and_no_verbatim_statement():
         AugmentSettings(about_questions=["What is {object}?"])
     with pytest.raises(ValueError, match="about_pairs"):
         AugmentSettings(about_pairs=-1)
+
+
+def test_short_answers_rotate_through_the_questions_and_fall_back_to_the_full_answer():
+    detector = FactDetector()
+    fact = detector.detect("Tom works as an engineer.")
+    pattern = detector.pattern(fact.pattern)
+    settings = AugmentSettings(qa_pairs=3, paraphrases=1, short_answers=1)
+    seen: dict[str, set[str]] = {}
+    for rotation in range(8):
+        rows = fact_rows(fact.subject, fact.object, fact.relation, pattern, settings, rotation, "Tom works as an engineer.")
+        questions = [(q, a) for q, a, statement in rows if not statement]
+        assert len(questions) == 3 and [a for _, a in questions].count("An engineer.") == 1  # capitalised
+        assert rows[-1][2] and rows[-1][1] == "Got it. Tom works as an engineer."  # paraphrases keep the full answer
+        for q, a in questions:
+            seen.setdefault(q, set()).add(a)
+    assert len(seen) == len(pattern.questions)
+    shortened = [q for q, forms in seen.items() if "An engineer." in forms]
+    assert len(shortened) >= 3 and all("Tom works as an engineer." in forms for forms in seen.values()), seen
+    every = AugmentSettings(qa_pairs=2, paraphrases=0, short_answers=5)  # more than there are rows: all short
+    assert [a for _, a, _ in fact_rows("Zara", "sister", "sister", detector.pattern("x_is_my_y"), every)] == ["Your sister."] * 2
+    bare = FactPattern("bare", r"(?P<subject>{NAME}) is my (?P<object>{RELATION})", "{object}", "Who is {subject}?",
+                       questions=["Who is {subject}?"], answer="{subject} is your {object}.")  # fmt: skip
+    assert fact_rows("Zara", "sister", "sister", bare, every) == [("Who is Zara?", "Zara is your sister.", False)]
+    with pytest.raises(ValueError, match="short_answers"):
+        AugmentSettings(short_answers=-1)
+    with pytest.raises(ValueError, match="short_answer"):
+        DetectorConfig(patterns=[FactPattern("bad", bare.regex, "{object}", "Who?", answer="a", short_answer="{age}")])
 
 
 def test_subject_only_questions_for_third_person_facts_only():
