@@ -49,6 +49,7 @@ from olm.gate import answer_mask, batch_answer_mask, known_rows, target_min_p
 from olm.generation import CallbackStreamer, GenerationSettings, generate_reply
 from olm.guards import lora_problem
 from olm.locality import LocalitySettings, LocalityTerm, locality_batch
+from olm.noise import embedding_noise
 from olm.nullspace import project_lora_a
 from olm.optimizer import B_GROUP, adamw, b_factor, group_lr, is_lora_b, regroup_state, two_groups
 from olm.losses import online_loss, top_k_kl, weighted_token_ce
@@ -135,9 +136,14 @@ class ObjectiveSettings:
     """Longer renderings keep their last max_tokens tokens (counted as data/truncated_tokens, with a warning)."""
     max_warnings: int = 5
     """Warnings logged about renderings cut to max_tokens; later ones are only counted."""
+    embedding_noise: float = 0.0
+    """NEFTune's α (`olm.noise`): uniform noise of bound α / sqrt(T · d) on the input embeddings of the
+    adapter's training forwards (not the base's reference forward, not the locality prompts); 0 = off."""
 
     def __post_init__(self) -> None:
         problems = []
+        if not 0 <= self.embedding_noise < float("inf"):
+            problems.append(f"objective.embedding_noise must be a finite number >= 0, got {self.embedding_noise!r}")
         if self.task_lambda < 0:
             problems.append(f"objective.task_lambda must be >= 0, got {self.task_lambda!r}")
         if self.max_tokens < 8:
@@ -562,9 +568,10 @@ class OnlineLM(L.LightningModule):
             groups = [id((contexts[i] if contexts else ctx).fact) for i in range(n)]
             answers, measured = batch_answer_mask(examples, width, self.device)
         base_logits, out, loc_kl, taken, known_share, grad_norm = None, None, None, 0, 0.0, 0.0
+        noise = self.objective.embedding_noise
         try:
             for step in range(steps):
-                with self._timed("adapter_forward_backward"):
+                with self._timed("adapter_forward_backward"), embedding_noise(self.model, noise, width):
                     logits = shared_prefix_forward(self.model, ids, attn, self.optim.share_prefix)
                 step_weights = weights
                 if gate:  # known-fact gate (olm.gate): a known fact's rows keep only the KL term
