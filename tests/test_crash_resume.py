@@ -31,6 +31,14 @@ def trained_offsets(run_dir: Path) -> list[int]:
     return [int(e.value) for e in acc.Scalars("data/offset")]
 
 
+def turns_saved(ckpt: Path) -> int | None:
+    """turns_trained in `ckpt`, None while there is none (a save renames it aside before writing anew)."""
+    try:
+        return torch.load(ckpt, weights_only=True)["olm"]["turns_trained"]
+    except FileNotFoundError:
+        return None
+
+
 def test_kill_9_then_resume_trains_every_turn_exactly_once(tmp_path, tiny_model_dir):
     config = local_config(ROOT / "configs" / "tiny.yaml", tmp_path, EVERY)
     log = write_log(tmp_path / "log.jsonl", TURNS)
@@ -39,13 +47,15 @@ def test_kill_9_then_resume_trains_every_turn_exactly_once(tmp_path, tiny_model_
     proc = subprocess.Popen(fit_cmd(config, tiny_model_dir, log), cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 120
-    while not (ckpt.is_file() and torch.load(ckpt, weights_only=True)["olm"]["turns_trained"] >= 10):
+    while (turns_saved(ckpt) or 0) < 10:
         assert proc.poll() is None, "the run ended before it could be killed"
         assert time.monotonic() < deadline, "no checkpoint within 120 s"
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    saved = torch.load(ckpt, weights_only=True)
+    # A save sets last.ckpt aside as previous.ckpt before writing the new one: a kill in between leaves
+    # previous.ckpt alone, and --ckpt_path last resumes from it (`last_checkpoints`)
+    saved = torch.load(ckpt if ckpt.is_file() else ckpt.with_name("previous.ckpt"), weights_only=True)
     resume_at = saved["ChatStreamDataModule"]["next_offset"]
     assert saved["olm"]["turns_trained"] == resume_at < TURNS
 
