@@ -592,8 +592,10 @@ class OnlineLM(L.LightningModule):
                     out = online_loss(logits, base_logits, ids, step_weights, kl_mask, lam, self.objective.task_lambda)
                     loss = out["loss"]
                     if loc is not None:
-                        loc_logits = shared_prefix_forward(self.model, loc.ids, loc.attention, self.optim.share_prefix)
-                        loc_kl = top_k_kl(loc_logits[loc.positions], loc.top_log_p, loc.top_ids, loc.weights)
+                        loc_logits = shared_prefix_forward(
+                            self.model, loc.ids, loc.attention, self.optim.share_prefix, loc.positions
+                        )
+                        loc_kl = top_k_kl(loc_logits, loc.top_log_p, loc.top_ids, loc.weights)
                         loss = loss + self.locality.settings.weight * loc_kl
                     opt.zero_grad(set_to_none=True)
                     self.manual_backward(loss)

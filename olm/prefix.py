@@ -35,20 +35,38 @@ def common_prefix_length(ids: torch.Tensor, attention: torch.Tensor) -> int:
     return max(0, min(length, shortest - 1))
 
 
-def shared_prefix_forward(model, ids: torch.Tensor, attention: torch.Tensor, enabled: bool = True) -> torch.Tensor:
+def shared_prefix_forward(
+    model, ids: torch.Tensor, attention: torch.Tensor, enabled: bool = True, positions: torch.Tensor | None = None
+) -> torch.Tensor:
     """(B, T, V) logits of `model` over a right-padded batch, its rows' common prefix computed once.
 
     Args:
-        model: a causal LM (a peft model included) that takes ``past_key_values``.
+        model: a causal LM (a peft model included) that takes ``past_key_values`` and ``logits_to_keep``.
         ids: (B, T) token ids.
         attention: (B, T) attention mask.
         enabled: False (or a prefix under `MIN_PREFIX` tokens, or one row) = one plain forward.
+        positions: (B, T) bool, optional: return only ``logits[positions]``, (N, V) in row-major order,
+            the LM head applied to those positions alone (transformers' ``logits_to_keep`` as a mask).
+            The locality term reads the ~24 reply positions of each ~60-token prompt: the head
+            (49k × 576 on smollm2, a fifth of a forward's arithmetic) and the full-vocabulary
+            tensors are not computed for the rest.
     """
     prefix = common_prefix_length(ids, attention) if enabled else 0
+    if positions is not None and bool(positions[:, :prefix].any()):
+        prefix = 0  # a read position inside the shared prefix: one plain forward keeps the row order simple
     if prefix < MIN_PREFIX:
-        return model(input_ids=ids, attention_mask=attention).logits
-    head = model(input_ids=ids[:1, :prefix], attention_mask=attention[:1, :prefix], use_cache=True)
+        keep = {} if positions is None else {"logits_to_keep": positions}
+        return model(input_ids=ids, attention_mask=attention, **keep).logits
+    rows = ids.shape[0]
+    # with `positions`, the prefix's own logits are not read: keep one (the head still fills the cache)
+    head = model(
+        input_ids=ids[:1, :prefix], attention_mask=attention[:1, :prefix], use_cache=True,
+        **({} if positions is None else {"logits_to_keep": 1}),
+    )  # fmt: skip
     cache = head.past_key_values
-    cache.batch_repeat_interleave(ids.shape[0])
-    rest = model(input_ids=ids[:, prefix:], attention_mask=attention, past_key_values=cache, use_cache=True).logits
-    return torch.cat([head.logits.expand(ids.shape[0], -1, -1), rest], dim=1)
+    cache.batch_repeat_interleave(rows)
+    keep = {} if positions is None else {"logits_to_keep": positions[:, prefix:]}
+    rest = model(input_ids=ids[:, prefix:], attention_mask=attention, past_key_values=cache, use_cache=True, **keep)
+    if positions is not None:
+        return rest.logits
+    return torch.cat([head.logits.expand(rows, -1, -1), rest.logits], dim=1)

@@ -73,3 +73,39 @@ def test_a_short_prefix_or_disabled_sharing_is_one_plain_forward(model, monkeypa
     calls.clear()
     shared_prefix_forward(model, long_ids, long_attention)
     assert calls == [torch.Size([1, 5]), torch.Size([2, 2])]  # the prefix once, then each row's rest
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_positions_give_the_full_forwards_logits_there_and_the_same_gradient(model, enabled):
+    head = [3, 17, 29, 4, 11, 8, 21]
+    ids, attention = batch([head + [5, 9, 13, 2], head + [30, 1], head + [7, 7, 7, 7, 7, 12]])
+    positions = torch.zeros_like(ids, dtype=torch.bool)
+    positions[0, 8:11], positions[1, 7:9], positions[2, 9:13] = True, True, True  # each row's own, after the prefix
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+
+    def run(read):
+        logits = read()
+        loss = logits.log_softmax(-1)[..., 3].sum()
+        return logits.detach(), torch.autograd.grad(loss, lora)
+
+    full, full_grads = run(lambda: shared_prefix_forward(model, ids, attention, enabled)[positions])
+    kept, kept_grads = run(lambda: shared_prefix_forward(model, ids, attention, enabled, positions))
+    assert kept.shape == full.shape == (int(positions.sum()), full.shape[-1])
+    assert torch.allclose(kept, full, atol=1e-4)
+    for a, b in zip(kept_grads, full_grads):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-3)
+    assert any(g.abs().sum() > 0 for g in kept_grads)
+
+
+def test_a_read_position_inside_the_prefix_falls_back_to_one_plain_forward(model, monkeypatch):
+    head = [3, 17, 29, 4, 11, 8, 21]
+    ids, attention = batch([head + [5, 9, 13, 2], head + [30, 1]])
+    positions = torch.zeros_like(ids, dtype=torch.bool)
+    positions[0, 2], positions[1, 7] = True, True  # row 0 reads a prefix position
+    full = shared_prefix_forward(model, ids, attention, enabled=False)[positions].detach()
+    calls = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: (calls.append(k["input_ids"].shape), forward(*a, **k))[1])
+    kept = shared_prefix_forward(model, ids, attention, positions=positions)
+    assert calls == [ids.shape]
+    assert torch.allclose(kept.detach(), full, atol=1e-4)

@@ -149,8 +149,8 @@ class MinimalLoop:
         kl_mask = b.attn.to(b.weights.dtype)
         loss = online_loss(logits, base, b.ids, b.weights, kl_mask, kl_lambda, self.task_lambda)["loss"]
         if (loc := b.locality) is not None:
-            loc_logits = shared_prefix_forward(self.model, loc.ids, loc.attention, self.share_prefix)
-            kl = top_k_kl(loc_logits[loc.positions], loc.top_log_p, loc.top_ids, loc.weights)
+            loc_logits = shared_prefix_forward(self.model, loc.ids, loc.attention, self.share_prefix, loc.positions)
+            kl = top_k_kl(loc_logits, loc.top_log_p, loc.top_ids, loc.weights)
             loss = loss + self.locality_settings.weight * kl
         return loss
 
