@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from olm.bench.facts import KEYS, Reference, aggregate, flips, main, round_ends, with_gk_kept
+from olm.bench.facts import KEYS, Reference, aggregate, flips, held_out_phrasings, main, round_ends, with_gk_kept
 from olm.world.generator import make_world
 from olm.world.schedule import teaching_schedule
 
@@ -31,7 +31,10 @@ def test_facts_bench_writes_results_table_and_plot(tmp_path, tiny_model_dir):
     assert set(results) == {"tuned", "update"}
     assert 0.0 <= results["update"]["update"]["mean"] <= 1.0 and results["tuned"]["update"]["mean"] is None
     for row in results.values():
-        assert set(row) == set(KEYS)
+        assert set(row) == {*KEYS, "held_out_phrasings"}
+        asked = row["held_out_phrasings"]  # per phrasing: 2 facts × 2 seeds, each fact asked its kind's phrasings
+        assert asked and all("{subject}" in r["question"] and 0 <= r["recalled"] <= r["asked"] for r in asked)
+        assert sum(r["asked"] for r in asked) == 2 * 2 * 3
         assert len(row["recall_at_k"]) == 2
         for rate in [*row["recall_at_k"], row["generalization"], row["retention"], row["base_control"],
                      row["locality"]["token_agreement"], row["locality"]["teacher_forced"],
@@ -39,6 +42,7 @@ def test_facts_bench_writes_results_table_and_plot(tmp_path, tiny_model_dir):
                      row["locality"]["teacher_forced_train"], row["locality"]["near_tie_positions"]]:  # fmt: skip
             assert 0.0 <= rate["mean"] <= 1.0 and rate["n"] == 2
     assert (out / "recall.png").stat().st_size > 0 and "| tuned |" in (out / "results.md").read_text()
+    assert "Generalization by held-out phrasing, row `update`" in (out / "results.md").read_text()
 
 
 def test_set_overrides_reach_the_cli_of_every_row(tmp_path, tiny_model_dir):
@@ -74,6 +78,23 @@ def test_runs_are_stored_per_seed_and_reused_only_when_settings_match(tmp_path, 
     assert main([*base, "--seeds", "0", "--set=--model.optim.lr=1e-4"]) == 0  # other settings: run again
     assert main([*base, "--seeds", "1", "--fresh"]) == 0
     assert calls == [1, 0, 1]
+
+
+def test_held_out_phrasings_pool_the_seeds_per_template_worst_first():
+    def fact(subject, kind, obj, answers):
+        qs = [f"What belongs to {subject}?", f"Remind me, what does {subject} have?"]
+        return {"subject": subject, "kind": kind, "object": obj,
+                "generalization": [{"question": q, "answer": a} for q, a in zip(qs, answers)]}  # fmt: skip
+
+    seed0 = {"facts": [fact("Zara", "has", "red drum", ["Zara is your sister.", "Zara has a red drum."])]}
+    seed1 = {"facts": [fact("Tom", "has", "blue boat", ["A blue boat!", "Tom has a boat."])]}
+    rows = held_out_phrasings([seed0, seed1, {"facts": None}])  # a run without per-fact records adds nothing
+    assert len(rows) == 2 and all(r["kind"] == "has" and r["asked"] == 2 for r in rows)
+    by_q = {r["question"]: r for r in rows}
+    assert by_q["What belongs to {subject}?"]["recalled"] == 1  # "A blue boat!" holds the object; "your sister" not
+    assert by_q["Remind me, what does {subject} have?"]["recalled"] == 1  # "a boat" lacks "blue": not recalled
+    worse = held_out_phrasings([{"facts": [fact("Zara", "has", "red drum", ["no", "Zara has a red drum."])]}])
+    assert [r["recalled"] for r in worse] == [0, 1]  # worst first
 
 
 def test_flips_say_where_the_adapter_changed_the_base_top1():

@@ -36,7 +36,8 @@ distractors, then K unrelated turns. A probe callback asks questions in a fresh 
 Rows: the config as is ("tuned"), the original design's values, and ablations without replay,
 importance weighting or KL. ``--set=--model.optim.lr=1e-3`` (repeatable) changes the config for
 every row, before the row's own overrides: how the tuned defaults were searched. Writes
-DIR/results.json (row → metric → {"mean", "std"}), DIR/results.md and DIR/recall.png, and each
+DIR/results.json (row → metric → {"mean", "std"}; "held_out_phrasings": generalization per held-out
+question template, pooled over the seeds, worst first), DIR/results.md (both tables) and DIR/recall.png, and each
 row × seed as DIR/runs/<row>-seed<N>.json. A rerun reuses a run file whose settings (model, config
 file contents, counts, overrides) match, so seeds can run as separate processes into one DIR and a
 last invocation with all the seeds aggregates them; ``--fresh`` recomputes everything.
@@ -505,6 +506,32 @@ def with_gk_kept(run: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def held_out_phrasings(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Generalization per held-out phrasing, pooled over the runs (seeds): for each question template
+    (the subject written ``{subject}``), its fact kind and how many of the times it was asked the
+    adapted model's answer held the object (`is_recalled`, as the generalization figure judges it).
+    Worst first: where generalization fails, not only how much. Runs without per-fact records add nothing."""
+    asked: dict[tuple[str, str], list[bool]] = {}
+    for run in runs:
+        for fact in run.get("facts") or []:
+            for held in fact.get("generalization") or []:
+                template = held["question"].replace(fact["subject"], "{subject}")
+                asked.setdefault((template, fact["kind"]), []).append(is_recalled(held["answer"], fact["object"]))
+    rows = [{"question": q, "kind": k, "recalled": sum(v), "asked": len(v)} for (q, k), v in asked.items()]
+    return sorted(rows, key=lambda r: (r["recalled"] / r["asked"], r["kind"], r["question"]))
+
+
+def held_out_markdown(phrasings: dict[str, list[dict[str, Any]]]) -> str:
+    """`held_out_phrasings` of each row as a markdown table (empty when no row has any)."""
+    lines = []
+    for row, rows in phrasings.items():
+        if rows:
+            lines += [f"\nGeneralization by held-out phrasing, row `{row}` (all seeds, worst first):\n",
+                      "| held-out question | kind | recalled / asked | share |", "|---|---|---|---|"]  # fmt: skip
+            lines += [f"| {r['question']} | {r['kind']} | {r['recalled']} / {r['asked']} | {r['recalled'] / r['asked']:.2f} |" for r in rows]
+    return "\n".join(lines) + "\n" if lines else ""
+
+
 def fmt(stat: dict[str, Any]) -> str:
     return "–" if stat["mean"] is None else f"{stat['mean']:.2f} ± {stat['std']:.2f}"
 
@@ -613,10 +640,12 @@ def stored_or_run(args: argparse.Namespace, row: str, seed: int) -> dict[str, An
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    results, started = {}, time.perf_counter()
+    results, phrasings, started = {}, {}, time.perf_counter()
     for row in args.rows:
         runs = [stored_or_run(args, row, seed) for seed in args.seeds]
         results[row] = aggregate(runs)
+        phrasings[row] = held_out_phrasings(runs)
+        results[row]["held_out_phrasings"] = phrasings[row]
         print(
             f"[{time.perf_counter() - started:.0f}s] {row}: recall@k {[round(r['mean'], 2) for r in [s for s in results[row]['recall_at_k']]]}",
             flush=True,
@@ -624,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     table = markdown(results, args.reps)
     command = "python -m olm.bench facts " + " ".join(argv if argv is not None else sys.argv[1:])
-    (args.out / "results.md").write_text(f"`{command}`\n\n{table}")
+    (args.out / "results.md").write_text(f"`{command}`\n\n{table}{held_out_markdown(phrasings)}")
     plot(results, args.reps, args.out / "recall.png")
     print(table)
     return 0
