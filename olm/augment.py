@@ -17,7 +17,13 @@ the step trains on a small batch:
   a question phrased any other way shares with them. Third-person facts only (for first-person
   facts every fact would share "What do you know about me?");
 - `paraphrases` restatements from `FactPattern.statements` ("My sister is Zara."), each answered
-  with `acknowledgement` ("Got it. Zara is your sister.").
+  with `acknowledgement` ("Got it. Zara is your sister.");
+- `siblings`: one question → answer pair for each of that many *remembered facts of the same kind*
+  about other subjects (`sibling_facts`: "Who is Ali?" → "Ali is your uncle." in the step that teaches
+  "Zara is my sister."). A step on one fact pulls the relation's frame toward its object for every
+  subject ("What does Ana have?" → the guitar just taught about Ben); rows that keep the other
+  subjects' answers in the same batch make the edit depend on the subject (interference-aware
+  rehearsal). Fact turns only; replay batches already hold several facts.
 
 With `train_statements` the statement rows (the stated exchange, a replay's stored one, the
 paraphrases) are targets on their user side too: the fact is then also learned as text, in several
@@ -32,9 +38,11 @@ templates (tests/test_augment.py), so generalization stays a measurement.
 from __future__ import annotations
 
 import string
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from olm.facts import FactPattern, fill
+from olm.memory import StoredFact
 from olm.render import LossOn
 
 Exchange = tuple[str, str]
@@ -60,6 +68,9 @@ class AugmentSettings:
     )
     """Subject-only question templates (field: ``{subject}``), rotated like the pattern's questions.
     Never the benchmark's held-out phrasings (tests/test_augment.py checks)."""
+    siblings: int = 0
+    """Remembered facts of the same kind (slot) about other subjects rehearsed in a fact step, one
+    question → answer row each (`sibling_facts`; 0 = none)."""
     acknowledgement: str = "Got it. {answer}"
     """Reply to a paraphrased statement; ``{answer}`` is the pattern's filled answer template."""
     acknowledge_generated: bool = True
@@ -79,7 +90,7 @@ class AugmentSettings:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("qa_pairs", "paraphrases", "about_pairs", "short_answers"):
+        for name in ("qa_pairs", "paraphrases", "about_pairs", "short_answers", "siblings"):
             if getattr(self, name) < 0:
                 problems.append(f"augment.{name} must be >= 0, got {getattr(self, name)!r}")
         if not _fields(self.acknowledgement) <= {"answer"}:
@@ -156,6 +167,37 @@ def fact_rows(
     ack = settings.acknowledgement.format(answer=answer)  # `fact_acknowledgement`
     out += [(text, ack, True) for text in _rotated(statements, settings.paraphrases, rotation, skip=own)]
     return out
+
+
+def sibling_facts(stored: Iterable[StoredFact], fact, n: int, rotation: int = 0) -> list[StoredFact]:
+    """Up to `n` remembered facts of the same kind as `fact` (same slot: `slot` or else `relation`)
+    about other subjects, for a fact step to rehearse (`AugmentSettings.siblings`).
+
+    The candidates are ordered by their latest statement, most recent first (the facts whose edits
+    the new one most likely shares a direction with), and `rotation` moves the window along them, so
+    successive steps of one fact rehearse different siblings when there are more than `n`.
+
+    Args:
+        stored: the fact memory's facts (`olm.memory.FactMemory` iterates them).
+        fact: the fact being taught (a detected `FactInfo` or a `StoredFact`).
+        n: how many siblings at most.
+        rotation: where the window starts, in steps of `n` (e.g. the statement count).
+    """
+    slot = fact.slot or fact.relation
+    subject = fact.subject.strip().casefold()
+    same = [f for f in stored if (f.slot or f.relation) == slot and f.subject.strip().casefold() != subject]
+    if not same or n <= 0:
+        return []
+    same.sort(key=lambda f: f.last_turn, reverse=True)
+    start = (rotation * n) % len(same)
+    return [same[(start + i) % len(same)] for i in range(min(n, len(same)))]
+
+
+def sibling_rows(fact: StoredFact, pattern: FactPattern | None, rotation: int = 0) -> list[tuple[str, str, bool]]:
+    """The one question → answer row a fact step rehearses for a sibling fact (`fact_rows`' format);
+    [] without a pattern or an answer template."""
+    rehearse = AugmentSettings(qa_pairs=1, paraphrases=0)
+    return fact_rows(fact.subject, fact.object, fact.relation, pattern, rehearse, rotation)
 
 
 def statement_loss_on(settings: AugmentSettings, loss_on: LossOn) -> LossOn:

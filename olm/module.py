@@ -38,7 +38,9 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
-from olm.augment import AugmentSettings, fact_acknowledgement, fact_questions, fact_rows, statement_loss_on
+from olm.augment import (
+    AugmentSettings, fact_acknowledgement, fact_questions, fact_rows, sibling_facts, sibling_rows, statement_loss_on,
+)
 from olm.backbone import LoRASettings, attach_lora, load_base
 from olm.console import quiet_known_messages
 from olm.context import KINDS, Context, ContextPolicy, kl_lambda, lr_multiplier
@@ -313,10 +315,11 @@ class OnlineLM(L.LightningModule):
                 self.tokenizer, turn.user, target, turn.history, loss_on, self.objective.max_tokens, turn.system, spans
             )
             self._count_cut(example, turn)
-            examples = [example]
+            examples, contexts = [example], None
             if ctx.kind == "fact":  # rotate the templates with the statement count
                 examples += self.fact_examples(ctx.fact, ctx.repetition - 1, turn.user)
-        stats = self.learn(examples, ctx)
+                examples, contexts = self.with_siblings(examples, ctx)
+        stats = self.learn(examples, ctx, contexts)
         if ctx.kind == "fact":
             self.memory.store(ctx.fact, turn.user, target, self.memory_clock)
         self.memory.decay(self.memory_clock)
@@ -508,14 +511,32 @@ class OnlineLM(L.LightningModule):
         pattern = self.detector.pattern(fact.pattern) if fact is not None else None
         rows = fact_rows(fact.subject, fact.object, fact.relation, pattern, self.augment, rotation, statement)
         said = statement_loss_on(self.augment, self.objective.loss_on)
-        out = []
-        for u, a, is_statement in rows:
-            e = render_exchange(
-                self.tokenizer, u, a, (), said if is_statement else self.objective.loss_on,
-                self.objective.max_tokens, end_target=self.augment.train_end,
-            )  # fmt: skip
-            out.append(replace(e, answer_mask=answer_mask(e.text, e.offsets, e.loss_mask, u, fact.object)))
-        return out
+        return [
+            self.render_fact_row(u, a, fact, said if is_statement else self.objective.loss_on)
+            for u, a, is_statement in rows
+        ]
+
+    def with_siblings(self, examples: list[Example], ctx: Context) -> tuple[list[Example], list[Context] | None]:
+        """A fact step's examples plus one Q/A row per remembered sibling fact (`augment.siblings`,
+        `olm.augment.sibling_facts`), and each row's context (None when there are no siblings)."""
+        rotation = ctx.repetition - 1
+        siblings = sibling_facts(self.memory, ctx.fact, self.augment.siblings, rotation)
+        if not siblings:
+            return examples, None
+        contexts = [ctx] * len(examples)
+        for fact in siblings:
+            rows = sibling_rows(fact, self.detector.pattern(fact.pattern), rotation + fact.count)
+            mine = [self.render_fact_row(u, a, fact, self.objective.loss_on) for u, a, _ in rows]
+            examples = examples + mine
+            contexts += [Context("replay", fact=fact, repetition=fact.count, importance=fact.importance)] * len(mine)
+        return examples, contexts
+
+    def render_fact_row(self, user: str, answer: str, fact, loss_on: LossOn) -> Example:
+        """One augmentation row (`olm.augment`), rendered without history, its answer's object marked."""
+        e = render_exchange(
+            self.tokenizer, user, answer, (), loss_on, self.objective.max_tokens, end_target=self.augment.train_end
+        )
+        return replace(e, answer_mask=answer_mask(e.text, e.offsets, e.loss_mask, user, fact.object))
 
     def learn(
         self, examples: Example | list[Example], ctx: Context, contexts: list[Context] | None = None

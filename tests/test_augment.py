@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from olm.augment import AugmentSettings, fact_exchanges, fact_questions, fact_rows
+from olm.augment import AugmentSettings, fact_exchanges, fact_questions, fact_rows, sibling_facts, sibling_rows
 from olm.backbone import LoRASettings
 from olm.prefix import MIN_PREFIX, common_prefix_length
 from olm.bench.facts import GENERAL_PROMPTS, GK_QUESTIONS
@@ -273,6 +273,62 @@ def test_contradiction_replaces_the_fact_in_memory_and_what_is_replayed(tiny_mod
     assert model.replay_queue == [("Zara", "relation")]
     [qa] = model.fact_examples(stored, 0)
     assert "cousin" in qa.text and "sister" not in qa.text
+
+
+def _memory_of(*statements: str) -> FactMemory:
+    detector, mem = FactDetector(), FactMemory()
+    for turn, text in enumerate(statements):
+        mem.store(detector.detect(text), text, "Got it.", turn)
+    return mem
+
+
+def test_sibling_facts_are_other_subjects_of_the_same_slot_most_recent_first_and_rotate():
+    mem = _memory_of(
+        "Ana has a red bike.", "Zara is my sister.", "Ben has a blue car.", "Ali is my uncle.", "Cleo has a kite.",
+    )  # fmt: skip
+    new = FactDetector().detect("Dan has a silver guitar.")
+    assert [f.subject for f in sibling_facts(mem, new, 2)] == ["Cleo", "Ben"]  # same slot ("has"), newest first
+    assert [f.subject for f in sibling_facts(mem, new, 2, rotation=1)] == ["Ana", "Cleo"]  # the window moves on
+    assert [f.subject for f in sibling_facts(mem, new, 5)] == ["Cleo", "Ben", "Ana"]  # no more than there are
+    who = FactDetector().detect("My cousin is Omar.")  # another pattern, same slot: the relation to the speaker
+    assert [f.subject for f in sibling_facts(mem, who, 3)] == ["Ali", "Zara"]
+    ben_again = FactDetector().detect("BEN has a green car.")  # never the fact's own subject, whatever its case
+    assert "Ben" not in [f.subject for f in sibling_facts(mem, ben_again, 3)]
+    assert sibling_facts(mem, new, 0) == [] and sibling_facts(FactMemory(), new, 2) == []
+    with pytest.raises(ValueError, match="siblings"):
+        AugmentSettings(siblings=-1)
+
+
+def test_sibling_rows_are_one_question_answered_with_the_siblings_own_object():
+    mem = _memory_of("Ben has a blue car.")
+    [ben] = list(mem)
+    pattern = FactDetector().pattern(ben.pattern)
+    rows = sibling_rows(ben, pattern, 0)
+    assert rows == [("What does Ben have?", "Ben has a blue car.", False)]
+    assert sibling_rows(ben, pattern, 1)[0][0] != rows[0][0]  # rotated like the fact's own questions
+    assert sibling_rows(ben, None) == []
+
+
+def test_a_fact_step_rehearses_its_siblings_with_their_own_contexts(tiny_model_dir):
+    model = OnlineLM(base_model=tiny_model_dir, augment=AugmentSettings(qa_pairs=1, paraphrases=0, siblings=2))
+    for turn, text in enumerate(["Ana has a red bike.", "Zara is my sister.", "Ben has a blue car."]):
+        model.memory.store(model.detector.detect(text), text, "Got it.", turn)
+    fact = model.detector.detect("Dan has a silver guitar.")
+    ctx = Context("fact", fact=fact)
+    own = [render_exchange(model.tokenizer, "Dan has a silver guitar.", "Got it.")] + model.fact_examples(fact, 0)
+    examples, contexts = model.with_siblings(own, ctx)
+    assert len(examples) == len(own) + 2 and examples[: len(own)] == own
+    assert contexts[: len(own)] == [ctx] * len(own)
+    assert [(c.kind, c.fact.subject) for c in contexts[len(own) :]] == [("replay", "Ben"), ("replay", "Ana")]
+    assert "blue car" in examples[-2].text and "red bike" in examples[-1].text
+    assert bool(examples[-2].answer_mask.any())  # the sibling's object is the measured answer
+    model.optimizers = lambda: model._opt  # outside a trainer: one real step on the batch, per-row contexts
+    model._opt = model.configure_optimizers()
+    model.manual_backward = lambda loss: loss.backward()
+    stats = model.learn(examples, ctx, contexts)
+    assert stats["steps"] == model.optim.steps_per_fact and stats["examples"] == len(examples)
+    model.augment = AugmentSettings(qa_pairs=1, paraphrases=0, siblings=0)
+    assert model.with_siblings(own, ctx) == (own, None)  # off: the fact's own rows, one context
 
 
 def test_memory_state_version_1_loads_with_slot_from_relation():
