@@ -8,7 +8,9 @@ import math
 
 import torch
 
-from olm.bench.facts import KEYS, Reference, aggregate, flips, held_out_phrasings, main, round_ends, with_gk_kept
+from olm.bench.facts import (
+    KEYS, Reference, aggregate, binding_errors, flips, held_out_phrasings, main, round_ends, with_gk_kept,
+)
 from olm.world.generator import make_world
 from olm.world.schedule import teaching_schedule
 
@@ -31,7 +33,9 @@ def test_facts_bench_writes_results_table_and_plot(tmp_path, tiny_model_dir):
     assert set(results) == {"tuned", "update"}
     assert 0.0 <= results["update"]["update"]["mean"] <= 1.0 and results["tuned"]["update"]["mean"] is None
     for row in results.values():
-        assert set(row) == {*KEYS, "held_out_phrasings"}
+        assert set(row) == {*KEYS, "held_out_phrasings", "binding_errors"}
+        assert row["binding_errors"]["generalization"]["asked"] == 2 * 2 * 3  # the same probes as the phrasings
+        assert row["binding_errors"]["recall"]["asked"] == row["binding_errors"]["retention"]["asked"] == 2 * 2
         asked = row["held_out_phrasings"]  # per phrasing: 2 facts × 2 seeds, each fact asked its kind's phrasings
         assert asked and all("{subject}" in r["question"] and 0 <= r["recalled"] <= r["asked"] for r in asked)
         assert sum(r["asked"] for r in asked) == 2 * 2 * 3
@@ -43,6 +47,7 @@ def test_facts_bench_writes_results_table_and_plot(tmp_path, tiny_model_dir):
             assert 0.0 <= rate["mean"] <= 1.0 and rate["n"] == 2
     assert (out / "recall.png").stat().st_size > 0 and "| tuned |" in (out / "results.md").read_text()
     assert "Generalization by held-out phrasing, row `update`" in (out / "results.md").read_text()
+    assert "| update | retention | 4 |" in (out / "results.md").read_text()
 
 
 def test_set_overrides_reach_the_cli_of_every_row(tmp_path, tiny_model_dir):
@@ -95,6 +100,23 @@ def test_held_out_phrasings_pool_the_seeds_per_template_worst_first():
     assert by_q["Remind me, what does {subject} have?"]["recalled"] == 1  # "a boat" lacks "blue": not recalled
     worse = held_out_phrasings([{"facts": [fact("Zara", "has", "red drum", ["no", "Zara has a red drum."])]}])
     assert [r["recalled"] for r in worse] == [0, 1]  # worst first
+
+
+def test_binding_errors_count_wrong_answers_that_hold_another_taught_fact_object():
+    def fact(subject, obj, last, after, held):
+        return {"subject": subject, "object": obj, "answers": ["-", last], "answer_after": after,
+                "generalization": [{"question": "q", "answer": a} for a in held]}  # fmt: skip
+
+    run = {"facts": [
+        fact("Ana", "red bike", "Ana has a red bike.", "Ana has a blue car.", ["Ana is your aunt.", "Ana has a Blue Car!"]),
+        fact("Ben", "blue car", "Ben has a red bike and more.", "Ben has a blue car.", ["Ben has a car."]),
+    ]}  # fmt: skip
+    errors = binding_errors([run, {"facts": None}])  # a run without per-fact records adds nothing
+    assert errors["recall"] == {"asked": 2, "wrong": 1, "other_fact": 1}  # Ben → Ana's bike
+    assert errors["retention"] == {"asked": 2, "wrong": 1, "other_fact": 1}  # Ana → Ben's car
+    assert errors["generalization"] == {"asked": 3, "wrong": 3, "other_fact": 1}  # a frame, a binding, a partial
+    same = {"facts": [fact("Ana", "kite", "Ana has a kite.", "-", []), fact("Ben", "Kite", "-", "Ben has a kite.", [])]}
+    assert binding_errors([same])["recall"]["other_fact"] == 0  # two facts with one object: not another's
 
 
 def test_flips_say_where_the_adapter_changed_the_base_top1():

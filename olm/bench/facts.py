@@ -37,7 +37,8 @@ Rows: the config as is ("tuned"), the original design's values, and ablations wi
 importance weighting or KL. ``--set=--model.optim.lr=1e-3`` (repeatable) changes the config for
 every row, before the row's own overrides: how the tuned defaults were searched. Writes
 DIR/results.json (row → metric → {"mean", "std"}; "held_out_phrasings": generalization per held-out
-question template, pooled over the seeds, worst first), DIR/results.md (both tables) and DIR/recall.png, and each
+question template, pooled over the seeds, worst first; "binding_errors": how many wrong answers hold
+another taught fact's object), DIR/results.md (the tables) and DIR/recall.png, and each
 row × seed as DIR/runs/<row>-seed<N>.json. A rerun reuses a run file whose settings (model, config
 file contents, counts, overrides) match, so seeds can run as separate processes into one DIR and a
 last invocation with all the seeds aggregates them; ``--fresh`` recomputes everything.
@@ -67,7 +68,7 @@ from olm.backbone import resolve_model_path
 from olm.callbacks import FactReplay
 from olm.generation import GenerationSettings
 from olm.module import OnlineLM
-from olm.probes import AnchorProbe, is_recalled, recall_answers
+from olm.probes import AnchorProbe, is_recalled, normalize_answer, recall_answers
 from olm.turns import trained_turn
 from olm.probes import load_anchors
 from olm.render import messages_for, render_prompt
@@ -521,6 +522,44 @@ def held_out_phrasings(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["recalled"] / r["asked"], r["kind"], r["question"]))
 
 
+def binding_errors(runs: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """How many wrong answers hold *another* taught fact's object, pooled over the runs: interference
+    between the facts of one run ("What does Ana have?" → "Ana has a silver guitar.", Ben's guitar),
+    as against answers that miss the fact some other way (a wrong frame, a made-up object). Per probe
+    set — "recall" (the last round), "generalization", "retention" — {"asked", "wrong", "other_fact"}.
+    Judged as the figures are (`is_recalled`); runs without per-fact records add nothing."""
+    out = {name: {"asked": 0, "wrong": 0, "other_fact": 0} for name in ("recall", "generalization", "retention")}
+    for run in runs:
+        facts = run.get("facts") or []
+        objects = [f["object"] for f in facts]
+        for fact in facts:
+            answers = {
+                "recall": fact["answers"][-1:], "retention": [fact["answer_after"]],
+                "generalization": [held["answer"] for held in fact.get("generalization") or []],
+            }  # fmt: skip
+            for name, given in answers.items():
+                for answer in given:
+                    out[name]["asked"] += 1
+                    if is_recalled(answer, fact["object"]):
+                        continue
+                    out[name]["wrong"] += 1
+                    others = (o for o in objects if normalize_answer(o) != normalize_answer(fact["object"]))
+                    out[name]["other_fact"] += any(is_recalled(answer, o) for o in others)
+    return out
+
+
+def binding_markdown(errors: dict[str, dict[str, dict[str, int]]]) -> str:
+    """`binding_errors` of each row as a markdown table (empty when no row asked anything)."""
+    lines = []
+    for row, per_set in errors.items():
+        if any(c["asked"] for c in per_set.values()):
+            if not lines:
+                lines += ["\nWrong answers holding another taught fact's object (interference between facts; all seeds):\n",
+                          "| row | probes | asked | wrong | another fact's object |", "|---|---|---|---|---|"]  # fmt: skip
+            lines += [f"| {row} | {name} | {c['asked']} | {c['wrong']} | {c['other_fact']} |" for name, c in per_set.items()]
+    return "\n".join(lines) + "\n" if lines else ""
+
+
 def held_out_markdown(phrasings: dict[str, list[dict[str, Any]]]) -> str:
     """`held_out_phrasings` of each row as a markdown table (empty when no row has any)."""
     lines = []
@@ -640,12 +679,13 @@ def stored_or_run(args: argparse.Namespace, row: str, seed: int) -> dict[str, An
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    results, phrasings, started = {}, {}, time.perf_counter()
+    results, phrasings, binding, started = {}, {}, {}, time.perf_counter()
     for row in args.rows:
         runs = [stored_or_run(args, row, seed) for seed in args.seeds]
         results[row] = aggregate(runs)
         phrasings[row] = held_out_phrasings(runs)
         results[row]["held_out_phrasings"] = phrasings[row]
+        binding[row] = results[row]["binding_errors"] = binding_errors(runs)
         print(
             f"[{time.perf_counter() - started:.0f}s] {row}: recall@k {[round(r['mean'], 2) for r in [s for s in results[row]['recall_at_k']]]}",
             flush=True,
@@ -653,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     table = markdown(results, args.reps)
     command = "python -m olm.bench facts " + " ".join(argv if argv is not None else sys.argv[1:])
-    (args.out / "results.md").write_text(f"`{command}`\n\n{table}{held_out_markdown(phrasings)}")
+    (args.out / "results.md").write_text(f"`{command}`\n\n{table}{held_out_markdown(phrasings)}{binding_markdown(binding)}")
     plot(results, args.reps, args.out / "recall.png")
     print(table)
     return 0
