@@ -124,17 +124,18 @@ def test_minimal_loop_computes_online_loss_on_rendered_tokens(peft_model):
     assert loop.loss(b, base, 0.3).item() == pytest.approx(ref["loss"].item(), rel=1e-5)
 
 
-@pytest.mark.parametrize("train_statements", [False, True])
-def test_minimal_fact_turn_computes_onlinelm_fact_loss(tiny_model_dir, tmp_path, train_statements):
+@pytest.mark.parametrize("train_statements, siblings", [(False, 0), (True, 0), (False, 1)])
+def test_minimal_fact_turn_computes_onlinelm_fact_loss(tiny_model_dir, tmp_path, train_statements, siblings):
     prompts = tmp_path / "locality.txt"
     prompts.write_text("Tell me a joke.\nWhat is two plus two?\nName a colour.\n")
     torch.manual_seed(0)
     module = OnlineLM(
         base_model=tiny_model_dir, lora=LoRASettings(dropout=0.0), optim=OptimSettings(lr=1e-3, steps_per_fact=1),
         objective=ObjectiveSettings(loss_on="reply"),
-        augment=AugmentSettings(qa_pairs=2, paraphrases=1, train_statements=train_statements),
+        augment=AugmentSettings(qa_pairs=2, paraphrases=1, train_statements=train_statements, siblings=siblings),
         locality=LocalitySettings(weight=2.0, prompts=str(prompts), per_step=2),
     )  # fmt: skip
+    module.memory.store(module.detector.detect("Ali is my uncle."), "Ali is my uncle.", "Ali is your uncle.", 0)
     for name, p in module.model.named_parameters():
         if "lora_B" in name:
             p.data.normal_(0, 0.5)  # adapter != base, so both KL terms are not 0
@@ -154,9 +155,11 @@ def test_minimal_fact_turn_computes_onlinelm_fact_loss(tiny_model_dir, tmp_path,
         locality=LocalitySettings(weight=2.0),
     )  # fmt: skip
     rows = loop.rows(user, module.last.reply, fact)
-    assert len(rows) == 1 + 2 + 1  # the exchange, 2 Q/A pairs, 1 paraphrase
+    assert len(rows) == 1 + 2 + 1 + siblings  # the exchange, 2 Q/A pairs, 1 paraphrase, the rehearsed sibling
+    assert [s.fact.subject for s in fact.siblings] == ["Ali"] * siblings
+    assert all("uncle" in r.text for r in rows[4:])
     b = loop.batch(rows, fact.locality)
-    assert b.ids.shape[0] == 4 and b.locality.ids.shape[0] == 2 and b.locality.positions.any()
+    assert b.ids.shape[0] == 4 + siblings and b.locality.ids.shape[0] == 2 and b.locality.positions.any()
     assert fact.kl_lambda == module.latest_scalars["turn/kl_lambda"] != module.policy.kl_lambdas["fact"]
     loss = loop.loss(b, loop.base_logits(b), fact.kl_lambda)
     assert loss.item() == pytest.approx(module.last.loss, rel=1e-5)

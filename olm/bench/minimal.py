@@ -11,15 +11,25 @@ from dataclasses import dataclass, field
 
 import torch
 
-from olm.augment import AugmentSettings, fact_rows, statement_loss_on
+from olm.augment import AugmentSettings, fact_rows, sibling_rows, statement_loss_on
 from olm.bench.memory import tensor_storages
 from olm.facts import FactPattern
 from olm.locality import LocalityBatch, LocalityRow, LocalitySettings, locality_batch
 from olm.losses import online_loss, top_k_kl
+from olm.memory import StoredFact
 from olm.prefix import shared_prefix_forward
 from olm.render import Example, LossOn, render_exchange
 
 MS = 1e3
+
+
+@dataclass
+class Sibling:
+    """A remembered fact a fact turn rehearses (`olm.augment.sibling_rows`) and the rotation of its row."""
+
+    fact: StoredFact
+    pattern: FactPattern | None
+    rotation: int
 
 
 @dataclass
@@ -37,6 +47,8 @@ class FactTurn:
     kl_lambda: float
     """Weight of the KL term of its steps (OnlineLM's: the fact λ scaled by the fact's importance)."""
     locality: list[LocalityRow] = field(default_factory=list)
+    siblings: list[Sibling] = field(default_factory=list)
+    """Remembered facts of the same kind its step rehearsed (`augment.siblings`), one Q/A row each."""
 
 
 @dataclass
@@ -105,6 +117,7 @@ class MinimalLoop:
         f, said = fact, statement_loss_on(self.augment, self.loss_on)
         extra = fact_rows(f.subject, f.obj, f.relation, f.pattern, self.augment, f.rotation, user)
         end = self.augment.train_end
+        extra += [row for sib in f.siblings for row in sibling_rows(sib.fact, sib.pattern, sib.rotation)]
         return [self.render(user, reply, loss_on=said)] + [
             self.render(u, a, end, said if is_statement else None) for u, a, is_statement in extra
         ]

@@ -100,9 +100,10 @@ from lightning.pytorch.callbacks import Callback
 from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
 from olm import smollm2
+from olm.augment import sibling_facts
 from olm.backbone import BUILTIN_MODELS
 from olm.bench.memory import base_copies, base_weights, current_rss, peak_rss, read_lines, reset_peak_rss
-from olm.bench.minimal import MS, FactTurn, MinimalLoop, adapter_toggle_ms
+from olm.bench.minimal import MS, FactTurn, MinimalLoop, Sibling, adapter_toggle_ms
 from olm.facts import DetectorConfig, FactDetector
 from olm.turns import trained_turn
 from olm.world.tokenizer import train_bpe_tokenizer
@@ -664,9 +665,14 @@ def fact_turn_of(module, user: str) -> FactTurn:
         loc = module.locality
         loc.position = (loc.position - min(loc.settings.per_step, len(loc.prompts))) % len(loc.prompts)
         rows = loc.next_rows(module.model)  # cached: no base forward; moves the rotation back to where it was
+    rotation = max(module.memory.count(fact) - 1, 0)
+    siblings = [
+        Sibling(s, module.detector.pattern(s.pattern), rotation + s.count)
+        for s in sibling_facts(module.memory, fact, module.augment.siblings, rotation)
+    ]  # the ones its step rehearsed: the memory's other subjects of the slot are as they were then
     return FactTurn(
         fact.subject, fact.object, fact.relation, module.detector.pattern(fact.pattern),
-        max(module.memory.count(fact) - 1, 0), module.latest_scalars["turn/kl_lambda"], rows,
+        rotation, module.latest_scalars["turn/kl_lambda"], rows, siblings,
     )  # fmt: skip
 
 
