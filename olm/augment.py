@@ -42,7 +42,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from olm.facts import FactPattern, fill
-from olm.memory import StoredFact
+from olm.memory import StoredFact, fact_key
 from olm.render import LossOn
 
 Exchange = tuple[str, str]
@@ -183,9 +183,8 @@ def sibling_facts(stored: Iterable[StoredFact], fact, n: int, rotation: int = 0)
         n: how many siblings at most.
         rotation: where the window starts, in steps of `n` (e.g. the statement count).
     """
-    slot = fact.slot or fact.relation
-    subject = fact.subject.strip().casefold()
-    same = [f for f in stored if (f.slot or f.relation) == slot and f.subject.strip().casefold() != subject]
+    subject, slot = fact_key(fact.subject, fact.slot or fact.relation)
+    same = [f for f in stored if f.key[1] == slot and f.key[0] != subject]
     if not same or n <= 0:
         return []
     same.sort(key=lambda f: f.last_turn, reverse=True)

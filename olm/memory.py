@@ -150,10 +150,11 @@ class StoredFact:
     @property
     def key(self) -> tuple[str, str]:
         """The memory key: (casefolded subject, slot)."""
-        return _key(self.subject, self.slot or self.relation)
+        return fact_key(self.subject, self.slot or self.relation)
 
 
-def _key(subject: str, slot: str) -> tuple[str, str]:
+def fact_key(subject: str, slot: str) -> tuple[str, str]:
+    """The memory key of a fact: (casefolded subject, slot)."""
     return subject.strip().casefold(), slot
 
 
@@ -205,7 +206,7 @@ class FactMemory:
 
     def get(self, subject: str, slot: str) -> StoredFact | None:
         """The stored fact for (subject, slot), or None."""
-        return self._facts.get(_key(subject, slot))
+        return self._facts.get(fact_key(subject, slot))
 
     def count(self, fact: FactInfo) -> int:
         """Times this fact (same key and object) has been stored so far; 0 if new or changed."""
@@ -232,7 +233,7 @@ class FactMemory:
         Returns:
             The stored fact (the memory's own instance).
         """
-        key = _key(fact.subject, fact.key_slot)
+        key = fact_key(fact.subject, fact.key_slot)
         stored = self._facts.get(key)
         if stored is not None and _same_object(stored.object, fact.object):
             stored.count += 1
