@@ -51,11 +51,12 @@ from olm.gate import answer_mask, batch_answer_mask, known_rows, target_min_p
 from olm.generation import CallbackStreamer, GenerationSettings, generate_reply
 from olm.guards import lora_problem
 from olm.locality import LocalitySettings, LocalityTerm, locality_batch
+from olm.editsite import EditAt, agrees_on_prefix, edit_mask, lora_delta_mask
 from olm.noise import embedding_noise
 from olm.nullspace import project_lora_a
 from olm.optimizer import B_GROUP, adamw, b_factor, group_lr, is_lora_b, regroup_state, two_groups
 from olm.losses import online_loss, top_k_kl, weighted_token_ce
-from olm.prefix import shared_prefix_forward
+from olm.prefix import common_prefix_length, shared_prefix_forward
 from olm.memory import FactMemory, MemoryConfig, StoredFact
 from olm.render import Example, LossOn, messages_for, render_exchange
 from olm.routing import Router, RoutingSettings
@@ -141,11 +142,16 @@ class ObjectiveSettings:
     embedding_noise: float = 0.0
     """NEFTune's α (`olm.noise`): uniform noise of bound α / sqrt(T · d) on the input embeddings of the
     adapter's training forwards (not the base's reference forward, not the locality prompts); 0 = off."""
+    edit_at: EditAt = "all"
+    """Where a fact or replay step's rows may edit (`olm.editsite`): "all" tokens, or only the "subject"'s
+    tokens (the LoRA delta zeroed elsewhere in those rows' training forwards; ROME's locus)."""
 
     def __post_init__(self) -> None:
         problems = []
         if not 0 <= self.embedding_noise < float("inf"):
             problems.append(f"objective.embedding_noise must be a finite number >= 0, got {self.embedding_noise!r}")
+        if self.edit_at not in ("all", "subject"):
+            problems.append(f"objective.edit_at must be 'all' or 'subject', got {self.edit_at!r}")
         if self.task_lambda < 0:
             problems.append(f"objective.task_lambda must be >= 0, got {self.task_lambda!r}")
         if self.max_tokens < 8:
@@ -577,6 +583,10 @@ class OnlineLM(L.LightningModule):
             weights[i, : e.num_tokens] = self.token_weights(e, contexts[i] if contexts else ctx)
         ids, attn, weights = ids.to(self.device), attn.to(self.device), weights.to(self.device)
         kl_mask = attn.to(weights.dtype)
+        delta_mask = self.edit_sites(examples, ctx, contexts, width)
+        share = self.optim.share_prefix and (
+            delta_mask is None or agrees_on_prefix(delta_mask, common_prefix_length(ids, attn))
+        )  # a prefix computed once has one mask
         loc = locality_batch(rows, self.locality.settings, pad, self.device) if rows else None
         projectors = self.locality.projectors(self.model)  # {} unless locality.null_space_energy > 0
         project_lora_a(self.model, projectors)  # fresh adapters: A starts in the null space too
@@ -592,8 +602,12 @@ class OnlineLM(L.LightningModule):
         noise = self.objective.embedding_noise
         try:
             for step in range(steps):
-                with self._timed("adapter_forward_backward"), embedding_noise(self.model, noise, width):
-                    logits = shared_prefix_forward(self.model, ids, attn, self.optim.share_prefix)
+                with (
+                    self._timed("adapter_forward_backward"),
+                    embedding_noise(self.model, noise, width),
+                    lora_delta_mask(self.model, delta_mask),
+                ):
+                    logits = shared_prefix_forward(self.model, ids, attn, share)
                 step_weights = weights
                 if gate:  # known-fact gate (olm.gate): a known fact's rows keep only the KL term
                     known = known_rows(target_min_p(logits.detach(), ids, answers), measured, groups, gate)
@@ -637,6 +651,21 @@ class OnlineLM(L.LightningModule):
         if two_groups(self.optim):  # LoRA+: B's lr in these steps (turn/lr_b in TensorBoard)
             stats["lr_b"] = self.optim.lr * self.optim.lr_ratio_b * b_mult * mult
         return stats
+
+    def edit_sites(
+        self, examples: list[Example], ctx: Context, contexts: list[Context] | None, width: int
+    ) -> torch.Tensor | None:
+        """(N, width) mask of where each row's LoRA delta is kept (`objective.edit_at`, `olm.editsite`);
+        None (no restriction) unless edit_at is "subject" and this is a fact or replay step."""
+        if self.objective.edit_at != "subject" or ctx.kind not in ("fact", "replay"):
+            return None
+        rows = []
+        for i, e in enumerate(examples):
+            fact = (contexts[i] if contexts else ctx).fact
+            pattern = self.detector.pattern(fact.pattern) if fact is not None else None
+            first_person = pattern is not None and bool(pattern.subject)  # "me": not a word of its rows
+            rows.append((e.text, e.offsets, None if fact is None or first_person else fact.subject))
+        return edit_mask(rows, width).to(self.device)
 
     @property
     def memory_clock(self) -> int:
