@@ -117,6 +117,9 @@ def test_binding_errors_count_wrong_answers_that_hold_another_taught_fact_object
     assert errors["generalization"] == {"asked": 3, "wrong": 3, "other_fact": 1}  # a frame, a binding, a partial
     same = {"facts": [fact("Ana", "kite", "Ana has a kite.", "-", []), fact("Ben", "Kite", "-", "Ben has a kite.", [])]}
     assert binding_errors([same])["recall"]["other_fact"] == 0  # two facts with one object: not another's
+    updated = {"facts": [dict(fact("Ana", "red bike", "-", "Ana has a green kite.", []), object_after="green kite"),
+                         dict(fact("Ben", "blue car", "-", "Ben has a green kite.", []), object_after="gold ring")]}
+    assert binding_errors([updated])["retention"] == {"asked": 2, "wrong": 1, "other_fact": 1}  # new objects judged
 
 
 def test_flips_say_where_the_adapter_changed_the_base_top1():

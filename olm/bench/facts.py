@@ -459,11 +459,13 @@ def per_fact(probe: Probe, reps: int) -> list[dict[str, Any]]:
         held_out[i].append({"question": q, "answer": a})
     out = []
     for i, f in enumerate(facts):
+        after = probe.updates[i].object if probe.updates else f.expected  # what retention is judged against
         out.append({
             "subject": f.fact.subject, "kind": f.fact.kind, "object": f.expected, "question": f.probe,
             "recalled": [bool(probe.recall[k][i]) for k in range(1, reps + 1)],
             "answers": [answers[i] for answers in rounds],
-            "answer_after": probe.answers.get("retention", blank)[i], "generalization": held_out[i],
+            "answer_after": probe.answers.get("retention", blank)[i], "object_after": after,
+            "generalization": held_out[i],
         })  # fmt: skip
     return out
 
@@ -527,23 +529,25 @@ def binding_errors(runs: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     between the facts of one run ("What does Ana have?" → "Ana has a silver guitar.", Ben's guitar),
     as against answers that miss the fact some other way (a wrong frame, a made-up object). Per probe
     set — "recall" (the last round), "generalization", "retention" — {"asked", "wrong", "other_fact"}.
-    Judged as the figures are (`is_recalled`); runs without per-fact records add nothing."""
+    Judged as the figures are (`is_recalled`); retention against each fact's `object_after` (the update
+    row's new object; older records without it: the taught object); runs without per-fact records add nothing."""
     out = {name: {"asked": 0, "wrong": 0, "other_fact": 0} for name in ("recall", "generalization", "retention")}
     for run in runs:
         facts = run.get("facts") or []
-        objects = [f["object"] for f in facts]
-        for fact in facts:
+        taught = [f["object"] for f in facts]
+        after = [f.get("object_after", f["object"]) for f in facts]
+        for i, fact in enumerate(facts):
             answers = {
-                "recall": fact["answers"][-1:], "retention": [fact["answer_after"]],
-                "generalization": [held["answer"] for held in fact.get("generalization") or []],
+                "recall": (fact["answers"][-1:], taught), "retention": ([fact["answer_after"]], after),
+                "generalization": ([held["answer"] for held in fact.get("generalization") or []], taught),
             }  # fmt: skip
-            for name, given in answers.items():
+            for name, (given, objects) in answers.items():
                 for answer in given:
                     out[name]["asked"] += 1
-                    if is_recalled(answer, fact["object"]):
+                    if is_recalled(answer, objects[i]):
                         continue
                     out[name]["wrong"] += 1
-                    others = (o for o in objects if normalize_answer(o) != normalize_answer(fact["object"]))
+                    others = (o for o in objects if normalize_answer(o) != normalize_answer(objects[i]))
                     out[name]["other_fact"] += any(is_recalled(answer, o) for o in others)
     return out
 
