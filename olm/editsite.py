@@ -20,11 +20,12 @@ LoRA layers; a shared-prefix forward's two calls are both handled).
 
 from __future__ import annotations
 
-import re
 from contextlib import contextmanager
 from typing import Literal
 
 import torch
+
+from olm.weighting import term_spans, tokens_overlapping
 
 EditAt = Literal["all", "subject"]
 
@@ -40,13 +41,10 @@ def subject_positions(text: str, offsets: list[tuple[int, int]], subject: str) -
     Returns:
         The mask, or None when `subject` is empty or does not occur in `text` as a word.
     """
-    subject = subject.strip()
-    if not subject:
+    spans = term_spans(text, [subject], ignore_case=True)
+    if not spans or not offsets:
         return None
-    spans = [m.span() for m in re.finditer(r"(?<!\w)" + re.escape(subject) + r"(?!\w)", text, re.IGNORECASE)]
-    if not spans:
-        return None
-    mask = torch.tensor([any(s < e2 and s2 < e for s2, e2 in spans) for s, e in offsets], dtype=torch.bool)
+    mask = tokens_overlapping(torch.tensor(offsets, dtype=torch.long), spans)
     return mask if bool(mask.any()) else None
 
 

@@ -87,19 +87,21 @@ class WeightingConfig:
             raise ValueError("invalid weighting config: " + "; ".join(problems))
 
 
-def term_spans(text: str, terms: Sequence[str]) -> list[tuple[int, int]]:
-    """Character spans of every whole-word, case-sensitive occurrence of each term in `text`.
+def term_spans(text: str, terms: Sequence[str], ignore_case: bool = False) -> list[tuple[int, int]]:
+    """Character spans of every whole-word occurrence of each term in `text` (case-sensitive unless
+    `ignore_case`).
 
     Args:
         text: the rendered text.
         terms: strings to find; empty ones are ignored.
+        ignore_case: match regardless of case.
 
     Returns:
         (start, end) spans, end exclusive.
     """
     spans = []
     for term in {t.strip() for t in terms if t and t.strip()}:
-        pattern = re.compile(rf"(?<!\w){re.escape(term)}(?!\w)")
+        pattern = re.compile(rf"(?<!\w){re.escape(term)}(?!\w)", re.IGNORECASE if ignore_case else 0)
         spans += [m.span() for m in pattern.finditer(text)]
     return spans
 
