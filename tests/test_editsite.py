@@ -111,6 +111,40 @@ def test_learn_restricts_the_fact_rows_to_their_subject(tiny_model_dir, monkeypa
     assert all(bool(row.any()) for row in fact_mask)  # every row keeps the subject (or everything)
 
 
+@pytest.mark.parametrize("prefix_agrees", [True, False])
+def test_learn_shares_the_prefix_only_when_the_rows_masks_agree_on_it(tiny_model_dir, monkeypatch, prefix_agrees):
+    """A prefix computed once can carry one mask: learn() turns sharing off when rows differ inside it."""
+    torch.manual_seed(0)
+    model = OnlineLM(
+        base_model=tiny_model_dir, optim=OptimSettings(lr=1e-3, steps_per_fact=1, share_prefix=True),
+        objective=ObjectiveSettings(edit_at="subject"), augment=AugmentSettings(qa_pairs=2, paraphrases=1),
+    )  # fmt: skip
+
+    def sites(self, examples, ctx, contexts, width):
+        if ctx.kind != "fact":
+            return None
+        mask = torch.zeros(len(examples), width)
+        mask[:, -1] = 1.0  # every row keeps only its last position: they agree on any prefix
+        if not prefix_agrees:
+            mask[0] = 1.0  # one unrestricted row (a first-person fact's in a replay batch)
+        return mask
+
+    calls: list[bool] = []  # sharing enabled, per forward of the fact rows (the locality rows pass positions)
+    plain = olm.module.shared_prefix_forward
+
+    def spy(m, ids, attn, enabled=True, positions=None):
+        if positions is None:
+            calls.append(bool(enabled))
+        return plain(m, ids, attn, enabled, positions)
+
+    monkeypatch.setattr(OnlineLM, "edit_sites", sites)
+    monkeypatch.setattr(olm.module, "shared_prefix_forward", spy)
+    fit(model, turns(("Xiomara lives in Lisbon.", "Got it.")))
+    adapter_forward, base_forward = calls[:2]  # learn(): the adapter forward, then the base's
+    assert adapter_forward is prefix_agrees  # the masked adapter forward shares the prefix only if the masks agree
+    assert base_forward is True  # the base forward (no mask) always may
+
+
 def test_edit_at_is_validated():
     with pytest.raises(ValueError, match="edit_at"):
         ObjectiveSettings(edit_at="objects")
