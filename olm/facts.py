@@ -123,6 +123,11 @@ class FactPattern:
     short_answer: str = ""
     """The answer without its sentence frame: "Your {object}.", "In {object}." (first letter capitalised
     when filled). Used by `augment.short_answers`; empty: the full `answer` instead."""
+    answers: list[str] = field(default_factory=list)
+    """More answer templates (the fields of `answer`), the fact in other sentence frames: "{subject} owns
+    {article} {object}.". With `augment.vary_answers` the Q/A rows rotate through `answer` and these, so
+    the object is produced after several frames, not one. Never a word of the benchmark's held-out
+    phrasings that the training questions lack (tests/test_augment.py checks)."""
     statements: list[str] = field(default_factory=list)
     """Paraphrased statement templates that fact augmentation trains on."""
 
@@ -148,11 +153,13 @@ def _default_patterns() -> list[FactPattern]:
         questions=["Who is {subject}?", "Do you know who {subject} is?", "Can you tell me who {subject} is?",
                    "How do I know {subject}?"],
         answer="{subject} is your {object}.", short_answer="Your {object}.",
+        answers=["Your {object} is {subject}.", "Your {object}'s name is {subject}."],
         statements=["{subject} is my {object}.", "My {object} is {subject}.", "My {object}'s name is {subject}."],
     )  # fmt: skip
     name = dict(
         questions=["What is my name?", "What's my name?", "Do you know my name?", "What am I called?"],
         answer="Your name is {object}.", short_answer="{object}.",
+        answers=["You are {object}.", "You're called {object}."],
         statements=["My name is {object}.", "I'm {object}.", "Call me {object}."],
     )  # fmt: skip
     return [
@@ -181,6 +188,7 @@ def _default_patterns() -> list[FactPattern]:
             questions=["Where does {subject} live?", "Which city does {subject} live in?",
                        "Do you know where {subject} lives?", "Where is {subject} based?"],
             answer="{subject} lives in {object}.", short_answer="In {object}.",
+            answers=["{subject} is living in {object}.", "{subject} is based in {object}."],
             statements=["{subject} lives in {object}.", "{subject} is living in {object}.", "{subject}'s home is in {object}."],
         ),
         FactPattern(
@@ -190,6 +198,7 @@ def _default_patterns() -> list[FactPattern]:
             questions=["What does {subject} do for work?", "What does {subject} do for a living?",
                        "What is {subject}'s job?", "What does {subject} work as?"],
             answer="{subject} works as {article} {object}.", short_answer="{article} {object}.",
+            answers=["{subject} is {article} {object}.", "{subject} is {article} {object} by trade."],
             statements=["{subject} works as {article} {object}.", "{subject} is {article} {object} by trade.",
                         "{subject}'s job: {object}."],
         ),
@@ -201,6 +210,7 @@ def _default_patterns() -> list[FactPattern]:
             "has", "What does {subject} have?", confidence=0.7,
             questions=["What does {subject} have?", "What does {subject} own?", "Do you know what {subject} has?"],
             answer="{subject} has {article} {object}.", short_answer="{article} {object}.",
+            answers=["{subject} owns {article} {object}.", "{subject} has got {article} {object}."],
             statements=["{subject} has {article} {object}.", "{subject} owns {article} {object}."],
         ),
         FactPattern(
@@ -210,6 +220,7 @@ def _default_patterns() -> list[FactPattern]:
             "likes", "What does {subject} like?", confidence=0.7,
             questions=["What does {subject} like?", "What does {subject} enjoy?", "Do you know what {subject} likes?"],
             answer="{subject} likes {object}.", short_answer="{object}.",
+            answers=["{subject} enjoys {object}.", "{subject} loves {object}."],
             statements=["{subject} likes {object}.", "{subject} enjoys {object}.", "{subject} loves {object}."],
         ),
         FactPattern(
@@ -219,6 +230,7 @@ def _default_patterns() -> list[FactPattern]:
             questions=["What is {subject}'s favourite colour?", "Which colour does {subject} like best?",
                        "Do you know {subject}'s favourite colour?"],
             answer="{subject}'s favourite colour is {object}.", short_answer="{object}.",
+            answers=["{subject} likes the colour {object} best.", "The colour {subject} likes best is {object}."],
             statements=["{subject}'s favourite colour is {object}.", "{subject}'s favorite color is {object}.",
                         "{subject} likes the colour {object} best."],
         ),
@@ -230,6 +242,7 @@ def _default_patterns() -> list[FactPattern]:
             questions=["When is {subject}'s birthday?", "In which month is {subject}'s birthday?",
                        "Do you know when {subject}'s birthday is?"],
             answer="{subject}'s birthday is in {object}.", short_answer="In {object}.",
+            answers=["{subject} celebrates a birthday in {object}.", "{subject}'s birthday falls in {object}."],
             statements=["{subject}'s birthday is in {object}.", "{subject} celebrates a birthday in {object}."],
         ),
         # first person: facts about the speaker ("me")
@@ -239,6 +252,7 @@ def _default_patterns() -> list[FactPattern]:
             "lives_in", "Where do I live?", subject="me",
             questions=["Where do I live?", "Which city do I live in?", "Do you know where I live?"],
             answer="You live in {object}.", short_answer="In {object}.",
+            answers=["You are living in {object}.", "You're based in {object}."],
             statements=["I live in {object}.", "My home is in {object}.", "I'm living in {object}."],
         ),
         FactPattern(
@@ -259,6 +273,7 @@ def _default_patterns() -> list[FactPattern]:
             "favourite_colour", "What is my favourite colour?", subject="me",
             questions=["What is my favourite colour?", "Which colour do I like best?", "Do you know my favourite colour?"],
             answer="Your favourite colour is {object}.", short_answer="{object}.",
+            answers=["You like the colour {object} best.", "The colour you like best is {object}."],
             statements=["My favourite colour is {object}.", "My favorite color is {object}.", "I like the colour {object} best."],
         ),
         FactPattern(
@@ -268,6 +283,7 @@ def _default_patterns() -> list[FactPattern]:
             "birthday", "When is my birthday?", subject="me",
             questions=["When is my birthday?", "In which month is my birthday?", "Do you know when my birthday is?"],
             answer="Your birthday is in {object}.", short_answer="In {object}.",
+            answers=["You celebrate your birthday in {object}.", "Your birthday falls in {object}."],
             statements=["My birthday is in {object}.", "I celebrate my birthday in {object}."],
         ),
         FactPattern(
@@ -276,6 +292,7 @@ def _default_patterns() -> list[FactPattern]:
             "works_at", "Where do I work?", subject="me",
             questions=["Where do I work?", "Which company do I work for?", "Do you know where I work?"],
             answer="You work at {object}.", short_answer="At {object}.",
+            answers=["You work for {object}.", "Your employer is {object}."],
             statements=["I work at {object}.", "I work for {object}.", "My employer is {object}."],
         ),
         FactPattern(
@@ -284,6 +301,7 @@ def _default_patterns() -> list[FactPattern]:
             "allergic_to", "What am I allergic to?", subject="me",
             questions=["What am I allergic to?", "Do I have any allergies?", "Do you know what I'm allergic to?"],
             answer="You are allergic to {object}.", short_answer="{object}.",
+            answers=["You're allergic to {object}.", "You have an allergy to {object}."],
             statements=["I am allergic to {object}.", "I'm allergic to {object}.", "I have an allergy to {object}."],
         ),
     ]  # fmt: skip
@@ -475,7 +493,8 @@ def _pattern_problems(config: DetectorConfig) -> list[str]:
             if missing:
                 problems.append(f"{label} lacks named groups {sorted(missing)}: {p.regex!r}")
         templates = {"question": [p.question], "relation": [p.relation], "answer": [p.answer],
-                     "short_answer": [p.short_answer], "questions": p.questions, "statements": p.statements}  # fmt: skip
+                     "short_answer": [p.short_answer], "answers": p.answers, "questions": p.questions,
+                     "statements": p.statements}  # fmt: skip
         for field_name, values in templates.items():
             for value in values:
                 try:

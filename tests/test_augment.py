@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -32,10 +33,56 @@ def test_training_templates_never_hold_a_held_out_question():
     }
     trained = {" ".join(t.format(subject=name).casefold().split()) for t in AugmentSettings().about_questions for name in NAMES}
     for p in DetectorConfig().patterns:
-        for t in [p.question, *p.questions, *p.statements, p.answer, p.short_answer]:
+        for t in [p.question, *p.questions, *p.statements, p.answer, p.short_answer, *p.answers]:
             for name in NAMES:
                 trained.add(" ".join(fill(t, p.subject or name, "sister", p.relation).casefold().split()))
     assert trained and not trained & held_out, sorted(trained & held_out)
+
+
+def words(text: str) -> set[str]:
+    """A template's words, its replacement fields and a possessive's "s" left out."""
+    return set(re.findall(r"[a-z]{2,}", re.sub(r"\{\w+\}", " ", text.casefold())))
+
+
+def test_answer_frames_hold_no_held_out_word_the_training_questions_lack():
+    """`FactPattern.answers` are the fact in other sentence frames; a frame built from a held-out
+    phrasing's words ("X's prized possession is …") would teach the generalization probe's answer."""
+    checked = 0
+    for p in DetectorConfig().patterns:
+        kind = "relation" if p.relation == "{object}" else p.relation
+        if kind not in T.HELD_OUT_QUESTIONS:
+            continue
+        known = set().union(*(words(t) for t in [*p.questions, p.answer]))
+        held = set().union(*(words(q) for q in T.HELD_OUT_QUESTIONS[kind])) - known
+        for t in p.answers:
+            assert not words(t) & held, (p.name, t, sorted(words(t) & held))
+            checked += 1
+    assert checked >= 14
+
+
+@pytest.mark.parametrize("vary", [False, True])
+def test_qa_rows_rotate_through_the_answer_frames(vary):
+    pattern = FactDetector().pattern("has")
+    settings = AugmentSettings(qa_pairs=3, paraphrases=1, vary_answers=vary, acknowledgement="{answer}")
+    canonical = fill(pattern.answer, "Tom", "red kite", "has")
+    seen = set()
+    for rotation in range(3):
+        rows = fact_rows("Tom", "red kite", "has", pattern, settings, rotation)
+        answers = [a for _, a, statement in rows if not statement]
+        assert len(answers) == 3 and all("red kite" in a for a in answers)
+        assert [a for _, a, statement in rows if statement] == [canonical]  # the paraphrase's acknowledgement
+        seen |= {(q, a) for q, a, statement in rows if not statement}
+        if vary:
+            assert len(set(answers)) == 3  # one row per frame in every step
+        else:
+            assert set(answers) == {canonical}
+    if vary:  # across steps a question meets more than one frame
+        by_question = {}
+        for q, a in seen:
+            by_question.setdefault(q, set()).add(a)
+        assert any(len(frames) > 1 for frames in by_question.values())
+    [ana] = list(_memory_of("Ana has a blue boat."))
+    assert [a for _, a, _ in sibling_rows(ana, pattern, 1)] == ["Ana has a blue boat."]  # siblings keep `answer`
 
 
 def test_locality_training_prompts_and_benchmark_prompts_are_disjoint():
