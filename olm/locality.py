@@ -40,7 +40,7 @@ from olm.context import KINDS
 from olm.durable import atomic_write
 from olm.generation import GenerationSettings, generate_replies
 from olm.losses import top_k_log_probs
-from olm.nullspace import input_moments, lora_layers, projector_from_basis, protected_basis
+from olm.nullspace import NullSpace, input_moments, lora_layers, protected_basis
 from olm.probes import load_anchors
 from olm.render import messages_for, render_prompt
 from olm.smollm2 import cache_root
@@ -196,7 +196,7 @@ class LocalityTerm:
         self.position = 0
         """Index of the next prompt in the rotation (saved in checkpoints)."""
         self._cache: dict[int, LocalityRow] = {}
-        self._projectors: dict[str, torch.Tensor] | None = None
+        self._projectors: dict[str, NullSpace] | None = None
         self._key: str | None = None  # the disk cache's key, computed on first use
 
     def applies(self, kind: str) -> bool:
@@ -215,8 +215,8 @@ class LocalityTerm:
             self._fill(model, [i for i in range(len(self.prompts)) if i not in self._cache])
         return [self._cache[i] for i in idx]
 
-    def projectors(self, model) -> dict[str, torch.Tensor]:
-        """Per LoRA layer, the projector A is kept in (`olm.nullspace`), computed once from the base's
+    def projectors(self, model) -> dict[str, NullSpace]:
+        """Per LoRA layer, the null space A is kept in (`olm.nullspace.NullSpace`), computed once from the base's
         inputs on every prompt + greedy reply of the cache (its protected bases kept on disk beside
         the rows, with `disk_cache`); empty when `null_space_energy` is 0."""
         energy = self.settings.null_space_energy
@@ -230,8 +230,8 @@ class LocalityTerm:
                 bases = self._protected_bases(model, energy)
                 if path is not None:
                     save_bases(path, bases)
-            shared: dict[int, torch.Tensor] = {}  # layers with one basis (gate/up) share one projector
-            self._projectors = {n: shared.setdefault(id(u), projector_from_basis(u)) for n, u in bases.items()}
+            shared: dict[int, NullSpace] = {}  # layers with one basis (gate/up) share one NullSpace
+            self._projectors = {n: shared.setdefault(id(u), NullSpace(u)) for n, u in bases.items()}
         return self._projectors
 
     def _protected_bases(self, model, energy: float) -> dict[str, torch.Tensor]:

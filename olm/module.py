@@ -255,6 +255,7 @@ class OnlineLM(L.LightningModule):
         self.no_reply_skipped = 0  # turns without a logged reply skipped (respond="skip")
         self.truncated_tokens = 0  # turns whose rendering was cut to objective.max_tokens
         self.replay_queue: list[tuple[str, str]] = []
+        self._null_seen: dict = {}  # the LoRA A's `project_lora_a` last projected, and their versions
         self.reply_listener = None
         """Called with (text, end) as a generated reply is produced (the chat prints it at once)."""
         self.last: TurnRecord | None = None
@@ -589,7 +590,7 @@ class OnlineLM(L.LightningModule):
         )  # a prefix computed once has one mask
         loc = locality_batch(rows, self.locality.settings, pad, self.device) if rows else None
         projectors = self.locality.projectors(self.model)  # {} unless locality.null_space_energy > 0
-        project_lora_a(self.model, projectors)  # fresh adapters: A starts in the null space too
+        project_lora_a(self.model, projectors, self._null_seen)  # an A written since (a fresh or loaded adapter)
         # optim.fresh_ratio_b: B faster while the (active user's) memory is small; not under DDP, whose
         # ranks hold different memories but must step alike
         b_mult = b_factor(self.optim, len(self.memory)) if lockstep(self) is None else 1.0
@@ -636,7 +637,7 @@ class OnlineLM(L.LightningModule):
                     self.manual_backward(loss)
                 with self._timed("optimizer_step"):
                     grad_norm = self._clip_and_step(opt, loss)
-                    project_lora_a(self.model, projectors)
+                    project_lora_a(self.model, projectors, self._null_seen)
                 taken += 1
         finally:
             self._set_lr(opt, 1.0)

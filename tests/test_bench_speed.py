@@ -180,6 +180,21 @@ def test_minimal_step_updates_only_lora_and_reports_phases(peft_model):
     assert generating.step("Hi", "unused")["generate"] > 0
 
 
+def test_minimal_step_keeps_each_lora_a_in_its_null_space(peft_model):
+    from olm.nullspace import NullSpace, lora_layers
+
+    model, tok = peft_model
+    g = torch.Generator().manual_seed(0)
+    spaces = {}
+    for name, layer in lora_layers(model).items():
+        d = layer.lora_A["default"].weight.shape[1]
+        spaces[name] = NullSpace(torch.linalg.qr(torch.randn(d, d // 4, generator=g))[0])
+    loop = minimal.MinimalLoop(model, tok, OptimSettings(lr=1e-2), 0.1, 1.0, 512, null_spaces=spaces)
+    loop.step("Hello there, how are you today?", "Sure. I find jazz lovely.")
+    for name, layer in lora_layers(model).items():
+        assert (layer.lora_A["default"].weight @ spaces[name].basis).abs().max() < 1e-5
+
+
 def test_forced_length_reaches_onlinelm_generation(peft_model):
     model, tok = peft_model
     msgs = [{"role": "user", "content": "Hi"}]

@@ -8,7 +8,7 @@ import torch
 from olm.context import Context
 from olm.locality import LocalitySettings
 from olm.module import OnlineLM, OptimSettings
-from olm.nullspace import lora_layers, null_projector, protected_share
+from olm.nullspace import NullSpace, lora_layers, null_projector, project_lora_a, protected_basis, protected_share
 from olm.render import render_exchange
 
 
@@ -32,6 +32,44 @@ def test_null_projector_protects_the_requested_energy():
             assert protected_share(moment, fewer) < energy
     with pytest.raises(ValueError, match="energy"):
         null_projector(moment, 1.0)
+
+
+@pytest.mark.parametrize("k", [2, 20])
+def test_null_space_apply_is_a_times_p_in_either_form(k):
+    g = torch.Generator().manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(24, k, generator=g, dtype=torch.float64))
+    space = NullSpace(u.float())
+    assert space.low_rank is (k == 2)  # 2k < d: A − (A U) Uᵀ; else A·P
+    a = torch.randn(8, 24, generator=g)
+    torch.testing.assert_close(space.apply(a), a @ space.projector, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(space.apply(space.apply(a)), space.apply(a), atol=1e-5, rtol=1e-5)  # idempotent
+    assert space.apply(a).double().matmul(u).abs().max() < 1e-5  # nothing left in the protected directions
+
+
+def test_projection_skips_an_a_nothing_wrote_to_since(tiny_model_dir):
+    model = OnlineLM(base_model=tiny_model_dir)
+    layers = lora_layers(model.model)
+    spaces = {}
+    for name, layer in layers.items():
+        d = layer.lora_A["default"].weight.shape[1]
+        spaces[name] = NullSpace(protected_basis(torch.diag(torch.arange(d, 0, -1).double()), 0.5))
+    with torch.no_grad():
+        for layer in layers.values():
+            layer.lora_A["default"].weight.normal_()
+    seen: dict = {}
+    assert project_lora_a(model.model, spaces, seen) == len(layers)  # every A: not projected before
+    after = {n: layer.lora_A["default"].weight.clone() for n, layer in layers.items()}
+    assert project_lora_a(model.model, spaces, seen) == 0  # nothing wrote to them since
+    name = next(iter(layers))
+    with torch.no_grad():
+        layers[name].lora_A["default"].weight.add_(1.0)  # an optimizer step, a loaded state: written in place
+    assert project_lora_a(model.model, spaces, seen) == 1
+    model.model.load_state_dict({k: v for k, v in model.model.state_dict().items()}, strict=False)  # copies in place
+    assert project_lora_a(model.model, spaces, seen) == len(layers)
+    assert project_lora_a(model.model, spaces) == len(layers)  # without `seen`: always
+    for n, layer in layers.items():
+        if n != name:
+            torch.testing.assert_close(layer.lora_A["default"].weight, after[n])  # projecting twice changes nothing
 
 
 def test_bad_null_space_energy_is_a_clear_error():
@@ -84,10 +122,10 @@ def test_constrained_adapter_learns_the_fact_and_barely_touches_the_protected_te
     assert last_c < first_c and last_c < last + 0.25 * (first - last)  # learns nearly as much
     projectors = constrained.locality.projectors(constrained.model)
     assert set(projectors) == set(lora_layers(constrained.model))
-    assert all(0 < p.trace() < p.shape[0] for p in projectors.values())  # some directions protected, some free
+    assert all(0 < p.projector.trace() < p.projector.shape[0] for p in projectors.values())  # some protected, some free
     for name, layer in lora_layers(constrained.model).items():  # every A stays in its null space
         a = layer.lora_A["default"].weight
-        assert torch.allclose(a @ projectors[name], a, atol=1e-5)
+        assert torch.allclose(a @ projectors[name].projector, a, atol=1e-5)
     free.locality._cache = constrained.locality._cache  # same texts for both
     assert _adapter_change_on_locality_text(constrained) < 0.6 * _adapter_change_on_locality_text(free)
 

@@ -17,6 +17,7 @@ from olm.facts import FactPattern
 from olm.locality import LocalityBatch, LocalityRow, LocalitySettings, locality_batch
 from olm.losses import online_loss, top_k_kl
 from olm.memory import StoredFact
+from olm.nullspace import NullSpace, project_lora_a
 from olm.prefix import shared_prefix_forward
 from olm.render import Example, LossOn, render_exchange
 
@@ -72,7 +73,7 @@ class MinimalLoop:
     the rendered rows with the adapter disabled under no_grad, then per step (`steps_per_turn`,
     `steps_per_fact` on a fact turn): adapter logits of the whole batch, λ·KL(base ‖ adapter) + task
     CE weighted by the loss mask (+ λ_loc · top-k KL on the locality positions), backward, clip,
-    AdamW step.
+    AdamW step (then, with `null_spaces`, each LoRA A projected back into its null space).
 
     Args:
         model: the peft model (shared with OnlineLM: the same base and adapter).
@@ -85,11 +86,14 @@ class MinimalLoop:
         loss_on: task-loss targets (`olm.render.LossOn`).
         augment: a fact turn's augmentation counts.
         locality: the locality term's settings (its λ and lead weights) on a fact turn; None = no term.
+        null_spaces: OnlineLM's null spaces (`LocalityTerm.projectors`), projected into after every step
+            as OnlineLM does (`olm.nullspace.project_lora_a`); None or empty = no constraint.
     """
 
     def __init__(
         self, model, tokenizer, optim, kl_lambda: float, task_lambda: float, max_tokens: int, generate_tokens: int = 0,
         loss_on: LossOn = "exchange", augment: AugmentSettings | None = None, locality: LocalitySettings | None = None,
+        null_spaces: dict[str, NullSpace] | None = None,
     ) -> None:  # fmt: skip
         self.model, self.tokenizer = model, tokenizer
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -102,6 +106,7 @@ class MinimalLoop:
         self.augment = augment or AugmentSettings(qa_pairs=0, paraphrases=0)
         self.max_tokens, self.generate_tokens, self.loss_on = max_tokens, generate_tokens, loss_on
         self.locality_settings = locality or LocalitySettings()
+        self.null_spaces = null_spaces or {}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.device = next(model.parameters()).device
 
@@ -199,6 +204,7 @@ class MinimalLoop:
             torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
+            project_lora_a(self.model, self.null_spaces)
             lap("optimizer_step")
         return {**laps, "tokens": rows[0].num_tokens}
 

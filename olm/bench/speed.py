@@ -22,8 +22,9 @@ For each model, one run in its own process (so its peak RSS is its own):
   `olm.augment`) and its loss with `olm.losses`, so the arithmetic is the same: render (and on a
   fact turn augment and pad, with the same locality prompts and their cached base outputs), base
   forward with the adapter disabled under no_grad, then per step adapter forward, KL(base ‖
-  adapter) + CE (+ λ_loc · top-k KL), backward, clip, AdamW step. It weights the CE by the loss
-  mask; OnlineLM's importance weights are its own cost (``step_other``).
+  adapter) + CE (+ λ_loc · top-k KL), backward, clip, AdamW step, and with the config's null-space
+  constraint each LoRA A projected back (`olm.nullspace.project_lora_a`). It weights the CE by the
+  loss mask; OnlineLM's importance weights are its own cost (``step_other``).
 - **Interleaving**: after every `block` OnlineLM turns, the probe runs the same `block` turns
   (same text, same tokens) through the minimal loop, so machine drift hits both arms alike.
 - **Generation**: by default neither arm generates (both learn the logged replies);
@@ -547,6 +548,7 @@ class SpeedProbe(Callback):
             m.model, m.tokenizer, m.optim, kl, objective.task_lambda, objective.max_tokens, self.generate_tokens,
             loss_on=objective.loss_on, augment=m.augment,
             locality=m.locality.settings if m.locality.applies("fact") else None,
+            null_spaces=m.locality.projectors(m.model),  # {} without the constraint; else read or computed once
         )  # fmt: skip
         if self.generate_tokens:  # OnlineLM's generate() passes eos but no min: force the length here
             m.model.get_base_model().generation_config.min_new_tokens = self.generate_tokens
