@@ -11,8 +11,9 @@ the step trains on a small batch:
   With `short_answers`, that many of them are answered with the pattern's `short_answer` instead
   ("Who is Zara?" → "Your sister."): the answer's first token is then the fact's object itself, not
   the sentence frame ("Zara is your …") that a question phrased another way can pull toward another
-  kind of fact's frame. With `vary_answers` the full answers rotate through the pattern's answer
-  frames (`FactPattern.answers`: "Zara is your sister.", "Your sister is Zara.", …), so the object is
+  kind of fact's frame;
+- `answer_frames` more question → answer pairs answered in the pattern's other answer frames
+  (`FactPattern.answers`: "Your sister is Zara.", "Your sister's name is Zara."), so the object is
   learned after several frames, not only the one the canonical answer puts before it;
 - `about_pairs` subject-only questions from `about_questions` ("What do you know about Zara?") →
   the same answer: they tie the fact to its subject, not to one question's wording, which is what
@@ -63,11 +64,12 @@ class AugmentSettings:
     """Of the `qa_pairs` rows, how many are answered with the pattern's `short_answer` ("In Lisbon.")
     instead of its full `answer`; which rows moves with the rotation, so questions get both forms (with
     3 pairs drawn from 4 templates, one template always keeps the full answer)."""
-    vary_answers: bool = False
-    """Answer the Q/A rows in the pattern's several answer frames (`answer` and `FactPattern.answers`,
-    rotated with the questions: "Tom has a red kite.", "Tom owns a red kite.", "Tom has got a red kite.")
-    instead of `answer` alone, so the object is learned after more than one frame. Short answers,
-    paraphrase acknowledgements and sibling rows keep `answer`."""
+    answer_frames: int = 0
+    """More question → answer rows per fact step, answered in the pattern's other answer frames
+    (`FactPattern.answers`, rotated: "Tom owns a red kite.", "Tom has got a red kite."), so the object is
+    also learned after frames other than the one `answer` puts before it. Added to the `qa_pairs` rows,
+    which keep `answer`: answering those in the other frames instead made a short stream's facts slower
+    to recall (README, Fact acquisition). 0 = none."""
     about_pairs: int = 0
     """Subject-only question → answer pairs per fact step (third-person facts; 0 = none)."""
     about_questions: list[str] = field(
@@ -97,7 +99,7 @@ class AugmentSettings:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("qa_pairs", "paraphrases", "about_pairs", "short_answers", "siblings"):
+        for name in ("qa_pairs", "paraphrases", "about_pairs", "short_answers", "siblings", "answer_frames"):
             if getattr(self, name) < 0:
                 problems.append(f"augment.{name} must be >= 0, got {getattr(self, name)!r}")
         if not _fields(self.acknowledgement) <= {"answer"}:
@@ -164,10 +166,11 @@ def fact_rows(
     out: list[tuple[str, str, bool]] = []
     questions = _rotated(pattern.questions, settings.qa_pairs, rotation)
     shorts = {(rotation + j) % len(questions) for j in range(settings.short_answers)} if questions else set()
-    forms = [answer] + ([fill(t, subject, obj, relation) for t in pattern.answers] if settings.vary_answers else [])
     for i, q in enumerate(questions):
-        full = forms[(rotation + i) % len(forms)]  # the frame moves with the rotation, so questions get each
-        out.append((fill(q, subject, obj, relation), short if i in shorts else full, False))
+        out.append((fill(q, subject, obj, relation), short if i in shorts else answer, False))
+    frames = _rotated([fill(t, subject, obj, relation) for t in pattern.answers], settings.answer_frames, rotation)
+    asked = _rotated(pattern.questions, len(frames), rotation + 1)  # another window: questions meet other frames
+    out += [(fill(q, subject, obj, relation), a, False) for q, a in zip(asked, frames)]
     if not pattern.subject:  # a first-person fact's subject ("me") is shared by all of them
         for q in _rotated(settings.about_questions, settings.about_pairs, rotation):
             out.append((fill(q, subject, obj, relation), answer, False))

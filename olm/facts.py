@@ -125,7 +125,7 @@ class FactPattern:
     when filled). Used by `augment.short_answers`; empty: the full `answer` instead."""
     answers: list[str] = field(default_factory=list)
     """More answer templates (the fields of `answer`), the fact in other sentence frames: "{subject} owns
-    {article} {object}.". With `augment.vary_answers` the Q/A rows rotate through `answer` and these, so
+    {article} {object}.". `augment.answer_frames` adds that many Q/A rows answered in these (rotated), so
     the object is produced after several frames, not one. Never a word of the benchmark's held-out
     phrasings that the training questions lack (tests/test_augment.py checks)."""
     statements: list[str] = field(default_factory=list)

@@ -60,29 +60,26 @@ def test_answer_frames_hold_no_held_out_word_the_training_questions_lack():
     assert checked >= 14
 
 
-@pytest.mark.parametrize("vary", [False, True])
-def test_qa_rows_rotate_through_the_answer_frames(vary):
+@pytest.mark.parametrize("frames", [0, 2])
+def test_answer_frames_add_rows_in_the_patterns_other_frames(frames):
     pattern = FactDetector().pattern("has")
-    settings = AugmentSettings(qa_pairs=3, paraphrases=1, vary_answers=vary, acknowledgement="{answer}")
+    settings = AugmentSettings(qa_pairs=3, paraphrases=1, answer_frames=frames, acknowledgement="{answer}")
     canonical = fill(pattern.answer, "Tom", "red kite", "has")
-    seen = set()
+    others = {fill(t, "Tom", "red kite", "has") for t in pattern.answers}
+    pairs = set()
     for rotation in range(3):
         rows = fact_rows("Tom", "red kite", "has", pattern, settings, rotation)
-        answers = [a for _, a, statement in rows if not statement]
-        assert len(answers) == 3 and all("red kite" in a for a in answers)
+        qa = [(q, a) for q, a, statement in rows if not statement]
+        assert [a for q, a in qa[:3]] == [canonical] * 3  # the qa_pairs rows keep `answer`
+        assert {a for q, a in qa[3:]} == (others if frames else set())  # then one row per other frame
         assert [a for _, a, statement in rows if statement] == [canonical]  # the paraphrase's acknowledgement
-        seen |= {(q, a) for q, a, statement in rows if not statement}
-        if vary:
-            assert len(set(answers)) == 3  # one row per frame in every step
-        else:
-            assert set(answers) == {canonical}
-    if vary:  # across steps a question meets more than one frame
-        by_question = {}
-        for q, a in seen:
-            by_question.setdefault(q, set()).add(a)
-        assert any(len(frames) > 1 for frames in by_question.values())
+        pairs |= set(qa[3:])
+    if frames:  # across steps a frame meets more than one question
+        assert len({q for q, a in pairs}) > 1 and all("red kite" in a for q, a in pairs)
     [ana] = list(_memory_of("Ana has a blue boat."))
     assert [a for _, a, _ in sibling_rows(ana, pattern, 1)] == ["Ana has a blue boat."]  # siblings keep `answer`
+    with pytest.raises(ValueError, match="answer_frames"):
+        AugmentSettings(answer_frames=-1)
 
 
 def test_locality_training_prompts_and_benchmark_prompts_are_disjoint():
