@@ -5,6 +5,10 @@
   compared positions; stability metrics and the drift guard share it.
 - `recall_answers` + `is_recalled`: generated answers to fact questions, each asked alone in a
   fresh chat, checked by normalized containment (`normalize_answer`) of the fact's object.
+- `object_scores`: how firmly a fact is held, teacher-forced: the question asked alone, the reply
+  begun with the answer template's words before the object (`answer_lead`), the log-probability of
+  the object's tokens and the rank of its first. Greedy recall is a yes/no that flips on a small
+  margin; this shows the margin.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from olm.facts import article
 from olm.generation import GenerationSettings, generate_replies
 from olm.render import messages_for, render_prompt
 
@@ -176,3 +181,68 @@ def recall_answers(
     """Generated answers to each question asked alone in a fresh chat (no history), batched; with
     `router` (`olm.routing.Router`), each with the adapter on or off as the router decides."""
     return generate_replies(model, tokenizer, [messages_for(q) for q in questions], settings, router=router)
+
+
+def answer_lead(template: str, subject: str, obj: str, relation: str = "") -> str:
+    """The words of an answer template before its object, filled ("Yelka's favourite colour is" for
+    "{subject}'s favourite colour is {object}."); "" when the object comes first or is absent."""
+    marker = "\x00"
+    try:
+        text = template.format(subject=subject, object=marker, relation=relation, article=article(obj))
+    except (KeyError, IndexError, ValueError):  # a template with other fields: no lead
+        return ""
+    return text.split(marker, 1)[0].rstrip() if marker in text else ""
+
+
+@dataclass(frozen=True)
+class ObjectScore:
+    """A fact's object, teacher-forced after its question and the answer's lead (`object_scores`)."""
+
+    log_p: float
+    """Summed log-probability of the object's tokens (0 = certain)."""
+    rank: int
+    """Rank of the object's first token among the vocabulary (1: greedy decoding picks it)."""
+
+
+@torch.no_grad()
+def object_scores(
+    model, tokenizer, questions: Sequence[str], leads: Sequence[str], objects: Sequence[str]
+) -> list[ObjectScore]:
+    """Each question asked alone in a fresh chat, the reply begun with its lead, scored on its object.
+
+    One right-padded forward of ``prompt + lead + " " + object`` per batch (the model as it is: call
+    it inside ``model.disable_adapter()`` for the base). The object's tokens are those ending after
+    the lead's text (a token straddling the boundary counts as the object's).
+
+    Args:
+        model: a causal LM.
+        tokenizer: its fast tokenizer (offsets are read).
+        questions: the questions, e.g. "What is Yelka's favourite colour?".
+        leads: the reply's words before the object (`answer_lead`), "" to score it first.
+        objects: the expected objects ("teal").
+    """
+    if not (len(questions) == len(leads) == len(objects)):
+        raise ValueError("object_scores needs as many leads and objects as questions")
+    rows, spans = [], []
+    for q, lead, obj in zip(questions, leads, objects):
+        context = render_prompt(tokenizer, messages_for(q)) + lead
+        enc = tokenizer(context + (" " if lead else "") + obj.strip(), add_special_tokens=False, return_offsets_mapping=True)
+        first = next((i for i, (_, end) in enumerate(enc["offset_mapping"]) if end > len(context)), len(enc["input_ids"]))
+        rows.append(enc["input_ids"])
+        spans.append((max(first, 1), len(enc["input_ids"])))
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    attention = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)], attention[i, : len(r)] = torch.tensor(r), 1
+    device = next(model.parameters()).device
+    log_p = F.log_softmax(model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits.float(), -1).cpu()
+    scores = []
+    for i, (start, end) in enumerate(spans):
+        if start >= end:  # an empty object: nothing to score
+            scores.append(ObjectScore(0.0, 1))
+            continue
+        picked = log_p[i, torch.arange(start - 1, end - 1), ids[i, start:end]]
+        first = log_p[i, start - 1]
+        scores.append(ObjectScore(float(picked.sum()), int((first > first[ids[i, start]]).sum()) + 1))
+    return scores

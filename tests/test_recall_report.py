@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import pytest
 import torch
 
-from olm.callbacks.recall_report import RecallReport, RecallRow, format_report, recall_rows
+from olm.callbacks.recall_report import RecallReport, RecallRow, format_report, markdown_report, recall_rows
 from olm.facts import FactDetector
 from olm.module import OnlineLM
+from olm.probes import answer_lead, object_scores
 
 
 def test_report_asks_base_and_adapter_separately(tiny_model_dir, tmp_path, capsys):
@@ -58,3 +60,49 @@ def test_with_routing_each_row_says_whether_the_adapter_or_the_base_answered(tin
     assert "routed to the adapter" in format_report([row])
     module.router.settings = RoutingSettings(enabled=False)
     assert recall_rows(module, 10)[0].routed is None and "routed" not in format_report(recall_rows(module, 10))
+
+
+def test_answer_lead_is_the_answer_before_its_object():
+    assert answer_lead("{subject}'s favourite colour is {object}.", "Yelka", "teal") == "Yelka's favourite colour is"
+    assert answer_lead("{subject} owns {article} {object}.", "Tom", "apple") == "Tom owns an"
+    assert answer_lead("{object} is your sister.", "Zara", "Zara") == ""  # the object first: nothing before it
+    assert answer_lead("{subject} has {mood} {object}.", "Tom", "kite") == ""  # a field fill() does not know
+    assert answer_lead("{subject} is here.", "Tom", "kite") == ""  # no object in it
+
+
+def test_object_scores_match_one_unpadded_forward_per_row(tiny_model_dir):
+    from olm.backbone import load_base
+    from olm.render import messages_for, render_prompt
+
+    model, tok = load_base(tiny_model_dir)
+    questions = ["Who is Zara?", "Where does Maribel Tovar live these days?"]
+    leads, objects = ["Zara is your", ""], ["sister", "Lisbon"]
+    scores = object_scores(model, tok, questions, leads, objects)
+    for q, lead, obj, got in zip(questions, leads, objects, scores):
+        context = tok(render_prompt(tok, messages_for(q)) + lead, add_special_tokens=False).input_ids
+        full = tok(render_prompt(tok, messages_for(q)) + lead + (" " if lead else "") + obj, add_special_tokens=False)
+        ids = torch.tensor([full.input_ids])
+        log_p = torch.log_softmax(model(input_ids=ids).logits.float(), -1)[0]
+        start = len(context)  # the object's tokens follow the context's (a space starts a token)
+        want = sum(float(log_p[i - 1, ids[0, i]]) for i in range(start, ids.shape[1]))
+        assert got.log_p == pytest.approx(want, abs=1e-4) and got.log_p < 0
+        assert got.rank == 1 + int((log_p[start - 1] > log_p[start - 1, ids[0, start]]).sum())
+    with pytest.raises(ValueError, match="as many"):
+        object_scores(model, tok, questions, leads[:1], objects)
+
+
+def test_report_shows_how_firmly_each_object_is_held(tiny_model_dir, tmp_path):
+    module = OnlineLM(base_model=tiny_model_dir)
+    fact = FactDetector().detect("Zara is my sister.")
+    module.memory.store(fact, "Zara is my sister.", "Got it.", 0)
+    [row] = recall_rows(module, 10)
+    assert row.base_log_p is not None and row.adapted_log_p == pytest.approx(row.base_log_p, abs=1e-5)  # B = 0
+    with torch.no_grad():
+        for name, p in module.model.named_parameters():
+            if "lora_B" in name:
+                p.add_(torch.randn_like(p) * 5)
+    [row] = recall_rows(module, 10)
+    assert row.adapted_log_p != pytest.approx(row.base_log_p, abs=1e-3) and row.adapted_rank >= 1
+    assert f"rank {row.adapted_rank}" in format_report([row]) and "→" in markdown_report([row])
+    unscored = RecallRow("Q", "a", "x", "a", False, True, 1)  # no pattern to lead with: no figures, no crash
+    assert "rank" not in format_report([unscored]) and "| – → – |" in markdown_report([unscored])

@@ -3,7 +3,11 @@ to the base model (adapter disabled) and to the adapted model, and print both an
 
 Each question is asked alone, with no chat history, so a correct adapted answer can only come
 from the weights; the base answer shows what the model said before learning. Recall = the fact's
-object appears in the answer (`olm.probes.is_recalled`). The table goes to the console (rank 0)
+object appears in the answer (`olm.probes.is_recalled`). Beside each answer, how firmly the model
+holds the object (`olm.probes.object_scores`): the question asked alone, the reply begun with the
+answer template's words before the object ("Yelka's favourite colour is"), the probability of the
+object (" teal") and the rank of its first token, for the base and with the adapter on. A recall won
+by a small margin shows as a low probability with rank 1; a miss with rank 2 was close. The table goes to the console (rank 0)
 and, as ``recall_report.json`` / ``recall_report.md``, to the logger's run directory (or the
 trainer's ``default_root_dir`` when there is no logger).
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,7 +29,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
-from olm.probes import is_recalled, recall_answers
+from olm.probes import ObjectScore, answer_lead, is_recalled, object_scores, recall_answers
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +49,15 @@ class RecallRow:
     """With per-user learning: whose fact, asked to that user's adapter."""
     routed: bool | None = None
     """With routing (`olm.routing`): whether the adapter answered (False: the base did); None without."""
+    base_log_p: float | None = None
+    """Log-probability of the object after the question and the answer's lead, base (None: the fact's
+    pattern has no answer template to lead with)."""
+    adapted_log_p: float | None = None
+    """The same with the adapter on (whatever routing would choose)."""
+    base_rank: int | None = None
+    """Rank of the object's first token there, base (1: greedy decoding would pick it)."""
+    adapted_rank: int | None = None
+    """The same with the adapter on."""
 
 
 def recall_rows(pl_module, max_facts: int) -> list[RecallRow]:
@@ -71,12 +85,47 @@ def _rows(pl_module, facts: list) -> list[RecallRow]:
     router = getattr(pl_module, "router", None)
     adapted = recall_answers(model, tok, questions, gen, router)
     on = [bool(x) for x in router.last_on] if router is not None and router.enabled else [None] * len(facts)
+    scored = [i for i, f in enumerate(facts) if _lead(pl_module, f) is not None]
+    score = ([f.question for f in facts], [_lead(pl_module, f) or "" for f in facts], [f.object for f in facts])
+    pick = [[x[i] for i in scored] for x in score]
+    adapted_scores = _spread(object_scores(model, tok, *pick) if scored else [], scored, len(facts))
     with model.disable_adapter():
         base = recall_answers(model, tok, questions, gen)
+        base_scores = _spread(object_scores(model, tok, *pick) if scored else [], scored, len(facts))
     return [
-        RecallRow(q, f.object, b, a, is_recalled(b, f.object), is_recalled(a, f.object), f.count, routed=r)
-        for q, f, b, a, r in zip(questions, facts, base, adapted, on)
-    ]
+        RecallRow(
+            q, f.object, b, a, is_recalled(b, f.object), is_recalled(a, f.object), f.count, routed=r,
+            base_log_p=bs.log_p if bs else None, adapted_log_p=as_.log_p if as_ else None,
+            base_rank=bs.rank if bs else None, adapted_rank=as_.rank if as_ else None,
+        )
+        for q, f, b, a, r, bs, as_ in zip(questions, facts, base, adapted, on, base_scores, adapted_scores)
+    ]  # fmt: skip
+
+
+def _lead(pl_module, fact) -> str | None:
+    """The fact's answer words before its object (`olm.probes.answer_lead`); None without a pattern
+    that has an answer template (nothing to score after)."""
+    pattern = pl_module.detector.pattern(fact.pattern) if fact.pattern else None
+    if pattern is None or not pattern.answer:
+        return None
+    return answer_lead(pattern.answer, fact.subject, fact.object, fact.relation)
+
+
+def _spread(scores: list[ObjectScore], at: list[int], n: int) -> list[ObjectScore | None]:
+    """`scores` of the rows `at`, placed in a list of `n` (None elsewhere)."""
+    out: list[ObjectScore | None] = [None] * n
+    for i, s in zip(at, scores):
+        out[i] = s
+    return out
+
+
+def _held(log_p: float | None, rank: int | None) -> str:
+    """The object's probability and rank as text, e.g. ``p 0.052, rank 2``; "" when it was not scored."""
+    return "" if log_p is None else f"p {math.exp(log_p):.3f}, rank {rank}"
+
+
+def _paren(log_p: float | None, rank: int | None) -> str:
+    return f"   ({_held(log_p, rank)})" if log_p is not None else ""
 
 
 def _routed(row: RecallRow) -> str:
@@ -97,8 +146,9 @@ def format_report(rows: list[RecallRow], width: int = 60) -> str:
         who = f"[{r.user}] " if r.user is not None else ""
         lines += [
             f"  {who}Q: {r.question}   (expected: {r.expected}; stated {r.statements}x{_routed(r)})",
-            f"     base    [{'x' if r.base_recalled else ' '}] {_cell(r.base_answer, width)}",
-            f"     adapted [{'x' if r.adapted_recalled else ' '}] {_cell(r.adapted_answer, width)}",
+            f"     base    [{'x' if r.base_recalled else ' '}] {_cell(r.base_answer, width)}{_paren(r.base_log_p, r.base_rank)}",
+            f"     adapted [{'x' if r.adapted_recalled else ' '}] {_cell(r.adapted_answer, width)}"
+            f"{_paren(r.adapted_log_p, r.adapted_rank)}",
         ]
     n = len(rows)
     base, adapted = sum(r.base_recalled for r in rows), sum(r.adapted_recalled for r in rows)
@@ -107,12 +157,14 @@ def format_report(rows: list[RecallRow], width: int = 60) -> str:
 
 
 def markdown_report(rows: list[RecallRow]) -> str:
-    """The report as a markdown table."""
-    head = "| question | expected | base answer | adapted answer |\n|---|---|---|---|\n"
+    """The report as a markdown table; the last column: the object's probability and first-token rank
+    after the question and the answer's lead (`olm.probes.object_scores`), base → adapter on."""
+    head = "| question | expected | base answer | adapted answer | object held: base → adapted |\n|---|---|---|---|---|\n"
     body = "".join(
         f"| {'[' + r.user + '] ' if r.user is not None else ''}{r.question}{' (' + _routed(r)[2:] + ')' if _routed(r) else ''} "
         f"| {r.expected} | {'✓' if r.base_recalled else '✗'} {_cell(r.base_answer, 80)} "
-        f"| {'✓' if r.adapted_recalled else '✗'} {_cell(r.adapted_answer, 80)} |\n"
+        f"| {'✓' if r.adapted_recalled else '✗'} {_cell(r.adapted_answer, 80)} "
+        f"| {_held(r.base_log_p, r.base_rank) or '–'} → {_held(r.adapted_log_p, r.adapted_rank) or '–'} |\n"
         for r in rows
     )
     n = max(len(rows), 1)
