@@ -43,11 +43,35 @@ def test_facts_bench_writes_results_table_and_plot(tmp_path, tiny_model_dir):
         for rate in [*row["recall_at_k"], row["generalization"], row["retention"], row["base_control"],
                      row["locality"]["token_agreement"], row["locality"]["teacher_forced"],
                      row["locality_after"]["teacher_forced"], row["locality"]["gk_base"], row["locality_after"]["gk_adapted"],
-                     row["locality"]["teacher_forced_train"], row["locality"]["near_tie_positions"]]:  # fmt: skip
+                     row["locality"]["teacher_forced_train"], row["locality"]["near_tie_positions"],
+                     *row["object_p_at_k"], row["base_object_p"]]:  # fmt: skip
             assert 0.0 <= rate["mean"] <= 1.0 and rate["n"] == 2
+        assert 0.0 < row["base_object_p"]["mean"] < 1.0  # a probability, not a placeholder
     assert (out / "recall.png").stat().st_size > 0 and "| tuned |" in (out / "results.md").read_text()
     assert "Generalization by held-out phrasing, row `update`" in (out / "results.md").read_text()
     assert "| update | retention | 4 |" in (out / "results.md").read_text()
+    stored = json.loads(next((out / "runs").glob("*.json")).read_text())
+    assert all(0.0 < p < 1.0 for fact in stored["metrics"]["facts"] for p in fact["object_p"])
+
+
+def test_object_p_lead_and_runs_stored_before_it():
+    from olm.bench.facts import answer_before, markdown
+
+    assert answer_before("Zara is your sister.", "sister") == "Zara is your"
+    assert answer_before("Tom works as an architect.", "architect") == "Tom works as an"
+    assert answer_before("Nothing here.", "sister") == ""
+    rate = {"mean": 0.5, "std": 0.0, "n": 1}
+    old = {"recall_at_k": [0.5], "generalization": 0.5, "retention": 0.5, "forgetting": 0.0, "reps_to_recall": 1.0,
+           "locality": {"teacher_forced": 1.0}, "locality_after": {"teacher_forced": 1.0}, "base_control": 0.0,
+           "update": None, "fact_turn_ratio": 2.0, "routed": None}  # fmt: skip
+    agg = aggregate([old])  # a run stored before the figure: missing, not a KeyError
+    assert agg["object_p_at_k"]["mean"] is None and agg["base_object_p"]["mean"] is None
+    new = {**old, "object_p_at_k": [0.25], "base_object_p": 0.01}
+    both = aggregate([old, new])
+    assert both["object_p_at_k"][0]["mean"] == 0.25 and both["object_p_at_k"][0]["n"] == 1
+    loc = {k: rate for k in ("teacher_forced", "gk_adapted", "gk_base", "token_agreement", "anchor_kl", "ppl_ratio")}
+    table = markdown({"a": {**agg, "locality": loc, "locality_after": loc}, "b": {**both, "locality": loc, "locality_after": loc}}, 1)
+    assert "| – |" in table.splitlines()[2] and "0.25 (0.01)" in table.splitlines()[3]
 
 
 def test_set_overrides_reach_the_cli_of_every_row(tmp_path, tiny_model_dir):

@@ -68,7 +68,7 @@ from olm.backbone import resolve_model_path
 from olm.callbacks import FactReplay
 from olm.generation import GenerationSettings
 from olm.module import OnlineLM
-from olm.probes import AnchorProbe, is_recalled, normalize_answer, recall_answers
+from olm.probes import AnchorProbe, is_recalled, normalize_answer, object_scores, recall_answers
 from olm.turns import trained_turn
 from olm.probes import load_anchors
 from olm.render import messages_for, render_prompt
@@ -79,7 +79,7 @@ from olm.world.schedule import TeachingSchedule, teaching_schedule, unrelated_tu
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = ("recall_at_k", "reps_to_recall", "generalization", "retention", "forgetting", "locality", "locality_after",
-        "base_control", "update", "fact_turn_ratio", "routed")
+        "base_control", "update", "fact_turn_ratio", "routed", "object_p_at_k", "base_object_p")
 DATA = Path(__file__).parent / "data"
 GENERAL_PROMPTS = DATA / "general_prompts.txt"
 """Locality prompts of the benchmark: disjoint from the training locality prompts (tests check)."""
@@ -228,6 +228,9 @@ class Probe(L.Callback):
     gk_long_tokens: int = 0
     """Also answer the general-knowledge questions whole, up to this many tokens (0 = not)."""
     recall: dict[int, list[bool]] = field(default_factory=dict)
+    object_p: dict[int, list[float]] = field(default_factory=dict)
+    """Per round, each fact's `held` probability: how firmly the object is held, not only whether the
+    greedy answer names it (a continuous figure, steadier than recall between settings)."""
     results: dict[str, Any] = field(default_factory=dict)
     answers: dict[str, list[str]] = field(default_factory=dict)
     """The generated answers of each probe round ("round1".., "retention", "generalization"), per fact."""
@@ -254,6 +257,7 @@ class Probe(L.Callback):
         if done in self.round_ends.values():
             k = next(k for k, end in self.round_ends.items() if end == done)
             self.recall[k] = self.ask(pl_module, [f.probe for f in self.schedule.facts], label=f"round{k}")
+            self.object_p[k] = self.held(pl_module)
         if done == self.teaching_turns:
             self.end_of_teaching(pl_module)
         if self.updates and done == self.update_end:
@@ -280,6 +284,15 @@ class Probe(L.Callback):
                 self.note_routed(pl_module, label)
         return [is_recalled(a, f.expected) for a, f in zip(answers, facts)]
 
+    def held(self, pl_module: OnlineLM) -> list[float]:
+        """Each fact's object probability, teacher-forced after its recall question and its expected
+        answer's words before the object ("Zara is your" → "sister"; `olm.probes.object_scores`), with
+        the model as it is (the adapter on; call inside ``disable_adapter`` for the base)."""
+        facts = self.schedule.facts
+        leads = [answer_before(f.answer, f.expected) for f in facts]
+        scores = object_scores(pl_module.model, pl_module.tokenizer, [f.probe for f in facts], leads, [f.expected for f in facts])
+        return [math.exp(s.log_p) for s in scores]
+
     def ask_updates(self, pl_module: OnlineLM) -> float:
         """Share of contradicted facts answered with the new object and without the old one."""
         answers = recall_answers(pl_module.model, pl_module.tokenizer, [f.probe for f in self.updates], pl_module.generation, pl_module.router)
@@ -293,6 +306,7 @@ class Probe(L.Callback):
         self.results["locality"] = self.locality(pl_module)
         with pl_module.model.disable_adapter():
             self.results["base_control"] = mean(self.ask(pl_module, [f.probe for f in facts], base=True))
+            self.results["base_object_p"] = mean(self.held(pl_module))
 
     def locality(self, pl_module: OnlineLM) -> dict[str, float]:
         if self.ref is None:
@@ -424,7 +438,16 @@ def summarize(probe: Probe, reps: int) -> dict[str, Any]:
         "locality_after": probe.results["locality_after"], "base_control": probe.results["base_control"],
         "update": probe.results.get("update"), "fact_turn_ratio": probe.results["fact_turn_ratio"],
         "facts": per_fact(probe, reps), "gk": per_gk_question(probe), "routed": probe.routed or None,
+        "object_p_at_k": [mean(probe.object_p[k]) for k in range(1, reps + 1)],
+        "base_object_p": probe.results["base_object_p"],
     }  # fmt: skip
+
+
+def answer_before(answer: str, obj: str) -> str:
+    """The words of a full expected answer before its object ("Zara is your sister." → "Zara is
+    your"); "" when the object is not in it."""
+    at = answer.rfind(obj)
+    return answer[:at].rstrip() if at >= 0 else ""
 
 
 def per_gk_question(probe: Probe) -> list[dict[str, Any]]:
@@ -463,6 +486,7 @@ def per_fact(probe: Probe, reps: int) -> list[dict[str, Any]]:
         out.append({
             "subject": f.fact.subject, "kind": f.fact.kind, "object": f.expected, "question": f.probe,
             "recalled": [bool(probe.recall[k][i]) for k in range(1, reps + 1)],
+            "object_p": [probe.object_p[k][i] for k in range(1, reps + 1)],
             "answers": [answers[i] for answers in rounds],
             "answer_after": probe.answers.get("retention", blank)[i], "object_after": after,
             "generalization": held_out[i],
@@ -490,7 +514,7 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
         return {"mean": statistics.fmean(nums), "std": statistics.pstdev(nums), "n": len(nums)}
 
     runs = [with_gk_kept(r) for r in runs]
-    return {k: agg([r[k] for r in runs]) for k in KEYS}
+    return {k: agg([r.get(k) for r in runs]) for k in KEYS}  # a run from before a key existed: missing there
 
 
 def with_gk_kept(run: dict[str, Any]) -> dict[str, Any]:
@@ -579,16 +603,29 @@ def fmt(stat: dict[str, Any]) -> str:
     return "–" if stat["mean"] is None else f"{stat['mean']:.2f} ± {stat['std']:.2f}"
 
 
+def object_p_cell(r: dict[str, Any]) -> str:
+    """Mean object probability after each round and, in brackets, the base's ("–" for runs stored
+    before the figure existed)."""
+    rounds, base = r.get("object_p_at_k"), r.get("base_object_p") or MISSING
+    if not isinstance(rounds, list):
+        return "–"
+    def num(stat: dict[str, Any]) -> str:
+        return "–" if stat["mean"] is None else f"{stat['mean']:.2f}"
+
+    return " / ".join(num(s) for s in rounds) + f" ({num(base)})"
+
+
 def markdown(results: dict[str, Any], reps: int) -> str:
     ks = sorted({1, 2, 3, reps} & set(range(1, reps + 1)))
-    head = ["row", *[f"recall@{k}" for k in ks], "reps→recall", "generalization", "retention", "update",
+    head = ["row", *[f"recall@{k}" for k in ks], "reps→recall", "object p by round (base)", "generalization", "retention", "update",
             "locality TF (teach / after)", "TF on the training locality prompts (teach / after)",
             "flips at base near-ties (teach)", "GK kept (teach / after)", "GK kept, whole answers (teach / after)", "GK adapted (teach / after)", "GK base", "token agreement", "anchor KL",
             "ppl ratio", "base control", "fact/plain turn time"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row, r in results.items():
         loc, after = r["locality"], r["locality_after"]
-        cells = [row, *[fmt(r["recall_at_k"][k - 1]) for k in ks], fmt(r["reps_to_recall"]), fmt(r["generalization"]),
+        cells = [row, *[fmt(r["recall_at_k"][k - 1]) for k in ks], fmt(r["reps_to_recall"]), object_p_cell(r),
+                 fmt(r["generalization"]),
                  fmt(r["retention"]), fmt(r["update"]),
                  f"{fmt(loc['teacher_forced'])} / {fmt(after['teacher_forced'])}",
                  f"{fmt(loc.get('teacher_forced_train', MISSING))} / {fmt(after.get('teacher_forced_train', MISSING))}",
