@@ -43,6 +43,7 @@ from __future__ import annotations
 import string
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from olm.facts import FactPattern, fill
 from olm.memory import StoredFact, fact_key
@@ -70,6 +71,11 @@ class AugmentSettings:
     also learned after frames other than the one `answer` puts before it. Added to the `qa_pairs` rows,
     which keep `answer`: answering those in the other frames instead made a short stream's facts slower
     to recall (README, Fact acquisition). 0 = none."""
+    answer_frames_on: Literal["all", "replay"] = "all"
+    """Which steps get the `answer_frames` rows: "all" (fact turns and replays) or "replay" only. A fact
+    turn then trains the object in its canonical frame alone and the replays, which come back to each fact
+    later, add the other frames: on the main job's stream the frame rows in the fact turns held a slowly
+    learned object (Yelka's "teal") below the canonical answer's competitors (README, Fact acquisition)."""
     about_pairs: int = 0
     """Subject-only question → answer pairs per fact step (third-person facts; 0 = none)."""
     about_questions: list[str] = field(
@@ -102,6 +108,8 @@ class AugmentSettings:
         for name in ("qa_pairs", "paraphrases", "about_pairs", "short_answers", "siblings", "answer_frames"):
             if getattr(self, name) < 0:
                 problems.append(f"augment.{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.answer_frames_on not in ("all", "replay"):
+            problems.append(f"augment.answer_frames_on must be 'all' or 'replay', got {self.answer_frames_on!r}")
         if not _fields(self.acknowledgement) <= {"answer"}:
             problems.append(f"augment.acknowledgement may only use {{answer}}, got {self.acknowledgement!r}")
         for t in self.about_questions:
@@ -156,9 +164,10 @@ def fact_exchanges(
 
 def fact_rows(
     subject: str, obj: str, relation: str, pattern: FactPattern | None, settings: AugmentSettings,
-    rotation: int = 0, statement: str = "",
+    rotation: int = 0, statement: str = "", replay: bool = False,
 ) -> list[tuple[str, str, bool]]:  # fmt: skip
-    """`fact_exchanges`, each marked True when it is a paraphrased statement (False: a question)."""
+    """`fact_exchanges`, each marked True when it is a paraphrased statement (False: a question).
+    `replay`: the rows of a replay step (`answer_frames_on` says whether a fact turn gets the frames)."""
     if pattern is None or not pattern.answer:
         return []
     answer = fill(pattern.answer, subject, obj, relation)
@@ -168,7 +177,8 @@ def fact_rows(
     shorts = {(rotation + j) % len(questions) for j in range(settings.short_answers)} if questions else set()
     for i, q in enumerate(questions):
         out.append((fill(q, subject, obj, relation), short if i in shorts else answer, False))
-    frames = _rotated([fill(t, subject, obj, relation) for t in pattern.answers], settings.answer_frames, rotation)
+    n_frames = settings.answer_frames if replay or settings.answer_frames_on == "all" else 0
+    frames = _rotated([fill(t, subject, obj, relation) for t in pattern.answers], n_frames, rotation)
     asked = _rotated(pattern.questions, len(frames), rotation + 1)  # another window: questions meet other frames
     out += [(fill(q, subject, obj, relation), a, False) for q, a in zip(asked, frames)]
     if not pattern.subject:  # a first-person fact's subject ("me") is shared by all of them

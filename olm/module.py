@@ -513,10 +513,11 @@ class OnlineLM(L.LightningModule):
         pattern = self.detector.pattern
         return [q for f in recent for q in fact_questions(f.subject, f.object, f.relation, pattern(f.pattern))]
 
-    def fact_examples(self, fact, rotation: int, statement: str = "") -> list[Example]:
-        """The rendered augmentation of a fact (`olm.augment`): Q/A pairs and paraphrases, no history."""
+    def fact_examples(self, fact, rotation: int, statement: str = "", replay: bool = False) -> list[Example]:
+        """The rendered augmentation of a fact (`olm.augment`): Q/A pairs and paraphrases, no history;
+        `replay`: for a replay step (`augment.answer_frames_on`)."""
         pattern = self.detector.pattern(fact.pattern) if fact is not None else None
-        rows = fact_rows(fact.subject, fact.object, fact.relation, pattern, self.augment, rotation, statement)
+        rows = fact_rows(fact.subject, fact.object, fact.relation, pattern, self.augment, rotation, statement, replay)
         said = statement_loss_on(self.augment, self.objective.loss_on)
         return [
             self.render_fact_row(u, a, fact, said if is_statement else self.objective.loss_on)
@@ -722,7 +723,7 @@ class OnlineLM(L.LightningModule):
                 ctx = Context("replay", fact=fact, repetition=fact.count, importance=fact.importance)
                 mine = [render_exchange(self.tokenizer, fact.text, fact.reply, (), said, self.objective.max_tokens)]
                 if self.augment.on_replay:  # a rotation that moves on with the run
-                    mine += self.fact_examples(fact, fact.count + self.memory_clock, fact.text)
+                    mine += self.fact_examples(fact, fact.count + self.memory_clock, fact.text, replay=True)
                 examples += mine
                 contexts += [ctx] * len(mine)
         # the batch's LR multiplier and KL λ are those of its most important fact

@@ -82,6 +82,32 @@ def test_answer_frames_add_rows_in_the_patterns_other_frames(frames):
         AugmentSettings(answer_frames=-1)
 
 
+def test_answer_frames_on_replay_leave_the_fact_turns_canonical():
+    pattern = FactDetector().pattern("has")
+    on_replay = AugmentSettings(qa_pairs=3, paraphrases=1, answer_frames=2, answer_frames_on="replay")
+    everywhere = AugmentSettings(qa_pairs=3, paraphrases=1, answer_frames=2)
+    others = {fill(t, "Tom", "red kite", "has") for t in pattern.answers}
+    for rotation in range(3):
+        turn = fact_rows("Tom", "red kite", "has", pattern, on_replay, rotation)
+        replayed = fact_rows("Tom", "red kite", "has", pattern, on_replay, rotation, replay=True)
+        assert not {a for _, a, _ in turn} & others and len(turn) == 4  # 3 Q/A + 1 paraphrase, canonical only
+        assert replayed == fact_rows("Tom", "red kite", "has", pattern, everywhere, rotation)  # the replay: all rows
+        assert fact_rows("Tom", "red kite", "has", pattern, everywhere, rotation, replay=True) == replayed
+    with pytest.raises(ValueError, match="answer_frames_on"):
+        AugmentSettings(answer_frames_on="fact")
+
+
+def test_a_replay_step_trains_the_frames_a_fact_turn_leaves_out(tiny_model_dir):
+    from olm.module import OnlineLM
+
+    module = OnlineLM(base_model=tiny_model_dir, augment=AugmentSettings(answer_frames=2, answer_frames_on="replay"))
+    [fact] = list(_memory_of("Tom has a red kite."))
+    turn = [e.text for e in module.fact_examples(fact, 0, fact.text)]
+    replay = [e.text for e in module.fact_examples(fact, 0, fact.text, replay=True)]
+    assert len(replay) == len(turn) + 2 and set(turn) < set(replay)
+    assert any("Tom owns a red kite." in t for t in replay) and not any("Tom owns a red kite." in t for t in turn)
+
+
 def test_locality_training_prompts_and_benchmark_prompts_are_disjoint():
     # the locality prompts also calibrate routing (olm.routing): the benchmark's prompts and
     # general-knowledge questions stay held out from both
