@@ -210,8 +210,9 @@ def object_scores(
 ) -> list[ObjectScore]:
     """Each question asked alone in a fresh chat, the reply begun with its lead, scored on its object.
 
-    One right-padded forward of ``prompt + lead + " " + object`` per batch (the model as it is: call
-    it inside ``model.disable_adapter()`` for the base). The object's tokens are those ending after
+    One right-padded forward of ``prompt + lead + " " + object`` per batch, in eval mode (no dropout;
+    the model's mode is put back), with the adapter as it is: call it inside ``model.disable_adapter()``
+    for the base. The object's tokens are those ending after
     the lead's text (a token straddling the boundary counts as the object's).
 
     Args:
@@ -226,8 +227,10 @@ def object_scores(
     rows, spans = [], []
     for q, lead, obj in zip(questions, leads, objects):
         context = render_prompt(tokenizer, messages_for(q)) + lead
-        enc = tokenizer(context + (" " if lead else "") + obj.strip(), add_special_tokens=False, return_offsets_mapping=True)
-        first = next((i for i, (_, end) in enumerate(enc["offset_mapping"]) if end > len(context)), len(enc["input_ids"]))
+        text = context + (" " if lead else "") + obj.strip()
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        after = [i for i, (_, end) in enumerate(enc["offset_mapping"]) if end > len(context)]
+        first = after[0] if after else len(enc["input_ids"])
         rows.append(enc["input_ids"])
         spans.append((max(first, 1), len(enc["input_ids"])))
     width = max(len(r) for r in rows)
@@ -236,7 +239,13 @@ def object_scores(
     for i, r in enumerate(rows):
         ids[i, : len(r)], attention[i, : len(r)] = torch.tensor(r), 1
     device = next(model.parameters()).device
-    log_p = F.log_softmax(model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits.float(), -1).cpu()
+    was_training = model.training
+    model.eval()  # no LoRA dropout: the figure is the model's, not one noisy draw of it
+    try:
+        logits = model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits
+    finally:
+        model.train(was_training)
+    log_p = F.log_softmax(logits.float(), -1).cpu()
     scores = []
     for i, (start, end) in enumerate(spans):
         if start >= end:  # an empty object: nothing to score

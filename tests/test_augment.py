@@ -105,7 +105,8 @@ def test_a_replay_step_trains_the_frames_a_fact_turn_leaves_out(tiny_model_dir):
     turn = [e.text for e in module.fact_examples(fact, 0, fact.text)]
     replay = [e.text for e in module.fact_examples(fact, 0, fact.text, replay=True)]
     assert len(replay) == len(turn) + 2 and set(turn) < set(replay)
-    assert any("Tom owns a red kite." in t for t in replay) and not any("Tom owns a red kite." in t for t in turn)
+    frames = ("assistant\nTom owns a red kite.", "assistant\nTom has got a red kite.")  # answered in a frame
+    assert all(any(f in t for t in replay) for f in frames) and not any(f in t for t in turn for f in frames)
 
 
 def test_locality_training_prompts_and_benchmark_prompts_are_disjoint():

@@ -70,7 +70,8 @@ def test_object_p_lead_and_runs_stored_before_it():
     both = aggregate([old, new])
     assert both["object_p_at_k"][0]["mean"] == 0.25 and both["object_p_at_k"][0]["n"] == 1
     loc = {k: rate for k in ("teacher_forced", "gk_adapted", "gk_base", "token_agreement", "anchor_kl", "ppl_ratio")}
-    table = markdown({"a": {**agg, "locality": loc, "locality_after": loc}, "b": {**both, "locality": loc, "locality_after": loc}}, 1)
+    rows = {"a": agg, "b": both}
+    table = markdown({k: {**v, "locality": loc, "locality_after": loc} for k, v in rows.items()}, 1)
     assert "| – |" in table.splitlines()[2] and "0.25 (0.01)" in table.splitlines()[3]
 
 

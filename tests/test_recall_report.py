@@ -87,6 +87,11 @@ def test_object_scores_match_one_unpadded_forward_per_row(tiny_model_dir):
         want = sum(float(log_p[i - 1, ids[0, i]]) for i in range(start, ids.shape[1]))
         assert got.log_p == pytest.approx(want, abs=1e-4) and got.log_p < 0
         assert got.rank == 1 + int((log_p[start - 1] > log_p[start - 1, ids[0, start]]).sum())
+    model.train()  # dropout on: the scores are still the eval-mode ones, and the mode comes back
+    embed = model.model.embed_tokens
+    drop = embed.register_forward_hook(lambda mod, args, out: torch.nn.functional.dropout(out, 0.9, mod.training))
+    assert object_scores(model, tok, questions, leads, objects) == scores and model.training
+    drop.remove()
     with pytest.raises(ValueError, match="as many"):
         object_scores(model, tok, questions, leads[:1], objects)
 

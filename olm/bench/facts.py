@@ -290,7 +290,8 @@ class Probe(L.Callback):
         the model as it is (the adapter on; call inside ``disable_adapter`` for the base)."""
         facts = self.schedule.facts
         leads = [answer_before(f.answer, f.expected) for f in facts]
-        scores = object_scores(pl_module.model, pl_module.tokenizer, [f.probe for f in facts], leads, [f.expected for f in facts])
+        questions, objects = [f.probe for f in facts], [f.expected for f in facts]
+        scores = object_scores(pl_module.model, pl_module.tokenizer, questions, leads, objects)
         return [math.exp(s.log_p) for s in scores]
 
     def ask_updates(self, pl_module: OnlineLM) -> float:
@@ -617,7 +618,8 @@ def object_p_cell(r: dict[str, Any]) -> str:
 
 def markdown(results: dict[str, Any], reps: int) -> str:
     ks = sorted({1, 2, 3, reps} & set(range(1, reps + 1)))
-    head = ["row", *[f"recall@{k}" for k in ks], "reps→recall", "object p by round (base)", "generalization", "retention", "update",
+    head = ["row", *[f"recall@{k}" for k in ks], "reps→recall", "object p by round (base)", "generalization",
+            "retention", "update",
             "locality TF (teach / after)", "TF on the training locality prompts (teach / after)",
             "flips at base near-ties (teach)", "GK kept (teach / after)", "GK kept, whole answers (teach / after)", "GK adapted (teach / after)", "GK base", "token agreement", "anchor KL",
             "ppl ratio", "base control", "fact/plain turn time"]  # fmt: skip

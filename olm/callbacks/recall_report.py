@@ -7,9 +7,9 @@ object appears in the answer (`olm.probes.is_recalled`). Beside each answer, how
 holds the object (`olm.probes.object_scores`): the question asked alone, the reply begun with the
 answer template's words before the object ("Yelka's favourite colour is"), the probability of the
 object (" teal") and the rank of its first token, for the base and with the adapter on. A recall won
-by a small margin shows as a low probability with rank 1; a miss with rank 2 was close. The table goes to the console (rank 0)
-and, as ``recall_report.json`` / ``recall_report.md``, to the logger's run directory (or the
-trainer's ``default_root_dir`` when there is no logger).
+by a small margin shows as a low probability with rank 1; a miss with rank 2 was close. The table
+goes to the console (rank 0) and, as ``recall_report.json`` / ``recall_report.md``, to the logger's
+run directory (or the trainer's ``default_root_dir`` when there is no logger).
 
 Config (``trainer.callbacks``)::
 
@@ -146,7 +146,8 @@ def format_report(rows: list[RecallRow], width: int = 60) -> str:
         who = f"[{r.user}] " if r.user is not None else ""
         lines += [
             f"  {who}Q: {r.question}   (expected: {r.expected}; stated {r.statements}x{_routed(r)})",
-            f"     base    [{'x' if r.base_recalled else ' '}] {_cell(r.base_answer, width)}{_paren(r.base_log_p, r.base_rank)}",
+            f"     base    [{'x' if r.base_recalled else ' '}] {_cell(r.base_answer, width)}"
+            f"{_paren(r.base_log_p, r.base_rank)}",
             f"     adapted [{'x' if r.adapted_recalled else ' '}] {_cell(r.adapted_answer, width)}"
             f"{_paren(r.adapted_log_p, r.adapted_rank)}",
         ]
@@ -159,7 +160,7 @@ def format_report(rows: list[RecallRow], width: int = 60) -> str:
 def markdown_report(rows: list[RecallRow]) -> str:
     """The report as a markdown table; the last column: the object's probability and first-token rank
     after the question and the answer's lead (`olm.probes.object_scores`), base → adapter on."""
-    head = "| question | expected | base answer | adapted answer | object held: base → adapted |\n|---|---|---|---|---|\n"
+    head = "| question | expected | base answer | adapted answer | object held: base → adapted |\n" + "|---" * 5 + "|\n"
     body = "".join(
         f"| {'[' + r.user + '] ' if r.user is not None else ''}{r.question}{' (' + _routed(r)[2:] + ')' if _routed(r) else ''} "
         f"| {r.expected} | {'✓' if r.base_recalled else '✗'} {_cell(r.base_answer, 80)} "
