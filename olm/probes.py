@@ -6,7 +6,7 @@
 - `recall_answers` + `is_recalled`: generated answers to fact questions, each asked alone in a
   fresh chat, checked by normalized containment (`normalize_answer`) of the fact's object.
 - `object_scores`: how firmly a fact is held, teacher-forced: the question asked alone, the reply
-  begun with the answer template's words before the object (`answer_lead`), the log-probability of
+  begun with the answer's words before the object (`answer_before`), the log-probability of
   the object's tokens and the rank of its first. Greedy recall is a yes/no that flips on a small
   margin; this shows the margin.
 """
@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from olm.facts import article
 from olm.generation import GenerationSettings, generate_replies
 from olm.render import messages_for, render_prompt
 
@@ -183,15 +182,12 @@ def recall_answers(
     return generate_replies(model, tokenizer, [messages_for(q) for q in questions], settings, router=router)
 
 
-def answer_lead(template: str, subject: str, obj: str, relation: str = "") -> str:
-    """The words of an answer template before its object, filled ("Yelka's favourite colour is" for
-    "{subject}'s favourite colour is {object}."); "" when the object comes first or is absent."""
-    marker = "\x00"
-    try:
-        text = template.format(subject=subject, object=marker, relation=relation, article=article(obj))
-    except (KeyError, IndexError, ValueError):  # a template with other fields: no lead
-        return ""
-    return text.split(marker, 1)[0].rstrip() if marker in text else ""
+def answer_before(answer: str, obj: str) -> str:
+    """The words of a filled answer before its object ("Yelka's favourite colour is teal." →
+    "Yelka's favourite colour is"; "Tom owns a red kite." → "Tom owns a"): the text up to the object's
+    last occurrence; "" when the object is not in it or comes first."""
+    at = answer.rfind(obj) if obj else -1
+    return answer[:at].rstrip() if at >= 0 else ""
 
 
 @dataclass(frozen=True)
@@ -219,7 +215,7 @@ def object_scores(
         model: a causal LM.
         tokenizer: its fast tokenizer (offsets are read).
         questions: the questions, e.g. "What is Yelka's favourite colour?".
-        leads: the reply's words before the object (`answer_lead`), "" to score it first.
+        leads: the reply's words before the object (`answer_before`), "" to score it first.
         objects: the expected objects ("teal").
     """
     if not (len(questions) == len(leads) == len(objects)):

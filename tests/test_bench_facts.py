@@ -54,12 +54,8 @@ def test_facts_bench_writes_results_table_and_plot(tmp_path, tiny_model_dir):
     assert all(0.0 < p < 1.0 for fact in stored["metrics"]["facts"] for p in fact["object_p"])
 
 
-def test_object_p_lead_and_runs_stored_before_it():
-    from olm.bench.facts import answer_before, markdown
-
-    assert answer_before("Zara is your sister.", "sister") == "Zara is your"
-    assert answer_before("Tom works as an architect.", "architect") == "Tom works as an"
-    assert answer_before("Nothing here.", "sister") == ""
+def test_object_p_of_runs_stored_before_it():
+    from olm.bench.facts import markdown
     rate = {"mean": 0.5, "std": 0.0, "n": 1}
     old = {"recall_at_k": [0.5], "generalization": 0.5, "retention": 0.5, "forgetting": 0.0, "reps_to_recall": 1.0,
            "locality": {"teacher_forced": 1.0}, "locality_after": {"teacher_forced": 1.0}, "base_control": 0.0,

@@ -11,7 +11,7 @@ import torch
 from olm.callbacks.recall_report import RecallReport, RecallRow, format_report, markdown_report, recall_rows
 from olm.facts import FactDetector
 from olm.module import OnlineLM
-from olm.probes import answer_lead, object_scores
+from olm.probes import answer_before, object_scores
 
 
 def test_report_asks_base_and_adapter_separately(tiny_model_dir, tmp_path, capsys):
@@ -62,12 +62,12 @@ def test_with_routing_each_row_says_whether_the_adapter_or_the_base_answered(tin
     assert recall_rows(module, 10)[0].routed is None and "routed" not in format_report(recall_rows(module, 10))
 
 
-def test_answer_lead_is_the_answer_before_its_object():
-    assert answer_lead("{subject}'s favourite colour is {object}.", "Yelka", "teal") == "Yelka's favourite colour is"
-    assert answer_lead("{subject} owns {article} {object}.", "Tom", "apple") == "Tom owns an"
-    assert answer_lead("{object} is your sister.", "Zara", "Zara") == ""  # the object first: nothing before it
-    assert answer_lead("{subject} has {mood} {object}.", "Tom", "kite") == ""  # a field fill() does not know
-    assert answer_lead("{subject} is here.", "Tom", "kite") == ""  # no object in it
+def test_answer_before_is_the_answer_up_to_its_object():
+    assert answer_before("Yelka's favourite colour is teal.", "teal") == "Yelka's favourite colour is"
+    assert answer_before("Tom owns an apple.", "apple") == "Tom owns an"
+    assert answer_before("Zara is your sister.", "sister") == "Zara is your"
+    assert answer_before("Lisbon is where you live.", "Lisbon") == ""  # the object first: nothing before it
+    assert answer_before("Tom is here.", "kite") == "" and answer_before("Tom is here.", "") == ""  # no object
 
 
 def test_object_scores_match_one_unpadded_forward_per_row(tiny_model_dir):

@@ -68,7 +68,7 @@ from olm.backbone import resolve_model_path
 from olm.callbacks import FactReplay
 from olm.generation import GenerationSettings
 from olm.module import OnlineLM
-from olm.probes import AnchorProbe, is_recalled, normalize_answer, object_scores, recall_answers
+from olm.probes import AnchorProbe, answer_before, is_recalled, normalize_answer, object_scores, recall_answers
 from olm.turns import trained_turn
 from olm.probes import load_anchors
 from olm.render import messages_for, render_prompt
@@ -442,13 +442,6 @@ def summarize(probe: Probe, reps: int) -> dict[str, Any]:
         "object_p_at_k": [mean(probe.object_p[k]) for k in range(1, reps + 1)],
         "base_object_p": probe.results["base_object_p"],
     }  # fmt: skip
-
-
-def answer_before(answer: str, obj: str) -> str:
-    """The words of a full expected answer before its object ("Zara is your sister." → "Zara is
-    your"); "" when the object is not in it."""
-    at = answer.rfind(obj)
-    return answer[:at].rstrip() if at >= 0 else ""
 
 
 def per_gk_question(probe: Probe) -> list[dict[str, Any]]:

@@ -29,7 +29,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
-from olm.probes import ObjectScore, answer_lead, is_recalled, object_scores, recall_answers
+from olm.facts import fill
+from olm.probes import ObjectScore, answer_before, is_recalled, object_scores, recall_answers
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +104,12 @@ def _rows(pl_module, facts: list) -> list[RecallRow]:
 
 
 def _lead(pl_module, fact) -> str | None:
-    """The fact's answer words before its object (`olm.probes.answer_lead`); None without a pattern
-    that has an answer template (nothing to score after)."""
+    """The fact's answer words before its object (`olm.probes.answer_before` of the pattern's filled
+    answer); None without a pattern that has an answer template (nothing to score after)."""
     pattern = pl_module.detector.pattern(fact.pattern) if fact.pattern else None
     if pattern is None or not pattern.answer:
         return None
-    return answer_lead(pattern.answer, fact.subject, fact.object, fact.relation)
+    return answer_before(fill(pattern.answer, fact.subject, fact.object, fact.relation), fact.object)
 
 
 def _spread(scores: list[ObjectScore], at: list[int], n: int) -> list[ObjectScore | None]:
