@@ -208,8 +208,8 @@ def object_scores(
 
     One right-padded forward of ``prompt + lead + " " + object`` per batch, in eval mode (no dropout;
     the model's mode is put back), with the adapter as it is: call it inside ``model.disable_adapter()``
-    for the base. The object's tokens are those ending after
-    the lead's text (a token straddling the boundary counts as the object's).
+    for the base. The object's tokens are those ending after the lead's text (a token straddling the
+    boundary counts as the object's).
 
     Args:
         model: a causal LM.
@@ -241,13 +241,14 @@ def object_scores(
         logits = model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits
     finally:
         model.train(was_training)
-    log_p = F.log_softmax(logits.float(), -1).cpu()
     scores = []
     for i, (start, end) in enumerate(spans):
         if start >= end:  # an empty object: nothing to score
             scores.append(ObjectScore(0.0, 1))
             continue
-        picked = log_p[i, torch.arange(start - 1, end - 1), ids[i, start:end]]
-        first = log_p[i, start - 1]
-        scores.append(ObjectScore(float(picked.sum()), int((first > first[ids[i, start]]).sum()) + 1))
+        # the softmax at the object's positions only, not over every position of the batch
+        log_p = F.log_softmax(logits[i, start - 1 : end - 1].float(), -1).cpu()
+        targets = ids[i, start:end]
+        picked = log_p[torch.arange(end - start), targets]
+        scores.append(ObjectScore(float(picked.sum()), int((log_p[0] > log_p[0, targets[0]]).sum()) + 1))
     return scores

@@ -86,9 +86,9 @@ def _rows(pl_module, facts: list) -> list[RecallRow]:
     router = getattr(pl_module, "router", None)
     adapted = recall_answers(model, tok, questions, gen, router)
     on = [bool(x) for x in router.last_on] if router is not None and router.enabled else [None] * len(facts)
-    scored = [i for i, f in enumerate(facts) if _lead(pl_module, f) is not None]
-    score = ([f.question for f in facts], [_lead(pl_module, f) or "" for f in facts], [f.object for f in facts])
-    pick = [[x[i] for i in scored] for x in score]
+    leads = [_lead(pl_module, f) for f in facts]
+    scored = [i for i, lead in enumerate(leads) if lead is not None]
+    pick = ([questions[i] for i in scored], [leads[i] for i in scored], [facts[i].object for i in scored])
     adapted_scores = _spread(object_scores(model, tok, *pick) if scored else [], scored, len(facts))
     with model.disable_adapter():
         base = recall_answers(model, tok, questions, gen)
