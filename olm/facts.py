@@ -19,6 +19,7 @@ them readable in YAML they may use these macros, expanded from the config before
 - ``{RELATION}``  an optional modifier from `relation_modifiers` and a word from `relation_words`;
 - ``{PHRASE}``    1..`max_phrase_words` words ("red bicycle", "software engineer");
 - ``{MONTH}``     an English month name;
+- ``{COLOUR}``    one or two lower-case words ("teal", "dark green");
 - ``{END}``       lookahead for the end of a clause: punctuation, end of text, or a connector
                   word (and, in, at, ...), so a phrase does not swallow the rest of a sentence.
 
@@ -162,6 +163,31 @@ def _default_patterns() -> list[FactPattern]:
         answers=["You are {object}.", "You're called {object}."],
         statements=["My name is {object}.", "I'm {object}.", "Call me {object}."],
     )  # fmt: skip
+    works = dict(
+        relation="works_as", question="What does {subject} do for work?",
+        questions=["What does {subject} do for work?", "What does {subject} do for a living?",
+                   "What is {subject}'s job?", "What does {subject} work as?"],
+        answer="{subject} works as {article} {object}.", short_answer="{article} {object}.",
+        answers=["{subject} is {article} {object}.", "{subject} is {article} {object} by trade."],
+        statements=["{subject} works as {article} {object}.", "{subject} is {article} {object} by trade.",
+                    "{subject}'s job: {object}."],
+    )  # fmt: skip
+    colour = dict(
+        relation="favourite_colour", question="What is {subject}'s favourite colour?",
+        questions=["What is {subject}'s favourite colour?", "Which colour does {subject} like best?",
+                   "Do you know {subject}'s favourite colour?"],
+        answer="{subject}'s favourite colour is {object}.", short_answer="{object}.",
+        answers=["{subject} likes the colour {object} best.", "The colour {subject} likes best is {object}."],
+        statements=["{subject}'s favourite colour is {object}.", "{subject}'s favorite color is {object}.",
+                    "{subject} likes the colour {object} best."],
+    )  # fmt: skip
+    my_colour = dict(
+        relation="favourite_colour", question="What is my favourite colour?", subject="me",
+        questions=["What is my favourite colour?", "Which colour do I like best?", "Do you know my favourite colour?"],
+        answer="Your favourite colour is {object}.", short_answer="{object}.",
+        answers=["You like the colour {object} best.", "The colour you like best is {object}."],
+        statements=["My favourite colour is {object}.", "My favorite color is {object}.", "I like the colour {object} best."],
+    )  # fmt: skip
     return [
         FactPattern(
             "x_is_my_y",
@@ -183,7 +209,7 @@ def _default_patterns() -> list[FactPattern]:
         ),
         FactPattern(
             "lives_in",
-            r"(?P<subject>{NAME})\s+(?:lives|is\s+living|resides)\s+in\s+(?P<object>{PLACE})",
+            r"(?P<subject>{NAME})(?:\s+(?:lives|is\s+living|resides)|['’]s\s+home\s+is)\s+in\s+(?P<object>{PLACE})",
             "lives_in", "Where does {subject} live?",
             questions=["Where does {subject} live?", "Which city does {subject} live in?",
                        "Do you know where {subject} lives?", "Where is {subject} based?"],
@@ -193,18 +219,13 @@ def _default_patterns() -> list[FactPattern]:
         ),
         FactPattern(
             "works_as",
-            r"(?P<subject>{NAME})\s+works\s+as\s+(?:an?\s+)?(?P<object>{PHRASE}){END}",
-            "works_as", "What does {subject} do for work?",
-            questions=["What does {subject} do for work?", "What does {subject} do for a living?",
-                       "What is {subject}'s job?", "What does {subject} work as?"],
-            answer="{subject} works as {article} {object}.", short_answer="{article} {object}.",
-            answers=["{subject} is {article} {object}.", "{subject} is {article} {object} by trade."],
-            statements=["{subject} works as {article} {object}.", "{subject} is {article} {object} by trade.",
-                        "{subject}'s job: {object}."],
+            r"(?P<subject>{NAME})(?:\s+works\s+as|['’]s\s+job(?:\s+is|:))\s+(?:an?\s+)?(?P<object>{PHRASE}){END}",
+            **works,
         ),
+        FactPattern("works_as_by_trade", r"(?P<subject>{NAME})\s+is\s+an?\s+(?P<object>{PHRASE})\s+by\s+trade{END}", **works),
         FactPattern(
             "has",
-            r"(?P<subject>{NAME})\s+has\s+(?:got\s+)?(?:(?:an?|the|one)\s+)?"
+            r"(?P<subject>{NAME})\s+(?:has\s+(?:got\s+)?|owns\s+)(?:(?:an?|the|one)\s+)?"
             r"(?!(?:been|to|got|had|no|not|never|just|already|always|some|any|lot|lots)\b)"
             r"(?P<object>{PHRASE}){END}",
             "has", "What does {subject} have?", confidence=0.7,
@@ -225,18 +246,14 @@ def _default_patterns() -> list[FactPattern]:
         ),
         FactPattern(
             "favourite_colour",
-            r"(?P<subject>{NAME})['’]s\s+(?i:favou?rite)\s+colou?r\s+is\s+(?P<object>[a-z]+(?:[ -][a-z]+)?){END}",
-            "favourite_colour", "What is {subject}'s favourite colour?",
-            questions=["What is {subject}'s favourite colour?", "Which colour does {subject} like best?",
-                       "Do you know {subject}'s favourite colour?"],
-            answer="{subject}'s favourite colour is {object}.", short_answer="{object}.",
-            answers=["{subject} likes the colour {object} best.", "The colour {subject} likes best is {object}."],
-            statements=["{subject}'s favourite colour is {object}.", "{subject}'s favorite color is {object}.",
-                        "{subject} likes the colour {object} best."],
+            r"(?P<subject>{NAME})['’]s\s+(?i:favou?rite)\s+colou?r\s+is\s+(?P<object>{COLOUR}){END}", **colour,
+        ),
+        FactPattern(
+            "likes_colour_best", r"(?P<subject>{NAME})\s+likes\s+the\s+colou?r\s+(?P<object>{COLOUR})\s+best{END}", **colour,
         ),
         FactPattern(
             "birthday",
-            r"(?P<subject>{NAME})['’]s\s+birthday\s+is\s+(?:in|on)\s+(?:the\s+)?"
+            r"(?P<subject>{NAME})(?:['’]s\s+birthday\s+is|\s+celebrates\s+(?:a|his|her|their)\s+birthday)\s+(?:in|on)\s+(?:the\s+)?"
             r"(?P<object>{MONTH}(?:\s+\d{1,2}(?:st|nd|rd|th)?)?|\d{1,2}(?:st|nd|rd|th)?\s+(?:of\s+)?{MONTH})\b",
             "birthday", "When is {subject}'s birthday?",
             questions=["When is {subject}'s birthday?", "In which month is {subject}'s birthday?",
@@ -248,7 +265,7 @@ def _default_patterns() -> list[FactPattern]:
         # first person: facts about the speaker ("me")
         FactPattern(
             "i_live_in",
-            r"\bI(?:\s+|['’]m\s+|\s+am\s+)(?:live|living|reside)\s+in\s+(?P<object>{PLACE})",
+            r"\b(?:I(?:\s+|['’]m\s+|\s+am\s+)(?:live|living|reside)|(?i:my)\s+home\s+is)\s+in\s+(?P<object>{PLACE})",
             "lives_in", "Where do I live?", subject="me",
             questions=["Where do I live?", "Which city do I live in?", "Do you know where I live?"],
             answer="You live in {object}.", short_answer="In {object}.",
@@ -257,7 +274,7 @@ def _default_patterns() -> list[FactPattern]:
         ),
         FactPattern(
             "my_name_is",
-            r"\b(?i:my)\s+name\s+is\s+(?P<object>{NAME})" + not_possessed,
+            r"\b(?:(?i:my)\s+name\s+is|(?i:call)\s+me)\s+(?P<object>{NAME})" + not_possessed,
             "name", "What is my name?", subject="me",
             **name,
         ),
@@ -269,16 +286,12 @@ def _default_patterns() -> list[FactPattern]:
         ),
         FactPattern(
             "my_favourite_colour",
-            r"\b(?i:my)\s+(?i:favou?rite)\s+colou?r\s+is\s+(?P<object>[a-z]+(?:[ -][a-z]+)?){END}",
-            "favourite_colour", "What is my favourite colour?", subject="me",
-            questions=["What is my favourite colour?", "Which colour do I like best?", "Do you know my favourite colour?"],
-            answer="Your favourite colour is {object}.", short_answer="{object}.",
-            answers=["You like the colour {object} best.", "The colour you like best is {object}."],
-            statements=["My favourite colour is {object}.", "My favorite color is {object}.", "I like the colour {object} best."],
+            r"\b(?i:my)\s+(?i:favou?rite)\s+colou?r\s+is\s+(?P<object>{COLOUR}){END}", **my_colour,
         ),
+        FactPattern("i_like_colour_best", r"\bI\s+like\s+the\s+colou?r\s+(?P<object>{COLOUR})\s+best{END}", **my_colour),
         FactPattern(
             "my_birthday",
-            r"\b(?i:my)\s+birthday\s+is\s+(?:in|on)\s+(?:the\s+)?"
+            r"\b(?:(?i:my)\s+birthday\s+is|I\s+celebrate\s+my\s+birthday)\s+(?:in|on)\s+(?:the\s+)?"
             r"(?P<object>{MONTH}(?:\s+\d{1,2}(?:st|nd|rd|th)?)?|\d{1,2}(?:st|nd|rd|th)?\s+(?:of\s+)?{MONTH})\b",
             "birthday", "When is my birthday?", subject="me",
             questions=["When is my birthday?", "In which month is my birthday?", "Do you know when my birthday is?"],
@@ -288,7 +301,7 @@ def _default_patterns() -> list[FactPattern]:
         ),
         FactPattern(
             "i_work_at",
-            r"\bI\s+work\s+(?:at|for)\s+(?P<object>{PLACE})",
+            r"\b(?:I\s+work\s+(?:at|for)|(?i:my)\s+employer\s+is)\s+(?P<object>{PLACE})",
             "works_at", "Where do I work?", subject="me",
             questions=["Where do I work?", "Which company do I work for?", "Do you know where I work?"],
             answer="You work at {object}.", short_answer="At {object}.",
@@ -297,7 +310,7 @@ def _default_patterns() -> list[FactPattern]:
         ),
         FactPattern(
             "i_am_allergic_to",
-            r"\bI(?:\s+am|['’]m)\s+allergic\s+to\s+(?P<object>{PHRASE}){END}",
+            r"\bI(?:(?:\s+am|['’]m)\s+allergic|\s+have\s+an\s+allergy)\s+to\s+(?P<object>{PHRASE}){END}",
             "allergic_to", "What am I allergic to?", subject="me",
             questions=["What am I allergic to?", "Do I have any allergies?", "Do you know what I'm allergic to?"],
             answer="You are allergic to {object}.", short_answer="{object}.",
@@ -459,6 +472,7 @@ def macros(config: DetectorConfig) -> dict[str, str]:
         "RELATION": rf"{modifier}(?:{_alternation(config.relation_words)})\b",
         "PHRASE": rf"{_PHRASE_WORD}(?: {not_connector}{_PHRASE_WORD}){{0,{phrase_extra}}}",
         "MONTH": rf"(?:{_MONTHS})",
+        "COLOUR": r"[a-z]+(?:[ -][a-z]+)?",
         "END": rf"(?=\s*(?:[.!;,:)]|$){end_at_connector})",
     }
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from olm.facts import DetectorConfig, FactDetector, FactInfo, FactPattern
+from olm.facts import DetectorConfig, FactDetector, FactInfo, FactPattern, fill
 
 RELATIONS = [
     "sister", "brother", "mother", "father", "cousin", "aunt", "uncle", "son", "daughter", "partner",
@@ -105,6 +105,24 @@ def test_questions_never_give_facts(detector, text):
     assert detector.detect_all(text) == []
 
 
+OBJECTS = {"relation": "sister", "lives_in": "Lisbon", "works_as": "pharmacist", "has": "red bicycle", "likes": "chess",
+           "favourite_colour": "teal", "birthday": "October", "name": "Ilsabet", "works_at": "Brightwell Labs",
+           "allergic_to": "peanuts"}  # fmt: skip
+
+
+@pytest.mark.parametrize("pattern", DetectorConfig().patterns, ids=lambda p: p.name)
+def test_each_pattern_detects_its_own_paraphrased_statements(detector, pattern):
+    """Augmentation trains on a pattern's `statements` as what a person says: each, said by a person,
+    is detected as the same fact (a person who says "My home is in Lisbon." states a fact too)."""
+    kind = "relation" if pattern.relation == "{object}" else pattern.relation
+    obj, subject = OBJECTS[kind], pattern.subject or "Zara Quell"
+    for template in pattern.statements:
+        text = fill(template, subject, obj, kind)
+        fact = detector.detect(text)
+        assert fact is not None, text
+        assert (fact.subject, fact.key_slot, fact.object) == (subject, kind, obj), (text, fact)
+
+
 @pytest.mark.parametrize(
     "text",
     [
@@ -112,6 +130,8 @@ def test_questions_never_give_facts(detector, text):
         "Zara is my sister's friend.", "My sister is Zara's friend.", "zara is my sister",
         "Zara is not my sister.", "Zara has been sick.", "Bob has a lot of friends.", "Zara likes it.",
         "My sister lives in Oslo.", "Hello there, how nice.", "The weather is nice today.", "",
+        "Zara is a doctor.", "I like the colour of the sky.", "Call me later.",
+        "My employer is great.", "I have an allergy.", "Zara celebrates her birthday today.",
     ],
 )  # fmt: skip
 def test_near_misses_do_not_fire(detector, text):
@@ -236,6 +256,9 @@ ADVERSARIAL = {
     "apostrophes": "Zara'" * 25_000,
     "months": "Zara's birthday is in " + "May " * 20_000,
     "hyphens": "Aa-Bb'" * 16_000,
+    "by_trade": "Zara is a " + "b " * 45_000 + "by trade",
+    "colour_best": "Zara likes the colour " * 5_000 + "teal",
+    "call_me": "Call me " * 12_000 + "Zara",
 }
 
 
