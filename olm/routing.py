@@ -42,6 +42,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from olm.nullspace import lora_layers
@@ -66,6 +67,12 @@ class RoutingSettings:
     the N most recently stated facts of the memory (never lowered); 0 = τ_0 from unrelated prompts alone."""
     batch_size: int = 32
     """Rows per calibration forward."""
+    shift_margin: float = 0.0
+    """Also route by what the adapter *says*: a prompt gets the adapter when the first reply token's
+    distribution moves, KL(base ‖ adapter) after the prompt (`first_token_shift`), by more than κ =
+    shift_margin × the largest such KL over the calibration prompts, whatever its read share. A question
+    made of common words ("When is my birthday?") is read little by an adapter the null-space constraint
+    keeps off common text, yet the adapter answers it differently from the base. 0 = read share alone."""
     tolerance: float = 0.0
     """Recompute τ once some LoRA tensor moved by more than this share of its norm (‖W − W_τ‖ > tolerance ·
     ‖W_τ‖) since τ was computed; 0 = after any change. A calibration is one forward of the
@@ -83,6 +90,8 @@ class RoutingSettings:
             problems.append(f"routing.calibration must be >= 0, got {self.calibration!r}")
         if self.batch_size < 1:
             problems.append(f"routing.batch_size must be >= 1, got {self.batch_size!r}")
+        if not 0 <= self.shift_margin < float("inf"):
+            problems.append(f"routing.shift_margin must be a finite number >= 0, got {self.shift_margin!r}")
         if not 0 <= self.tolerance < 1:
             problems.append(f"routing.tolerance must be in [0, 1), got {self.tolerance!r}")
         if problems:
@@ -167,6 +176,40 @@ def read_shares(model: nn.Module, ids: torch.Tensor, attention: torch.Tensor) ->
         for h in handles:
             h.remove()
     return total / max(len(linears), 1)
+
+
+def last_prompt_positions(attention: torch.Tensor, prompt_end: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) the column of each row's last prompt token: ``prompt_end - 1``, or the last real token of a
+    left- or right-padded row."""
+    if prompt_end is not None:
+        return prompt_end.to(attention.device).long() - 1
+    return attention.shape[1] - 1 - attention.flip(1).int().argmax(1)
+
+
+@torch.no_grad()
+def first_token_shift(
+    model: nn.Module, ids: torch.Tensor, attention: torch.Tensor, prompt_end: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(B,) KL(base ‖ adapter) of the next-token distributions after each row's prompt: how differently the
+    adapter would begin the reply. Two forwards in eval mode (adapter on, then off), the LM head applied at
+    that one position per row.
+
+    Args:
+        prompt_end: (B,) as in `Router.route` (rows that go on past their prompt); None = the last real token.
+    """
+    pos = last_prompt_positions(attention, prompt_end)
+    keep = torch.zeros(ids.shape, dtype=torch.bool, device=ids.device)
+    keep[torch.arange(ids.shape[0], device=ids.device), pos] = True
+    was_training = model.training
+    model.eval()
+    try:
+        adapted = model(input_ids=ids, attention_mask=attention, use_cache=False, logits_to_keep=keep).logits
+        with model.disable_adapter():
+            base = model(input_ids=ids, attention_mask=attention, use_cache=False, logits_to_keep=keep).logits
+    finally:
+        model.train(was_training)
+    log_p, log_q = F.log_softmax(base.float(), -1), F.log_softmax(adapted.float(), -1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0).reshape(-1).cpu()
 
 
 def active_a(layer: nn.Module) -> list[nn.Module]:
@@ -261,8 +304,8 @@ class Router:
             raise ValueError("routing.enabled needs calibration prompts (the locality prompt file is empty)")
         self.fact_questions = fact_questions
         self.prefix = template_prefix(tokenizer)
-        self._tau: tuple[dict[str, torch.Tensor], tuple[str, ...], RoutingSettings, float] | None = None
-        """The LoRA weights, fact questions and settings τ was computed for, and τ."""
+        self._tau: tuple[dict[str, torch.Tensor], tuple[str, ...], RoutingSettings, float, float] | None = None
+        """The LoRA weights, fact questions and settings τ was computed for, τ and κ (`shift_margin`)."""
         self.last_on: torch.Tensor | None = None
         """Which rows of the last routed batch got the adapter (diagnostics; None until one is routed)."""
 
@@ -283,6 +326,13 @@ class Router:
     def tau(self, model) -> float:
         """τ for the adapter's current weights and facts (recomputed when the weights moved past
         `tolerance`, the facts' questions or the settings changed)."""
+        return self._calibrated(model)[0]
+
+    def kappa(self, model) -> float:
+        """κ, the first-token shift above which a prompt gets the adapter (`shift_margin`; inf when 0)."""
+        return self._calibrated(model)[1]
+
+    def _calibrated(self, model) -> tuple[float, float]:
         s = self.settings
         questions = tuple(self.fact_questions(s.facts)) if self.fact_questions is not None and s.facts else ()
         if (
@@ -291,11 +341,19 @@ class Router:
         ):  # fmt: skip
             facts = self.calibration_scores(model, list(questions)) if questions else None
             tau = threshold(self.calibration_scores(model), s.quantile, s.margin, facts)
-            self._tau = (lora_snapshot(model), questions, replace(s), tau)
-        return self._tau[3]
+            kappa = s.shift_margin * float(self.calibration_shifts(model).max()) if s.shift_margin else float("inf")
+            self._tau = (lora_snapshot(model), questions, replace(s), tau, kappa)
+        return self._tau[3], self._tau[4]
 
     def calibration_scores(self, model, prompts: list[str] | None = None) -> torch.Tensor:
-        """(N,) the scores of fresh-chat `prompts` (default: the unrelated calibration prompts)."""
+        """(N,) the read shares of fresh-chat `prompts` (default: the unrelated calibration prompts)."""
+        return self._over_prompts(model, self.scores, prompts)
+
+    def calibration_shifts(self, model, prompts: list[str] | None = None) -> torch.Tensor:
+        """(N,) the first-token shifts (`first_token_shift`) of fresh-chat `prompts` (default: the calibration prompts)."""
+        return self._over_prompts(model, first_token_shift, prompts)
+
+    def _over_prompts(self, model, measure, prompts: list[str] | None) -> torch.Tensor:
         tok = self.tokenizer
         device = next(model.parameters()).device
         prompts = self.prompts if prompts is None else prompts
@@ -303,7 +361,7 @@ class Router:
         for i in range(0, len(prompts), self.settings.batch_size):
             texts = [render_prompt(tok, messages_for(p)) for p in prompts[i : i + self.settings.batch_size]]
             batch = left_padded(tok, texts, device)
-            out.append(self.scores(model, batch["input_ids"], batch["attention_mask"]))
+            out.append(measure(model, batch["input_ids"], batch["attention_mask"]))
         return torch.cat(out)
 
     def route(
@@ -318,7 +376,11 @@ class Router:
         """
         if not self.settings.enabled or adapter_disabled(model):
             return torch.ones(ids.shape[0], dtype=torch.bool)  # nothing to route (inside disable_adapter: the base)
-        self.last_on = self.scores(model, ids, attention, prompt_end) > self.tau(model)
+        tau, kappa = self._calibrated(model)
+        on = self.scores(model, ids, attention, prompt_end) > tau
+        if kappa < float("inf") and not bool(on.all()):
+            on |= first_token_shift(model, ids, attention, prompt_end) > kappa
+        self.last_on = on
         return self.last_on
 
 
