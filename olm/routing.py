@@ -26,8 +26,16 @@ whenever a LoRA tensor has moved by more than `tolerance` (relative L2) since it
 or the facts' questions changed (`Router` keeps a copy of the weights it calibrated), so it follows
 learning, resumes, rollbacks and per-user swaps without being told.
 
-It is still recall from the weights: the decision reads only the adapter's own activations on the
-prompt, never the chat history; the memory's facts only set the one number τ. Learning is not
+A question made of common words ("When is my birthday?", a fact about the speaker) is read little by an
+adapter kept off common text, so its r can stay under τ while the adapter answers it quite differently
+from the base. With `shift_margin` > 0 such a prompt also gets the adapter when the first reply token's
+distribution moves by more than κ:
+
+    s(prompt) = KL(base ‖ adapter) of the next token after the prompt       (`first_token_shift`)
+    κ = `shift_margin` × the largest s over the calibration prompts
+
+It is still recall from the weights: the decision reads only the adapter's own activations and outputs
+on the prompt, never the chat history; the memory's facts only set the one number τ. Learning is not
 routed: every training step (the task loss, the KL and locality terms) runs with the adapter on.
 
 Pure functions (`token_shares`, `prompt_scores`, `threshold`) and two model helpers

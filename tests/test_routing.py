@@ -14,8 +14,8 @@ from olm.module import OnlineLM, OptimSettings
 from olm.nullspace import lora_layers
 from olm.render import messages_for, render_prompt
 from olm.routing import (
-    Router, RoutingSettings, adapter_disabled, gated, left_padded, lora_snapshot, moved, own_tokens, prompt_scores,
-    read_shares, template_prefix, threshold, token_shares,
+    Router, RoutingSettings, adapter_disabled, first_token_shift, gated, last_prompt_positions, left_padded,
+    lora_snapshot, moved, own_tokens, prompt_scores, read_shares, template_prefix, threshold, token_shares,
 )  # fmt: skip
 
 
@@ -43,7 +43,8 @@ def test_threshold_is_margin_times_the_quantile():
 
 
 @pytest.mark.parametrize(
-    "bad", [{"margin": 0}, {"quantile": 0}, {"quantile": 1.5}, {"calibration": -1}, {"batch_size": 0}, {"tolerance": 1.0}]
+    "bad", [{"margin": 0}, {"quantile": 0}, {"quantile": 1.5}, {"calibration": -1}, {"batch_size": 0}, {"tolerance": 1.0},
+            {"shift_margin": -1.0}, {"shift_margin": float("inf")}, {"shift_margin": float("nan")}],
 )
 def test_bad_routing_settings_are_clear_errors(bad):
     with pytest.raises(ValueError, match="routing"):
@@ -278,3 +279,55 @@ def test_tau_is_recomputed_past_the_tolerance_only(module):
         with torch.no_grad():
             lora_b.copy_(snap[next(n for n, p in model.named_parameters() if p is lora_b)])
     assert not moved(model, snap, 0.0)
+
+
+def test_last_prompt_positions_under_either_padding_and_with_prompt_end():
+    attn = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    assert last_prompt_positions(attn).tolist() == [4, 2, 4]
+    assert last_prompt_positions(attn, torch.tensor([5, 2, 3])).tolist() == [4, 1, 2]
+
+
+def test_first_token_shift_is_the_kl_of_the_next_token_after_each_prompt(module):
+    tok, model = module.tokenizer, module.model
+    texts = [render_prompt(tok, messages_for(q)) for q in ("What is two plus two?", "Hi!")]
+    batch = left_padded(tok, texts, "cpu")
+    ids, attn = batch["input_ids"], batch["attention_mask"]
+    shift = first_token_shift(model, ids, attn)
+    with torch.no_grad():
+        q = torch.log_softmax(_logits(model, batch)[:, -1], -1)
+        with model.disable_adapter():
+            p = torch.log_softmax(_logits(model, batch)[:, -1], -1)
+    assert torch.allclose(shift, (p.exp() * (p - q)).sum(-1), atol=1e-5) and bool((shift > 0).all())
+    # teacher forcing: the prompt ends before prompt_end, whatever follows it
+    longer = torch.cat([ids, ids[:, -2:]], dim=1), torch.cat([attn, attn[:, -2:]], dim=1)
+    forced = first_token_shift(model, *longer, torch.full((2,), ids.shape[1]))
+    assert torch.allclose(forced, shift, atol=1e-5)
+    with torch.no_grad():  # an adapter whose B is zero says nothing new: no shift
+        saved = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.zero_()
+        try:
+            assert torch.allclose(first_token_shift(model, ids, attn), torch.zeros(2), atol=1e-6)
+        finally:
+            for n, p in model.named_parameters():
+                if n in saved:
+                    p.copy_(saved[n])
+
+
+def test_shift_margin_routes_a_prompt_the_adapter_answers_differently_whatever_its_read_share(module, monkeypatch):
+    """A prompt below τ still gets the adapter when its first-token shift is above κ = shift_margin × the
+    calibration prompts' largest; without shift_margin the read share alone decides."""
+    tok, model = module.tokenizer, module.model
+    prompts = module.router.prompts
+    batch = left_padded(tok, [render_prompt(tok, messages_for(q)) for q in ("When is my birthday?", "Hi!")], "cpu")
+    shifts = {len(prompts): torch.tensor([0.1, 0.2, 0.3, 0.4]), 2: torch.tensor([1.0, 0.5])}
+    import olm.routing as routing
+
+    monkeypatch.setattr(routing, "first_token_shift", lambda m, ids, attn, end=None: shifts[ids.shape[0]])
+    for margin, expected in ((0.0, [False, False]), (2.0, [True, False]), (3.0, [False, False])):
+        router = Router(RoutingSettings(enabled=True, calibration=4, shift_margin=margin), tok, prompts)
+        monkeypatch.setattr(router, "scores", lambda m, ids, attn, end=None: torch.zeros(ids.shape[0]))
+        on = router.route(model, batch["input_ids"], batch["attention_mask"])
+        assert on.tolist() == expected, margin
+        assert router.kappa(model) == (pytest.approx(margin * 0.4) if margin else float("inf"))
