@@ -276,3 +276,19 @@ def best_of_3(fn) -> float:
     """Fastest of 3 timings: a scheduling hiccup on a loaded machine (one CI run saw 0.74 s for a 16 ms call)
     does not fail the test, catastrophic backtracking (every run slow) still does."""
     return min(timeit.repeat(fn, number=1, repeat=3))
+
+
+def test_the_bundled_about_me_stream_states_six_facts_about_the_speaker_three_times_each(detector):
+    """olm/assets/logs/about-me.jsonl (README, "Facts about the speaker"): every statement of it is detected."""
+    import json
+    from collections import Counter
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "olm" / "assets" / "logs" / "about-me.jsonl"
+    said = [json.loads(line)["messages"][0]["content"] for line in path.read_text(encoding="utf-8").splitlines()]
+    facts = [f for f in map(detector.detect, said) if f is not None]
+    assert {f.subject for f in facts} == {"me"}
+    assert Counter((f.key_slot, f.object) for f in facts) == {
+        ("name", "Ilsabet"): 3, ("lives_in", "Tromsø"): 3, ("works_at", "Brightwell Labs"): 3,
+        ("allergic_to", "sesame"): 3, ("favourite_colour", "mauve"): 3, ("birthday", "November"): 3,
+    }  # fmt: skip
