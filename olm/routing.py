@@ -195,12 +195,11 @@ def last_prompt_positions(attention: torch.Tensor, prompt_end: torch.Tensor | No
 
 
 @torch.no_grad()
-def first_token_shift(
+def first_token_log_probs(
     model: nn.Module, ids: torch.Tensor, attention: torch.Tensor, prompt_end: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """(B,) KL(base ‖ adapter) of the next-token distributions after each row's prompt: how differently the
-    adapter would begin the reply. Two forwards in eval mode (adapter on, then off), the LM head applied at
-    that one position per row.
+    """(B, V) float32 log-probabilities of the token after each row's prompt, the model as it is (adapter on, or
+    the base inside ``disable_adapter()``): one forward in eval mode, the LM head at that one position per row.
 
     Args:
         prompt_end: (B,) as in `Router.route` (rows that go on past their prompt); None = the last real token.
@@ -211,13 +210,29 @@ def first_token_shift(
     was_training = model.training
     model.eval()
     try:
-        adapted = model(input_ids=ids, attention_mask=attention, use_cache=False, logits_to_keep=keep).logits
-        with model.disable_adapter():
-            base = model(input_ids=ids, attention_mask=attention, use_cache=False, logits_to_keep=keep).logits
+        logits = model(input_ids=ids, attention_mask=attention, use_cache=False, logits_to_keep=keep).logits
     finally:
         model.train(was_training)
-    log_p, log_q = F.log_softmax(base.float(), -1), F.log_softmax(adapted.float(), -1)
-    return (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0).reshape(-1).cpu()
+    return F.log_softmax(logits.float().reshape(ids.shape[0], -1), -1)
+
+
+def first_token_shift(
+    model: nn.Module, ids: torch.Tensor, attention: torch.Tensor, prompt_end: torch.Tensor | None = None,
+    base_log_p: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(B,) KL(base ‖ adapter) of the next-token distributions after each row's prompt: how differently the
+    adapter would begin the reply (`first_token_log_probs` with the adapter on and off).
+
+    Args:
+        prompt_end: as in `first_token_log_probs`.
+        base_log_p: the base's `first_token_log_probs` of these rows, when known (they never change).
+    """
+    log_q = first_token_log_probs(model, ids, attention, prompt_end)
+    if base_log_p is None:
+        with model.disable_adapter():
+            base_log_p = first_token_log_probs(model, ids, attention, prompt_end)
+    log_p = base_log_p.to(log_q.device)
+    return (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0).cpu()
 
 
 def active_a(layer: nn.Module) -> list[nn.Module]:
@@ -314,6 +329,8 @@ class Router:
         self.prefix = template_prefix(tokenizer)
         self._tau: tuple[dict[str, torch.Tensor], tuple[str, ...], RoutingSettings, float, float] | None = None
         """The LoRA weights, fact questions and settings τ was computed for, τ and κ (`shift_margin`)."""
+        self._base_first: list[torch.Tensor] | None = None
+        """The base's `first_token_log_probs` of the calibration prompts, per batch (computed once)."""
         self.last_on: torch.Tensor | None = None
         """Which rows of the last routed batch got the adapter (diagnostics; None until one is routed)."""
 
@@ -358,10 +375,19 @@ class Router:
         return self._over_prompts(model, self.scores, prompts)
 
     def calibration_shifts(self, model, prompts: list[str] | None = None) -> torch.Tensor:
-        """(N,) the first-token shifts (`first_token_shift`) of fresh-chat `prompts` (default: the calibration prompts)."""
-        return self._over_prompts(model, first_token_shift, prompts)
+        """(N,) the first-token shifts (`first_token_shift`) of fresh-chat `prompts` (default: the calibration
+        prompts, whose base outputs are computed once and kept: the base never changes)."""
+        if prompts is not None:
+            return self._over_prompts(model, first_token_shift, prompts)
+        if self._base_first is None:
+            with model.disable_adapter():
+                self._base_first = self._over_prompts(model, first_token_log_probs, None, keep_rows=True)
+        base = iter(self._base_first)
+        return self._over_prompts(model, lambda m, ids, attn: first_token_shift(m, ids, attn, None, next(base)), None)
 
-    def _over_prompts(self, model, measure, prompts: list[str] | None) -> torch.Tensor:
+    def _over_prompts(self, model, measure, prompts: list[str] | None, keep_rows: bool = False):
+        """`measure(model, ids, attention)` over fresh-chat `prompts` in batches: their concatenation, or with
+        `keep_rows` the list of per-batch results."""
         tok = self.tokenizer
         device = next(model.parameters()).device
         prompts = self.prompts if prompts is None else prompts
@@ -370,7 +396,7 @@ class Router:
             texts = [render_prompt(tok, messages_for(p)) for p in prompts[i : i + self.settings.batch_size]]
             batch = left_padded(tok, texts, device)
             out.append(measure(model, batch["input_ids"], batch["attention_mask"]))
-        return torch.cat(out)
+        return out if keep_rows else torch.cat(out)
 
     def route(
         self, model, ids: torch.Tensor, attention: torch.Tensor, prompt_end: torch.Tensor | None = None

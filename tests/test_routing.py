@@ -324,10 +324,25 @@ def test_shift_margin_routes_a_prompt_the_adapter_answers_differently_whatever_i
     shifts = {len(prompts): torch.tensor([0.1, 0.2, 0.3, 0.4]), 2: torch.tensor([1.0, 0.5])}
     import olm.routing as routing
 
-    monkeypatch.setattr(routing, "first_token_shift", lambda m, ids, attn, end=None: shifts[ids.shape[0]])
+    monkeypatch.setattr(routing, "first_token_shift", lambda m, ids, attn, end=None, base=None: shifts[ids.shape[0]])
     for margin, expected in ((0.0, [False, False]), (2.0, [True, False]), (3.0, [False, False])):
         router = Router(RoutingSettings(enabled=True, calibration=4, shift_margin=margin), tok, prompts)
         monkeypatch.setattr(router, "scores", lambda m, ids, attn, end=None: torch.zeros(ids.shape[0]))
         on = router.route(model, batch["input_ids"], batch["attention_mask"])
         assert on.tolist() == expected, margin
         assert router.kappa(model) == (pytest.approx(margin * 0.4) if margin else float("inf"))
+
+
+def test_calibration_shifts_keep_the_base_outputs_and_equal_a_fresh_computation(module, monkeypatch):
+    router = Router(RoutingSettings(enabled=True, calibration=4, batch_size=3, shift_margin=1.0), module.tokenizer,
+                    module.router.prompts)  # fmt: skip
+    fresh = router.calibration_shifts(module.model, list(router.prompts))  # no cache for explicit prompts
+    cached = router.calibration_shifts(module.model)
+    assert cached.shape == (4,) and torch.allclose(cached, fresh, atol=1e-5)
+    import olm.routing as routing
+
+    calls = []
+    real = routing.first_token_log_probs
+    monkeypatch.setattr(routing, "first_token_log_probs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = router.calibration_shifts(module.model)
+    assert torch.allclose(again, cached) and len(calls) == 2  # two batches, adapter on only: the base is kept
