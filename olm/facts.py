@@ -222,7 +222,9 @@ def _default_patterns() -> list[FactPattern]:
             r"(?P<subject>{NAME})(?:\s+works\s+as|['’]s\s+job(?:\s+is|:))\s+(?:an?\s+)?(?P<object>{PHRASE}){END}",
             **works,
         ),
-        FactPattern("works_as_by_trade", r"(?P<subject>{NAME})\s+is\s+an?\s+(?P<object>{PHRASE})\s+by\s+trade{END}", **works),
+        FactPattern(
+            "works_as_by_trade", r"(?P<subject>{NAME})\s+is\s+an?\s+(?P<object>{PHRASE})\s+by\s+trade{END}", **works,
+        ),
         FactPattern(
             "has",
             r"(?P<subject>{NAME})\s+(?:has\s+(?:got\s+)?|owns\s+)(?:(?:an?|the|one)\s+)?"
@@ -249,11 +251,13 @@ def _default_patterns() -> list[FactPattern]:
             r"(?P<subject>{NAME})['’]s\s+(?i:favou?rite)\s+colou?r\s+is\s+(?P<object>{COLOUR}){END}", **colour,
         ),
         FactPattern(
-            "likes_colour_best", r"(?P<subject>{NAME})\s+likes\s+the\s+colou?r\s+(?P<object>{COLOUR})\s+best{END}", **colour,
+            "likes_colour_best",
+            r"(?P<subject>{NAME})\s+likes\s+the\s+colou?r\s+(?P<object>{COLOUR})\s+best{END}", **colour,
         ),
         FactPattern(
             "birthday",
-            r"(?P<subject>{NAME})(?:['’]s\s+birthday\s+is|\s+celebrates\s+(?:a|his|her|their)\s+birthday)\s+(?:in|on)\s+(?:the\s+)?"
+            r"(?P<subject>{NAME})(?:['’]s\s+birthday\s+is|\s+celebrates\s+(?:a|his|her|their)\s+birthday)"
+            r"\s+(?:in|on)\s+(?:the\s+)?"
             r"(?P<object>{MONTH}(?:\s+\d{1,2}(?:st|nd|rd|th)?)?|\d{1,2}(?:st|nd|rd|th)?\s+(?:of\s+)?{MONTH})\b",
             "birthday", "When is {subject}'s birthday?",
             questions=["When is {subject}'s birthday?", "In which month is {subject}'s birthday?",
@@ -288,7 +292,9 @@ def _default_patterns() -> list[FactPattern]:
             "my_favourite_colour",
             r"\b(?i:my)\s+(?i:favou?rite)\s+colou?r\s+is\s+(?P<object>{COLOUR}){END}", **my_colour,
         ),
-        FactPattern("i_like_colour_best", r"\bI\s+like\s+the\s+colou?r\s+(?P<object>{COLOUR})\s+best{END}", **my_colour),
+        FactPattern(
+            "i_like_colour_best", r"\bI\s+like\s+the\s+colou?r\s+(?P<object>{COLOUR})\s+best{END}", **my_colour,
+        ),
         FactPattern(
             "my_birthday",
             r"\b(?:(?i:my)\s+birthday\s+is|I\s+celebrate\s+my\s+birthday)\s+(?:in|on)\s+(?:the\s+)?"

@@ -329,8 +329,8 @@ class Router:
         self.prefix = template_prefix(tokenizer)
         self._tau: tuple[dict[str, torch.Tensor], tuple[str, ...], RoutingSettings, float, float] | None = None
         """The LoRA weights, fact questions and settings τ was computed for, τ and κ (`shift_margin`)."""
-        self._base_first: list[torch.Tensor] | None = None
-        """The base's `first_token_log_probs` of the calibration prompts, per batch (computed once)."""
+        self._base_first: torch.Tensor | None = None
+        """(N, V) the base's `first_token_log_probs` of the calibration prompts (computed once)."""
         self.last_on: torch.Tensor | None = None
         """Which rows of the last routed batch got the adapter (diagnostics; None until one is routed)."""
 
@@ -381,13 +381,19 @@ class Router:
             return self._over_prompts(model, first_token_shift, prompts)
         if self._base_first is None:
             with model.disable_adapter():
-                self._base_first = self._over_prompts(model, first_token_log_probs, None, keep_rows=True)
-        base = iter(self._base_first)
-        return self._over_prompts(model, lambda m, ids, attn: first_token_shift(m, ids, attn, None, next(base)), None)
+                self._base_first = self._over_prompts(model, first_token_log_probs, None)
+        done = [0]
 
-    def _over_prompts(self, model, measure, prompts: list[str] | None, keep_rows: bool = False):
-        """`measure(model, ids, attention)` over fresh-chat `prompts` in batches: their concatenation, or with
-        `keep_rows` the list of per-batch results."""
+        def shift(m, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+            rows = self._base_first[done[0] : done[0] + ids.shape[0]]
+            done[0] += ids.shape[0]
+            return first_token_shift(m, ids, attention, None, rows)
+
+        return self._over_prompts(model, shift, None)
+
+    def _over_prompts(self, model, measure, prompts: list[str] | None) -> torch.Tensor:
+        """`measure(model, ids, attention)` over fresh-chat `prompts` (default: the calibration prompts) in
+        batches of `batch_size`, concatenated."""
         tok = self.tokenizer
         device = next(model.parameters()).device
         prompts = self.prompts if prompts is None else prompts
@@ -396,7 +402,7 @@ class Router:
             texts = [render_prompt(tok, messages_for(p)) for p in prompts[i : i + self.settings.batch_size]]
             batch = left_padded(tok, texts, device)
             out.append(measure(model, batch["input_ids"], batch["attention_mask"]))
-        return out if keep_rows else torch.cat(out)
+        return torch.cat(out)
 
     def route(
         self, model, ids: torch.Tensor, attention: torch.Tensor, prompt_end: torch.Tensor | None = None

@@ -43,8 +43,9 @@ def test_threshold_is_margin_times_the_quantile():
 
 
 @pytest.mark.parametrize(
-    "bad", [{"margin": 0}, {"quantile": 0}, {"quantile": 1.5}, {"calibration": -1}, {"batch_size": 0}, {"tolerance": 1.0},
-            {"shift_margin": -1.0}, {"shift_margin": float("inf")}, {"shift_margin": float("nan")}],
+    "bad",
+    [{"margin": 0}, {"quantile": 0}, {"quantile": 1.5}, {"calibration": -1}, {"batch_size": 0}, {"tolerance": 1.0},
+     {"shift_margin": -1.0}, {"shift_margin": float("inf")}, {"shift_margin": float("nan")}],
 )
 def test_bad_routing_settings_are_clear_errors(bad):
     with pytest.raises(ValueError, match="routing"):
@@ -346,3 +347,5 @@ def test_calibration_shifts_keep_the_base_outputs_and_equal_a_fresh_computation(
     monkeypatch.setattr(routing, "first_token_log_probs", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = router.calibration_shifts(module.model)
     assert torch.allclose(again, cached) and len(calls) == 2  # two batches, adapter on only: the base is kept
+    router.settings = RoutingSettings(enabled=True, calibration=4, batch_size=4, shift_margin=1.0)
+    assert torch.allclose(router.calibration_shifts(module.model), cached, atol=1e-5)  # other batches, same rows
