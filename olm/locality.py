@@ -84,6 +84,11 @@ class LocalitySettings:
     """AlphaEdit-style constraint (`olm.nullspace`): keep every LoRA A orthogonal to the eigen-directions
     holding this share of the adapted layers' input energy on these prompts and the base's replies, so the
     adapter adds (almost) nothing on such text; 0 = off. Applies to every step, whatever its kind."""
+    exempt_facts: int = 0
+    """With the null-space constraint: exempt the keys of this many remembered facts (most important
+    first, plus the step's own) from it, one direction per fact and layer (`olm.exemption`), so contexts
+    that unrelated text shares ("You live in") can still be written; 0 = none. Not under DDP (the ranks'
+    memories differ, their adapters must not)."""
     disk_cache: bool = True
     """Keep the base's cached outputs on the prompts under ``$OLM_CACHE/locality/`` (keyed by the base's
     weights, tokenizer, prompts and these settings) so later runs skip their generation."""
@@ -92,6 +97,8 @@ class LocalitySettings:
         problems = []
         if self.weight < 0:
             problems.append(f"locality.weight must be >= 0, got {self.weight!r}")
+        if self.exempt_facts < 0:
+            problems.append(f"locality.exempt_facts must be >= 0, got {self.exempt_facts!r}")
         for name in ("per_step", "reply_tokens", "top_k"):
             if getattr(self, name) < 1:
                 problems.append(f"locality.{name} must be >= 1, got {getattr(self, name)!r}")

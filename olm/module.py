@@ -51,6 +51,7 @@ from olm.gate import answer_mask, batch_answer_mask, known_rows, target_min_p
 from olm.generation import CallbackStreamer, GenerationSettings, generate_reply
 from olm.guards import lora_problem
 from olm.locality import LocalitySettings, LocalityTerm, locality_batch
+from olm.exemption import KeyExemption
 from olm.editsite import EditAt, agrees_on_prefix, edit_mask, lora_delta_mask
 from olm.noise import embedding_noise
 from olm.nullspace import project_lora_a
@@ -248,6 +249,8 @@ class OnlineLM(L.LightningModule):
         self.weighter = ImportanceWeighter(weighting)
         self.augment = augment
         self.locality = LocalityTerm(locality, self.tokenizer)
+        self.exemption = KeyExemption(locality.exempt_facts)
+        """Remembered facts' keys freed from the null-space constraint (`olm.exemption`)."""
         self.router = Router(routing, self.tokenizer, self.locality.prompts, self.recent_fact_questions)
         """Generation's per-prompt choice between the adapter and the base (`olm.routing`)."""
         self.turns_trained = 0
@@ -590,7 +593,7 @@ class OnlineLM(L.LightningModule):
             delta_mask is None or agrees_on_prefix(delta_mask, common_prefix_length(ids, attn))
         )  # a prefix computed once has one mask
         loc = locality_batch(rows, self.locality.settings, pad, self.device) if rows else None
-        projectors = self.locality.projectors(self.model)  # {} unless locality.null_space_energy > 0
+        projectors = self.null_spaces(ctx, contexts)  # {} unless locality.null_space_energy > 0
         project_lora_a(self.model, projectors, self._null_seen)  # an A written since (a fresh or loaded adapter)
         # optim.fresh_ratio_b: B faster while the (active user's) memory is small; not under DDP, whose
         # ranks hold different memories but must step alike
@@ -653,6 +656,20 @@ class OnlineLM(L.LightningModule):
         if two_groups(self.optim):  # LoRA+: B's lr in these steps (turn/lr_b in TensorBoard)
             stats["lr_b"] = self.optim.lr * self.optim.lr_ratio_b * b_mult * mult
         return stats
+
+    def null_spaces(self, ctx: Context, contexts: list[Context] | None) -> dict:
+        """The null spaces a step keeps the LoRA A in (`LocalityTerm.projectors`), less the keys of the
+        step's facts and the memory's most important ones (`locality.exempt_facts`, `olm.exemption`; not
+        under DDP). When that set of facts changes, every A is projected again."""
+        base = self.locality.projectors(self.model)
+        if not base or self.exemption.limit == 0 or lockstep(self) is not None:
+            return base
+        facts = [c.fact for c in (contexts or [ctx]) if c.fact is not None]
+        texts = self.exemption.chosen(facts, self.memory, self.detector.pattern)
+        spaces, changed = self.exemption.spaces(self.model, self.tokenizer, base, texts)
+        if changed:
+            self._null_seen.clear()
+        return spaces
 
     def edit_sites(
         self, examples: list[Example], ctx: Context, contexts: list[Context] | None, width: int

@@ -172,3 +172,58 @@ def project_lora_a(
             if seen is not None:
                 seen[(name, key)] = (weakref.ref(w), w._version)
     return done
+
+
+@torch.no_grad()
+def inputs_at(model: nn.Module, sequences: Iterable[tuple[torch.Tensor, int]]) -> dict[str, torch.Tensor]:
+    """The input of every LoRA layer at one position of each sequence: (n, d) float32 per layer.
+
+    Args:
+        model: a peft model; run as given (disable the adapter around the call for the base's inputs).
+        sequences: (1-D token ids, position) pairs, each run on its own.
+    """
+    layers = lora_layers(model)
+    rows: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    at = [0]
+
+    def hook(name):
+        def record(_module, args):
+            rows[name].append(args[0][0, at[0]].float().cpu())
+
+        return record
+
+    handles = [m.base_layer.register_forward_pre_hook(hook(name)) for name, m in layers.items()]
+    device = next(model.parameters()).device
+    try:
+        for ids, position in sequences:
+            at[0] = position
+            model(input_ids=ids[None].to(device))
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: torch.stack(r) if r else torch.zeros(0, layers[name].base_layer.in_features) for name, r in rows.items()}
+
+
+def exempt_basis(basis: torch.Tensor, keys: torch.Tensor, tol: float = 1e-4) -> torch.Tensor:
+    """The protected directions less the keys': an orthonormal basis of span(U) ∩ (U Uᵀ X)ᵀ⊥.
+
+    A key whose input lies inside the protected subspace (a context that unrelated text also uses, such
+    as "You live in") cannot be written by an adapter kept in the null space; exempting its in-U part
+    frees exactly those directions and keeps every other protected one.
+
+    Args:
+        basis: U (d, k) orthonormal columns.
+        keys: X (m, d), the inputs to exempt.
+        tol: in-U parts under this share of the longest key's norm are rounding, treated as none.
+
+    Returns:
+        (d, k − rank) float32, rank ≤ min(k, m) the number of independent in-U parts.
+    """
+    k = basis.shape[1]
+    if k == 0 or keys.shape[0] == 0:
+        return basis
+    u = basis.to(torch.float64)
+    coords = u.T @ keys.to(torch.float64).T  # (k, m): each key's part inside span(U), in U's coordinates
+    left, s, _ = torch.linalg.svd(coords, full_matrices=True)  # left (k, k): the parts' directions first
+    rank = int((s > tol * keys.to(torch.float64).norm(dim=1).max()).sum()) if s.numel() else 0
+    return (u @ left[:, rank:]).to(torch.float32).contiguous()

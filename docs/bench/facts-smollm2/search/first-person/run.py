@@ -1,0 +1,80 @@
+"""First-person facts with random objects: teach one speaker's six facts (3 statements each, the
+detector patterns' own statement templates, between the about-me stream's small talk), then ask in a
+fresh context (a) each fact's trained question, (b) a held-out phrasing (never a training template),
+(c) general prompts, comparing the answer with the base's and noting where routing sent each.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=. python docs/bench/facts-smollm2/search/first-person/run.py SEED OUT.json [key=value ...]
+
+key=value: model settings overrides, dotted under `model` (locality.exempt_facts=64).
+"""
+import json, random, sys, time
+import torch, yaml
+import olm
+from olm.probes import is_recalled
+from olm.world import templates as T
+
+torch.set_num_threads(1)
+seed, out = int(sys.argv[1]), sys.argv[2]
+cfg = yaml.safe_load(open("configs/default.yaml"))
+for kv in sys.argv[3:]:
+    key, value = kv.split("=", 1)
+    node = cfg["model"]
+    *path, last = key.split(".")
+    for p in path:
+        node = node.setdefault(p, {})
+    node[last] = yaml.safe_load(value)
+rng = random.Random(seed)
+syll = ["ka", "lo", "mi", "ren", "sa", "tor", "vel", "yu", "bri", "dan", "el", "fo", "gar", "hil", "is", "jo"]
+name = "".join(rng.sample(syll, 3)).capitalize()
+company = rng.choice(["Brightwell", "Northgate", "Kelmor", "Ashdown", "Veridian", "Tallis", "Orvane", "Castel"]) + " " + \
+    rng.choice(["Labs", "Systems", "Foods", "Logistics", "Media", "Partners"])
+facts = [  # (statements, trained question, held-out question, object)
+    (["My name is {o}.", "Call me {o}.", "My name is {o}, by the way."], "What is my name?", "Do you remember what I'm called?", name),
+    (["I live in {o}.", "My home is in {o}.", "I'm living in {o}."], "Where do I live?", "Which town is my home?", rng.choice(T.CITIES)),
+    (["I work at {o}.", "My employer is {o}.", "I work for {o}."], "Where do I work?", "Who is my employer?", company),
+    (["I am allergic to {o}.", "I have an allergy to {o}.", "I'm allergic to {o}."], "What am I allergic to?",
+     "Which food should I avoid because of my allergy?", rng.choice(["sesame", "peanuts", "shellfish", "walnuts", "kiwi", "celery", "mustard"])),
+    (["My favourite colour is {o}.", "I like the colour {o} best.", "My favorite color is {o}."], "What is my favourite colour?",
+     "Which colour do I love most?", rng.choice(T.COLOURS)),
+    (["My birthday is in {o}.", "I celebrate my birthday in {o}.", "My birthday is in {o}."], "When is my birthday?",
+     "In what month was I born?", rng.choice(T.MONTHS)),
+]
+chat = [json.loads(l)["messages"] for l in open("olm/assets/logs/about-me.jsonl")]
+small = [(m[0]["content"], m[1]["content"]) for m in chat if "?" in m[0]["content"] or not any(
+    w in m[0]["content"] for w in ("my ", "My ", "I ", "I'm", "Call"))]
+acks = ["Good to know!", "Thanks for telling me.", "Noted.", "Got it!", "I'll remember that."]
+turns = []
+for r in range(3):
+    order = rng.sample(range(len(facts)), len(facts))
+    for i in order:
+        turns.append((facts[i][0][r].format(o=facts[i][3]), rng.choice(acks)))
+        if rng.random() < 0.5:
+            turns.append(rng.choice(small))
+general = ["What is the capital of France?", "How many legs does a spider have?", "Where do you live?",
+           "What is your name?", "Can you suggest a quick breakfast idea?", "I live in a small flat. Any decorating tips?",
+           "What is 12 times 3?", "Who wrote Romeo and Juliet?"]
+lm = olm.open(base_model="smollm2-135m", config=cfg)
+m = lm.module
+before = {g: lm.ask(g) for g in general}  # the adapter starts at zero (B = 0): the base's answers
+t = time.perf_counter()
+lm.learn(turns)
+took = time.perf_counter() - t
+rows = []
+for stm, q, held, o in facts:
+    for kind, question in (("trained", q), ("held_out", held)):
+        a = lm.ask(question)
+        rows.append({"kind": kind, "q": question, "object": o, "answer": a, "recalled": is_recalled(a, o),
+                     "routed": bool(m.router.last_on.all()) if m.router.last_on is not None else None})
+for g in general:
+    a = lm.ask(g)
+    on = bool(m.router.last_on.all()) if m.router.last_on is not None else None
+    rows.append({"kind": "general", "q": g, "answer": a, "routed": on, "same_as_base": a == before[g]})
+res = {"seed": seed, "overrides": sys.argv[3:], "turns": len(turns), "learn_s": round(took, 1), "rows": rows,
+       "trained": sum(r["recalled"] for r in rows if r["kind"] == "trained") / 6,
+       "held_out": sum(r["recalled"] for r in rows if r["kind"] == "held_out") / 6,
+       "general_routed": sum(bool(r["routed"]) for r in rows if r["kind"] == "general"),
+       "general_same": sum(r["same_as_base"] for r in rows if r["kind"] == "general")}
+json.dump(res, open(out, "w"), indent=1, ensure_ascii=False)
+for r in rows:
+    print(f"{r['kind']:9} {r['q'][:44]:44} -> {r['answer'][:70]!r} {'ok' if r.get('recalled') else ''} routed={r['routed']}")
+print(f"seed {seed}: trained {res['trained']:.2f} held-out {res['held_out']:.2f} general routed {res['general_routed']}/{len(general)}, same as the base {res['general_same']}/{len(general)}")
