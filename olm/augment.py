@@ -40,6 +40,7 @@ templates (tests/test_augment.py), so generalization stays a measurement.
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -86,6 +87,11 @@ class AugmentSettings:
     siblings: int = 0
     """Remembered facts of the same kind (slot) about other subjects rehearsed in a fact step, one
     question → answer row each (`sibling_facts`; 0 = none)."""
+    contrasts: int = 0
+    """Contrast questions per fact or replay step with facts about the speaker: the step's questions
+    put to the assistant instead ("Where do I live?" → "Where do you live?", `contrast_questions`),
+    added to the step's locality rows, so their answers are pulled to the base's (the learned "You live
+    in …" otherwise answers the assistant's own questions too). 0 = none; needs `locality.weight` > 0."""
     acknowledgement: str = "Got it. {answer}"
     """Reply to a paraphrased statement; ``{answer}`` is the pattern's filled answer template."""
     acknowledge_generated: bool = True
@@ -105,7 +111,7 @@ class AugmentSettings:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("qa_pairs", "paraphrases", "about_pairs", "short_answers", "siblings", "answer_frames"):
+        for name in ("qa_pairs", "paraphrases", "about_pairs", "short_answers", "siblings", "answer_frames", "contrasts"):
             if getattr(self, name) < 0:
                 problems.append(f"augment.{name} must be >= 0, got {getattr(self, name)!r}")
         if self.answer_frames_on not in ("all", "replay"):
@@ -243,3 +249,40 @@ def fact_acknowledgement(
     if pattern is None or not pattern.answer:
         return None
     return settings.acknowledgement.format(answer=fill(pattern.answer, subject, obj, relation))
+
+
+_SECOND_PERSON = {
+    "i": "you", "me": "you", "my": "your", "mine": "yours", "myself": "yourself",
+    "i'm": "you're", "i've": "you've", "i'd": "you'd", "i'll": "you'll",
+}  # fmt: skip
+_FIRST_PERSON = re.compile(r"\b(?:am\s+I|I\s+am|I['’](?:m|ve|d|ll)|I|me|my|mine|myself)\b", re.IGNORECASE)
+
+
+def second_person(text: str) -> str:
+    """`text` with the speaker's words put to the listener: "Where do I live?" → "Where do you live?",
+    "What am I allergic to?" → "What are you allergic to?", "When is my birthday?" → "When is your
+    birthday?". Other words are left as they are."""
+
+    def swap(m: re.Match) -> str:
+        word = re.sub(r"\s+", " ", m.group(0)).replace("’", "'")
+        low = word.lower()
+        out = "are you" if low == "am i" else "you are" if low == "i am" else _SECOND_PERSON[low]
+        return out[:1].upper() + out[1:] if m.start() == 0 else out
+
+    return _FIRST_PERSON.sub(swap, text)
+
+
+def contrast_questions(facts: Iterable, patterns, n: int, rotation: int = 0) -> list[str]:
+    """`n` questions (fewer if there are fewer) of the step's facts about the speaker, put to the
+    assistant (`second_person` of their patterns' question templates), rotated with `rotation`; third-
+    person facts give none. `patterns` maps a pattern name to its `FactPattern` (or None)."""
+    found: list[str] = []
+    for fact in facts:
+        pattern = patterns(fact.pattern) if fact is not None else None
+        if pattern is None or not pattern.subject:
+            continue
+        for q in fact_questions(fact.subject, fact.object, fact.relation, pattern):
+            swapped = second_person(q)
+            if swapped != q and swapped not in found:
+                found.append(swapped)
+    return _rotated(found, n, rotation)

@@ -203,6 +203,7 @@ class LocalityTerm:
         self.position = 0
         """Index of the next prompt in the rotation (saved in checkpoints)."""
         self._cache: dict[int, LocalityRow] = {}
+        self._extra: dict[str, LocalityRow] = {}  # `rows_for`'s prompts
         self._projectors: dict[str, NullSpace] | None = None
         self._key: str | None = None  # the disk cache's key, computed on first use
 
@@ -280,21 +281,34 @@ class LocalityTerm:
         if path is not None:
             save_rows(path, [self._cache[i] for i in range(len(self.prompts))])
 
-    @torch.no_grad()
     def _compute(self, model, indices: list[int]) -> None:
+        self._cache.update(zip(indices, self._rows(model, [self.prompts[i] for i in indices])))
+
+    def rows_for(self, model, prompts: list[str]) -> list[LocalityRow]:
+        """Rows for prompts outside the rotation (the contrast questions of `olm.augment.contrast_questions`),
+        each computed on first use like the rotation's and kept in memory (not on disk)."""
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._extra))
+        if missing:
+            self._extra.update(zip(missing, self._rows(model, missing)))
+        return [self._extra[p] for p in prompts]
+
+    @torch.no_grad()
+    def _rows(self, model, prompts: list[str]) -> list[LocalityRow]:
+        """The base's greedy reply to each prompt and its top-k next-token log-probabilities along it."""
         tok = self.tokenizer
         gen = GenerationSettings(max_new_tokens=self.settings.reply_tokens)
         device = next(model.parameters()).device
+        out = []
         with model.disable_adapter():
             replies = []
-            for start in range(0, len(indices), FILL_BATCH):
-                chunk = indices[start : start + FILL_BATCH]
-                replies += generate_replies(model, tok, [messages_for(self.prompts[i]) for i in chunk], gen)
+            for start in range(0, len(prompts), FILL_BATCH):
+                chunk = prompts[start : start + FILL_BATCH]
+                replies += generate_replies(model, tok, [messages_for(p) for p in chunk], gen)
             was_training = model.training
             model.eval()
             try:
-                for i, reply in zip(indices, replies):
-                    prompt_ids = tok(render_prompt(tok, messages_for(self.prompts[i])), add_special_tokens=False).input_ids
+                for prompt, reply in zip(prompts, replies):
+                    prompt_ids = tok(render_prompt(tok, messages_for(prompt)), add_special_tokens=False).input_ids
                     reply_ids = tok(reply, add_special_tokens=False).input_ids[: self.settings.reply_tokens]
                     end = [tok.eos_token_id] if tok.eos_token_id is not None else []
                     ids = torch.tensor(prompt_ids + reply_ids + end, dtype=torch.long)
@@ -302,9 +316,10 @@ class LocalityTerm:
                     positions[len(prompt_ids) - 1 : len(ids) - 1] = True  # each predicts a reply token / the end
                     logits = model(input_ids=ids[None].to(device)).logits[0]
                     top_log_p, top_ids = top_k_log_probs(logits[positions.to(device)], self.settings.top_k)
-                    self._cache[i] = LocalityRow(ids, positions, top_log_p, top_ids)
+                    out.append(LocalityRow(ids, positions, top_log_p, top_ids))
             finally:
                 model.train(was_training)
+        return out
 
 
 def base_fingerprint(model) -> str:

@@ -39,7 +39,8 @@ import lightning as L
 import torch
 
 from olm.augment import (
-    AugmentSettings, fact_acknowledgement, fact_questions, fact_rows, sibling_facts, sibling_rows, statement_loss_on,
+    AugmentSettings, contrast_questions, fact_acknowledgement, fact_questions, fact_rows, sibling_facts, sibling_rows,
+    statement_loss_on,
 )
 from olm.backbone import LoRASettings, attach_lora, load_base
 from olm.console import quiet_known_messages
@@ -578,6 +579,10 @@ class OnlineLM(L.LightningModule):
         )
         mult, lam = lr_multiplier(ctx, self.policy), kl_lambda(ctx, self.policy)
         rows = self.locality.next_rows(self.model) if self.locality.applies(ctx.kind) else []
+        if rows and self.augment.contrasts:  # the step's facts about the speaker, asked of the assistant
+            facts = [c.fact for c in (contexts or [ctx])]
+            asked = contrast_questions(facts, self.detector.pattern, self.augment.contrasts, ctx.repetition)
+            rows = rows + self.locality.rows_for(self.model, asked) if asked else rows
         n, width = len(examples), max(e.num_tokens for e in examples)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids = torch.full((n, width), pad, dtype=torch.long)

@@ -9,7 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from olm.augment import AugmentSettings, fact_exchanges, fact_questions, fact_rows, sibling_facts, sibling_rows
+from olm.augment import (
+    AugmentSettings, contrast_questions, fact_exchanges, fact_questions, fact_rows, second_person, sibling_facts,
+    sibling_rows,
+)
 from olm.backbone import LoRASettings
 from olm.prefix import MIN_PREFIX, common_prefix_length
 from olm.bench.facts import GENERAL_PROMPTS, GK_QUESTIONS
@@ -498,3 +501,51 @@ def test_train_statements_trains_the_statement_rows_user_side_only(tiny_model_di
         assert ("Zara" in _trained_text(para).split("Zara is your sister")[0]) == train_statements  # its user side
         for qa in (q1, q2):
             assert "?" not in _trained_text(qa) and "Zara is your sister" in _trained_text(qa)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("Where do I live?", "Where do you live?"), ("What am I allergic to?", "What are you allergic to?"),
+     ("When is my birthday?", "When is your birthday?"), ("Do you know what I’m allergic to?", "Do you know what you're allergic to?"),
+     ("My name is Sam and I am here.", "Your name is Sam and you are here."), ("Who is Zara?", "Who is Zara?"),
+     ("Mimi likes mine.", "Mimi likes yours.")],
+)  # fmt: skip
+def test_second_person_puts_the_speakers_words_to_the_listener(text, expected):
+    assert second_person(text) == expected
+
+
+def test_contrast_questions_come_from_facts_about_the_speaker_only_and_rotate():
+    detector = FactDetector()
+    lives, sister = detector.detect("I live in Lisbon."), detector.detect("Zara is my sister.")
+    swapped = [second_person(q) for q in detector.pattern("i_live_in").questions]
+    assert contrast_questions([lives, sister, lives], detector.pattern, 2, 0) == swapped[:2]
+    assert contrast_questions([lives], detector.pattern, 2, 1) == [swapped[2], swapped[0]]
+    assert contrast_questions([sister, None], detector.pattern, 2) == []  # third person: none
+    assert contrast_questions([lives], detector.pattern, 0) == []
+    with pytest.raises(ValueError, match="contrasts"):
+        AugmentSettings(contrasts=-1)
+
+
+def test_a_first_person_fact_step_adds_its_contrast_questions_to_the_locality_rows(tiny_model_dir):
+    model = OnlineLM(
+        base_model=tiny_model_dir, optim=OptimSettings(lr=1e-3),
+        augment=AugmentSettings(qa_pairs=1, paraphrases=0, contrasts=2), locality=LocalitySettings(weight=1.0, per_step=2),
+    )  # fmt: skip
+    model.optimizers = lambda: model._opt  # outside a trainer
+    model._opt = model.configure_optimizers()
+    model.manual_backward = lambda loss: loss.backward()
+    fact = model.detector.detect("I live in Lisbon.")
+    examples = [render_exchange(model.tokenizer, "I live in Lisbon.", "Got it.")] + model.fact_examples(fact, 0)
+    stats = model.learn(examples, Context("fact", fact=fact, repetition=1))
+    assert stats["examples"] == len(examples) + 2 + 2  # 2 rotation prompts + 2 contrast questions
+    asked = contrast_questions([fact], model.detector.pattern, 2, 1)
+    assert sorted(model.locality._extra) == sorted(asked)
+    row = model.locality._extra[asked[0]]
+    text = model.tokenizer.decode(row.input_ids)
+    assert asked[0] in text and int(row.positions.sum()) == row.top_ids.shape[0]  # the base's reply compared
+    kept = dict(model.locality._extra)
+    model.learn(examples, Context("fact", fact=fact, repetition=1))  # computed once
+    assert all(model.locality._extra[k] is v for k, v in kept.items())
+    sister = model.detector.detect("Zara is my sister.")
+    third = [render_exchange(model.tokenizer, "Zara is my sister.", "Got it.")]
+    assert model.learn(third, Context("fact", fact=sister, repetition=1))["examples"] == 1 + 2  # none for others
