@@ -599,7 +599,7 @@ class OnlineLM(L.LightningModule):
         )  # a prefix computed once has one mask
         loc = locality_batch(rows, self.locality.settings, pad, self.device) if rows else None
         projectors = self.null_spaces(ctx, contexts)  # {} unless locality.null_space_energy > 0
-        project_lora_a(self.model, projectors, self._null_seen)  # an A written since (a fresh or loaded adapter)
+        project_lora_a(self.model, projectors, self._null_seen, active_only=True)  # an A written since (fresh, loaded)
         # optim.fresh_ratio_b: B faster while the (active user's) memory is small; not under DDP, whose
         # ranks hold different memories but must step alike
         b_mult = b_factor(self.optim, len(self.memory)) if lockstep(self) is None else 1.0
@@ -646,7 +646,7 @@ class OnlineLM(L.LightningModule):
                     self.manual_backward(loss)
                 with self._timed("optimizer_step"):
                     grad_norm = self._clip_and_step(opt, loss)
-                    project_lora_a(self.model, projectors, self._null_seen)
+                    project_lora_a(self.model, projectors, self._null_seen, active_only=True)
                 taken += 1
         finally:
             self._set_lr(opt, 1.0)

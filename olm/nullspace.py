@@ -150,9 +150,12 @@ class NullSpace:
 
 @torch.no_grad()
 def project_lora_a(
-    model: nn.Module, spaces: dict[str, NullSpace], seen: dict[tuple[str, str], tuple[weakref.ref, int]] | None = None
+    model: nn.Module, spaces: dict[str, NullSpace], seen: dict[tuple[str, str], tuple[weakref.ref, int]] | None = None,
+    active_only: bool = False,
 ) -> int:
-    """A ← A·P for every LoRA layer with a null space (every adapter of the layer).
+    """A ← A·P for every LoRA layer with a null space (every adapter of the layer; with `active_only` the
+    active one(s) alone: per-user runs keep other users' adapters loaded, whose spaces may differ,
+    `olm.exemption`).
 
     With `seen` (a dict the caller keeps between calls), an A that is the same tensor at the same
     version counter as when this function last projected it (nothing wrote to it since: no optimizer
@@ -163,6 +166,8 @@ def project_lora_a(
         if name not in spaces:
             continue
         for key, lin in layer.lora_A.items():
+            if active_only and key not in layer.active_adapters:
+                continue
             w = lin.weight
             mark = seen.get((name, key)) if seen is not None else None
             if mark is not None and mark[0]() is w and mark[1] == w._version:

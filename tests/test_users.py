@@ -445,3 +445,27 @@ def test_routing_calibrates_on_the_active_users_adapter_and_facts(tiny_model_dir
     tau_carol = router.tau(net)
     model.users.activate("bob")
     assert tau_carol != pytest.approx(tau_bob) and router.tau(net) == pytest.approx(tau_bob)
+
+
+def test_exempted_keys_follow_the_active_user_and_leave_the_others_adapters_alone(tiny_model_dir, tmp_path):
+    """With `locality.exempt_facts`, each user's null spaces free that user's facts' keys (`olm.exemption`).
+    Bob's steps, under bob's spaces, must not project alice's loaded adapter into them: alice's adapter is
+    the same whether bob talks after her or not."""
+    from olm.backbone import LoRASettings
+
+    def model() -> OnlineLM:
+        torch.manual_seed(0)
+        locality = LocalitySettings(weight=1.0, per_step=2, reply_tokens=4, top_k=8, null_space_energy=0.95,
+                                    exempt_facts=8, disk_cache=False)  # fmt: skip
+        return OnlineLM(
+            base_model=tiny_model_dir, optim=OptimSettings(lr=1e-2, steps_per_fact=2), locality=locality,
+            lora=LoRASettings(target_modules=["gate_proj", "up_proj", "down_proj"]),
+            augment=AugmentSettings(qa_pairs=1, paraphrases=0), per_user=True,
+        )  # fmt: skip
+
+    both, alone = model(), model()
+    fit(both, turns_of(("alice", A_TURNS), ("bob", B_TURNS), interleave=False), tmp_path / "both")
+    fit(alone, turns_of(("alice", A_TURNS)), tmp_path / "alone")
+    assert both.exemption.exempted == 1  # bob's one fact, last active
+    ta, tb = both.users.adapter_tensors("alice"), alone.users.adapter_tensors("alice")
+    assert sorted(ta) == sorted(tb) and all(torch.equal(ta[k], tb[k]) for k in ta)

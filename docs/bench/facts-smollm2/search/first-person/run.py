@@ -52,7 +52,10 @@ for r in range(3):
             turns.append(rng.choice(small))
 general = ["What is the capital of France?", "How many legs does a spider have?", "Where do you live?",
            "What is your name?", "Can you suggest a quick breakfast idea?", "I live in a small flat. Any decorating tips?",
-           "What is 12 times 3?", "Who wrote Romeo and Juliet?"]
+           "What is 12 times 3?", "Who wrote Romeo and Juliet?",
+           # the assistant asked about itself in words no training row or contrast question uses
+           "Where are you based?", "What should I call you?", "Who do you work for?", "Are you allergic to anything?",
+           "Do you have a favourite colour?", "When were you born?"]
 lm = olm.open(base_model="smollm2-135m", config=cfg)
 m = lm.module
 before = {g: lm.ask(g) for g in general}  # the adapter starts at zero (B = 0): the base's answers
