@@ -1,23 +1,32 @@
-"""Summarise first-person runs: python summary.py RUN.json ... (one line per run, then means per override set)."""
+"""Sum first-person runs per override set (counts over seeds): python summary.py RUN.json ...
+
+trained / held_out: facts recalled by their trained question / a held-out phrasing; assistant: the two trained
+questions put to the assistant ("Where do you live?", "What is your name?") answered word for word as the base
+did before learning; assistant_held: six other questions about the assistant, the same; general: the other
+general prompts, the same; general_routed: of those, how many got the adapter."""
 import json, sys
 from collections import defaultdict
 
+OWN = {"Where do you live?", "What is your name?"}
 HELD = {"Where are you based?", "What should I call you?", "Who do you work for?", "Are you allergic to anything?",
         "Do you have a favourite colour?", "When were you born?"}
-groups = defaultdict(list)
-for path in sys.argv[1:]:
+agg = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+for path in sorted(sys.argv[1:]):
     r = json.load(open(path))
-    gen = [x for x in r["rows"] if x["kind"] == "general"]
-    own = [x for x in gen if x["q"] in ("Where do you live?", "What is your name?")]
-    held = [x for x in gen if x["q"] in HELD]
-    rest = [x for x in gen if x not in own and x not in held]
-    line = {"trained": r["trained"], "held_out": r["held_out"],
-            "assistant_same": f"{sum(x['same_as_base'] for x in own)}/{len(own)}",
-            "assistant_held_out_same": f"{sum(x['same_as_base'] for x in held)}/{len(held)}" if held else "-",
-            "general_same": f"{sum(x['same_as_base'] for x in rest)}/{len(rest)}",
-            "general_routed": f"{sum(bool(x['routed']) for x in rest)}/{len(rest)}"}
-    print(f"{path}: seed {r['seed']} {' '.join(r['overrides'])}: {line}")
-    groups[" ".join(r["overrides"])].append(r)
-for k, rs in groups.items():
-    print(f"{k or 'defaults'}: {len(rs)} seeds, trained {sum(r['trained'] for r in rs) / len(rs):.2f}, "
-          f"held-out {sum(r['held_out'] for r in rs) / len(rs):.2f}")
+    k = " ".join(r["overrides"]) or "defaults"
+    agg[k]["seeds"][0] += 1
+    for x in r["rows"]:
+        if x["kind"] in ("trained", "held_out"):
+            parts = [(x["kind"], x["recalled"])]
+        elif x["q"] in OWN:
+            parts = [("assistant", x["same_as_base"])]
+        elif x["q"] in HELD:
+            parts = [("assistant_held", x["same_as_base"])]
+        else:
+            parts = [("general", x["same_as_base"]), ("general_routed", bool(x["routed"]))]
+        for name, ok in parts:
+            agg[k][name][0] += ok
+            agg[k][name][1] += 1
+for k, v in agg.items():
+    cells = ", ".join(f"{c} {a}/{b}" if c != "seeds" else f"{a} seeds" for c, (a, b) in v.items())
+    print(f"{k}: {cells}")
