@@ -9,7 +9,8 @@ subspace of the first two adapted blocks, so the object could hardly be written 
 stayed weak (README, Facts about the speaker).
 
 `KeyExemption` frees, per layer, the in-subspace part of each remembered fact's key (one direction
-per fact, `olm.nullspace.exempt_basis`): of the 33–750 protected directions per layer, as many as
+per fact, `olm.nullspace.exempt_basis`; by default facts about the speaker only: on the fact benchmark's
+made-up people, whose rare names the adapter reads anyway, exempting their keys cost retention): of the 33–750 protected directions per layer, as many as
 there are facts are given back, every other one stays. The facts are the memory's `limit` most
 important ones plus those of the step being taken; when one leaves that set (evicted, replaced by a
 contradicting statement, pushed out by more important ones, another user's memory activated), the
@@ -46,13 +47,17 @@ class KeyExemption:
 
     Args:
         limit: the most remembered facts whose keys are exempted (0: none, the spaces as given).
+        about: "speaker": facts about the speaker only (their patterns' `subject` is fixed, "me"); "all": any.
         cache_size: keys kept between calls (each is one base forward to recompute).
     """
 
-    def __init__(self, limit: int, cache_size: int = 4096) -> None:
+    def __init__(self, limit: int, about: str = "speaker", cache_size: int = 4096) -> None:
         if limit < 0:
             raise ValueError(f"locality.exempt_facts must be >= 0, got {limit!r}")
+        if about not in ("speaker", "all"):
+            raise ValueError(f"locality.exempt_about must be 'speaker' or 'all', got {about!r}")
         self.limit = limit
+        self.about = about
         self.cache_size = cache_size
         self._keys: OrderedDict[tuple[str, str], dict[str, torch.Tensor]] = OrderedDict()
         self._texts: tuple[tuple[str, str], ...] | None = None
@@ -63,14 +68,17 @@ class KeyExemption:
 
     def chosen(self, step_facts: Iterable, memory: Iterable, patterns) -> list[tuple[str, str]]:
         """The key texts to exempt: the step's facts first, then the memory's most important ones
-        (ties: the latest stated), `limit` at most, each text once. `patterns` maps a pattern name to
-        its `FactPattern` (or None)."""
+        (ties: the latest stated), `limit` at most, each text once; with `about` "speaker" only facts about
+        the speaker. `patterns` maps a pattern name to its `FactPattern` (or None)."""
         ranked = sorted(memory, key=lambda f: (f.importance, f.last_turn), reverse=True)
         texts: list[tuple[str, str]] = []
         for fact in [*step_facts, *ranked]:
             if len(texts) >= self.limit:
                 break
-            text = key_text(fact.subject, fact.object, fact.relation, patterns(fact.pattern))
+            pattern = patterns(fact.pattern) if fact is not None else None
+            if pattern is None or (self.about == "speaker" and not pattern.subject):
+                continue
+            text = key_text(fact.subject, fact.object, fact.relation, pattern)
             if text is not None and text not in texts:
                 texts.append(text)
         return texts

@@ -250,7 +250,7 @@ class OnlineLM(L.LightningModule):
         self.weighter = ImportanceWeighter(weighting)
         self.augment = augment
         self.locality = LocalityTerm(locality, self.tokenizer)
-        self.exemption = KeyExemption(locality.exempt_facts)
+        self.exemption = KeyExemption(locality.exempt_facts, locality.exempt_about)
         """Remembered facts' keys freed from the null-space constraint (`olm.exemption`)."""
         self.router = Router(routing, self.tokenizer, self.locality.prompts, self.recent_fact_questions)
         """Generation's per-prompt choice between the adapter and the base (`olm.routing`)."""
@@ -669,7 +669,7 @@ class OnlineLM(L.LightningModule):
         base = self.locality.projectors(self.model)
         if not base or self.exemption.limit == 0 or lockstep(self) is not None:
             return base
-        facts = [c.fact for c in (contexts or [ctx]) if c.fact is not None]
+        facts = [c.fact for c in (contexts or [ctx])]
         texts = self.exemption.chosen(facts, self.memory, self.detector.pattern)
         spaces, changed = self.exemption.spaces(self.model, self.tokenizer, base, texts)
         if changed:

@@ -92,6 +92,17 @@ def test_chosen_takes_the_steps_facts_then_the_most_important_within_the_limit()
     assert KeyExemption(0).chosen([step], stored, detector.pattern) == []
     with pytest.raises(ValueError, match="exempt_facts"):
         LocalitySettings(exempt_facts=-1)
+    with pytest.raises(ValueError, match="exempt_about"):
+        LocalitySettings(exempt_about="everyone")
+
+
+def test_chosen_skips_third_person_facts_unless_about_is_all():
+    detector = FactDetector()
+    sister, lives = detector.detect("Zara is my sister."), detector.detect("I live in Lisbon.")
+    assert KeyExemption(4).chosen([sister, None, lives], [], detector.pattern) == [("Where do I live?", "You live in")]
+    everyone = KeyExemption(4, "all").chosen([sister, None, lives], [], detector.pattern)
+    assert everyone[0][0] == detector.pattern(sister.pattern).questions[0].format(subject="Zara")
+    assert everyone[1] == ("Where do I live?", "You live in") and len(everyone) == 2
 
 
 def _learner(tiny_model_dir, exempt: int) -> OnlineLM:

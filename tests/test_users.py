@@ -456,7 +456,7 @@ def test_exempted_keys_follow_the_active_user_and_leave_the_others_adapters_alon
     def model() -> OnlineLM:
         torch.manual_seed(0)
         locality = LocalitySettings(weight=1.0, per_step=2, reply_tokens=4, top_k=8, null_space_energy=0.95,
-                                    exempt_facts=8, disk_cache=False)  # fmt: skip
+                                    exempt_facts=8, exempt_about="all", disk_cache=False)  # fmt: skip
         return OnlineLM(
             base_model=tiny_model_dir, optim=OptimSettings(lr=1e-2, steps_per_fact=2), locality=locality,
             lora=LoRASettings(target_modules=["gate_proj", "up_proj", "down_proj"]),
