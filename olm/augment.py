@@ -111,7 +111,8 @@ class AugmentSettings:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("qa_pairs", "paraphrases", "about_pairs", "short_answers", "siblings", "answer_frames", "contrasts"):
+        counts = ("qa_pairs", "paraphrases", "about_pairs", "short_answers", "siblings", "answer_frames", "contrasts")
+        for name in counts:
             if getattr(self, name) < 0:
                 problems.append(f"augment.{name} must be >= 0, got {getattr(self, name)!r}")
         if self.answer_frames_on not in ("all", "replay"):

@@ -206,7 +206,8 @@ def inputs_at(model: nn.Module, sequences: Iterable[tuple[torch.Tensor, int]]) -
     finally:
         for h in handles:
             h.remove()
-    return {name: torch.stack(r) if r else torch.zeros(0, layers[name].base_layer.in_features) for name, r in rows.items()}
+    empty = {name: torch.zeros(0, layer.base_layer.in_features) for name, layer in layers.items()}
+    return {name: torch.stack(r) if r else empty[name] for name, r in rows.items()}
 
 
 def exempt_basis(basis: torch.Tensor, keys: torch.Tensor, tol: float = 1e-4) -> torch.Tensor:

@@ -506,7 +506,8 @@ def test_train_statements_trains_the_statement_rows_user_side_only(tiny_model_di
 @pytest.mark.parametrize(
     "text, expected",
     [("Where do I live?", "Where do you live?"), ("What am I allergic to?", "What are you allergic to?"),
-     ("When is my birthday?", "When is your birthday?"), ("Do you know what I’m allergic to?", "Do you know what you're allergic to?"),
+     ("When is my birthday?", "When is your birthday?"),
+     ("Do you know what I’m allergic to?", "Do you know what you're allergic to?"),
      ("My name is Sam and I am here.", "Your name is Sam and you are here."), ("Who is Zara?", "Who is Zara?"),
      ("Mimi likes mine.", "Mimi likes yours.")],
 )  # fmt: skip
@@ -529,7 +530,8 @@ def test_contrast_questions_come_from_facts_about_the_speaker_only_and_rotate():
 def test_a_first_person_fact_step_adds_its_contrast_questions_to_the_locality_rows(tiny_model_dir):
     model = OnlineLM(
         base_model=tiny_model_dir, optim=OptimSettings(lr=1e-3),
-        augment=AugmentSettings(qa_pairs=1, paraphrases=0, contrasts=2), locality=LocalitySettings(weight=1.0, per_step=2),
+        augment=AugmentSettings(qa_pairs=1, paraphrases=0, contrasts=2),
+        locality=LocalitySettings(weight=1.0, per_step=2),
     )  # fmt: skip
     model.optimizers = lambda: model._opt  # outside a trainer
     model._opt = model.configure_optimizers()
