@@ -12,9 +12,9 @@ stayed weak (README, Facts about the speaker).
 per fact, `olm.nullspace.exempt_basis`; by default facts about the speaker only: on the fact benchmark's
 made-up people, whose rare names the adapter reads anyway, exempting their keys cost retention): of the
 33–750 protected directions per layer, as many as there are facts are given back, every other one
-stays. The facts are the memory's `limit` most important ones plus those of the step being taken; when one leaves that set (evicted, replaced by a
-contradicting statement, pushed out by more important ones, another user's memory activated), the
-adapter is projected again and what it wrote along that key is removed with it. The keys depend only
+stays. The facts are the memory's `limit` most important ones plus those of the step being taken;
+when one leaves that set (evicted, replaced by a contradicting statement, pushed out by more important
+ones, another user's memory activated), the active adapter is projected again and what it wrote along that key is removed with it. The keys depend only
 on the base and the fact's text, so a resumed run recomputes the same spaces from its memory.
 """
 
