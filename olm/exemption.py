@@ -14,8 +14,9 @@ made-up people, whose rare names the adapter reads anyway, exempting their keys 
 33–750 protected directions per layer, as many as there are facts are given back, every other one
 stays. The facts are the memory's `limit` most important ones plus those of the step being taken;
 when one leaves that set (evicted, replaced by a contradicting statement, pushed out by more important
-ones, another user's memory activated), the active adapter is projected again and what it wrote along that key is removed with it. The keys depend only
-on the base and the fact's text, so a resumed run recomputes the same spaces from its memory.
+ones, another user's memory activated), the active adapter is projected again and what it wrote along
+that key is removed with it. The keys depend only on the base and the fact's text, so a resumed run
+recomputes the same spaces from its memory.
 """
 
 from __future__ import annotations
