@@ -34,6 +34,10 @@ distribution moves by more than κ:
     s(prompt) = KL(base ‖ adapter) of the next token after the prompt       (`first_token_shift`)
     κ = `shift_margin` × the largest s over the calibration prompts
 
+or, with `shift_tokens` N > 1, the largest such KL over the first N tokens of the adapter's own greedy reply,
+teacher-forced (`reply_shift`): an adapter that begins as the base does ("Your name is …") and departs at the
+object is still seen.
+
 It is still recall from the weights: the decision reads only the adapter's own activations and outputs
 on the prompt, never the chat history; the memory's facts only set the one number τ. Learning is not
 routed: every training step (the task loss, the KL and locality terms) runs with the adapter on.
@@ -81,6 +85,11 @@ class RoutingSettings:
     shift_margin × the largest such KL over the calibration prompts, whatever its read share. A question
     made of common words ("When is my birthday?") is read little by an adapter the null-space constraint
     keeps off common text, yet the adapter answers it differently from the base. 0 = read share alone."""
+    shift_tokens: int = 1
+    """With `shift_margin`, the shift read is the largest KL(base ‖ adapter) over the first N tokens of the
+    adapter's own greedy reply, teacher-forced (`reply_shift`), for prompt and calibration alike. 1 = the
+    first reply token alone (`first_token_shift`). An adapter held to the base's first word ("Your …", by the
+    locality term's contrast rows) still differs where the fact's object comes ("Your name is Sam")."""
     tolerance: float = 0.0
     """Recompute τ once some LoRA tensor moved by more than this share of its norm (‖W − W_τ‖ > tolerance ·
     ‖W_τ‖) since τ was computed; 0 = after any change. A calibration is one forward of the
@@ -100,6 +109,8 @@ class RoutingSettings:
             problems.append(f"routing.batch_size must be >= 1, got {self.batch_size!r}")
         if not 0 <= self.shift_margin < float("inf"):
             problems.append(f"routing.shift_margin must be a finite number >= 0, got {self.shift_margin!r}")
+        if not (isinstance(self.shift_tokens, int) and 1 <= self.shift_tokens <= 64):
+            problems.append(f"routing.shift_tokens must be an integer in [1, 64], got {self.shift_tokens!r}")
         if not 0 <= self.tolerance < 1:
             problems.append(f"routing.tolerance must be in [0, 1), got {self.tolerance!r}")
         if problems:
@@ -233,6 +244,74 @@ def first_token_shift(
             base_log_p = first_token_log_probs(model, ids, attention, prompt_end)
     log_p = base_log_p.to(log_q.device)
     return (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0).cpu()
+
+
+def prompt_batch(
+    ids: torch.Tensor, attention: torch.Tensor, prompt_end: torch.Tensor | None, pad: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's prompt alone (its real tokens, before ``prompt_end`` when given) as a left-padded batch."""
+    rows = []
+    for i in range(ids.shape[0]):
+        real = torch.nonzero(attention[i], as_tuple=False).flatten()
+        if prompt_end is not None:
+            real = real[real < int(prompt_end[i])]
+        rows.append(ids[i, real])
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), pad, dtype=ids.dtype, device=ids.device)
+    mask = torch.zeros_like(out)
+    for i, r in enumerate(rows):
+        out[i, width - len(r) :], mask[i, width - len(r) :] = r, 1
+    return out, mask
+
+
+@torch.no_grad()
+def reply_shift(
+    model: nn.Module, ids: torch.Tensor, attention: torch.Tensor, prompt_end: torch.Tensor | None = None,
+    tokens: int = 1, stop: frozenset[int] = frozenset(), pad: int = 0,
+) -> torch.Tensor:
+    """(B,) the largest KL(base ‖ adapter) of the next-token distributions over the first `tokens` positions
+    of the reply, teacher-forced on the adapter's own greedy reply: how differently the adapter goes on,
+    wherever in those tokens it departs. Positions after the adapter's reply ends (a `stop` token) are not
+    read. `tokens` = 1 is `first_token_shift`.
+
+    The adapter's greedy tokens come from one prompt forward and `tokens` − 1 cached steps (eval mode), its
+    distributions along the way; the base's from one forward over the prompt and those tokens.
+
+    Args:
+        prompt_end: as in `first_token_log_probs`.
+        pad: the id the prompts are left-padded with (masked out).
+    """
+    if tokens <= 1:
+        return first_token_shift(model, ids, attention, prompt_end)
+    ids, attention = prompt_batch(ids, attention, prompt_end, pad)
+    was_training = model.training
+    model.eval()
+    try:
+        log_q, chosen = [], []
+        out = model(input_ids=ids, attention_mask=attention, use_cache=True, logits_to_keep=1)
+        mask = attention
+        for step in range(tokens):
+            log_q.append(F.log_softmax(out.logits[:, -1].float(), -1))
+            chosen.append(log_q[-1].argmax(-1))
+            if step == tokens - 1:
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            out = model(
+                input_ids=chosen[-1][:, None], attention_mask=mask, past_key_values=out.past_key_values,
+                use_cache=True, logits_to_keep=1,
+            )  # fmt: skip
+        forced = torch.cat([ids, torch.stack(chosen[:-1], dim=1)], dim=1)
+        with model.disable_adapter():
+            base = model(input_ids=forced, attention_mask=mask, use_cache=False, logits_to_keep=tokens).logits
+    finally:
+        model.train(was_training)
+    log_p, log_q = F.log_softmax(base.float(), -1), torch.stack(log_q, dim=1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0)  # (B, tokens)
+    if stop:
+        stopped = torch.stack([torch.isin(c, torch.tensor(sorted(stop), device=c.device)) for c in chosen], dim=1)
+        ended = torch.cumsum(stopped.int(), dim=1) - stopped.int() > 0  # a stop token before this position
+        kl = kl.masked_fill(ended, 0.0)
+    return kl.max(dim=1).values.cpu()
 
 
 def active_a(layer: nn.Module) -> list[nn.Module]:
@@ -377,6 +456,8 @@ class Router:
     def calibration_shifts(self, model, prompts: list[str] | None = None) -> torch.Tensor:
         """(N,) the first-token shifts (`first_token_shift`) of fresh-chat `prompts` (default: the calibration
         prompts, whose base outputs are computed once and kept: the base never changes)."""
+        if self.settings.shift_tokens > 1:  # the adapter's own reply is read: nothing of it to keep
+            return self._over_prompts(model, self.shift, prompts)
         if prompts is not None:
             return self._over_prompts(model, first_token_shift, prompts)
         if self._base_first is None:
@@ -390,6 +471,17 @@ class Router:
             return first_token_shift(m, ids, attention, None, rows)
 
         return self._over_prompts(model, shift, None)
+
+    def shift(
+        self, model, ids: torch.Tensor, attention: torch.Tensor, prompt_end: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B,) each row's reply shift over `shift_tokens` reply tokens (`reply_shift`; `first_token_shift` at 1)."""
+        tok = self.tokenizer
+        if self.settings.shift_tokens <= 1:
+            return first_token_shift(model, ids, attention, prompt_end)
+        stop = frozenset(t for t in (tok.eos_token_id, tok.pad_token_id) if t is not None)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        return reply_shift(model, ids, attention, prompt_end, self.settings.shift_tokens, stop, pad)
 
     def _over_prompts(self, model, measure, prompts: list[str] | None) -> torch.Tensor:
         """`measure(model, ids, attention)` over fresh-chat `prompts` (default: the calibration prompts) in
@@ -419,7 +511,7 @@ class Router:
         tau, kappa = self._calibrated(model)
         on = self.scores(model, ids, attention, prompt_end) > tau
         if kappa < float("inf") and not bool(on.all()):
-            on |= first_token_shift(model, ids, attention, prompt_end) > kappa
+            on |= self.shift(model, ids, attention, prompt_end) > kappa
         self.last_on = on
         return self.last_on
 

@@ -15,7 +15,8 @@ from olm.nullspace import lora_layers
 from olm.render import messages_for, render_prompt
 from olm.routing import (
     Router, RoutingSettings, adapter_disabled, first_token_shift, gated, last_prompt_positions, left_padded,
-    lora_snapshot, moved, own_tokens, prompt_scores, read_shares, template_prefix, threshold, token_shares,
+    lora_snapshot, moved, own_tokens, prompt_batch, prompt_scores, read_shares, reply_shift, template_prefix, threshold,
+    token_shares,
 )  # fmt: skip
 
 
@@ -314,6 +315,73 @@ def test_first_token_shift_is_the_kl_of_the_next_token_after_each_prompt(module)
             for n, p in model.named_parameters():
                 if n in saved:
                     p.copy_(saved[n])
+
+
+def _greedy_shifts(model, prompt: torch.Tensor, n: int) -> tuple[list[int], list[float]]:
+    """One unpadded prompt: the adapter's n greedy tokens (full forwards, no cache) and the KL(base ‖ adapter)
+    at each of those n positions."""
+    seq, kls = prompt[None], []
+    with torch.no_grad():
+        for _ in range(n):
+            q = torch.log_softmax(model(input_ids=seq).logits[0, -1], -1)
+            with model.disable_adapter():
+                p = torch.log_softmax(model(input_ids=seq).logits[0, -1], -1)
+            kls.append(float((p.exp() * (p - q)).sum()))
+            seq = torch.cat([seq, q.argmax()[None, None]], dim=1)
+    return seq[0, len(prompt) :].tolist(), kls
+
+
+def test_prompt_batch_keeps_each_rows_prompt_left_padded():
+    ids = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 3, 4, 0]])
+    attn = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 0]])
+    out, mask = prompt_batch(ids, attn, None, 0)
+    assert out.tolist() == [[0, 5, 6, 7], [8, 9, 3, 4]] and mask.tolist() == [[0, 1, 1, 1], [1, 1, 1, 1]]
+    out, mask = prompt_batch(ids, attn, torch.tensor([4, 2]), 1)  # teacher forcing: the prompt ends before
+    assert out.tolist() == [[5, 6], [8, 9]] and mask.tolist() == [[1, 1], [1, 1]]
+
+
+def test_reply_shift_is_the_largest_kl_along_the_adapters_own_greedy_reply(module):
+    tok, model = module.tokenizer, module.model
+    questions = ("What is two plus two?", "Hi!")
+    batch = left_padded(tok, [render_prompt(tok, messages_for(q)) for q in questions], "cpu")
+    ids, attn = batch["input_ids"], batch["attention_mask"]
+    assert torch.allclose(reply_shift(model, ids, attn, tokens=1), first_token_shift(model, ids, attn))
+    shift = reply_shift(model, ids, attn, tokens=4, pad=tok.pad_token_id)
+    expected, chosen = [], []
+    for i in range(2):
+        greedy, kls = _greedy_shifts(model, ids[i][attn[i].bool()], 4)
+        chosen.append(greedy)
+        expected.append(max(kls))
+        assert max(kls) > kls[0]  # the later tokens are read: more than the first alone
+    assert torch.allclose(shift, torch.tensor(expected), atol=1e-4), (shift, expected)
+    # a stop token ends the reply: the positions after it are not read
+    stop = frozenset({chosen[0][0]})
+    ended = reply_shift(model, ids, attn, tokens=4, stop=stop, pad=tok.pad_token_id)
+    first = first_token_shift(model, ids, attn)
+    assert ended[0] == pytest.approx(float(first[0]), abs=1e-5)
+    assert (ended[1] == pytest.approx(expected[1], abs=1e-4)) or chosen[1][0] in stop
+    # teacher forcing: rows that go on past their prompt are read from their prompt alone
+    longer = torch.cat([ids, ids[:, -2:]], dim=1), torch.cat([attn, attn[:, -2:]], dim=1)
+    forced = reply_shift(model, *longer, torch.full((2,), ids.shape[1]), tokens=4, pad=tok.pad_token_id)
+    assert torch.allclose(forced, shift, atol=1e-4)
+
+
+def test_router_shift_tokens_reads_the_reply_in_route_and_calibration(module, monkeypatch):
+    tok, model = module.tokenizer, module.model
+    import olm.routing as routing
+
+    calls = []
+    real = routing.reply_shift
+    monkeypatch.setattr(routing, "reply_shift", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
+    router = Router(RoutingSettings(enabled=True, calibration=4, shift_margin=1.0, shift_tokens=3), tok,
+                    module.router.prompts)  # fmt: skip
+    monkeypatch.setattr(router, "scores", lambda m, ids, attn, end=None: torch.zeros(ids.shape[0]))
+    batch = left_padded(tok, [render_prompt(tok, messages_for(q)) for q in ("When is my birthday?", "Hi!")], "cpu")
+    router.route(model, batch["input_ids"], batch["attention_mask"])
+    assert calls == [3, 3]  # calibration (4 prompts, one batch), then the routed prompts
+    assert router.kappa(model) == pytest.approx(float(router.calibration_shifts(model).max()))
+    with pytest.raises(ValueError, match="shift_tokens"):
+        RoutingSettings(shift_tokens=0)
 
 
 def test_shift_margin_routes_a_prompt_the_adapter_answers_differently_whatever_its_read_share(module, monkeypatch):
