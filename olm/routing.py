@@ -34,9 +34,10 @@ distribution moves by more than κ:
     s(prompt) = KL(base ‖ adapter) of the next token after the prompt       (`first_token_shift`)
     κ = `shift_margin` × the largest s over the calibration prompts
 
-or, with `shift_tokens` N > 1, the largest such KL over the first N tokens of the adapter's own greedy reply,
-teacher-forced (`reply_shift`): an adapter that begins as the base does ("Your name is …") and departs at the
-object is still seen.
+With `shift_tokens` N > 1 a prompt also gets the adapter when the largest such KL over the first N tokens of the
+adapter's own greedy reply, teacher-forced (`reply_shifts`), exceeds κ_N = `shift_margin` × the largest over the
+calibration prompts: an adapter that begins as the base does ("Your name is …") and departs at the object is
+still seen; each of the two reads is held to its own calibration.
 
 It is still recall from the weights: the decision reads only the adapter's own activations and outputs
 on the prompt, never the chat history; the memory's facts only set the one number τ. Learning is not
@@ -86,10 +87,11 @@ class RoutingSettings:
     made of common words ("When is my birthday?") is read little by an adapter the null-space constraint
     keeps off common text, yet the adapter answers it differently from the base. 0 = read share alone."""
     shift_tokens: int = 1
-    """With `shift_margin`, the shift read is the largest KL(base ‖ adapter) over the first N tokens of the
-    adapter's own greedy reply, teacher-forced (`reply_shift`), for prompt and calibration alike. 1 = the
-    first reply token alone (`first_token_shift`). An adapter held to the base's first word ("Your …", by the
-    locality term's contrast rows) still differs where the fact's object comes ("Your name is Sam")."""
+    """With `shift_margin` and N > 1, a second read: the largest KL(base ‖ adapter) over the first N tokens of
+    the adapter's own greedy reply, teacher-forced (`reply_shifts`), against its own κ_N (`shift_margin` × its
+    calibration maximum); a prompt gets the adapter when either read is above its κ. An adapter held to the
+    base's first word ("Your …", by `augment.contrasts`) still differs where the fact's object comes ("Your name
+    is Sam"). 1 = the first reply token alone."""
     tolerance: float = 0.0
     """Recompute τ once some LoRA tensor moved by more than this share of its norm (‖W − W_τ‖ > tolerance ·
     ‖W_τ‖) since τ was computed; 0 = after any change. A calibration is one forward of the
@@ -265,14 +267,13 @@ def prompt_batch(
 
 
 @torch.no_grad()
-def reply_shift(
+def reply_shifts(
     model: nn.Module, ids: torch.Tensor, attention: torch.Tensor, prompt_end: torch.Tensor | None = None,
     tokens: int = 1, stop: frozenset[int] = frozenset(), pad: int = 0,
 ) -> torch.Tensor:
-    """(B,) the largest KL(base ‖ adapter) of the next-token distributions over the first `tokens` positions
-    of the reply, teacher-forced on the adapter's own greedy reply: how differently the adapter goes on,
-    wherever in those tokens it departs. Positions after the adapter's reply ends (a `stop` token) are not
-    read. `tokens` = 1 is `first_token_shift`.
+    """(B, tokens) KL(base ‖ adapter) of the next-token distributions at each of the first `tokens` positions
+    of the reply, teacher-forced on the adapter's own greedy reply: how differently the adapter goes on, and
+    where. Positions after the adapter's reply ends (a `stop` token) read 0. Column 0 is `first_token_shift`.
 
     The adapter's greedy tokens come from one prompt forward and `tokens` − 1 cached steps (eval mode), its
     distributions along the way; the base's from one forward over the prompt and those tokens.
@@ -281,8 +282,6 @@ def reply_shift(
         prompt_end: as in `first_token_log_probs`.
         pad: the id the prompts are left-padded with (masked out).
     """
-    if tokens <= 1:
-        return first_token_shift(model, ids, attention, prompt_end)
     ids, attention = prompt_batch(ids, attention, prompt_end, pad)
     was_training = model.training
     model.eval()
@@ -300,7 +299,7 @@ def reply_shift(
                 input_ids=chosen[-1][:, None], attention_mask=mask, past_key_values=out.past_key_values,
                 use_cache=True, logits_to_keep=1,
             )  # fmt: skip
-        forced = torch.cat([ids, torch.stack(chosen[:-1], dim=1)], dim=1)
+        forced = torch.cat([ids, *(c[:, None] for c in chosen[:-1])], dim=1)
         with model.disable_adapter():
             base = model(input_ids=forced, attention_mask=mask, use_cache=False, logits_to_keep=tokens).logits
     finally:
@@ -308,10 +307,9 @@ def reply_shift(
     log_p, log_q = F.log_softmax(base.float(), -1), torch.stack(log_q, dim=1)
     kl = (log_p.exp() * (log_p - log_q)).sum(-1).clamp_min(0)  # (B, tokens)
     if stop:
-        stopped = torch.stack([torch.isin(c, torch.tensor(sorted(stop), device=c.device)) for c in chosen], dim=1)
-        ended = torch.cumsum(stopped.int(), dim=1) - stopped.int() > 0  # a stop token before this position
-        kl = kl.masked_fill(ended, 0.0)
-    return kl.max(dim=1).values.cpu()
+        stopped = torch.isin(torch.stack(chosen, dim=1), torch.tensor(sorted(stop), device=kl.device)).int()
+        kl = kl.masked_fill(torch.cumsum(stopped, dim=1) - stopped > 0, 0.0)  # a stop token before this position
+    return kl.cpu()
 
 
 def active_a(layer: nn.Module) -> list[nn.Module]:
@@ -406,7 +404,7 @@ class Router:
             raise ValueError("routing.enabled needs calibration prompts (the locality prompt file is empty)")
         self.fact_questions = fact_questions
         self.prefix = template_prefix(tokenizer)
-        self._tau: tuple[dict[str, torch.Tensor], tuple[str, ...], RoutingSettings, float, float] | None = None
+        self._tau: tuple[dict[str, torch.Tensor], tuple[str, ...], RoutingSettings, float, torch.Tensor] | None = None
         """The LoRA weights, fact questions and settings τ was computed for, τ and κ (`shift_margin`)."""
         self._base_first: torch.Tensor | None = None
         """(N, V) the base's `first_token_log_probs` of the calibration prompts (computed once)."""
@@ -432,11 +430,12 @@ class Router:
         `tolerance`, the facts' questions or the settings changed)."""
         return self._calibrated(model)[0]
 
-    def kappa(self, model) -> float:
-        """κ, the first-token shift above which a prompt gets the adapter (`shift_margin`; inf when 0)."""
+    def kappa(self, model) -> torch.Tensor:
+        """κ per shift read (`shift`'s columns): the shift above which a prompt gets the adapter (`shift_margin`;
+        inf when 0)."""
         return self._calibrated(model)[1]
 
-    def _calibrated(self, model) -> tuple[float, float]:
+    def _calibrated(self, model) -> tuple[float, torch.Tensor]:
         s = self.settings
         questions = tuple(self.fact_questions(s.facts)) if self.fact_questions is not None and s.facts else ()
         if (
@@ -445,7 +444,10 @@ class Router:
         ):  # fmt: skip
             facts = self.calibration_scores(model, list(questions)) if questions else None
             tau = threshold(self.calibration_scores(model), s.quantile, s.margin, facts)
-            kappa = s.shift_margin * float(self.calibration_shifts(model).max()) if s.shift_margin else float("inf")
+            kappa = (
+                s.shift_margin * self.calibration_shifts(model).amax(0) if s.shift_margin
+                else torch.full((1,), float("inf"))
+            )  # fmt: skip
             self._tau = (lora_snapshot(model), questions, replace(s), tau, kappa)
         return self._tau[3], self._tau[4]
 
@@ -454,12 +456,10 @@ class Router:
         return self._over_prompts(model, self.scores, prompts)
 
     def calibration_shifts(self, model, prompts: list[str] | None = None) -> torch.Tensor:
-        """(N,) the first-token shifts (`first_token_shift`) of fresh-chat `prompts` (default: the calibration
-        prompts, whose base outputs are computed once and kept: the base never changes)."""
-        if self.settings.shift_tokens > 1:  # the adapter's own reply is read: nothing of it to keep
+        """(N, S) the reply shifts (`shift`) of fresh-chat `prompts` (default: the calibration prompts; with
+        `shift_tokens` 1 their base outputs are computed once and kept: the base never changes)."""
+        if self.settings.shift_tokens > 1 or prompts is not None:  # the adapter's own reply: nothing to keep
             return self._over_prompts(model, self.shift, prompts)
-        if prompts is not None:
-            return self._over_prompts(model, first_token_shift, prompts)
         if self._base_first is None:
             with model.disable_adapter():
                 self._base_first = self._over_prompts(model, first_token_log_probs, None)
@@ -468,20 +468,22 @@ class Router:
         def shift(m, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
             rows = self._base_first[done[0] : done[0] + ids.shape[0]]
             done[0] += ids.shape[0]
-            return first_token_shift(m, ids, attention, None, rows)
+            return first_token_shift(m, ids, attention, None, rows)[:, None]
 
         return self._over_prompts(model, shift, None)
 
     def shift(
         self, model, ids: torch.Tensor, attention: torch.Tensor, prompt_end: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """(B,) each row's reply shift over `shift_tokens` reply tokens (`reply_shift`; `first_token_shift` at 1)."""
-        tok = self.tokenizer
+        """(B, S) the shifts each row is routed by: the first reply token's (`first_token_shift`), and with
+        `shift_tokens` N > 1 also the largest over the adapter's first N greedy reply tokens (`reply_shifts`)."""
         if self.settings.shift_tokens <= 1:
-            return first_token_shift(model, ids, attention, prompt_end)
+            return first_token_shift(model, ids, attention, prompt_end)[:, None]
+        tok = self.tokenizer
         stop = frozenset(t for t in (tok.eos_token_id, tok.pad_token_id) if t is not None)
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        return reply_shift(model, ids, attention, prompt_end, self.settings.shift_tokens, stop, pad)
+        kl = reply_shifts(model, ids, attention, prompt_end, self.settings.shift_tokens, stop, pad)
+        return torch.stack([kl[:, 0], kl.amax(1)], dim=1)
 
     def _over_prompts(self, model, measure, prompts: list[str] | None) -> torch.Tensor:
         """`measure(model, ids, attention)` over fresh-chat `prompts` (default: the calibration prompts) in
@@ -510,8 +512,8 @@ class Router:
             return torch.ones(ids.shape[0], dtype=torch.bool)  # nothing to route (inside disable_adapter: the base)
         tau, kappa = self._calibrated(model)
         on = self.scores(model, ids, attention, prompt_end) > tau
-        if kappa < float("inf") and not bool(on.all()):
-            on |= self.shift(model, ids, attention, prompt_end) > kappa
+        if bool(torch.isfinite(kappa).all()) and not bool(on.all()):
+            on |= (self.shift(model, ids, attention, prompt_end) > kappa).any(1)
         self.last_on = on
         return self.last_on
 

@@ -15,7 +15,7 @@ from olm.nullspace import lora_layers
 from olm.render import messages_for, render_prompt
 from olm.routing import (
     Router, RoutingSettings, adapter_disabled, first_token_shift, gated, last_prompt_positions, left_padded,
-    lora_snapshot, moved, own_tokens, prompt_batch, prompt_scores, read_shares, reply_shift, template_prefix, threshold,
+    lora_snapshot, moved, own_tokens, prompt_batch, prompt_scores, read_shares, reply_shifts, template_prefix, threshold,
     token_shares,
 )  # fmt: skip
 
@@ -340,46 +340,47 @@ def test_prompt_batch_keeps_each_rows_prompt_left_padded():
     assert out.tolist() == [[5, 6], [8, 9]] and mask.tolist() == [[1, 1], [1, 1]]
 
 
-def test_reply_shift_is_the_largest_kl_along_the_adapters_own_greedy_reply(module):
+def test_reply_shifts_are_the_kl_along_the_adapters_own_greedy_reply(module):
     tok, model = module.tokenizer, module.model
     questions = ("What is two plus two?", "Hi!")
     batch = left_padded(tok, [render_prompt(tok, messages_for(q)) for q in questions], "cpu")
     ids, attn = batch["input_ids"], batch["attention_mask"]
-    assert torch.allclose(reply_shift(model, ids, attn, tokens=1), first_token_shift(model, ids, attn))
-    shift = reply_shift(model, ids, attn, tokens=4, pad=tok.pad_token_id)
-    expected, chosen = [], []
-    for i in range(2):
+    shifts = reply_shifts(model, ids, attn, tokens=4, pad=tok.pad_token_id)
+    assert shifts.shape == (2, 4)
+    assert torch.allclose(shifts[:, 0], first_token_shift(model, ids, attn), atol=1e-5)
+    assert torch.allclose(reply_shifts(model, ids, attn, tokens=1, pad=tok.pad_token_id)[:, 0], shifts[:, 0])
+    chosen = []
+    for i in range(2):  # the cached greedy steps under left padding equal unpadded full forwards
         greedy, kls = _greedy_shifts(model, ids[i][attn[i].bool()], 4)
         chosen.append(greedy)
-        expected.append(max(kls))
-        assert max(kls) > kls[0]  # the later tokens are read: more than the first alone
-    assert torch.allclose(shift, torch.tensor(expected), atol=1e-4), (shift, expected)
-    # a stop token ends the reply: the positions after it are not read
-    stop = frozenset({chosen[0][0]})
-    ended = reply_shift(model, ids, attn, tokens=4, stop=stop, pad=tok.pad_token_id)
-    first = first_token_shift(model, ids, attn)
-    assert ended[0] == pytest.approx(float(first[0]), abs=1e-5)
-    assert (ended[1] == pytest.approx(expected[1], abs=1e-4)) or chosen[1][0] in stop
+        assert torch.allclose(shifts[i], torch.tensor(kls), atol=1e-4), (shifts[i], kls)
+    # a stop token ends the reply: the positions after it read 0
+    ended = reply_shifts(model, ids, attn, tokens=4, stop=frozenset({chosen[0][0]}), pad=tok.pad_token_id)
+    assert ended[0, 0] == pytest.approx(float(shifts[0, 0])) and ended[0, 1:].tolist() == [0.0, 0.0, 0.0]
     # teacher forcing: rows that go on past their prompt are read from their prompt alone
     longer = torch.cat([ids, ids[:, -2:]], dim=1), torch.cat([attn, attn[:, -2:]], dim=1)
-    forced = reply_shift(model, *longer, torch.full((2,), ids.shape[1]), tokens=4, pad=tok.pad_token_id)
-    assert torch.allclose(forced, shift, atol=1e-4)
+    forced = reply_shifts(model, *longer, torch.full((2,), ids.shape[1]), tokens=4, pad=tok.pad_token_id)
+    assert torch.allclose(forced, shifts, atol=1e-4)
 
 
-def test_router_shift_tokens_reads_the_reply_in_route_and_calibration(module, monkeypatch):
+def test_shift_tokens_routes_by_either_read_against_its_own_calibration(module, monkeypatch):
+    """With shift_tokens N > 1 a prompt gets the adapter when its first-token shift is above κ_1 or its largest
+    shift over N reply tokens above κ_N, each κ = shift_margin × that read's calibration maximum."""
     tok, model = module.tokenizer, module.model
+    prompts = module.router.prompts
     import olm.routing as routing
 
-    calls = []
-    real = routing.reply_shift
-    monkeypatch.setattr(routing, "reply_shift", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
-    router = Router(RoutingSettings(enabled=True, calibration=4, shift_margin=1.0, shift_tokens=3), tok,
-                    module.router.prompts)  # fmt: skip
+    calibration = torch.tensor([[0.1, 0.5, 0, 0], [0.4, 1.0, 0, 0], [0.2, 3.0, 0, 0], [0.3, 0.2, 0, 0]])
+    asked = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.5, 2.0, 1.0, 0.0], [0.1, 0.2, 7.0, 0.1]])
+    kls = {4: calibration, 3: asked}  # by rows: the 4 calibration prompts, the 3 asked
+    monkeypatch.setattr(routing, "reply_shifts", lambda m, ids, *a, **k: kls[ids.shape[0]])
+    router = Router(RoutingSettings(enabled=True, calibration=4, shift_margin=2.0, shift_tokens=4), tok, prompts)
     monkeypatch.setattr(router, "scores", lambda m, ids, attn, end=None: torch.zeros(ids.shape[0]))
-    batch = left_padded(tok, [render_prompt(tok, messages_for(q)) for q in ("When is my birthday?", "Hi!")], "cpu")
-    router.route(model, batch["input_ids"], batch["attention_mask"])
-    assert calls == [3, 3]  # calibration (4 prompts, one batch), then the routed prompts
-    assert router.kappa(model) == pytest.approx(float(router.calibration_shifts(model).max()))
+    texts = ["When is my birthday?", "Hi!", "What is my name?"]
+    batch = left_padded(tok, [render_prompt(tok, messages_for(q)) for q in texts], "cpu")
+    on = router.route(model, batch["input_ids"], batch["attention_mask"])
+    assert router.kappa(model).tolist() == pytest.approx([0.8, 6.0])  # 2 × (0.4, 3.0)
+    assert on.tolist() == [True, False, True]  # first read 1.0 > 0.8; 0.5 and 2.0 under both; largest 7.0 > 6.0
     with pytest.raises(ValueError, match="shift_tokens"):
         RoutingSettings(shift_tokens=0)
 
@@ -399,7 +400,7 @@ def test_shift_margin_routes_a_prompt_the_adapter_answers_differently_whatever_i
         monkeypatch.setattr(router, "scores", lambda m, ids, attn, end=None: torch.zeros(ids.shape[0]))
         on = router.route(model, batch["input_ids"], batch["attention_mask"])
         assert on.tolist() == expected, margin
-        assert router.kappa(model) == (pytest.approx(margin * 0.4) if margin else float("inf"))
+        assert router.kappa(model).tolist() == ([pytest.approx(margin * 0.4)] if margin else [float("inf")])
 
 
 def test_calibration_shifts_keep_the_base_outputs_and_equal_a_fresh_computation(module, monkeypatch):
@@ -407,7 +408,7 @@ def test_calibration_shifts_keep_the_base_outputs_and_equal_a_fresh_computation(
                     module.router.prompts)  # fmt: skip
     fresh = router.calibration_shifts(module.model, list(router.prompts))  # no cache for explicit prompts
     cached = router.calibration_shifts(module.model)
-    assert cached.shape == (4,) and torch.allclose(cached, fresh, atol=1e-5)
+    assert cached.shape == (4, 1) and torch.allclose(cached, fresh, atol=1e-5)
     import olm.routing as routing
 
     calls = []

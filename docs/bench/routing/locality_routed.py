@@ -13,6 +13,6 @@ m = lm.module; r = m.router
 tau, kappa = r.tau(m.model), r.kappa(m.model)
 rest = m.locality.prompts[len(r.prompts):]
 s, sc = r.calibration_shifts(m.model, rest), r.calibration_scores(m.model, rest)
-on = (sc > tau) | (s > kappa)
-print(f"tau {tau:.4f} kappa {kappa:.3f}; locality prompts beyond the calibration: {len(rest)}, routed on {int(on.sum())} (by shift {int((s > kappa).sum())}, by read share {int((sc > tau).sum())})")
-for i in torch.nonzero(on).flatten().tolist(): print(f"  shift {s[i]:.3f} r {sc[i]:.4f}  {rest[i]}")
+on = (sc > tau) | (s > kappa).any(-1)
+print(f"tau {tau:.4f} kappa {kappa.tolist()}; locality prompts beyond the calibration: {len(rest)}, routed on {int(on.sum())} (by shift {int((s > kappa).any(-1).sum())}, by read share {int((sc > tau).sum())})")
+for i in torch.nonzero(on).flatten().tolist(): print(f"  shift {s[i].tolist()} r {sc[i]:.4f}  {rest[i]}")
