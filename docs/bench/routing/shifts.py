@@ -26,13 +26,13 @@ cfg["model"]["adapter"] = sys.argv[1]
 lm = olm.open(base_model="smollm2-135m", config=cfg)
 m = lm.module; r = m.router
 tau = r.tau(m.model)
-cal_s = r.calibration_shifts(m.model); cal_r = r.calibration_scores(m.model)
+cal_s = r.calibration_shifts(m.model)[:, 0]; cal_r = r.calibration_scores(m.model)
 gen = [l.strip() for l in open("olm/bench/data/general_prompts.txt") if l.strip() and not l.startswith("#")]
 gk = [json.loads(l)["question"] for l in open("olm/bench/data/gk_questions.jsonl")]
 fp = ["What is my name?", "Where do I live?", "Where do I work?", "What am I allergic to?", "What is my favourite colour?", "When is my birthday?",
       "Do you remember my name?", "Which town is my home?", "Who is my employer?", "Which food should I avoid?", "What colour do I like?", "What month was I born in?"]
 def both(ps):
-    return r.calibration_shifts(m.model, ps), r.calibration_scores(m.model, ps)
+    return r.calibration_shifts(m.model, ps)[:, 0], r.calibration_scores(m.model, ps)
 print(f"tau {tau:.4f}  calib shift max {cal_s.max():.4f} median {cal_s.median():.4f}  calib r max {cal_r.max():.4f}")
 for name, ps in (("general(held-out)", gen), ("gk", gk)):
     s, rr = both(ps)
