@@ -458,7 +458,7 @@ class Router:
     def calibration_shifts(self, model, prompts: list[str] | None = None) -> torch.Tensor:
         """(N, S) the reply shifts (`shift`) of fresh-chat `prompts` (default: the calibration prompts; with
         `shift_tokens` 1 their base outputs are computed once and kept: the base never changes)."""
-        if self.settings.shift_tokens > 1 or prompts is not None:  # the adapter's own reply: nothing to keep
+        if self.settings.shift_tokens > 1 or prompts is not None:  # the adapter's own reply, or prompts not kept
             return self._over_prompts(model, self.shift, prompts)
         if self._base_first is None:
             with model.disable_adapter():

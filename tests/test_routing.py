@@ -15,8 +15,8 @@ from olm.nullspace import lora_layers
 from olm.render import messages_for, render_prompt
 from olm.routing import (
     Router, RoutingSettings, adapter_disabled, first_token_shift, gated, last_prompt_positions, left_padded,
-    lora_snapshot, moved, own_tokens, prompt_batch, prompt_scores, read_shares, reply_shifts, template_prefix, threshold,
-    token_shares,
+    lora_snapshot, moved, own_tokens, prompt_batch, prompt_scores, read_shares, reply_shifts, template_prefix,
+    threshold, token_shares,
 )  # fmt: skip
 
 
