@@ -92,6 +92,11 @@ class AugmentSettings:
     put to the assistant instead ("Where do I live?" → "Where do you live?", `contrast_questions`),
     added to the step's locality rows, so their answers are pulled to the base's (the learned "You live
     in …" otherwise answers the assistant's own questions too). 0 = none; needs `locality.weight` > 0."""
+    contrast_weight: float = 1.0
+    """How many times each compared position of a contrast row counts in the locality term (1 = like
+    any locality prompt's). The term is a mean over every compared position of the step's rows, so at 1
+    the two contrast rows' first reply tokens, where "You are allergic to …" and the base's "As an AI …"
+    part, are 2 positions of ~190 against the fact rows' whole cross-entropy (README, Facts about the speaker)."""
     acknowledgement: str = "Got it. {answer}"
     """Reply to a paraphrased statement; ``{answer}`` is the pattern's filled answer template."""
     acknowledge_generated: bool = True
@@ -115,6 +120,8 @@ class AugmentSettings:
         for name in counts:
             if getattr(self, name) < 0:
                 problems.append(f"augment.{name} must be >= 0, got {getattr(self, name)!r}")
+        if not self.contrast_weight >= 0 or self.contrast_weight == float("inf"):
+            problems.append(f"augment.contrast_weight must be a finite number >= 0, got {self.contrast_weight!r}")
         if self.answer_frames_on not in ("all", "replay"):
             problems.append(f"augment.answer_frames_on must be 'all' or 'replay', got {self.answer_frames_on!r}")
         if not _fields(self.acknowledgement) <= {"answer"}:

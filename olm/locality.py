@@ -162,11 +162,16 @@ class LocalityBatch:
     weights: torch.Tensor | None
 
 
-def locality_batch(rows: list[LocalityRow], settings: LocalitySettings, pad_id: int, device) -> LocalityBatch:
+def locality_batch(
+    rows: list[LocalityRow], settings: LocalitySettings, pad_id: int, device, row_weights: list[float] | None = None
+) -> LocalityBatch:
     """The rows as one right-padded batch on `device`. The rows get a forward of their own, apart from
     the examples being learned: a locality row (prompt + the base's reply, median 69 tokens with
     smollm2-135m) is longer than a fact's examples (~47), and one width for both would pad every
-    example to the longest prompt."""
+    example to the longest prompt. `row_weights` (one per row, default 1 each) multiplies every
+    compared position of its row, on top of the lead weights."""
+    if row_weights is not None and len(row_weights) != len(rows):
+        raise ValueError(f"row_weights: {len(row_weights)} weights for {len(rows)} rows")
     width = max(r.input_ids.numel() for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention = torch.zeros_like(ids)
@@ -175,6 +180,9 @@ def locality_batch(rows: list[LocalityRow], settings: LocalitySettings, pad_id: 
         t = r.input_ids.numel()
         ids[j, :t], attention[j, :t], positions[j, :t] = r.input_ids, 1, r.positions
     weights = lead_weights(rows, settings.lead_tokens, settings.lead_weight)
+    if row_weights is not None and any(w != 1.0 for w in row_weights):
+        per_row = torch.cat([torch.full((int(r.positions.sum()),), float(w)) for r, w in zip(rows, row_weights)])
+        weights = per_row if weights is None else weights * per_row
     return LocalityBatch(
         ids.to(device), attention.to(device), positions.to(device),
         torch.cat([r.top_log_p for r in rows]).to(device), torch.cat([r.top_ids for r in rows]).to(device),

@@ -579,9 +579,11 @@ class OnlineLM(L.LightningModule):
         )
         mult, lam = lr_multiplier(ctx, self.policy), kl_lambda(ctx, self.policy)
         rows = self.locality.next_rows(self.model) if self.locality.applies(ctx.kind) else []
+        row_weights = None
         if rows and self.augment.contrasts:  # the step's facts about the speaker, asked of the assistant
             facts = [c.fact for c in (contexts or [ctx])]
             asked = contrast_questions(facts, self.detector.pattern, self.augment.contrasts, ctx.repetition)
+            row_weights = [1.0] * len(rows) + [self.augment.contrast_weight] * len(asked)
             rows = rows + self.locality.rows_for(self.model, asked) if asked else rows
         n, width = len(examples), max(e.num_tokens for e in examples)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -597,7 +599,7 @@ class OnlineLM(L.LightningModule):
         share = self.optim.share_prefix and (
             delta_mask is None or agrees_on_prefix(delta_mask, common_prefix_length(ids, attn))
         )  # a prefix computed once has one mask
-        loc = locality_batch(rows, self.locality.settings, pad, self.device) if rows else None
+        loc = locality_batch(rows, self.locality.settings, pad, self.device, row_weights) if rows else None
         projectors = self.null_spaces(ctx, contexts)  # {} unless locality.null_space_energy > 0
         project_lora_a(self.model, projectors, self._null_seen, active_only=True)  # an A written since (fresh, loaded)
         # optim.fresh_ratio_b: B faster while the (active user's) memory is small; not under DDP, whose

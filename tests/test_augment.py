@@ -18,7 +18,7 @@ from olm.prefix import MIN_PREFIX, common_prefix_length
 from olm.bench.facts import GENERAL_PROMPTS, GK_QUESTIONS
 from olm.context import Context
 from olm.facts import DetectorConfig, FactDetector, FactPattern, fill
-from olm.locality import DEFAULT_PROMPTS, LocalityRow, LocalitySettings, lead_weights
+from olm.locality import DEFAULT_PROMPTS, LocalityRow, LocalitySettings, lead_weights, locality_batch
 from olm.losses import kl_to_base, top_k_kl, top_k_log_probs
 from olm.memory import FactMemory
 from olm.module import ObjectiveSettings, OnlineLM, OptimSettings
@@ -248,6 +248,25 @@ def test_lead_weights_weigh_the_first_compared_positions_of_each_row():
     for bad in ({"lead_tokens": -1}, {"lead_weight": -2.0}, {"lead_weight": float("nan")}, {"lead_weight": float("inf")}):
         with pytest.raises(ValueError, match="lead_"):
             LocalitySettings(**bad)
+
+
+def test_locality_batch_row_weights_multiply_every_compared_position_of_their_row():
+    def row(prompt: int, reply: int) -> LocalityRow:
+        positions = torch.zeros(prompt + reply, dtype=torch.bool)
+        positions[prompt - 1 : prompt + reply - 1] = True
+        return LocalityRow(torch.zeros(prompt + reply, dtype=torch.long), positions, torch.zeros(reply, 2), torch.zeros(reply, 2))
+
+    rows = [row(5, 4), row(3, 1), row(2, 3)]
+    plain = LocalitySettings(weight=1.0)
+    assert locality_batch(rows, plain, 0, "cpu", [1.0, 1.0, 1.0]).weights is None  # all ones: the plain mean
+    assert locality_batch(rows, plain, 0, "cpu", [1.0, 1.0, 8.0]).weights.tolist() == [1] * 5 + [8] * 3
+    lead = LocalitySettings(weight=1.0, lead_tokens=2, lead_weight=6.0)
+    assert locality_batch(rows, lead, 0, "cpu", [1.0, 0.0, 2.0]).weights.tolist() == [6, 6, 1, 1, 0, 12, 12, 2]
+    with pytest.raises(ValueError, match="row_weights"):
+        locality_batch(rows, plain, 0, "cpu", [1.0])
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="contrast_weight"):
+            AugmentSettings(contrast_weight=bad)
 
 
 def test_fact_step_trains_on_one_padded_batch_and_its_locality_prompts_on_another(tiny_model_dir, monkeypatch):
@@ -551,3 +570,27 @@ def test_a_first_person_fact_step_adds_its_contrast_questions_to_the_locality_ro
     sister = model.detector.detect("Zara is my sister.")
     third = [render_exchange(model.tokenizer, "Zara is my sister.", "Got it.")]
     assert model.learn(third, Context("fact", fact=sister, repetition=1))["examples"] == 1 + 2  # none for others
+
+
+def test_contrast_weight_counts_the_contrast_rows_positions_that_many_times(tiny_model_dir, monkeypatch):
+    import olm.module
+
+    model = OnlineLM(
+        base_model=tiny_model_dir, optim=OptimSettings(lr=1e-3, steps_per_fact=1),
+        augment=AugmentSettings(qa_pairs=1, paraphrases=0, contrasts=2, contrast_weight=5.0),
+        locality=LocalitySettings(weight=1.0, per_step=2),
+    )  # fmt: skip
+    model.optimizers = lambda: model._opt  # outside a trainer
+    model._opt = model.configure_optimizers()
+    model.manual_backward = lambda loss: loss.backward()
+    seen = []
+    real = olm.module.top_k_kl
+    monkeypatch.setattr(olm.module, "top_k_kl", lambda *a: (seen.append(a), real(*a))[1])
+    fact = model.detector.detect("I live in Lisbon.")
+    examples = [render_exchange(model.tokenizer, "I live in Lisbon.", "Got it.")] + model.fact_examples(fact, 0)
+    model.learn(examples, Context("fact", fact=fact, repetition=1))
+    weights = seen[0][3]
+    general = sum(int(model.locality._cache[i].positions.sum()) for i in (0, 1))
+    asked = contrast_questions([fact], model.detector.pattern, 2, 1)
+    contrast = sum(int(model.locality._extra[q].positions.sum()) for q in asked)
+    assert weights.tolist() == [1.0] * general + [5.0] * contrast
