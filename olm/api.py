@@ -206,13 +206,22 @@ def open(
             config's, else OnlineLM's default).
         config: a ``cli.py`` YAML config (or its dict): its ``model:`` section, the ``data:``
             settings that shape turns (tools, system, history_turns, max_message_chars, format),
-            the trainer's accelerator / devices / precision, and its `FactReplay` callback are used.
+            the trainer's accelerator / devices / precision, its `FactReplay` callback and its
+            ``seed_everything`` (an int seeds every RNG before the model is built, as ``cli.py fit``
+            does, so two sessions from one config learn alike: LoRA init, dropout; true draws a seed).
         **model: `OnlineLM` arguments overriding the config's (e.g. ``respond="skip"``, ``adapter=DIR``).
 
     Returns:
         The `OnlineSession`.
     """
     cfg = load_config(config)
+    seed = cfg.get("seed_everything")
+    if seed is True:
+        L.seed_everything(None)  # LightningCLI's `seed_everything: true`: a seed drawn and logged
+    elif seed is not None and seed is not False:
+        if not isinstance(seed, int):
+            raise ValueError(f"seed_everything must be an int, true or false, got {seed!r}")
+        L.seed_everything(seed, verbose=False)
     section = {**(cfg.get("model") or {}), **model}
     if base_model is not None:
         section["base_model"] = base_model

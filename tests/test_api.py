@@ -62,3 +62,24 @@ def test_overrides_records_and_respond_skip():
     assert reply == '[tool call] {"name": "cancel", "arguments": {}}\n[tool result] ok\nDone.'
     with pytest.raises(ValueError, match="unknown model settings"):
         olm.open(config=TINY, no_such_knob=1)
+
+
+def test_the_configs_seed_everything_makes_two_sessions_learn_alike():
+    import yaml
+
+    cfg = yaml.safe_load(open(TINY))
+    assert cfg["seed_everything"] == 0
+    cfg["model"]["lora"] = {**(cfg["model"].get("lora") or {}), "dropout": 0.3}  # the step draws masks too
+    turns = [("Xiomara is my sister.", "Got it. Xiomara is your sister.")]
+    first, second = olm.open(config=cfg), olm.open(config=cfg)
+    assert all(torch.equal(a, b) for a, b in zip(lora(first).values(), lora(second).values()))  # same LoRA init
+    first.learn(turns)
+    torch.rand(3)  # whatever ran in between: the second session is seeded again when it opens
+    second = olm.open(config=cfg)
+    second.learn(turns)
+    assert all(torch.equal(a, b) for a, b in zip(lora(first).values(), lora(second).values()))
+    unseeded = olm.open(config={**cfg, "seed_everything": False})
+    unseeded.learn(turns)
+    assert any(not torch.equal(a, b) for a, b in zip(lora(first).values(), lora(unseeded).values()))
+    with pytest.raises(ValueError, match="seed_everything"):
+        olm.open(config={**cfg, "seed_everything": "zero"})
