@@ -235,13 +235,32 @@ def test_top_k_kl_counts_weighted_positions_more_without_diluting_the_rest():
     assert torch.allclose(top_k_kl(adapter, log_p, ids, torch.ones(4)), top_k_kl(adapter, log_p, ids), atol=1e-6)
 
 
-def test_lead_weights_weigh_the_first_compared_positions_of_each_row():
-    def row(prompt: int, reply: int) -> LocalityRow:
-        positions = torch.zeros(prompt + reply, dtype=torch.bool)
-        positions[prompt - 1 : prompt + reply - 1] = True
-        return LocalityRow(torch.zeros(prompt + reply, dtype=torch.long), positions, torch.zeros(reply, 2), torch.zeros(reply, 2))
+def outside_trainer(model: OnlineLM) -> None:
+    """Let `model.learn` step outside a Lightning trainer: its own optimizer, a plain backward."""
+    model.optimizers = lambda: model._opt
+    model._opt = model.configure_optimizers()
+    model.manual_backward = lambda loss: loss.backward()
 
-    rows = [row(5, 4), row(3, 1), row(2, 3)]
+
+def recorded_top_k_kl(monkeypatch) -> list[tuple]:
+    """The arguments of every call `OnlineLM.learn` makes to the locality term's `top_k_kl`, as they come."""
+    import olm.module
+
+    seen, real = [], olm.module.top_k_kl
+    monkeypatch.setattr(olm.module, "top_k_kl", lambda *a: (seen.append(a), real(*a))[1])
+    return seen
+
+
+def locality_row(prompt: int, reply: int) -> LocalityRow:
+    """A cached locality row of `prompt` + `reply` tokens whose reply positions are compared."""
+    positions = torch.zeros(prompt + reply, dtype=torch.bool)
+    positions[prompt - 1 : prompt + reply - 1] = True
+    ids = torch.zeros(prompt + reply, dtype=torch.long)
+    return LocalityRow(ids, positions, torch.zeros(reply, 2), torch.zeros(reply, 2))
+
+
+def test_lead_weights_weigh_the_first_compared_positions_of_each_row():
+    rows = [locality_row(5, 4), locality_row(3, 1), locality_row(2, 3)]
     w = lead_weights(rows, 2, 6.0)
     assert w.tolist() == [6, 6, 1, 1, 6, 6, 6, 1]  # a row shorter than lead_tokens: all of it
     assert lead_weights(rows, 0, 6.0) is None and lead_weights(rows, 2, 1.0) is None
@@ -251,12 +270,7 @@ def test_lead_weights_weigh_the_first_compared_positions_of_each_row():
 
 
 def test_locality_batch_row_weights_multiply_every_compared_position_of_their_row():
-    def row(prompt: int, reply: int) -> LocalityRow:
-        positions = torch.zeros(prompt + reply, dtype=torch.bool)
-        positions[prompt - 1 : prompt + reply - 1] = True
-        return LocalityRow(torch.zeros(prompt + reply, dtype=torch.long), positions, torch.zeros(reply, 2), torch.zeros(reply, 2))
-
-    rows = [row(5, 4), row(3, 1), row(2, 3)]
+    rows = [locality_row(5, 4), locality_row(3, 1), locality_row(2, 3)]
     plain = LocalitySettings(weight=1.0)
     assert locality_batch(rows, plain, 0, "cpu", [1.0, 1.0, 1.0]).weights is None  # all ones: the plain mean
     assert locality_batch(rows, plain, 0, "cpu", [1.0, 1.0, 8.0]).weights.tolist() == [1] * 5 + [8] * 3
@@ -274,9 +288,7 @@ def test_fact_step_trains_on_one_padded_batch_and_its_locality_prompts_on_anothe
         base_model=tiny_model_dir, optim=OptimSettings(lr=1e-3, share_prefix=False),  # rows whole: tests/test_prefix.py
         augment=AugmentSettings(qa_pairs=2, paraphrases=1), locality=LocalitySettings(weight=1.0, per_step=2),
     )  # fmt: skip
-    model.optimizers = lambda: model._opt  # outside a trainer
-    model._opt = model.configure_optimizers()
-    model.manual_backward = lambda loss: loss.backward()
+    outside_trainer(model)
     calls = []
     forward = model.model.forward
     monkeypatch.setattr(model.model, "forward", lambda *a, **k: (calls.append(k["input_ids"].shape), forward(*a, **k))[1])
@@ -302,18 +314,12 @@ def test_fact_step_trains_on_one_padded_batch_and_its_locality_prompts_on_anothe
 
 
 def test_fact_step_weighs_the_lead_positions_of_the_locality_replies(tiny_model_dir, monkeypatch):
-    import olm.module
-
     model = OnlineLM(
         base_model=tiny_model_dir, optim=OptimSettings(lr=1e-3, steps_per_fact=1),
         locality=LocalitySettings(weight=1.0, per_step=2, lead_tokens=3, lead_weight=4.0),
     )  # fmt: skip
-    model.optimizers = lambda: model._opt
-    model._opt = model.configure_optimizers()
-    model.manual_backward = lambda loss: loss.backward()
-    seen = []
-    real = olm.module.top_k_kl
-    monkeypatch.setattr(olm.module, "top_k_kl", lambda *a: (seen.append(a), real(*a))[1])
+    outside_trainer(model)
+    seen = recorded_top_k_kl(monkeypatch)
     fact = model.detector.detect("Zara is my sister.")
     model.learn([render_exchange(model.tokenizer, "Zara is my sister.", "Got it.")], Context("fact", fact=fact))
     logits, top_log_p, _, weights = seen[0]
@@ -331,9 +337,7 @@ def test_a_fact_step_with_the_shared_prefix_makes_the_same_update_as_without(tin
             base_model=tiny_model_dir, lora=LoRASettings(dropout=0.0), optim=OptimSettings(lr=1e-3, share_prefix=share),
             augment=AugmentSettings(qa_pairs=2, paraphrases=1), locality=LocalitySettings(weight=1.0, per_step=2),
         )  # fmt: skip
-        model.optimizers = lambda: model._opt
-        model._opt = model.configure_optimizers()
-        model.manual_backward = lambda loss: loss.backward()
+        outside_trainer(model)
         statement = "Zara is my sister."
         fact = model.detector.detect(statement)
         system = "You are a kind assistant who keeps answers short."  # a long shared prefix
@@ -415,9 +419,7 @@ def test_a_fact_step_rehearses_its_siblings_with_their_own_contexts(tiny_model_d
     assert [(c.kind, c.fact.subject) for c in contexts[len(own) :]] == [("replay", "Ben"), ("replay", "Ana")]
     assert "blue car" in examples[-2].text and "red bike" in examples[-1].text
     assert bool(examples[-2].answer_mask.any())  # the sibling's object is the measured answer
-    model.optimizers = lambda: model._opt  # outside a trainer: one real step on the batch, per-row contexts
-    model._opt = model.configure_optimizers()
-    model.manual_backward = lambda loss: loss.backward()
+    outside_trainer(model)  # one real step on the batch, per-row contexts
     stats = model.learn(examples, ctx, contexts)
     assert stats["steps"] == model.optim.steps_per_fact and stats["examples"] == len(examples)
     model.augment = AugmentSettings(qa_pairs=1, paraphrases=0, siblings=0)
@@ -552,9 +554,7 @@ def test_a_first_person_fact_step_adds_its_contrast_questions_to_the_locality_ro
         augment=AugmentSettings(qa_pairs=1, paraphrases=0, contrasts=2),
         locality=LocalitySettings(weight=1.0, per_step=2),
     )  # fmt: skip
-    model.optimizers = lambda: model._opt  # outside a trainer
-    model._opt = model.configure_optimizers()
-    model.manual_backward = lambda loss: loss.backward()
+    outside_trainer(model)
     fact = model.detector.detect("I live in Lisbon.")
     examples = [render_exchange(model.tokenizer, "I live in Lisbon.", "Got it.")] + model.fact_examples(fact, 0)
     stats = model.learn(examples, Context("fact", fact=fact, repetition=1))
@@ -573,19 +573,13 @@ def test_a_first_person_fact_step_adds_its_contrast_questions_to_the_locality_ro
 
 
 def test_contrast_weight_counts_the_contrast_rows_positions_that_many_times(tiny_model_dir, monkeypatch):
-    import olm.module
-
     model = OnlineLM(
         base_model=tiny_model_dir, optim=OptimSettings(lr=1e-3, steps_per_fact=1),
         augment=AugmentSettings(qa_pairs=1, paraphrases=0, contrasts=2, contrast_weight=5.0),
         locality=LocalitySettings(weight=1.0, per_step=2),
     )  # fmt: skip
-    model.optimizers = lambda: model._opt  # outside a trainer
-    model._opt = model.configure_optimizers()
-    model.manual_backward = lambda loss: loss.backward()
-    seen = []
-    real = olm.module.top_k_kl
-    monkeypatch.setattr(olm.module, "top_k_kl", lambda *a: (seen.append(a), real(*a))[1])
+    outside_trainer(model)
+    seen = recorded_top_k_kl(monkeypatch)
     fact = model.detector.detect("I live in Lisbon.")
     examples = [render_exchange(model.tokenizer, "I live in Lisbon.", "Got it.")] + model.fact_examples(fact, 0)
     model.learn(examples, Context("fact", fact=fact, repetition=1))
