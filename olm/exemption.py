@@ -43,6 +43,21 @@ def key_text(subject: str, obj: str, relation: str, pattern: FactPattern | None)
     return (fill(pattern.questions[0], subject, obj, relation), lead) if lead else None
 
 
+def key_texts(subject: str, obj: str, relation: str, pattern: FactPattern | None, frames: bool = False) -> list[tuple[str, str]]:
+    """`key_text`, and with `frames` also the first question with the lead of each of the pattern's other
+    answer frames (`answers`: "Where do I work?", "Your employer is"), where the object is predicted when
+    the reply takes that frame; each pair once, frames whose object comes first left out."""
+    first = key_text(subject, obj, relation, pattern)
+    if first is None:
+        return []
+    texts = [first]
+    for frame in pattern.answers if frames else ():
+        lead = answer_before(fill(frame, subject, obj, relation), obj)
+        if lead and (first[0], lead) not in texts:
+            texts.append((first[0], lead))
+    return texts
+
+
 class KeyExemption:
     """The null spaces with the keys of a set of facts exempted, recomputed when the set changes.
 
@@ -50,9 +65,11 @@ class KeyExemption:
         limit: the most remembered facts whose keys are exempted (0: none, the spaces as given).
         about: "speaker": facts about the speaker only (their patterns' `subject` is fixed, "me"); "all": any.
         cache_size: keys kept between calls (each is one base forward to recompute).
+        frames: also each fact's keys in its pattern's other answer frames (`key_texts`): one more
+            direction per frame.
     """
 
-    def __init__(self, limit: int, about: str = "speaker", cache_size: int = 4096) -> None:
+    def __init__(self, limit: int, about: str = "speaker", cache_size: int = 4096, frames: bool = False) -> None:
         if limit < 0:
             raise ValueError(f"locality.exempt_facts must be >= 0, got {limit!r}")
         if about not in ("speaker", "all"):
@@ -60,6 +77,7 @@ class KeyExemption:
         self.limit = limit
         self.about = about
         self.cache_size = cache_size
+        self.frames = frames
         self._keys: OrderedDict[tuple[str, str], dict[str, torch.Tensor]] = OrderedDict()
         self._texts: tuple[tuple[str, str], ...] | None = None
         self._base: dict[str, NullSpace] | None = None
@@ -69,19 +87,22 @@ class KeyExemption:
 
     def chosen(self, step_facts: Iterable, memory: Iterable, patterns) -> list[tuple[str, str]]:
         """The key texts to exempt: the step's facts first, then the memory's most important ones
-        (ties: the latest stated), `limit` at most, each text once; with `about` "speaker" only facts about
-        the speaker. `patterns` maps a pattern name to its `FactPattern` (or None)."""
+        (ties: the latest stated), `limit` facts at most, each text once (with `frames` a fact has one per
+        answer frame); with `about` "speaker" only facts about the speaker. `patterns` maps a pattern name
+        to its `FactPattern` (or None)."""
         ranked = sorted(memory, key=lambda f: (f.importance, f.last_turn), reverse=True)
         texts: list[tuple[str, str]] = []
+        facts = 0
         for fact in [*step_facts, *ranked]:
-            if len(texts) >= self.limit:
+            if facts >= self.limit:
                 break
             pattern = patterns(fact.pattern) if fact is not None else None
             if pattern is None or (self.about == "speaker" and not pattern.subject):
                 continue
-            text = key_text(fact.subject, fact.object, fact.relation, pattern)
-            if text is not None and text not in texts:
-                texts.append(text)
+            new = [t for t in key_texts(fact.subject, fact.object, fact.relation, pattern, self.frames) if t not in texts]
+            if new:
+                texts += new
+                facts += 1
         return texts
 
     def spaces(

@@ -94,6 +94,10 @@ class LocalitySettings:
     """Whose facts `exempt_facts` exempts: the speaker's only ("speaker": their keys are common words, inside
     the protected subspace) or every fact ("all": on smollm2's fact benchmark, made-up people whose names the
     adapter reads anyway, retention fell to 0.65 on one seed of three; README, Facts about the speaker)."""
+    exempt_frames: bool = False
+    """With `exempt_facts`: exempt each such fact's key in every answer frame of its pattern too (the lead of
+    "Your employer is …" as well as of "You work at …": `olm.exemption.key_texts`), one more direction per
+    frame, so the object can be written where a reply in another frame predicts it."""
     disk_cache: bool = True
     """Keep the base's cached outputs on the prompts under ``$OLM_CACHE/locality/`` (keyed by the base's
     weights, tokenizer, prompts and these settings) so later runs skip their generation."""

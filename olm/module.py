@@ -250,7 +250,7 @@ class OnlineLM(L.LightningModule):
         self.weighter = ImportanceWeighter(weighting)
         self.augment = augment
         self.locality = LocalityTerm(locality, self.tokenizer)
-        self.exemption = KeyExemption(locality.exempt_facts, locality.exempt_about)
+        self.exemption = KeyExemption(locality.exempt_facts, locality.exempt_about, frames=locality.exempt_frames)
         """Remembered facts' keys freed from the null-space constraint (`olm.exemption`)."""
         self.router = Router(routing, self.tokenizer, self.locality.prompts, self.recent_fact_questions)
         """Generation's per-prompt choice between the adapter and the base (`olm.routing`)."""

@@ -9,7 +9,7 @@ import torch
 
 from olm.backbone import LoRASettings
 from olm.context import Context
-from olm.exemption import KeyExemption, key_text
+from olm.exemption import KeyExemption, key_text, key_texts
 from olm.facts import FactDetector
 from olm.locality import LocalitySettings
 from olm.module import OnlineLM, OptimSettings
@@ -96,6 +96,26 @@ def test_chosen_takes_the_steps_facts_then_the_most_important_within_the_limit()
         LocalitySettings(exempt_about="everyone")
 
 
+def test_frames_add_each_facts_key_in_its_patterns_other_answer_frames_within_the_fact_limit():
+    detector = FactDetector()
+    work = detector.detect("I work at Google.")
+    pattern = detector.pattern(work.pattern)
+    leads = [pattern.answer.split("{object}")[0].rstrip()] + [a.split("{object}")[0].rstrip() for a in pattern.answers]
+    assert len(set(leads)) == 3  # "You work at", "You work for", "Your employer is"
+    assert key_texts("me", "Google", "works_at", pattern) == [key_text("me", "Google", "works_at", pattern)]
+    both = key_texts("me", "Google", "works_at", pattern, frames=True)
+    assert both == [(pattern.questions[0], lead) for lead in leads]
+    assert key_texts("me", "Google", "works_at", None, frames=True) == []
+    lives = detector.detect("I live in Lisbon.")
+    stored = [SimpleNamespace(**vars(lives), importance=0.5, last_turn=0)]
+    one = KeyExemption(1, frames=True).chosen([work], stored, detector.pattern)
+    assert one == both  # the limit counts facts: the step's fact with all its frames, then no other
+    two = KeyExemption(2, frames=True).chosen([work], stored, detector.pattern)
+    assert two[:3] == both and len(two) > 3 and {q for q, _ in two[3:]} == {"Where do I live?"}
+    assert KeyExemption(2).chosen([work], stored, detector.pattern) == [both[0], key_text("me", "Lisbon", "lives_in",
+                                                                          detector.pattern(lives.pattern))]  # fmt: skip
+
+
 def test_chosen_skips_third_person_facts_unless_about_is_all():
     detector = FactDetector()
     sister, lives = detector.detect("Zara is my sister."), detector.detect("I live in Lisbon.")
@@ -105,11 +125,13 @@ def test_chosen_skips_third_person_facts_unless_about_is_all():
     assert everyone[1] == ("Where do I live?", "You live in") and len(everyone) == 2
 
 
-def _learner(tiny_model_dir, exempt: int) -> OnlineLM:
+def _learner(tiny_model_dir, exempt: int, frames: bool = False) -> OnlineLM:
     model = OnlineLM(
         base_model=tiny_model_dir, optim=OptimSettings(lr=1e-2, grad_clip=10.0),
         lora=LoRASettings(target_modules=["gate_proj", "up_proj", "down_proj"]),
-        locality=LocalitySettings(weight=0.0, null_space_energy=0.95, exempt_facts=exempt, disk_cache=False),
+        locality=LocalitySettings(
+            weight=0.0, null_space_energy=0.95, exempt_facts=exempt, exempt_frames=frames, disk_cache=False
+        ),
     )  # fmt: skip
     model.optimizers = lambda: model._opt  # outside a trainer
     model._opt = model.configure_optimizers()
@@ -150,6 +172,20 @@ def test_a_step_writes_along_the_facts_key_only_while_it_is_exempted(tiny_model_
     for name, layer in lora_layers(exempted.model).items():
         u = exempted.locality.projectors(exempted.model)[name].basis
         assert (layer.lora_A["default"].weight @ u).abs().max() < 1e-5  # back in the constraint's null space
+
+
+def test_exempt_frames_frees_one_protected_direction_per_answer_frame(tiny_model_dir):
+    fact = FactDetector().detect("I live in Lisbon.")
+    ctx = Context("fact", fact=fact, repetition=1, importance=1.0)
+    one, frames = _learner(tiny_model_dir, 8), _learner(tiny_model_dir, 8, frames=True)
+    leads = len(key_texts(fact.subject, fact.object, fact.relation, frames.detector.pattern(fact.pattern), True))
+    assert frames.exemption.frames and not one.exemption.frames and leads == 3
+    base = one.locality.projectors(one.model)
+    for model, freed in ((one, 1), (frames, leads)):
+        spaces = model.null_spaces(ctx, None)
+        assert model.exemption.exempted == freed
+        for name, space in spaces.items():  # one direction per key and layer (each in-subspace part independent)
+            assert space.basis.shape[1] == base[name].basis.shape[1] - freed
 
 
 def test_remembered_facts_stay_exempted_across_steps_and_recompute_the_same(tiny_model_dir):
