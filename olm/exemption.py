@@ -43,7 +43,9 @@ def key_text(subject: str, obj: str, relation: str, pattern: FactPattern | None)
     return (fill(pattern.questions[0], subject, obj, relation), lead) if lead else None
 
 
-def key_texts(subject: str, obj: str, relation: str, pattern: FactPattern | None, frames: bool = False) -> list[tuple[str, str]]:
+def key_texts(
+    subject: str, obj: str, relation: str, pattern: FactPattern | None, frames: bool = False
+) -> list[tuple[str, str]]:
     """`key_text`, and with `frames` also the first question with the lead of each of the pattern's other
     answer frames (`answers`: "Where do I work?", "Your employer is"), where the object is predicted when
     the reply takes that frame; each pair once, frames whose object comes first left out."""
@@ -99,7 +101,8 @@ class KeyExemption:
             pattern = patterns(fact.pattern) if fact is not None else None
             if pattern is None or (self.about == "speaker" and not pattern.subject):
                 continue
-            new = [t for t in key_texts(fact.subject, fact.object, fact.relation, pattern, self.frames) if t not in texts]
+            keys = key_texts(fact.subject, fact.object, fact.relation, pattern, self.frames)
+            new = [t for t in keys if t not in texts]
             if new:
                 texts += new
                 facts += 1

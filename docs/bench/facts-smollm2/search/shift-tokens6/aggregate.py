@@ -13,7 +13,9 @@ The benchmark reuses a stored run only when its config file's hash matches, whic
 import json
 from pathlib import Path
 
-from olm.bench.facts import aggregate, binding_errors, binding_markdown, held_out_markdown, held_out_phrasings, markdown, plot
+from olm.bench.facts import (
+    aggregate, binding_errors, binding_markdown, held_out_markdown, held_out_phrasings, markdown, plot,
+)
 
 here = Path(__file__).parent
 runs = [json.loads((here / "runs" / f"tuned-seed{s}.json").read_text())["metrics"] for s in (0, 1, 2)]
