@@ -183,10 +183,7 @@ def locality_batch(
     for j, r in enumerate(rows):
         t = r.input_ids.numel()
         ids[j, :t], attention[j, :t], positions[j, :t] = r.input_ids, 1, r.positions
-    weights = lead_weights(rows, settings.lead_tokens, settings.lead_weight)
-    if row_weights is not None and any(w != 1.0 for w in row_weights):
-        per_row = torch.cat([torch.full((int(r.positions.sum()),), float(w)) for r, w in zip(rows, row_weights)])
-        weights = per_row if weights is None else weights * per_row
+    weights = lead_weights(rows, settings.lead_tokens, settings.lead_weight, row_weights)
     return LocalityBatch(
         ids.to(device), attention.to(device), positions.to(device),
         torch.cat([r.top_log_p for r in rows]).to(device), torch.cat([r.top_ids for r in rows]).to(device),
@@ -194,15 +191,20 @@ def locality_batch(
     )  # fmt: skip
 
 
-def lead_weights(rows: list[LocalityRow], lead_tokens: int, lead_weight: float) -> torch.Tensor | None:
+def lead_weights(
+    rows: list[LocalityRow], lead_tokens: int, lead_weight: float, row_weights: list[float] | None = None
+) -> torch.Tensor | None:
     """(N,) weight of every compared position of `rows`, in their order (row by row, left to right):
-    `lead_weight` for each row's first `lead_tokens`, 1 for the rest; None when every weight is 1."""
-    if lead_tokens == 0 or lead_weight == 1.0:
+    `lead_weight` for each row's first `lead_tokens`, 1 for the rest, times the row's `row_weights` entry
+    (default 1); None when every weight is 1."""
+    leads = lead_tokens > 0 and lead_weight != 1.0
+    if not leads and (row_weights is None or all(w == 1.0 for w in row_weights)):
         return None
     parts = []
-    for r in rows:
-        w = torch.ones(int(r.positions.sum()))
-        w[:lead_tokens] = lead_weight
+    for j, r in enumerate(rows):
+        w = torch.full((int(r.positions.sum()),), 1.0 if row_weights is None else float(row_weights[j]))
+        if leads:
+            w[:lead_tokens] *= lead_weight
         parts.append(w)
     return torch.cat(parts) if parts else torch.ones(0)
 
