@@ -30,12 +30,15 @@ class Context:
         fact: the detected or remembered fact (`olm.facts.FactInfo` / `olm.memory.StoredFact`), if any.
         repetition: how many times this fact has been stated, this turn included (1 = first time).
         importance: the fact's importance in [0, 1] from the fact memory.
+        more: the other facts stated in the same message (`detector.max_facts`), each as a fact context of
+            its own; the policies read the first fact's, the step learns them all.
     """
 
     kind: Kind
     fact: Any = None
     repetition: int = 1
     importance: float = 0.0
+    more: tuple[Context, ...] = ()
 
 
 def _default_lr_table() -> dict[str, float]:

@@ -29,6 +29,7 @@ unbounded quantifiers); `tests/test_facts.py` checks each on 100,000-character i
 
 from __future__ import annotations
 
+import itertools
 import re
 import string
 from dataclasses import dataclass, field
@@ -284,7 +285,7 @@ def _default_patterns() -> list[FactPattern]:
         ),
         FactPattern(
             "i_am_x",
-            r"^\W*(?:I['’]m|I\s+am)\s+(?P<object>{NAME})\s*(?:[.!]|$)",
+            r"(?:^|(?<=[.!]\s))\W{0,8}(?:(?:Hi|Hello|Hey)\W{1,3})?(?:I['’]m|I\s+am)\s+(?P<object>{NAME})\s*(?:[.!,]|$)",
             "name", "What is my name?", subject="me", confidence=0.6,
             **name,
         ),
@@ -362,13 +363,17 @@ class DetectorConfig:
     """Confidence added per unit of coverage (match length / stripped message length)."""
     entity_boost: float = 0.1
     """Confidence added when the match contains an entity."""
+    max_facts: int = 3
+    """Facts taken from one message ("My name is Sam and I live in Lisbon."): the most confident matches
+    whose spans do not overlap, one per memory key (subject, slot), at most this many; each is stored and
+    learned in the message's step (`FactDetector.detect_many`). 1 = the most confident match alone."""
 
     def __post_init__(self) -> None:
         problems = []
         if self.entity_method not in ENTITY_METHODS:
             problems.append(f"detector.entity_method must be one of {list(ENTITY_METHODS)}, got {self.entity_method!r}")
-        for name in ("max_chars", "max_name_words", "max_phrase_words"):
-            if getattr(self, name) < 1:
+        for name in ("max_chars", "max_name_words", "max_phrase_words", "max_facts"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 problems.append(f"detector.{name} must be >= 1, got {getattr(self, name)!r}")
         for name in ("coverage_boost", "entity_boost"):
             if getattr(self, name) < 0:
@@ -576,26 +581,49 @@ class FactDetector:
         facts = self.detect_all(text)
         return max(facts, key=lambda f: (f.confidence, -f.span[0])) if facts else None
 
-    def detect_all(self, text: str) -> list[FactInfo]:
-        """Every pattern's first match in `text` that passes its `min_confidence` (none for questions).
+    def detect_many(self, text: str) -> list[FactInfo]:
+        """The facts stated in `text`, most confident first (the first is `detect`'s): at most
+        `max_facts`, taken greedily by (confidence, earliest) among the matches whose span overlaps
+        none taken before and whose memory key (subject, slot) is not taken yet.
 
         Args:
             text: a user message.
 
         Returns:
-            The facts, in pattern order.
+            The facts; empty for a question or no match.
+        """
+        chosen: list[FactInfo] = []
+        for fact in sorted(self.detect_all(text), key=lambda f: (-f.confidence, f.span[0])):
+            if len(chosen) == self.config.max_facts:
+                break
+            key = (fact.subject.strip().casefold(), fact.key_slot)
+            if any(
+                fact.span[0] < c.span[1] and c.span[0] < fact.span[1] or key == (c.subject.strip().casefold(), c.key_slot)
+                for c in chosen
+            ):
+                continue
+            chosen.append(fact)
+        return chosen
+
+    def detect_all(self, text: str) -> list[FactInfo]:
+        """Every match in `text` that passes its pattern's `min_confidence` (none for questions): each
+        pattern's first `max_facts` non-overlapping matches.
+
+        Args:
+            text: a user message.
+
+        Returns:
+            The facts, in pattern order, then in order of appearance.
         """
         text = text[: self.config.max_chars]
         if self.is_question(text):
             return []
         facts = []
         for pattern, regex in self.compiled:
-            match = regex.search(text)
-            if match is None:
-                continue
-            fact = self._fact(text, pattern, match)
-            if fact.confidence >= pattern.min_confidence:
-                facts.append(fact)
+            for match in itertools.islice(regex.finditer(text), self.config.max_facts):
+                fact = self._fact(text, pattern, match)
+                if fact.confidence >= pattern.min_confidence:
+                    facts.append(fact)
         return facts
 
     def entities(self, text: str, match: re.Match | None = None) -> tuple[str, ...]:

@@ -314,10 +314,15 @@ class OnlineLM(L.LightningModule):
         start = time.perf_counter()
         ctx = self.classify(turn.user)
         reply = target = self.respond(turn)
-        if ctx.kind == "fact" and not self.logged_reply(turn) and self.augment.acknowledge_generated:
-            fact = ctx.fact  # learn what the user said, not the model's own guess about the subject
-            pattern = self.detector.pattern(fact.pattern)
-            target = fact_acknowledgement(fact.subject, fact.object, fact.relation, pattern, self.augment) or reply
+        stated = [ctx, *ctx.more] if ctx.kind == "fact" else []  # the message's facts, most confident first
+        if stated and not self.logged_reply(turn) and self.augment.acknowledge_generated:
+            # learn what the user said, not the model's own guess about the subject
+            acks = [
+                fact_acknowledgement(c.fact.subject, c.fact.object, c.fact.relation,
+                                     self.detector.pattern(c.fact.pattern), self.augment)
+                for c in stated
+            ]  # fmt: skip
+            target = " ".join(a for a in acks if a) or reply
         with self._timed("render"):
             spans = turn.context_spans if self.logged_reply(turn) else ()
             loss_on = self.objective.loss_on  # a stated fact's own row: `augment.train_statements`
@@ -327,12 +332,16 @@ class OnlineLM(L.LightningModule):
             )
             self._count_cut(example, turn)
             examples, contexts = [example], None
-            if ctx.kind == "fact":  # rotate the templates with the statement count
+            if stated:  # rotate the templates with the statement count
                 examples += self.fact_examples(ctx.fact, ctx.repetition - 1, turn.user)
                 examples, contexts = self.with_siblings(examples, ctx)
+                for other in ctx.more:  # the message's other facts: their own rows, in the same step
+                    mine = self.fact_examples(other.fact, other.repetition - 1, turn.user)
+                    contexts = (contexts or [ctx] * len(examples)) + [other] * len(mine)
+                    examples += mine
         stats = self.learn(examples, ctx, contexts)
-        if ctx.kind == "fact":
-            self.memory.store(ctx.fact, turn.user, target, self.memory_clock)
+        for c in stated:
+            self.memory.store(c.fact, turn.user, target, self.memory_clock)
         self.memory.decay(self.memory_clock)
         self.turns_trained += 1
         if self.users is not None:
@@ -459,12 +468,14 @@ class OnlineLM(L.LightningModule):
         with self._timed("detect"):
             if self.detector.is_question(user):
                 return Context("question")
-            fact = self.detector.detect(user)
-            if fact is None:
+            facts = [
+                Context("fact", fact=f, repetition=self.memory.count(f) + 1,
+                        importance=self.memory.importance_of(f, self.memory_clock))
+                for f in self.detector.detect_many(user)
+            ]  # fmt: skip
+            if not facts:
                 return Context("chat")
-            repetition = self.memory.count(fact) + 1
-            importance = self.memory.importance_of(fact, self.memory_clock)
-            return Context("fact", fact=fact, repetition=repetition, importance=importance)
+            return replace(facts[0], more=tuple(facts[1:]))
 
     def logged_reply(self, turn) -> bool:
         """Whether the turn's logged reply is the one learned (else a reply is generated)."""
@@ -795,7 +806,8 @@ class OnlineLM(L.LightningModule):
         fact = ctx.fact
         self.last = TurnRecord(
             user=turn.user, reply=reply, kind=ctx.kind,
-            fact=f"{fact.subject} | {fact.key_slot} | {fact.object}" if fact is not None else None,
+            fact="; ".join(f"{c.fact.subject} | {c.fact.key_slot} | {c.fact.object}" for c in (ctx, *ctx.more))
+            if fact is not None else None,
             lr=stats["lr"], loss=stats["loss"], kl=stats["kl"], ce=stats["ce"], tokens=example.num_tokens,
             replayed=sum(r["facts"] for r in replayed), timings=dict(self._timings),
         )  # fmt: skip

@@ -193,6 +193,49 @@ def test_best_of_several_matches_wins():
     assert detector.detect("Zara likes chess. Bob is my brother.").pattern == "x_is_my_y"  # 0.8 base beats 0.7
 
 
+def test_every_fact_of_a_message_most_confident_first():
+    detector = FactDetector()
+    text = "My name is Sam and I live in Lisbon."
+    facts = detector.detect_many(text)
+    assert [(f.relation, f.object) for f in facts] == [("lives_in", "Lisbon"), ("name", "Sam")]
+    assert facts[0] == detector.detect(text)
+    two = detector.detect_many("Zara is my sister. Bob is my brother.")  # one pattern, two matches
+    assert [(f.subject, f.object) for f in two] == [("Zara", "sister"), ("Bob", "brother")]
+    assert len(detector.detect_many("Zara is my sister. Zara is my cousin.")) == 1  # one memory key, one fact
+    assert [f.object for f in detector.detect_many("Sam is my brother. Ann is my sister. Bo is my son. Al is my dad.")] == [
+        "brother", "sister", "son"]  # max_facts = 3
+    assert len(FactDetector(DetectorConfig(max_facts=1)).detect_many(text)) == 1
+    assert detector.detect_many("My name is Sam and I live in Lisbon, where do you live?") == []  # a question
+    assert detector.detect_many("Hello there.") == []
+
+
+def test_overlapping_matches_give_one_fact():
+    detector = FactDetector()
+    facts = detector.detect_all("Zara's favourite colour is green.")
+    assert len(facts) == 1  # the possessive is not also a relation or a "has"
+    regex = r"(?P<subject>{NAME}) is my (?P<object>{RELATION})"
+    both = [FactPattern("a", regex, "relation", "Who is {subject}?"),
+            FactPattern("b", regex, "relation2", "Who is {subject}?", confidence=0.7)]  # fmt: skip
+    detector = FactDetector(DetectorConfig(patterns=both))
+    assert len(detector.detect_all("Zara is my sister.")) == 2
+    assert [f.pattern for f in detector.detect_many("Zara is my sister.")] == ["a"]  # same span: the stronger
+
+
+@pytest.mark.parametrize(
+    "text, name", [("Hi! I'm Sam.", "Sam"), ("Hello, I am Ana Lima, nice to meet you.", "Ana Lima"),
+                   ("That's settled. I'm Bob.", "Bob"), ("I'm Happy to help.", None), ("So I'm Bob.", None)]
+)  # fmt: skip
+def test_i_am_x_after_a_greeting_or_a_sentence(text, name):
+    fact = FactDetector().detect(text)
+    assert (fact.object if fact is not None and fact.relation == "name" else None) == name
+
+
+def test_max_facts_is_validated():
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="max_facts"):
+            DetectorConfig(max_facts=bad)
+
+
 def test_input_is_truncated_before_matching():
     detector = FactDetector(DetectorConfig(max_chars=50))
     assert detector.detect("x" * 60 + " Zara is my sister.") is None
@@ -259,6 +302,9 @@ ADVERSARIAL = {
     "by_trade": "Zara is a " + "b " * 45_000 + "by trade",
     "colour_best": "Zara likes the colour " * 5_000 + "teal",
     "call_me": "Call me " * 12_000 + "Zara",
+    "sentences": ". I'm " * 16_000 + "Zara",
+    "greetings": "Hi! " * 25_000 + "I'm Zara",
+    "many_facts": "Zara is my sister. " * 5_000,
 }
 
 
@@ -270,6 +316,7 @@ def test_no_catastrophic_backtracking(name):
         assert best_of_3(lambda: regex.search(text)) < 0.5, (pattern.name, name)
     assert best_of_3(lambda: detector.entities(text)) < 0.5  # linear: ~16 ms at 100k chars
     assert best_of_3(lambda: FactDetector().detect(ADVERSARIAL[name])) < 0.1  # default truncation bounds the work
+    assert best_of_3(lambda: FactDetector().detect_many(ADVERSARIAL[name])) < 0.1
 
 
 def best_of_3(fn) -> float:

@@ -218,3 +218,29 @@ def test_tool_steps_are_context_and_cut_renderings_are_counted_and_warned(tiny_m
     assert "Done." in trained[0] and '"name"' not in trained[0]  # ... but not a target
     assert model.truncated_tokens == 3 and caplog.text.count("cut to objective.max_tokens=64") == 2
     assert "further cuts are only counted" in caplog.text
+
+
+def test_every_fact_of_a_message_is_learned_in_its_step_and_stored(tiny_model_dir):
+    """"My name is Sam and I live in Lisbon.": both facts get their Q/A rows in the one fact step (each row
+    with its own fact's context), both are remembered, the turn's record names both; max_facts=1 keeps one."""
+    from olm.augment import AugmentSettings
+    from olm.facts import DetectorConfig
+
+    def run(detector: DetectorConfig) -> tuple[OnlineLM, list]:
+        torch.manual_seed(0)
+        model = OnlineLM(base_model=tiny_model_dir, augment=AugmentSettings(qa_pairs=1, paraphrases=0), detector=detector)
+        seen, learn = [], model.learn
+        model.learn = lambda examples, ctx, contexts=None: seen.append((examples, ctx, contexts)) or learn(examples, ctx, contexts)
+        fit(model, turns(("My name is Sam and I live in Lisbon.", "Nice to meet you, Sam!")))
+        return model, seen
+
+    model, [(examples, ctx, contexts)] = run(DetectorConfig())
+    assert ctx.kind == "fact" and [c.fact.pattern for c in (ctx, *ctx.more)] == ["i_live_in", "my_name_is"]
+    assert len(examples) == 3 and [c.fact.object for c in contexts] == ["Lisbon", "Lisbon", "Sam"]  # exchange + 1 Q/A each
+    assert "Where do I live?" in examples[1].text and "What is my name?" in examples[2].text
+    assert {(f.relation, f.object) for f in model.memory} == {("lives_in", "Lisbon"), ("name", "Sam")}
+    assert model.last.fact == "me | lives_in | Lisbon; me | name | Sam"
+
+    model, [(examples, ctx, contexts)] = run(DetectorConfig(max_facts=1))
+    assert ctx.more == () and len(examples) == 2 and contexts is None
+    assert [(f.relation, f.object) for f in model.memory] == [("lives_in", "Lisbon")]

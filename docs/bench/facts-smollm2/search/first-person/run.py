@@ -6,6 +6,8 @@ fresh context (a) each fact's trained question, (b) a held-out phrasing (never a
     OMP_NUM_THREADS=1 PYTHONPATH=. python docs/bench/facts-smollm2/search/first-person/run.py SEED OUT.json [key=value ...]
 
 key=value: model settings overrides, dotted under `model` (locality.exempt_facts=64).
+--pairs: state the facts two to a message ("My name is Lojois. I live in Zurich."), each round's six in three
+messages: every fact of a message is learned since `detector.max_facts` (default 3; detector.max_facts=1: as before).
 Since 5973a7a `olm.open` seeds torch as default.yaml's `seed_everything` (0) says, so a rerun repeats a run; the runs
 before were unseeded (LoRA init and dropout drawn afresh: seed 0 trained 6/6 in one run, 4/6 in another).
 """
@@ -16,9 +18,11 @@ from olm.probes import is_recalled
 from olm.world import templates as T
 
 torch.set_num_threads(1)
-seed, out = int(sys.argv[1]), sys.argv[2]
+pairs = "--pairs" in sys.argv
+args = [a for a in sys.argv if a != "--pairs"]
+seed, out = int(args[1]), args[2]
 cfg = yaml.safe_load(open("configs/default.yaml"))
-for kv in sys.argv[3:]:
+for kv in args[3:]:
     key, value = kv.split("=", 1)
     node = cfg["model"]
     *path, last = key.split(".")
@@ -48,8 +52,9 @@ acks = ["Good to know!", "Thanks for telling me.", "Noted.", "Got it!", "I'll re
 turns = []
 for r in range(3):
     order = rng.sample(range(len(facts)), len(facts))
-    for i in order:
-        turns.append((facts[i][0][r].format(o=facts[i][3]), rng.choice(acks)))
+    said = [facts[i][0][r].format(o=facts[i][3]) for i in order]
+    for text in ([" ".join(said[k:k + 2]) for k in range(0, len(said), 2)] if pairs else said):
+        turns.append((text, rng.choice(acks)))
         if rng.random() < 0.5:
             turns.append(rng.choice(small))
 general = ["What is the capital of France?", "How many legs does a spider have?", "Where do you live?",
@@ -74,7 +79,7 @@ for g in general:
     a = lm.ask(g)
     on = bool(m.router.last_on.all()) if m.router.last_on is not None else None
     rows.append({"kind": "general", "q": g, "answer": a, "routed": on, "same_as_base": a == before[g]})
-res = {"seed": seed, "overrides": sys.argv[3:], "turns": len(turns), "learn_s": round(took, 1), "rows": rows,
+res = {"seed": seed, "overrides": args[3:] + ["--pairs"] * pairs, "turns": len(turns), "learn_s": round(took, 1), "rows": rows,
        "trained": sum(r["recalled"] for r in rows if r["kind"] == "trained") / 6,
        "held_out": sum(r["recalled"] for r in rows if r["kind"] == "held_out") / 6,
        "general_routed": sum(bool(r["routed"]) for r in rows if r["kind"] == "general"),
