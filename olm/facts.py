@@ -189,6 +189,13 @@ def _default_patterns() -> list[FactPattern]:
         answers=["You like the colour {object} best.", "The colour you like best is {object}."],
         statements=["My favourite colour is {object}.", "My favorite color is {object}.", "I like the colour {object} best."],
     )  # fmt: skip
+    my_work = dict(
+        relation="works_as", question="What do I do for a living?", subject="me",
+        questions=["What do I do for a living?", "What is my job?", "What do I work as?"],
+        answer="You work as {article} {object}.", short_answer="{article} {object}.",
+        answers=["You are {article} {object}.", "You are {article} {object} by trade."],
+        statements=["I work as {article} {object}.", "I'm {article} {object} by trade.", "I am {article} {object} by profession."],
+    )  # fmt: skip
     return [
         FactPattern(
             "x_is_my_y",
@@ -314,6 +321,20 @@ def _default_patterns() -> list[FactPattern]:
             answer="You work at {object}.", short_answer="At {object}.",
             answers=["You work for {object}.", "Your employer is {object}."],
             statements=["I work at {object}.", "I work for {object}.", "My employer is {object}."],
+        ),
+        FactPattern("i_work_as", r"\bI\s+work\s+as\s+(?:an?\s+)?(?P<object>{PHRASE}){END}", **my_work),
+        FactPattern(
+            "i_am_a_x_by_trade",
+            r"\bI(?:['’]m|\s+am)\s+an?\s+(?P<object>{PHRASE})\s+by\s+(?:trade|profession){END}", **my_work,
+        ),
+        FactPattern(
+            "i_am_from",
+            r"\bI(?:['’]m|\s+am|\s+come)\s+from\s+(?:the\s+)?(?P<object>{PLACE})",
+            "from", "Where am I from?", subject="me",
+            questions=["Where am I from?", "Where do I come from?", "Do you know where I'm from?"],
+            answer="You are from {object}.", short_answer="From {object}.",
+            answers=["You come from {object}.", "You're from {object}."],
+            statements=["I'm from {object}.", "I come from {object}.", "I am from {object}."],
         ),
         FactPattern(
             "i_am_allergic_to",

@@ -751,12 +751,15 @@ class OnlineLM(L.LightningModule):
                 facts.append(fact)
         if not facts:
             return []
-        examples, contexts = [], []
+        examples, contexts, exchanges = [], [], set()
         said = statement_loss_on(self.augment, self.objective.loss_on)  # the stored statements' targets
         with self._timed("render"):
             for fact in facts:
                 ctx = Context("replay", fact=fact, repetition=fact.count, importance=fact.importance)
-                mine = [render_exchange(self.tokenizer, fact.text, fact.reply, (), said, self.objective.max_tokens)]
+                mine = []  # its stored exchange, once per batch: one message may have stated several facts
+                if (fact.text, fact.reply) not in exchanges:
+                    exchanges.add((fact.text, fact.reply))
+                    mine.append(render_exchange(self.tokenizer, fact.text, fact.reply, (), said, self.objective.max_tokens))
                 if self.augment.on_replay:  # a rotation that moves on with the run
                     mine += self.fact_examples(fact, fact.count + self.memory_clock, fact.text, replay=True)
                 examples += mine

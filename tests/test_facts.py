@@ -107,7 +107,7 @@ def test_questions_never_give_facts(detector, text):
 
 OBJECTS = {"relation": "sister", "lives_in": "Lisbon", "works_as": "pharmacist", "has": "red bicycle", "likes": "chess",
            "favourite_colour": "teal", "birthday": "October", "name": "Ilsabet", "works_at": "Brightwell Labs",
-           "allergic_to": "peanuts"}  # fmt: skip
+           "allergic_to": "peanuts", "from": "Porto"}  # fmt: skip
 
 
 @pytest.mark.parametrize("pattern", DetectorConfig().patterns, ids=lambda p: p.name)

@@ -244,3 +244,18 @@ def test_every_fact_of_a_message_is_learned_in_its_step_and_stored(tiny_model_di
     model, [(examples, ctx, contexts)] = run(DetectorConfig(max_facts=1))
     assert ctx.more == () and len(examples) == 2 and contexts is None
     assert [(f.relation, f.object) for f in model.memory] == [("lives_in", "Lisbon")]
+
+
+def test_a_replay_of_two_facts_from_one_message_learns_its_exchange_once(tiny_model_dir):
+    from olm.augment import AugmentSettings
+
+    torch.manual_seed(0)
+    model = OnlineLM(base_model=tiny_model_dir, augment=AugmentSettings(qa_pairs=1, paraphrases=0, on_replay=True))
+    seen, learn = [], model.learn
+    model.learn = lambda examples, ctx, contexts=None: seen.append((examples, ctx, contexts)) or learn(examples, ctx, contexts)
+    fit(model, turns(("My name is Sam and I live in Lisbon.", "Nice to meet you, Sam!"), ("Hello there.", "Hi!")),
+        callbacks=[FactReplay(interval=1)])
+    [(examples, ctx, contexts)] = [s for s in seen if s[1].kind == "replay"]
+    texts = [e.text for e in examples]
+    assert sum("I live in Lisbon." in t for t in texts) == 1  # the stored exchange once, then one Q/A row per fact
+    assert len(examples) == 3 and {c.fact.object for c in contexts} == {"Sam", "Lisbon"}

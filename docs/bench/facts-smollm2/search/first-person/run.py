@@ -6,6 +6,7 @@ fresh context (a) each fact's trained question, (b) a held-out phrasing (never a
     OMP_NUM_THREADS=1 PYTHONPATH=. python docs/bench/facts-smollm2/search/first-person/run.py SEED OUT.json [key=value ...]
 
 key=value: model settings overrides, dotted under `model` (locality.exempt_facts=64).
+--extra: two more facts, of the patterns added with `max_facts` (i_work_as / i_am_a_x_by_trade, i_am_from).
 --pairs: state the facts two to a message ("My name is Lojois. I live in Zurich."), each round's six in three
 messages: every fact of a message is learned since `detector.max_facts` (default 3; detector.max_facts=1: as before).
 Since 5973a7a `olm.open` seeds torch as default.yaml's `seed_everything` (0) says, so a rerun repeats a run; the runs
@@ -18,8 +19,8 @@ from olm.probes import is_recalled
 from olm.world import templates as T
 
 torch.set_num_threads(1)
-pairs = "--pairs" in sys.argv
-args = [a for a in sys.argv if a != "--pairs"]
+pairs, extra = "--pairs" in sys.argv, "--extra" in sys.argv
+args = [a for a in sys.argv if a not in ("--pairs", "--extra")]
 seed, out = int(args[1]), args[2]
 cfg = yaml.safe_load(open("configs/default.yaml"))
 for kv in args[3:]:
@@ -45,6 +46,13 @@ facts = [  # (statements, trained question, held-out question, object)
     (["My birthday is in {o}.", "I celebrate my birthday in {o}.", "My birthday is in {o}."], "When is my birthday?",
      "In what month was I born?", rng.choice(T.MONTHS)),
 ]
+if extra:  # drawn after the six, so that the six objects stay those of the runs without --extra
+    facts += [
+        (["I work as a {o}.", "I'm a {o} by trade.", "I work as a {o}, by the way."], "What do I do for a living?",
+         "What's my profession?", rng.choice(["nurse", "plumber", "baker", "pilot", "dentist", "carpenter"])),
+        (["I'm from {o}.", "I come from {o}.", "I am from {o}."], "Where am I from?", "What is my country of origin?",
+         rng.choice(["Portugal", "Canada", "Kenya", "Norway", "Chile", "Vietnam"])),
+    ]
 chat = [json.loads(l)["messages"] for l in open("olm/assets/logs/about-me.jsonl")]
 small = [(m[0]["content"], m[1]["content"]) for m in chat if "?" in m[0]["content"] or not any(
     w in m[0]["content"] for w in ("my ", "My ", "I ", "I'm", "Call"))]
@@ -63,6 +71,7 @@ general = ["What is the capital of France?", "How many legs does a spider have?"
            # the assistant asked about itself in words no training row or contrast question uses
            "Where are you based?", "What should I call you?", "Who do you work for?", "Are you allergic to anything?",
            "Do you have a favourite colour?", "When were you born?"]
+general += ["What do you do for a living?", "Where are you from?"] if extra else []  # the new facts' contrasts
 lm = olm.open(base_model="smollm2-135m", config=cfg)
 m = lm.module
 before = {g: lm.ask(g) for g in general}  # the adapter starts at zero (B = 0): the base's answers
@@ -79,9 +88,9 @@ for g in general:
     a = lm.ask(g)
     on = bool(m.router.last_on.all()) if m.router.last_on is not None else None
     rows.append({"kind": "general", "q": g, "answer": a, "routed": on, "same_as_base": a == before[g]})
-res = {"seed": seed, "overrides": args[3:] + ["--pairs"] * pairs, "turns": len(turns), "learn_s": round(took, 1), "rows": rows,
-       "trained": sum(r["recalled"] for r in rows if r["kind"] == "trained") / 6,
-       "held_out": sum(r["recalled"] for r in rows if r["kind"] == "held_out") / 6,
+res = {"seed": seed, "overrides": args[3:] + ["--pairs"] * pairs + ["--extra"] * extra, "turns": len(turns), "learn_s": round(took, 1), "rows": rows,
+       "trained": sum(r["recalled"] for r in rows if r["kind"] == "trained") / len(facts),
+       "held_out": sum(r["recalled"] for r in rows if r["kind"] == "held_out") / len(facts),
        "general_routed": sum(bool(r["routed"]) for r in rows if r["kind"] == "general"),
        "general_same": sum(r["same_as_base"] for r in rows if r["kind"] == "general")}
 json.dump(res, open(out, "w"), indent=1, ensure_ascii=False)

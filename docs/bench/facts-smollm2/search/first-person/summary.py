@@ -1,13 +1,13 @@
 """Sum first-person runs per override set (counts over seeds): python summary.py RUN.json ...
 
-trained / held_out: facts recalled by their trained question / a held-out phrasing; assistant: the two trained
-questions put to the assistant ("Where do you live?", "What is your name?") answered word for word as the base
+trained / held_out: facts recalled by their trained question / a held-out phrasing; assistant: the trained
+questions put to the assistant ("Where do you live?", "What is your name?"; with --extra two more) answered word for word as the base
 did before learning; assistant_held: six other questions about the assistant, the same; general: the other
 general prompts, the same; general_routed: of those, how many got the adapter."""
 import json, sys
 from collections import defaultdict
 
-OWN = {"Where do you live?", "What is your name?"}
+OWN = {"Where do you live?", "What is your name?", "What do you do for a living?", "Where are you from?"}  # the last two: --extra
 HELD = {"Where are you based?", "What should I call you?", "Who do you work for?", "Are you allergic to anything?",
         "Do you have a favourite colour?", "When were you born?"}
 agg = defaultdict(lambda: defaultdict(lambda: [0, 0]))
