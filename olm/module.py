@@ -335,11 +335,13 @@ class OnlineLM(L.LightningModule):
             if stated:  # rotate the templates with the statement count
                 examples += self.fact_examples(ctx.fact, ctx.repetition - 1, turn.user)
                 examples, contexts = self.with_siblings(examples, ctx)
-                for other in ctx.more:  # the message's other facts: their own rows, in the same step
-                    mine = self.fact_examples(other.fact, other.repetition - 1, turn.user)
-                    contexts = (contexts or [ctx] * len(examples)) + [other] * len(mine)
-                    examples += mine
         stats = self.learn(examples, ctx, contexts)
+        for other in ctx.more:  # the message's other facts, each in steps of its own, as if stated alone
+            with self._timed("render"):
+                mine = self.fact_examples(other.fact, other.repetition - 1, turn.user) or [example]
+                mine, theirs = self.with_siblings(mine, other)
+            more = self.learn(mine, other, theirs)
+            stats.update(steps=stats["steps"] + more["steps"], examples=stats["examples"] + more["examples"])
         for c in stated:
             self.memory.store(c.fact, turn.user, target, self.memory_clock)
         self.memory.decay(self.memory_clock)

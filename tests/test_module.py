@@ -220,9 +220,10 @@ def test_tool_steps_are_context_and_cut_renderings_are_counted_and_warned(tiny_m
     assert "further cuts are only counted" in caplog.text
 
 
-def test_every_fact_of_a_message_is_learned_in_its_step_and_stored(tiny_model_dir):
-    """"My name is Sam and I live in Lisbon.": both facts get their Q/A rows in the one fact step (each row
-    with its own fact's context), both are remembered, the turn's record names both; max_facts=1 keeps one."""
+def test_every_fact_of_a_message_is_learned_and_stored(tiny_model_dir):
+    """"My name is Sam and I live in Lisbon.": each fact gets fact steps of its own, as if stated alone (the
+    exchange with the most confident fact's Q/A rows, then the other's Q/A rows), both are remembered, the turn's
+    record names both; max_facts=1 keeps one."""
     from olm.augment import AugmentSettings
     from olm.facts import DetectorConfig
 
@@ -234,15 +235,17 @@ def test_every_fact_of_a_message_is_learned_in_its_step_and_stored(tiny_model_di
         fit(model, turns(("My name is Sam and I live in Lisbon.", "Nice to meet you, Sam!")))
         return model, seen
 
-    model, [(examples, ctx, contexts)] = run(DetectorConfig())
-    assert ctx.kind == "fact" and [c.fact.pattern for c in (ctx, *ctx.more)] == ["i_live_in", "my_name_is"]
-    assert len(examples) == 3 and [c.fact.object for c in contexts] == ["Lisbon", "Lisbon", "Sam"]  # exchange + 1 Q/A each
-    assert "Where do I live?" in examples[1].text and "What is my name?" in examples[2].text
+    model, [(lead, ctx, _), (other, ctx2, _)] = run(DetectorConfig())
+    assert ctx.kind == ctx2.kind == "fact" and [c.fact.pattern for c in (ctx, *ctx.more)] == ["i_live_in", "my_name_is"]
+    assert ctx2 == ctx.more[0]
+    assert len(lead) == 2 and "Where do I live?" in lead[1].text  # the exchange + its Q/A row
+    assert len(other) == 1 and "What is my name?" in other[0].text
     assert {(f.relation, f.object) for f in model.memory} == {("lives_in", "Lisbon"), ("name", "Sam")}
     assert model.last.fact == "me | lives_in | Lisbon; me | name | Sam"
+    assert model.global_step == 2 * model.optim.steps_per_fact
 
-    model, [(examples, ctx, contexts)] = run(DetectorConfig(max_facts=1))
-    assert ctx.more == () and len(examples) == 2 and contexts is None
+    model, [(lead, ctx, _)] = run(DetectorConfig(max_facts=1))
+    assert ctx.more == () and len(lead) == 2
     assert [(f.relation, f.object) for f in model.memory] == [("lives_in", "Lisbon")]
 
 
