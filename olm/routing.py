@@ -50,9 +50,10 @@ row of a batch has the adapter on or off).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -92,6 +93,13 @@ class RoutingSettings:
     calibration maximum); a prompt gets the adapter when either read is above its κ. An adapter held to the
     base's first word ("Your …", by `augment.contrasts`) still differs where the fact's object comes ("Your name
     is Sam"). 1 = the first reply token alone."""
+    speaker_words: list[str] = field(default_factory=lambda: ["I", "me", "my", "mine", "myself"])
+    """The shift reads route only prompts that speak of the speaker: one of these words (whole, any case) in the
+    prompt's own text (`mentions`). They exist for the speaker's facts, asked in common words ("Where do I
+    live?"); a question put to the assistant about itself ("Where do you live?", "What are you allergic to?")
+    shares nearly the key of one about the speaker, and an adapter that answers it differently from the base
+    ("I live in Lisbon.") is leaking the speaker's fact, not recalling one. Such a prompt is routed by its read
+    share alone (a made-up person's name still reads above τ). [] = every prompt (the rule before)."""
     tolerance: float = 0.0
     """Recompute τ once some LoRA tensor moved by more than this share of its norm (‖W − W_τ‖ > tolerance ·
     ‖W_τ‖) since τ was computed; 0 = after any change. A calibration is one forward of the
@@ -113,6 +121,8 @@ class RoutingSettings:
             problems.append(f"routing.shift_margin must be a finite number >= 0, got {self.shift_margin!r}")
         if not (isinstance(self.shift_tokens, int) and 1 <= self.shift_tokens <= 64):
             problems.append(f"routing.shift_tokens must be an integer in [1, 64], got {self.shift_tokens!r}")
+        if not all(isinstance(w, str) and re.fullmatch(r"\w+", w) for w in self.speaker_words):
+            problems.append(f"routing.speaker_words must be words (letters, digits, _), got {self.speaker_words!r}")
         if not 0 <= self.tolerance < 1:
             problems.append(f"routing.tolerance must be in [0, 1), got {self.tolerance!r}")
         if problems:
@@ -410,6 +420,9 @@ class Router:
         """(N, V) the base's `first_token_log_probs` of the calibration prompts (computed once)."""
         self.last_on: torch.Tensor | None = None
         """Which rows of the last routed batch got the adapter (diagnostics; None until one is routed)."""
+        words = "|".join(re.escape(w) for w in settings.speaker_words)
+        self._speaker = re.compile(rf"\b(?:{words})\b", re.IGNORECASE) if words else None
+        """`speaker_words` as one regex (None: every prompt may be routed by its shift)."""
 
     @property
     def enabled(self) -> bool:
@@ -424,6 +437,17 @@ class Router:
         if prompt_end is not None:
             own &= torch.arange(ids.shape[1], device=ids.device)[None, :] < prompt_end.to(ids.device)[:, None]
         return prompt_scores(shares, own).cpu()
+
+    def mentions(self, ids: torch.Tensor, attention: torch.Tensor, prompt_end: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) bool: which rows' own text (`own_tokens`, decoded; before `prompt_end` when given) holds one of
+        `speaker_words`; all True without them."""
+        if self._speaker is None:
+            return torch.ones(ids.shape[0], dtype=torch.bool)
+        own = own_tokens(ids, attention, self.prefix)
+        if prompt_end is not None:
+            own &= torch.arange(ids.shape[1], device=ids.device)[None, :] < prompt_end.to(ids.device)[:, None]
+        texts = [self.tokenizer.decode(ids[i][own[i]].tolist(), skip_special_tokens=True) for i in range(ids.shape[0])]
+        return torch.tensor([self._speaker.search(t) is not None for t in texts], dtype=torch.bool)
 
     def tau(self, model) -> float:
         """τ for the adapter's current weights and facts (recomputed when the weights moved past
@@ -513,7 +537,11 @@ class Router:
         tau, kappa = self._calibrated(model)
         on = self.scores(model, ids, attention, prompt_end) > tau
         if bool(torch.isfinite(kappa).all()) and not bool(on.all()):
-            on |= (self.shift(model, ids, attention, prompt_end) > kappa).any(1)
+            ask = torch.nonzero(~on & self.mentions(ids, attention, prompt_end), as_tuple=False).flatten()
+            if ask.numel():  # the shift reads: only where they could change the choice (a forward or N each)
+                end = prompt_end[ask.to(prompt_end.device)] if prompt_end is not None else None
+                dev = ask.to(ids.device)
+                on[ask] = (self.shift(model, ids[dev], attention[dev], end) > kappa).any(1)
         self.last_on = on
         return self.last_on
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -372,11 +373,11 @@ def test_shift_tokens_routes_by_either_read_against_its_own_calibration(module, 
 
     calibration = torch.tensor([[0.1, 0.5, 0, 0], [0.4, 1.0, 0, 0], [0.2, 3.0, 0, 0], [0.3, 0.2, 0, 0]])
     asked = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.5, 2.0, 1.0, 0.0], [0.1, 0.2, 7.0, 0.1]])
-    kls = {4: calibration, 3: asked}  # by rows: the 4 calibration prompts, the 3 asked
+    kls = {4: calibration, 3: asked}  # by rows: the 4 calibration prompts, the 3 asked (each names the speaker)
     monkeypatch.setattr(routing, "reply_shifts", lambda m, ids, *a, **k: kls[ids.shape[0]])
     router = Router(RoutingSettings(enabled=True, calibration=4, shift_margin=2.0, shift_tokens=4), tok, prompts)
     monkeypatch.setattr(router, "scores", lambda m, ids, attn, end=None: torch.zeros(ids.shape[0]))
-    texts = ["When is my birthday?", "Hi!", "What is my name?"]
+    texts = ["When is my birthday?", "Hi, I'm back.", "What is my name?"]
     batch = left_padded(tok, [render_prompt(tok, messages_for(q)) for q in texts], "cpu")
     on = router.route(model, batch["input_ids"], batch["attention_mask"])
     assert router.kappa(model).tolist() == pytest.approx([0.8, 6.0])  # 2 × (0.4, 3.0)
@@ -390,7 +391,7 @@ def test_shift_margin_routes_a_prompt_the_adapter_answers_differently_whatever_i
     calibration prompts' largest; without shift_margin the read share alone decides."""
     tok, model = module.tokenizer, module.model
     prompts = module.router.prompts
-    batch = left_padded(tok, [render_prompt(tok, messages_for(q)) for q in ("When is my birthday?", "Hi!")], "cpu")
+    batch = left_padded(tok, [render_prompt(tok, messages_for(q)) for q in ("When is my birthday?", "Hi, me again!")], "cpu")
     shifts = {len(prompts): torch.tensor([0.1, 0.2, 0.3, 0.4]), 2: torch.tensor([1.0, 0.5])}
     import olm.routing as routing
 
@@ -418,3 +419,39 @@ def test_calibration_shifts_keep_the_base_outputs_and_equal_a_fresh_computation(
     assert torch.allclose(again, cached) and len(calls) == 2  # two batches, adapter on only: the base is kept
     router.settings = RoutingSettings(enabled=True, calibration=4, batch_size=4, shift_margin=1.0)
     assert torch.allclose(router.calibration_shifts(module.model), cached, atol=1e-5)  # other batches, same rows
+
+
+def test_the_shift_reads_route_only_prompts_that_speak_of_the_speaker(module, monkeypatch):
+    """"What is your name?" shares nearly the key of "What is my name?": an adapter that answers it differently
+    leaks the speaker's fact, so a prompt without `speaker_words` goes by its read share alone, and its shift is not
+    even computed; "i" typed in lower case counts; [] restores the rule before."""
+    tok, model = module.tokenizer, module.model
+    prompts = module.router.prompts
+    import olm.routing as routing
+
+    texts = ["What is your name?", "what is my name?", "Where do you live?", "i live where, again", "Tell a joke."]
+    batch = left_padded(tok, [render_prompt(tok, messages_for(q)) for q in texts], "cpu")
+    asked, read = [], {len(prompts): torch.zeros(len(prompts)), len(texts): torch.zeros(len(texts))}
+
+    def shift(m, ids, attn, end=None, base=None):
+        asked.append(ids.shape[0])
+        return torch.full((ids.shape[0],), 0.1 if ids.shape[0] == len(prompts) else 9.0)  # every asked prompt shifts
+
+    monkeypatch.setattr(routing, "first_token_shift", shift)
+    speaker = [False, True, False, True, False]
+    settings = RoutingSettings(enabled=True, calibration=4, shift_margin=2.0)
+    for words, expected, computed in ((None, speaker, 2), ([], [True] * 5, 5)):
+        router = Router(settings if words is None else replace(settings, speaker_words=words), tok, prompts)
+        monkeypatch.setattr(router, "scores", lambda m, ids, attn, end=None: read[ids.shape[0]])
+        asked.clear()
+        assert router.mentions(batch["input_ids"], batch["attention_mask"]).tolist() == (
+            speaker if words is None else [True] * 5)
+        assert router.route(model, batch["input_ids"], batch["attention_mask"]).tolist() == expected
+        assert asked[-1] == computed  # the rows it reads: those that could still get the adapter
+    router = Router(settings, tok, prompts)
+    monkeypatch.setattr(router, "scores", lambda m, ids, attn, end=None: read[ids.shape[0]])
+    read[len(texts)] = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0])  # above τ = 0: the read share routes these two
+    assert router.route(model, batch["input_ids"], batch["attention_mask"]).tolist() == [True, True, False, True, False]
+    assert asked[-1] == 1  # "i live where, again" alone
+    with pytest.raises(ValueError, match="speaker_words"):
+        RoutingSettings(speaker_words=["my name"])
