@@ -423,6 +423,8 @@ class Router:
         words = "|".join(re.escape(w) for w in settings.speaker_words)
         self._speaker = re.compile(rf"\b(?:{words})\b", re.IGNORECASE) if words else None
         """`speaker_words` as one regex (None: every prompt may be routed by its shift)."""
+        self._user_header = user_header(tokenizer) if words else ""
+        """The template text before each user message ("<|im_end|>\\n<|im_start|>user\\n"): `mentions` reads the last."""
 
     @property
     def enabled(self) -> bool:
@@ -439,15 +441,20 @@ class Router:
         return prompt_scores(shares, own).cpu()
 
     def mentions(self, ids: torch.Tensor, attention: torch.Tensor, prompt_end: torch.Tensor | None = None) -> torch.Tensor:
-        """(B,) bool: which rows' own text (`own_tokens`, decoded; before `prompt_end` when given) holds one of
-        `speaker_words`; all True without them."""
+        """(B,) bool: which rows' last user message (of the row's own tokens, `own_tokens`, decoded; before
+        `prompt_end` when given) holds one of `speaker_words`; all True without them. The last message alone:
+        with `history_turns`, "Are you allergic to anything?" after "I am allergic to celery." asks of the assistant."""
         if self._speaker is None:
             return torch.ones(ids.shape[0], dtype=torch.bool)
         own = own_tokens(ids, attention, self.prefix)
         if prompt_end is not None:
             own &= torch.arange(ids.shape[1], device=ids.device)[None, :] < prompt_end.to(ids.device)[:, None]
-        texts = [self.tokenizer.decode(ids[i][own[i]].tolist(), skip_special_tokens=True) for i in range(ids.shape[0])]
-        return torch.tensor([self._speaker.search(t) is not None for t in texts], dtype=torch.bool)
+        found = []
+        for i in range(ids.shape[0]):
+            text = self.tokenizer.decode(ids[i][own[i]].tolist(), skip_special_tokens=False)
+            text = text.rsplit(self._user_header, 1)[-1] if self._user_header else text
+            found.append(self._speaker.search(text) is not None)
+        return torch.tensor(found, dtype=torch.bool)
 
     def tau(self, model) -> float:
         """τ for the adapter's current weights and facts (recomputed when the weights moved past
@@ -555,6 +562,19 @@ def left_padded(tokenizer, texts: list[str], device) -> dict[str, torch.Tensor]:
     finally:
         tokenizer.padding_side = side
     return {k: v.to(device) for k, v in batch.items()}
+
+
+def user_header(tokenizer) -> str:
+    """The template text right before every user message: the common end of what precedes the user's text in a
+    fresh chat (after the system prompt) and after an earlier exchange ("<|im_end|>\\n<|im_start|>user\\n")."""
+    mark = "olm-routing-mark"
+    one = render_prompt(tokenizer, messages_for(mark))
+    two = render_prompt(tokenizer, messages_for(mark, (("a", "b"),)))
+    one, two = one[: one.index(mark)], two[: two.index(mark)]
+    n = 0
+    while n < min(len(one), len(two)) and one[-1 - n] == two[-1 - n]:
+        n += 1
+    return one[len(one) - n :]
 
 
 def template_prefix(tokenizer) -> list[int]:

@@ -453,5 +453,10 @@ def test_the_shift_reads_route_only_prompts_that_speak_of_the_speaker(module, mo
     read[len(texts)] = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0])  # above τ = 0: the read share routes these two
     assert router.route(model, batch["input_ids"], batch["attention_mask"]).tolist() == [True, True, False, True, False]
     assert asked[-1] == 1  # "i live where, again" alone
+    # with history, the last user message alone: asked of the assistant after the speaker's own statement
+    chats = [messages_for("Are you allergic to anything?", (("I am allergic to celery.", "Noted."),)),
+             messages_for("And what am I allergic to?", (("Hello.", "Hi!"),))]  # fmt: skip
+    batch = left_padded(tok, [render_prompt(tok, m) for m in chats], "cpu")
+    assert router.mentions(batch["input_ids"], batch["attention_mask"]).tolist() == [False, True]
     with pytest.raises(ValueError, match="speaker_words"):
         RoutingSettings(speaker_words=["my name"])
