@@ -252,7 +252,10 @@ class OnlineLM(L.LightningModule):
         self.locality = LocalityTerm(locality, self.tokenizer)
         self.exemption = KeyExemption(locality.exempt_facts, locality.exempt_about, frames=locality.exempt_frames)
         """Remembered facts' keys freed from the null-space constraint (`olm.exemption`)."""
-        self.router = Router(routing, self.tokenizer, self.locality.prompts, self.recent_fact_questions)
+        self.router = Router(
+            routing, self.tokenizer, self.locality.prompts, self.recent_fact_questions,
+            lambda n: self.recent_fact_questions(n, speaker=True),
+        )  # fmt: skip
         """Generation's per-prompt choice between the adapter and the base (`olm.routing`)."""
         self.turns_trained = 0
         self.nonfinite_steps = 0
@@ -524,11 +527,15 @@ class OnlineLM(L.LightningModule):
         )
         return weights * example.loss_mask
 
-    def recent_fact_questions(self, n: int) -> list[str]:
-        """The trained questions of the `n` most recently stated facts in memory (routing's calibration)."""
+    def recent_fact_questions(self, n: int, speaker: bool = False) -> list[str]:
+        """The trained questions of the `n` most recently stated facts in memory (routing's calibration);
+        `speaker`: of those facts, the ones about the speaker alone (their pattern's fixed subject)."""
         recent = sorted(self.memory, key=lambda f: f.last_turn, reverse=True)[:n]
         pattern = self.detector.pattern
-        return [q for f in recent for q in fact_questions(f.subject, f.object, f.relation, pattern(f.pattern))]
+        return [
+            q for f in recent if not speaker or getattr(pattern(f.pattern), "subject", "")
+            for q in fact_questions(f.subject, f.object, f.relation, pattern(f.pattern))
+        ]  # fmt: skip
 
     def fact_examples(self, fact, rotation: int, statement: str = "", replay: bool = False) -> list[Example]:
         """The rendered augmentation of a fact (`olm.augment`): Q/A pairs and paraphrases, no history;

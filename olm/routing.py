@@ -100,6 +100,13 @@ class RoutingSettings:
     shares nearly the key of one about the speaker, and an adapter that answers it differently from the base
     ("I live in Lisbon.") is leaking the speaker's fact, not recalling one. Such a prompt is routed by its read
     share alone (a made-up person's name still reads above τ). [] = every prompt (the rule before)."""
+    speaker_margin: float = 2.0
+    """With `speaker_words`, a prompt that does not name the speaker also needs a read share above τ_S =
+    speaker_margin × the largest over the trained questions of the remembered facts about the speaker (`facts`
+    of them). Those facts' keys are common words ("allergic", "live", "work"), which the assistant's own
+    questions share: "Are you allergic to anything?" reads as much as "What am I allergic to?" (0.0050 and 0.0049
+    against τ 0.0028 in a chat), and would be answered "You are allergic to celery.". The speaker's own
+    questions keep τ and the shift reads. 0 = τ for every prompt."""
     tolerance: float = 0.0
     """Recompute τ once some LoRA tensor moved by more than this share of its norm (‖W − W_τ‖ > tolerance ·
     ‖W_τ‖) since τ was computed; 0 = after any change. A calibration is one forward of the
@@ -123,6 +130,8 @@ class RoutingSettings:
             problems.append(f"routing.shift_tokens must be an integer in [1, 64], got {self.shift_tokens!r}")
         if not all(isinstance(w, str) and re.fullmatch(r"\w+", w) for w in self.speaker_words):
             problems.append(f"routing.speaker_words must be words (letters, digits, _), got {self.speaker_words!r}")
+        if not 0 <= self.speaker_margin < float("inf"):
+            problems.append(f"routing.speaker_margin must be a finite number >= 0, got {self.speaker_margin!r}")
         if not 0 <= self.tolerance < 1:
             problems.append(f"routing.tolerance must be in [0, 1), got {self.tolerance!r}")
         if problems:
@@ -401,11 +410,13 @@ class Router:
         prompts: the calibration prompts (unrelated text).
         fact_questions: called with `settings.facts`, the trained questions of that many of the most
             recently stated facts (the second calibration set); None = none.
+        speaker_questions: the same for the facts about the speaker alone (τ_S, `speaker_margin`); None = none.
     """
 
     def __init__(
         self, settings: RoutingSettings, tokenizer, prompts: list[str],
         fact_questions: Callable[[int], list[str]] | None = None,
+        speaker_questions: Callable[[int], list[str]] | None = None,
     ) -> None:  # fmt: skip
         self.settings = settings
         self.tokenizer = tokenizer
@@ -413,9 +424,11 @@ class Router:
         if settings.enabled and not self.prompts:
             raise ValueError("routing.enabled needs calibration prompts (the locality prompt file is empty)")
         self.fact_questions = fact_questions
+        self.speaker_questions = speaker_questions
         self.prefix = template_prefix(tokenizer)
-        self._tau: tuple[dict[str, torch.Tensor], tuple[str, ...], RoutingSettings, float, torch.Tensor] | None = None
-        """The LoRA weights, fact questions and settings τ was computed for, τ and κ (`shift_margin`)."""
+        self._tau: tuple[dict, tuple, RoutingSettings, float, torch.Tensor, float] | None = None
+        """The LoRA weights, fact questions (all, about the speaker) and settings τ was computed for, τ, κ
+        (`shift_margin`) and τ_S (`speaker_margin`)."""
         self._base_first: torch.Tensor | None = None
         """(N, V) the base's `first_token_log_probs` of the calibration prompts (computed once)."""
         self.last_on: torch.Tensor | None = None
@@ -466,21 +479,34 @@ class Router:
         inf when 0)."""
         return self._calibrated(model)[1]
 
-    def _calibrated(self, model) -> tuple[float, torch.Tensor]:
+    def speaker_tau(self, model) -> float:
+        """τ_S: the read share a prompt that does not name the speaker must pass too (`speaker_margin`; 0 without
+        facts about the speaker, `speaker_words` or `speaker_margin`)."""
+        return self._calibrated(model)[2]
+
+    def _calibrated(self, model) -> tuple[float, torch.Tensor, float]:
         s = self.settings
         questions = tuple(self.fact_questions(s.facts)) if self.fact_questions is not None and s.facts else ()
+        about_speaker = (
+            tuple(self.speaker_questions(s.facts))
+            if self.speaker_questions is not None and s.facts and s.speaker_margin and self._speaker is not None
+            else ()
+        )  # fmt: skip
         if (
-            self._tau is None or self._tau[1] != questions or self._tau[2] != s
+            self._tau is None or self._tau[1] != (questions, about_speaker) or self._tau[2] != s
             or moved(model, self._tau[0], s.tolerance)
         ):  # fmt: skip
-            facts = self.calibration_scores(model, list(questions)) if questions else None
+            asked = list(dict.fromkeys(questions + about_speaker))  # each question once
+            read = dict(zip(asked, self.calibration_scores(model, asked).tolist())) if asked else {}
+            facts = torch.tensor([read[q] for q in questions]) if questions else None
             tau = threshold(self.calibration_scores(model), s.quantile, s.margin, facts)
             kappa = (
                 s.shift_margin * self.calibration_shifts(model).amax(0) if s.shift_margin
                 else torch.full((1,), float("inf"))
             )  # fmt: skip
-            self._tau = (lora_snapshot(model), questions, replace(s), tau, kappa)
-        return self._tau[3], self._tau[4]
+            tau_s = s.speaker_margin * max(read[q] for q in about_speaker) if about_speaker else 0.0
+            self._tau = (lora_snapshot(model), (questions, about_speaker), replace(s), tau, kappa, tau_s)
+        return self._tau[3], self._tau[4], self._tau[5]
 
     def calibration_scores(self, model, prompts: list[str] | None = None) -> torch.Tensor:
         """(N,) the read shares of fresh-chat `prompts` (default: the unrelated calibration prompts)."""
@@ -541,10 +567,14 @@ class Router:
         """
         if not self.settings.enabled or adapter_disabled(model):
             return torch.ones(ids.shape[0], dtype=torch.bool)  # nothing to route (inside disable_adapter: the base)
-        tau, kappa = self._calibrated(model)
-        on = self.scores(model, ids, attention, prompt_end) > tau
+        tau, kappa, tau_s = self._calibrated(model)
+        read = self.scores(model, ids, attention, prompt_end)
+        speaker = self.mentions(ids, attention, prompt_end) if self._speaker is not None else None
+        on = read > tau
+        if tau_s > tau:  # a prompt that does not name the speaker: above τ_S too
+            on &= speaker | (read > tau_s)
         if bool(torch.isfinite(kappa).all()) and not bool(on.all()):
-            ask = torch.nonzero(~on & self.mentions(ids, attention, prompt_end), as_tuple=False).flatten()
+            ask = torch.nonzero(~on if speaker is None else ~on & speaker, as_tuple=False).flatten()
             if ask.numel():  # the shift reads: only where they could change the choice (a forward or N each)
                 end = prompt_end[ask.to(prompt_end.device)] if prompt_end is not None else None
                 dev = ask.to(ids.device)

@@ -262,3 +262,12 @@ def test_a_replay_of_two_facts_from_one_message_learns_its_exchange_once(tiny_mo
     texts = [e.text for e in examples]
     assert sum("I live in Lisbon." in t for t in texts) == 1  # the stored exchange once, then one Q/A row per fact
     assert len(examples) == 3 and {c.fact.object for c in contexts} == {"Sam", "Lisbon"}
+
+
+def test_routing_calibrates_on_the_speakers_questions_apart(tiny_model_dir):
+    model = OnlineLM(base_model=tiny_model_dir)
+    fit(model, turns(("Zara is my sister.", "Got it."), ("I live in Lisbon.", "Nice.")))
+    everyone, speaker = model.recent_fact_questions(8), model.recent_fact_questions(8, speaker=True)
+    assert "Where do I live?" in speaker and "Who is Zara?" in everyone
+    assert set(speaker) < set(everyone) and not any("Zara" in q for q in speaker)
+    assert model.router.speaker_questions(8) == speaker

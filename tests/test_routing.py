@@ -460,3 +460,29 @@ def test_the_shift_reads_route_only_prompts_that_speak_of_the_speaker(module, mo
     assert router.mentions(batch["input_ids"], batch["attention_mask"]).tolist() == [False, True]
     with pytest.raises(ValueError, match="speaker_words"):
         RoutingSettings(speaker_words=["my name"])
+
+
+def test_a_prompt_that_does_not_name_the_speaker_must_read_above_the_speakers_questions(module, monkeypatch):
+    """Facts about the speaker are keyed on common words: "Are you allergic to anything?" reads as much as the
+    trained "What am I allergic to?", so a prompt without `speaker_words` needs a read above τ_S = speaker_margin ×
+    the speaker's questions' largest; the speaker's own questions keep τ; a made-up person's name reads above both."""
+    tok, model = module.tokenizer, module.model
+    prompts = module.router.prompts
+    reads = {"What am I allergic to?": 0.0049, "Are you allergic to anything?": 0.0050, "Who is Zara?": 0.02,
+             "What is the capital of France?": 0.0}  # fmt: skip
+
+    def scores(m, ids, attn, end=None):
+        texts = [tok.decode(row) for row in ids.tolist()]
+        return torch.tensor([next((v for q, v in reads.items() if q in t), 0.001) for t in texts])  # prompts 0.001
+
+    asked = list(reads)
+    batch = left_padded(tok, [render_prompt(tok, messages_for(q)) for q in asked], "cpu")
+    for margin, expected, tau_s in ((2.0, [True, False, True, False], 0.0098), (0.0, [True, True, True, False], 0.0)):
+        router = Router(RoutingSettings(enabled=True, calibration=4, speaker_margin=margin), tok, prompts,
+                        lambda n: ["What am I allergic to?", "Who is Zara?"], lambda n: ["What am I allergic to?"])
+        monkeypatch.setattr(router, "scores", scores)
+        assert router.tau(model) == pytest.approx((0.001 * 0.0049) ** 0.5)  # the midpoint of τ_0 and the facts' lowest
+        assert router.speaker_tau(model) == pytest.approx(tau_s)
+        assert router.route(model, batch["input_ids"], batch["attention_mask"]).tolist() == expected, margin
+    with pytest.raises(ValueError, match="speaker_margin"):
+        RoutingSettings(speaker_margin=-1.0)
