@@ -39,8 +39,21 @@ adapter's own greedy reply, teacher-forced (`reply_shifts`), exceeds κ_N = `shi
 calibration prompts: an adapter that begins as the base does ("Your name is …") and departs at the object is
 still seen; each of the two reads is held to its own calibration.
 
+Both reads see *that* the adapter answers differently, not *whose* question it answers. The speaker's facts
+are keyed on common words ("allergic", "live", "work") that the assistant's own questions share: "Are you
+allergic to anything?" reads as much as "What am I allergic to?" and shifts as far, and an adapter that answers
+it "You are allergic to celery." leaks the speaker's fact. So with `speaker_words` (I, me, my, mine, myself)
+a prompt whose last user message has none of them, one that does not speak of the speaker, is held to more:
+no shift reads, and a read share above τ_S too,
+
+    τ_S = `speaker_margin` × the largest r over the trained questions of the remembered facts about the speaker
+
+(0 without such facts: a stream of facts about others routes as before). A made-up person's name still reads
+above it; the speaker's own questions keep τ and κ.
+
 It is still recall from the weights: the decision reads only the adapter's own activations and outputs
-on the prompt, never the chat history; the memory's facts only set the one number τ. Learning is not
+on the prompt and whether its last message names the speaker, never the chat history's content; the memory's
+facts only set the numbers τ and τ_S. Learning is not
 routed: every training step (the task loss, the KL and locality terms) runs with the adapter on.
 
 Pure functions (`token_shares`, `prompt_scores`, `threshold`) and two model helpers
@@ -105,7 +118,7 @@ class RoutingSettings:
     speaker_margin × the largest over the trained questions of the remembered facts about the speaker (`facts`
     of them). Those facts' keys are common words ("allergic", "live", "work"), which the assistant's own
     questions share: "Are you allergic to anything?" reads as much as "What am I allergic to?" (0.0050 and 0.0049
-    against τ 0.0028 in a chat), and would be answered "You are allergic to celery.". The speaker's own
+    against τ_0 0.0015 in a chat), and would be answered "You are allergic to celery.". The speaker's own
     questions keep τ and the shift reads. 0 = τ for every prompt."""
     tolerance: float = 0.0
     """Recompute τ once some LoRA tensor moved by more than this share of its norm (‖W − W_τ‖ > tolerance ·
