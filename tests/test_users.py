@@ -433,11 +433,11 @@ def test_routing_calibrates_on_the_active_users_adapter_and_facts(tiny_model_dir
     fit(model, turns_of(("alice", A_TURNS[:3]), ("bob", B_TURNS[:2])), tmp_path)
     router, net = model.router, model.model
     model.users.activate("alice")
-    tau_alice, alice_questions = router.tau(net), router._tau[1]
+    tau_alice, alice_questions = router.tau(net), router._tau[1][0]  # (all facts' questions, the speaker's)
     assert any("Zara" in q for q in alice_questions)
     model.users.activate("bob")  # weights untouched by the swap: only the active adapter changed
     tau_bob = router.tau(net)
-    assert router._tau[1] == () and tau_bob != pytest.approx(tau_alice)
+    assert router._tau[1] == ((), ()) and tau_bob != pytest.approx(tau_alice)
     assert tau_bob == pytest.approx(Router(settings, model.tokenizer, router.prompts, model.recent_fact_questions).tau(net))
     model.users.activate("alice")
     assert router.tau(net) == pytest.approx(tau_alice)
