@@ -194,7 +194,8 @@ def _default_patterns() -> list[FactPattern]:
         questions=["What do I do for a living?", "What is my job?", "What do I work as?"],
         answer="You work as {article} {object}.", short_answer="{article} {object}.",
         answers=["You are {article} {object}.", "You are {article} {object} by trade."],
-        statements=["I work as {article} {object}.", "I'm {article} {object} by trade.", "I am {article} {object} by profession."],
+        statements=["I work as {article} {object}.", "I'm {article} {object} by trade.",
+                    "I am {article} {object} by profession."],
     )  # fmt: skip
     return [
         FactPattern(
@@ -292,7 +293,8 @@ def _default_patterns() -> list[FactPattern]:
         ),
         FactPattern(
             "i_am_x",
-            r"(?:^|(?<=[.!]\s))\W{0,8}(?:(?:Hi|Hello|Hey)\W{1,3})?(?:I['’]m|I\s+am)\s+(?P<object>{NAME})\s*(?:[.!,]|$)",
+            r"(?:^|(?<=[.!]\s))\W{0,8}(?:(?:Hi|Hello|Hey)\W{1,3})?"  # at the start, after a sentence or a greeting
+            r"(?:I['’]m|I\s+am)\s+(?P<object>{NAME})\s*(?:[.!,]|$)",
             "name", "What is my name?", subject="me", confidence=0.6,
             **name,
         ),
@@ -618,10 +620,8 @@ class FactDetector:
             if len(chosen) == self.config.max_facts:
                 break
             key = (fact.subject.strip().casefold(), fact.key_slot)
-            if any(
-                fact.span[0] < c.span[1] and c.span[0] < fact.span[1] or key == (c.subject.strip().casefold(), c.key_slot)
-                for c in chosen
-            ):
+            overlaps = any(fact.span[0] < c.span[1] and c.span[0] < fact.span[1] for c in chosen)
+            if overlaps or key in {(c.subject.strip().casefold(), c.key_slot) for c in chosen}:
                 continue
             chosen.append(fact)
         return chosen

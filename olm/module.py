@@ -768,7 +768,9 @@ class OnlineLM(L.LightningModule):
                 mine = []  # its stored exchange, once per batch: one message may have stated several facts
                 if (fact.text, fact.reply) not in exchanges:
                     exchanges.add((fact.text, fact.reply))
-                    mine.append(render_exchange(self.tokenizer, fact.text, fact.reply, (), said, self.objective.max_tokens))
+                    mine.append(
+                        render_exchange(self.tokenizer, fact.text, fact.reply, (), said, self.objective.max_tokens)
+                    )
                 if self.augment.on_replay:  # a rotation that moves on with the run
                     mine += self.fact_examples(fact, fact.count + self.memory_clock, fact.text, replay=True)
                 examples += mine

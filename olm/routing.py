@@ -450,7 +450,8 @@ class Router:
         self._speaker = re.compile(rf"\b(?:{words})\b", re.IGNORECASE) if words else None
         """`speaker_words` as one regex (None: every prompt may be routed by its shift)."""
         self._user_header = user_header(tokenizer) if words else ""
-        """The template text before each user message ("<|im_end|>\\n<|im_start|>user\\n"): `mentions` reads the last."""
+        """The template text before each user message ("<|im_end|>\\n<|im_start|>user\\n"): `mentions` reads
+        the last user message."""
 
     @property
     def enabled(self) -> bool:
@@ -466,7 +467,9 @@ class Router:
             own &= torch.arange(ids.shape[1], device=ids.device)[None, :] < prompt_end.to(ids.device)[:, None]
         return prompt_scores(shares, own).cpu()
 
-    def mentions(self, ids: torch.Tensor, attention: torch.Tensor, prompt_end: torch.Tensor | None = None) -> torch.Tensor:
+    def mentions(
+        self, ids: torch.Tensor, attention: torch.Tensor, prompt_end: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(B,) bool: which rows' last user message (of the row's own tokens, `own_tokens`, decoded; before
         `prompt_end` when given) holds one of `speaker_words`; all True without them. The last message alone:
         with `history_turns`, "Are you allergic to anything?" after "I am allergic to celery." asks of the assistant."""
