@@ -31,7 +31,7 @@ class Context:
         repetition: how many times this fact has been stated, this turn included (1 = first time).
         importance: the fact's importance in [0, 1] from the fact memory.
         more: the other facts stated in the same message (`detector.max_facts`), each as a fact context of
-            its own; the policies read the first fact's, the step learns them all.
+            its own, learned in fact steps of its own after this one's (`OnlineLM.training_step`).
     """
 
     kind: Kind
