@@ -388,8 +388,8 @@ class DetectorConfig:
     """Confidence added when the match contains an entity."""
     max_facts: int = 3
     """Facts taken from one message ("My name is Sam and I live in Lisbon."): the most confident matches
-    whose spans do not overlap, one per memory key (subject, slot), at most this many; each is stored and
-    learned in the message's step (`FactDetector.detect_many`). 1 = the most confident match alone."""
+    whose spans do not overlap, one per memory key (subject, slot), at most this many (`FactDetector.detect_many`);
+    each is stored and learned in fact steps of its own. 1 = the most confident match alone."""
 
     def __post_init__(self) -> None:
         problems = []
