@@ -48,7 +48,8 @@ no shift reads, and a read share above τ_S too,
 
     τ_S = `speaker_margin` × the largest r over the trained questions of the remembered facts about the speaker
 
-(0 without such facts: a stream of facts about others routes as before). A made-up person's name still reads
+(both only once the memory holds a fact about the speaker: a stream of facts about others routes as before;
+on the fact benchmark the shift reads had sent round-1 questions about its made-up people to the adapter). A made-up person's name still reads
 above it; the speaker's own questions keep τ and κ.
 
 It is still recall from the weights: the decision reads only the adapter's own activations and outputs
@@ -107,8 +108,8 @@ class RoutingSettings:
     base's first word ("Your …", by `augment.contrasts`) still differs where the fact's object comes ("Your name
     is Sam"). 1 = the first reply token alone."""
     speaker_words: list[str] = field(default_factory=lambda: ["I", "me", "my", "mine", "myself"])
-    """The shift reads route only prompts that speak of the speaker: one of these words (whole, any case) in the
-    prompt's own text (`mentions`). They exist for the speaker's facts, asked in common words ("Where do I
+    """Once the memory holds a fact about the speaker, the shift reads route only prompts that speak of the
+    speaker: one of these words (whole, any case) in the prompt's last user message (`mentions`). They exist for the speaker's facts, asked in common words ("Where do I
     live?"); a question put to the assistant about itself ("Where do you live?", "What are you allergic to?")
     shares nearly the key of one about the speaker, and an adapter that answers it differently from the base
     ("I live in Lisbon.") is leaking the speaker's fact, not recalling one. Such a prompt is routed by its read
@@ -505,7 +506,7 @@ class Router:
         questions = tuple(self.fact_questions(s.facts)) if self.fact_questions is not None and s.facts else ()
         about_speaker = (
             tuple(self.speaker_questions(s.facts))
-            if self.speaker_questions is not None and s.facts and s.speaker_margin and self._speaker is not None
+            if self.speaker_questions is not None and s.facts and self._speaker is not None
             else ()
         )  # fmt: skip
         if (
@@ -523,6 +524,12 @@ class Router:
             tau_s = s.speaker_margin * max(read[q] for q in about_speaker) if about_speaker else 0.0
             self._tau = (lora_snapshot(model), (questions, about_speaker), replace(s), tau, kappa, tau_s)
         return self._tau[3], self._tau[4], self._tau[5]
+
+    def speaker_rule(self, model) -> bool:
+        """Whether prompts that do not name the speaker are held apart (no shift reads, τ_S): with `speaker_words`,
+        once the memory holds a fact about the speaker (whose key the assistant's questions share)."""
+        self._calibrated(model)
+        return bool(self._tau[1][1])
 
     def calibration_scores(self, model, prompts: list[str] | None = None) -> torch.Tensor:
         """(N,) the read shares of fresh-chat `prompts` (default: the unrelated calibration prompts)."""
@@ -585,9 +592,9 @@ class Router:
             return torch.ones(ids.shape[0], dtype=torch.bool)  # nothing to route (inside disable_adapter: the base)
         tau, kappa, tau_s = self._calibrated(model)
         read = self.scores(model, ids, attention, prompt_end)
-        speaker = self.mentions(ids, attention, prompt_end) if self._speaker is not None else None
+        speaker = self.mentions(ids, attention, prompt_end) if self.speaker_rule(model) else None
         on = read > tau
-        if tau_s > tau:  # a prompt that does not name the speaker: above τ_S too
+        if speaker is not None and tau_s > tau:  # a prompt that does not name the speaker: above τ_S too
             on &= speaker | (read > tau_s)
         if bool(torch.isfinite(kappa).all()) and not bool(on.all()):
             ask = torch.nonzero(~on if speaker is None else ~on & speaker, as_tuple=False).flatten()

@@ -431,7 +431,7 @@ def test_the_shift_reads_route_only_prompts_that_speak_of_the_speaker(module, mo
 
     texts = ["What is your name?", "what is my name?", "Where do you live?", "i live where, again", "Tell a joke."]
     batch = left_padded(tok, [render_prompt(tok, messages_for(q)) for q in texts], "cpu")
-    asked, read = [], {len(prompts): torch.zeros(len(prompts)), len(texts): torch.zeros(len(texts))}
+    asked, read = [], {len(prompts): torch.zeros(len(prompts)), len(texts): torch.zeros(len(texts)), 1: torch.zeros(1)}
 
     def shift(m, ids, attn, end=None, base=None):
         asked.append(ids.shape[0])
@@ -440,19 +440,24 @@ def test_the_shift_reads_route_only_prompts_that_speak_of_the_speaker(module, mo
     monkeypatch.setattr(routing, "first_token_shift", shift)
     speaker = [False, True, False, True, False]
     settings = RoutingSettings(enabled=True, calibration=4, shift_margin=2.0)
+    mine = lambda n: ["What is my name?"]  # noqa: E731 - a fact about the speaker remembered
     for words, expected, computed in ((None, speaker, 2), ([], [True] * 5, 5)):
-        router = Router(settings if words is None else replace(settings, speaker_words=words), tok, prompts)
+        router = Router(settings if words is None else replace(settings, speaker_words=words), tok, prompts, mine, mine)
         monkeypatch.setattr(router, "scores", lambda m, ids, attn, end=None: read[ids.shape[0]])
         asked.clear()
         assert router.mentions(batch["input_ids"], batch["attention_mask"]).tolist() == (
             speaker if words is None else [True] * 5)
         assert router.route(model, batch["input_ids"], batch["attention_mask"]).tolist() == expected
         assert asked[-1] == computed  # the rows it reads: those that could still get the adapter
-    router = Router(settings, tok, prompts)
+    router = Router(settings, tok, prompts, mine, mine)
     monkeypatch.setattr(router, "scores", lambda m, ids, attn, end=None: read[ids.shape[0]])
     read[len(texts)] = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0])  # above τ = 0: the read share routes these two
     assert router.route(model, batch["input_ids"], batch["attention_mask"]).tolist() == [True, True, False, True, False]
     assert asked[-1] == 1  # "i live where, again" alone
+    nobody = Router(settings, tok, prompts, lambda n: ["Who is Zara?"], lambda n: [])  # no fact about the speaker
+    monkeypatch.setattr(nobody, "scores", lambda m, ids, attn, end=None: read[ids.shape[0]])
+    assert not nobody.speaker_rule(model)
+    assert nobody.route(model, batch["input_ids"], batch["attention_mask"]).tolist() == [True] * 5  # as before
     # with history, the last user message alone: asked of the assistant after the speaker's own statement
     chats = [messages_for("Are you allergic to anything?", (("I am allergic to celery.", "Noted."),)),
              messages_for("And what am I allergic to?", (("Hello.", "Hi!"),))]  # fmt: skip
