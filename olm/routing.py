@@ -49,8 +49,8 @@ no shift reads, and a read share above τ_S too,
     τ_S = `speaker_margin` × the largest r over the trained questions of the remembered facts about the speaker
 
 (both only once the memory holds a fact about the speaker: a stream of facts about others routes as before;
-on the fact benchmark the shift reads had sent round-1 questions about its made-up people to the adapter). A made-up person's name still reads
-above it; the speaker's own questions keep τ and κ.
+on the fact benchmark the shift reads had sent round-1 questions about its made-up people to the adapter). A
+made-up person's name still reads above it; the speaker's own questions keep τ and κ.
 
 It is still recall from the weights: the decision reads only the adapter's own activations and outputs
 on the prompt and whether its last message names the speaker, never the chat history's content; the memory's
@@ -109,11 +109,12 @@ class RoutingSettings:
     is Sam"). 1 = the first reply token alone."""
     speaker_words: list[str] = field(default_factory=lambda: ["I", "me", "my", "mine", "myself"])
     """Once the memory holds a fact about the speaker, the shift reads route only prompts that speak of the
-    speaker: one of these words (whole, any case) in the prompt's last user message (`mentions`). They exist for the speaker's facts, asked in common words ("Where do I
-    live?"); a question put to the assistant about itself ("Where do you live?", "What are you allergic to?")
-    shares nearly the key of one about the speaker, and an adapter that answers it differently from the base
-    ("I live in Lisbon.") is leaking the speaker's fact, not recalling one. Such a prompt is routed by its read
-    share alone (a made-up person's name still reads above τ). [] = every prompt (the rule before)."""
+    speaker: one of these words (whole, any case) in the prompt's last user message (`mentions`). They exist for
+    the speaker's facts, asked in common words ("Where do I live?"); a question put to the assistant about itself
+    ("Where do you live?", "What are you allergic to?") shares nearly the key of one about the speaker, and an
+    adapter that answers it differently from the base ("I live in Lisbon.") is leaking the speaker's fact, not
+    recalling one. Such a prompt is routed by its read share alone (a made-up person's name still reads above τ). []
+    = every prompt (the rule before)."""
     speaker_margin: float = 2.0
     """With `speaker_words`, a prompt that does not name the speaker also needs a read share above τ_S =
     speaker_margin × the largest over the trained questions of the remembered facts about the speaker (`facts`
@@ -501,7 +502,7 @@ class Router:
         facts about the speaker, `speaker_words` or `speaker_margin`)."""
         return self._calibrated(model)[2]
 
-    def _calibrated(self, model) -> tuple[float, torch.Tensor, float]:
+    def _calibrated(self, model) -> tuple[float, torch.Tensor, float, bool]:
         s = self.settings
         questions = tuple(self.fact_questions(s.facts)) if self.fact_questions is not None and s.facts else ()
         about_speaker = (
@@ -523,13 +524,12 @@ class Router:
             )  # fmt: skip
             tau_s = s.speaker_margin * max(read[q] for q in about_speaker) if about_speaker else 0.0
             self._tau = (lora_snapshot(model), (questions, about_speaker), replace(s), tau, kappa, tau_s)
-        return self._tau[3], self._tau[4], self._tau[5]
+        return self._tau[3], self._tau[4], self._tau[5], bool(self._tau[1][1])
 
     def speaker_rule(self, model) -> bool:
         """Whether prompts that do not name the speaker are held apart (no shift reads, τ_S): with `speaker_words`,
         once the memory holds a fact about the speaker (whose key the assistant's questions share)."""
-        self._calibrated(model)
-        return bool(self._tau[1][1])
+        return self._calibrated(model)[3]
 
     def calibration_scores(self, model, prompts: list[str] | None = None) -> torch.Tensor:
         """(N,) the read shares of fresh-chat `prompts` (default: the unrelated calibration prompts)."""
@@ -590,9 +590,9 @@ class Router:
         """
         if not self.settings.enabled or adapter_disabled(model):
             return torch.ones(ids.shape[0], dtype=torch.bool)  # nothing to route (inside disable_adapter: the base)
-        tau, kappa, tau_s = self._calibrated(model)
+        tau, kappa, tau_s, rule = self._calibrated(model)  # one check of the weights per routed batch
         read = self.scores(model, ids, attention, prompt_end)
-        speaker = self.mentions(ids, attention, prompt_end) if self.speaker_rule(model) else None
+        speaker = self.mentions(ids, attention, prompt_end) if rule else None
         on = read > tau
         if speaker is not None and tau_s > tau:  # a prompt that does not name the speaker: above τ_S too
             on &= speaker | (read > tau_s)
