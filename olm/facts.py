@@ -10,11 +10,16 @@ Pipeline of `FactDetector.detect(text)`:
    entity), capped at 1; matches under the pattern's `min_confidence` are dropped; the best
    remaining match wins (highest confidence, then earliest).
 
-Pattern regexes are plain Python regexes with named groups ``subject`` and ``object``. To keep
+Pattern regexes are plain Python regexes with named groups ``subject`` and ``object`` (and, optionally,
+``relation``: the words of an open relation such as "food" in "My favourite food is sushi.", filled into the
+pattern's ``{relation}`` templates, lower-cased). To keep
 them readable in YAML they may use these macros, expanded from the config before compiling:
 
 - ``{NAME}``      a person's name: 1..`max_name_words` capitalized words ("Anna Maria", "O'Brien"),
                   none of them in `non_names` ("It", "This", "Yesterday", ...);
+- ``{WHO}``       a ``{NAME}`` or the pronoun "she" / "he": "Zara is my sister and she lives in Rome." A
+                  pronoun subject is resolved to the subject of the nearest fact about a named person
+                  stated before it in the same message; with none, the match is dropped;
 - ``{PLACE}``     1..`max_name_words` capitalized words ("New York");
 - ``{RELATION}``  an optional modifier from `relation_modifiers` and a word from `relation_words`;
 - ``{PHRASE}``    1..`max_phrase_words` words ("red bicycle", "software engineer");
@@ -32,7 +37,7 @@ from __future__ import annotations
 import itertools
 import re
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 EntityMethod = Literal["pattern", "capitalized", "both"]
@@ -44,6 +49,7 @@ _CAP_WORD = rf"[{_UPPER}][^\W\d_]*(?:['’-][{_UPPER}][^\W\d_]*)?\b"  # Zara, O'
 _PHRASE_WORD = r"[^\W\d_][\w'’-]*"
 _MONTHS = "January|February|March|April|May|June|July|August|September|October|November|December"
 _TEMPLATE_FIELDS = {"subject", "object", "relation", "article"}
+_PRONOUNS = ("she", "he")  # subject pronouns the {WHO} macro accepts (see `FactDetector.detect_all`)
 
 
 def _default_question_indicators() -> list[str]:
@@ -103,7 +109,8 @@ class FactPattern:
     """Python regex with named groups ``subject`` and ``object``; may use the module's macros."""
     relation: str
     """Relation recorded for a match: a word ("lives_in") or a template ("{object}" stores the real
-    relation word, "sister", for "Zara is my sister.")."""
+    relation word, "sister", for "Zara is my sister."; "favourite {relation}" the regex's ``relation`` group,
+    "favourite food" for "My favourite food is sushi.")."""
     question: str
     """Recall probe template, e.g. "Who is {subject}?" (fields: subject, object, relation, article)."""
     confidence: float = 0.8
@@ -147,6 +154,10 @@ class FactPattern:
 
 def _default_patterns() -> list[FactPattern]:
     not_possessed = r"(?!['’]s\b)"  # "My sister is Zara's friend" is not about Zara
+    # "favourite food", "favourite TV show": an open relation of 1..3 words (colours have patterns of their own;
+    # "my favourite part/thing is ..." says nothing to remember)
+    open_thing = (r"(?!(?:colou?r|part|parts|thing|things|bit|one|ones|way|kind|type|moment|memory|line|quote|"
+                  r"answer|question|response|example)\b)(?P<relation>[^\W\d_]+(?:\s+[^\W\d_]+){0,2}?)")
     # Augmentation templates per kind of fact: training questions, the answer, paraphrased statements.
     # The benchmark's held-out question phrasings (olm.world.templates.HELD_OUT_QUESTIONS) must never
     # appear here: tests/test_augment.py checks the sets are disjoint.
@@ -200,7 +211,7 @@ def _default_patterns() -> list[FactPattern]:
     return [
         FactPattern(
             "x_is_my_y",
-            r"(?P<subject>{NAME})(?:\s+is|['’]s)\s+(?i:my)\s+(?P<object>{RELATION})(?!['’]\w|-)", **who,
+            r"(?P<subject>{WHO})(?:\s+is|['’]s)\s+(?i:my)\s+(?P<object>{RELATION})(?!['’]\w|-)", **who,
         ),
         FactPattern(
             "my_ys_name_is_x",
@@ -211,6 +222,10 @@ def _default_patterns() -> list[FactPattern]:
             r"\b(?i:my)\s+(?P<object>{RELATION})(?:\s+is|['’]s)\s+(?:(?:called|named)\s+)?(?P<subject>{NAME})"
             + not_possessed, **who,
         ),
+        FactPattern(  # "My sister Zara lives in Rome.": the name is looked at, not matched, so "Zara lives in Rome" is a fact too
+            "my_y_x",
+            r"\b(?i:my)\s+(?P<object>{RELATION}),?\s+(?=(?P<subject>{NAME})\b)" + not_possessed, confidence=0.6, **who,
+        ),
         FactPattern(
             "i_have_a_y_called_x",
             r"\bI\s+(?:have|have\s+got|got)\s+an?\s+(?P<object>{RELATION})\s+(?:called|named)\s+(?P<subject>{NAME})",
@@ -218,7 +233,7 @@ def _default_patterns() -> list[FactPattern]:
         ),
         FactPattern(
             "lives_in",
-            r"(?P<subject>{NAME})(?:\s+(?:lives|is\s+living|resides)|['’]s\s+home\s+is)\s+in\s+(?P<object>{PLACE})",
+            r"(?P<subject>{WHO})(?:\s+(?:lives|is\s+living|resides)|['’]s\s+home\s+is)\s+in\s+(?P<object>{PLACE})",
             "lives_in", "Where does {subject} live?",
             questions=["Where does {subject} live?", "Which city does {subject} live in?",
                        "Do you know where {subject} lives?", "Where is {subject} based?"],
@@ -228,15 +243,15 @@ def _default_patterns() -> list[FactPattern]:
         ),
         FactPattern(
             "works_as",
-            r"(?P<subject>{NAME})(?:\s+works\s+as|['’]s\s+job(?:\s+is|:))\s+(?:an?\s+)?(?P<object>{PHRASE}){END}",
+            r"(?P<subject>{WHO})(?:\s+works\s+as|['’]s\s+job(?:\s+is|:))\s+(?:an?\s+)?(?P<object>{PHRASE}){END}",
             **works,
         ),
         FactPattern(
-            "works_as_by_trade", r"(?P<subject>{NAME})\s+is\s+an?\s+(?P<object>{PHRASE})\s+by\s+trade{END}", **works,
+            "works_as_by_trade", r"(?P<subject>{WHO})\s+is\s+an?\s+(?P<object>{PHRASE})\s+by\s+trade{END}", **works,
         ),
         FactPattern(
             "has",
-            r"(?P<subject>{NAME})\s+(?:has\s+(?:got\s+)?|owns\s+)(?:(?:an?|the|one)\s+)?"
+            r"(?P<subject>{WHO})\s+(?:has\s+(?:got\s+)?|owns\s+)(?:(?:an?|the|one)\s+)?"
             r"(?!(?:been|to|got|had|no|not|never|just|already|always|some|any|lot|lots)\b)"
             r"(?P<object>{PHRASE}){END}",
             "has", "What does {subject} have?", confidence=0.7,
@@ -247,7 +262,7 @@ def _default_patterns() -> list[FactPattern]:
         ),
         FactPattern(
             "likes",
-            r"(?P<subject>{NAME})\s+(?:likes|loves|enjoys)\s+(?!(?:it|that|this|him|her|me|you)\b)"
+            r"(?P<subject>{WHO})\s+(?:likes|loves|enjoys)\s+(?!(?:it|that|this|him|her|me|you)\b)"
             r"(?P<object>{PHRASE}){END}",
             "likes", "What does {subject} like?", confidence=0.7,
             questions=["What does {subject} like?", "What does {subject} enjoy?", "Do you know what {subject} likes?"],
@@ -261,11 +276,11 @@ def _default_patterns() -> list[FactPattern]:
         ),
         FactPattern(
             "likes_colour_best",
-            r"(?P<subject>{NAME})\s+likes\s+the\s+colou?r\s+(?P<object>{COLOUR})\s+best{END}", **colour,
+            r"(?P<subject>{WHO})\s+likes\s+the\s+colou?r\s+(?P<object>{COLOUR})\s+best{END}", **colour,
         ),
         FactPattern(
             "birthday",
-            r"(?P<subject>{NAME})(?:['’]s\s+birthday\s+is|\s+celebrates\s+(?:a|his|her|their)\s+birthday)"
+            r"(?P<subject>{WHO})(?:['’]s\s+birthday\s+is|\s+celebrates\s+(?:a|his|her|their)\s+birthday)"
             r"\s+(?:in|on)\s+(?:the\s+)?"
             r"(?P<object>{MONTH}(?:\s+\d{1,2}(?:st|nd|rd|th)?)?|\d{1,2}(?:st|nd|rd|th)?\s+(?:of\s+)?{MONTH})\b",
             "birthday", "When is {subject}'s birthday?",
@@ -275,7 +290,44 @@ def _default_patterns() -> list[FactPattern]:
             answers=["{subject} celebrates a birthday in {object}.", "{subject}'s birthday falls in {object}."],
             statements=["{subject}'s birthday is in {object}.", "{subject} celebrates a birthday in {object}."],
         ),
+        FactPattern(
+            "favourite_x",
+            r"(?P<subject>{NAME})['’]s\s+(?i:favou?rite)\s+" + open_thing + r"(?:\s+is\s+|:\s*)(?P<object>{PHRASE}|\d{1,6}){END}",
+            "favourite {relation}", "What is {subject}'s {relation}?", confidence=0.7,
+            questions=["What is {subject}'s {relation}?", "Do you know {subject}'s {relation}?",
+                       "Can you tell me {subject}'s {relation}?"],
+            answer="{subject}'s {relation} is {object}.", short_answer="{object}.",
+            answers=["{subject} likes {object} best.", "{subject}'s {relation}: {object}."],
+            statements=["{subject}'s {relation} is {object}.", "{subject}'s {relation}: {object}."],
+        ),
+        FactPattern(
+            "age",
+            r"(?P<subject>{WHO})(?:\s+is|['’]s)\s+(?P<object>\d{1,3})\s+(?:years?|yrs?)\s+old\b",
+            "age", "How old is {subject}?",
+            questions=["How old is {subject}?", "What is {subject}'s age?", "Do you know how old {subject} is?"],
+            answer="{subject} is {object} years old.", short_answer="{object}.",
+            answers=["{subject}'s age is {object}.", "{subject} is {object}."],
+            statements=["{subject} is {object} years old.", "{subject}'s {object} years old."],
+        ),
         # first person: facts about the speaker ("me")
+        FactPattern(
+            "my_favourite_x",
+            r"\b(?i:my)\s+(?i:favou?rite)\s+" + open_thing + r"(?:\s+is\s+|:\s*)(?P<object>{PHRASE}|\d{1,6}){END}",
+            "favourite {relation}", "What is my {relation}?", subject="me", confidence=0.7,
+            questions=["What is my {relation}?", "Do you know my {relation}?", "Do you remember my {relation}?"],
+            answer="Your {relation} is {object}.", short_answer="{object}.",
+            answers=["You like {object} best.", "You told me your {relation} is {object}."],
+            statements=["My {relation} is {object}.", "My {relation}: {object}."],
+        ),
+        FactPattern(
+            "my_age",
+            r"\b(?:I(?:['’]m|\s+am)\s+(?=\d{1,3}\s+(?:years?|yrs?)\s+old\b)|(?i:my)\s+age\s+is\s+)(?P<object>\d{1,3})\b(?![.,]\d)",
+            "age", "How old am I?", subject="me",
+            questions=["How old am I?", "What is my age?", "Do you know how old I am?"],
+            answer="You are {object} years old.", short_answer="{object}.",
+            answers=["Your age is {object}.", "You're {object}."],
+            statements=["I am {object} years old.", "I'm {object} years old.", "My age is {object}."],
+        ),
         FactPattern(
             "i_live_in",
             r"\b(?:I(?:\s+|['’]m\s+|\s+am\s+)(?:live|living|reside)|(?i:my)\s+home\s+is)\s+in\s+(?P<object>{PLACE})",
@@ -429,7 +481,8 @@ class FactInfo:
     confidence: float
     """Confidence in [0, 1]."""
     span: tuple[int, int]
-    """Char span of the match in the (truncated) input."""
+    """Char span of the match in the (truncated) input. It holds the object; the subject may lie outside it:
+    after it ("my sister" of "my sister Zara") or before it (a resolved "she")."""
     pattern: str
     """Name of the pattern that matched."""
     question_template: str = "Who is {subject}?"
@@ -500,8 +553,10 @@ def macros(config: DetectorConfig) -> dict[str, str]:
     connector = rf"(?:{_alternation(config.connectors)})\b" if config.connectors else ""
     not_connector = f"(?!{connector})" if connector else ""
     end_at_connector = rf"|\s+{connector}" if connector else ""
+    pronoun = "|".join(w for p in _PRONOUNS for w in (p, p.capitalize()))
     return {
         "NAME": rf"{name_word}(?: {name_word}){{0,{extra}}}",
+        "WHO": rf"(?:{name_word}(?: {name_word}){{0,{extra}}}|\b(?:{pronoun})\b)",
         "PLACE": rf"\b{_CAP_WORD}(?: {_CAP_WORD}){{0,{extra}}}",
         "RELATION": rf"{modifier}(?:{_alternation(config.relation_words)})\b",
         "PHRASE": rf"{_PHRASE_WORD}(?: {not_connector}{_PHRASE_WORD}){{0,{phrase_extra}}}",
@@ -645,7 +700,7 @@ class FactDetector:
                 fact = self._fact(text, pattern, match)
                 if fact.confidence >= pattern.min_confidence:
                     facts.append(fact)
-        return facts
+        return _resolve_pronouns(facts)
 
     def entities(self, text: str, match: re.Match | None = None) -> tuple[str, ...]:
         """Entities of `text` by the configured method, deduplicated in order of appearance.
@@ -681,7 +736,8 @@ class FactDetector:
         confidence += self.config.entity_boost if has_entity else 0.0
         subject = pattern.subject.strip() or match.group("subject").strip()
         obj = match.group("object").strip()
-        relation = fill(pattern.relation, subject, obj)
+        words = (match.groupdict().get("relation") or "").split()  # an open relation: "food", "TV show"
+        relation = fill(pattern.relation, subject, obj, " ".join(w if w.isupper() else w.lower() for w in words))
         return FactInfo(
             subject=subject,
             relation=relation,
@@ -693,3 +749,20 @@ class FactDetector:
             question_template=pattern.question,
             slot=pattern.slot.strip() or relation,
         )
+
+
+def _resolve_pronouns(facts: list[FactInfo]) -> list[FactInfo]:
+    """`facts` with each "she" / "he" subject replaced by the subject of the nearest fact about a named
+    person that starts before it ("Zara is my sister and she lives in Rome." → Zara lives in Rome); a
+    pronoun fact with no such fact before it is dropped (the pronoun may point anywhere)."""
+    named = [f for f in facts if f.subject.casefold() not in _PRONOUNS and f.subject != "me"]
+    out = []
+    for fact in facts:
+        if fact.subject.casefold() not in _PRONOUNS:
+            out.append(fact)
+            continue
+        before = [f for f in named if f.span[0] < fact.span[0]]
+        if before:
+            subject = max(before, key=lambda f: f.span[0]).subject
+            out.append(replace(fact, subject=subject))
+    return out

@@ -107,7 +107,7 @@ def test_questions_never_give_facts(detector, text):
 
 OBJECTS = {"relation": "sister", "lives_in": "Lisbon", "works_as": "pharmacist", "has": "red bicycle", "likes": "chess",
            "favourite_colour": "teal", "birthday": "October", "name": "Ilsabet", "works_at": "Brightwell Labs",
-           "allergic_to": "peanuts", "from": "Porto"}  # fmt: skip
+           "allergic_to": "peanuts", "from": "Porto", "age": "34", "favourite {relation}": "sushi"}  # fmt: skip
 
 
 @pytest.mark.parametrize("pattern", DetectorConfig().patterns, ids=lambda p: p.name)
@@ -116,11 +116,12 @@ def test_each_pattern_detects_its_own_paraphrased_statements(detector, pattern):
     is detected as the same fact (a person who says "My home is in Lisbon." states a fact too)."""
     kind = "relation" if pattern.relation == "{object}" else pattern.relation
     obj, subject = OBJECTS[kind], pattern.subject or "Zara Quell"
+    relation = fill(kind, subject, obj, "food")  # an open relation ("favourite {relation}"): "favourite food"
     for template in pattern.statements:
-        text = fill(template, subject, obj, kind)
+        text = fill(template, subject, obj, relation)
         fact = detector.detect(text)
         assert fact is not None, text
-        assert (fact.subject, fact.key_slot, fact.object) == (subject, kind, obj), (text, fact)
+        assert (fact.subject, fact.key_slot, fact.object) == (subject, relation, obj), (text, fact)
 
 
 @pytest.mark.parametrize(
@@ -230,6 +231,51 @@ def test_i_am_x_after_a_greeting_or_a_sentence(text, name):
     assert (fact.object if fact is not None and fact.relation == "name" else None) == name
 
 
+@pytest.mark.parametrize(
+    "text, facts",
+    [("Zara is my sister and she lives in Rome.", [("Zara", "sister", "sister"), ("Zara", "lives_in", "Rome")]),
+     ("Tom is my brother. He is 7 years old.", [("Tom", "brother", "brother"), ("Tom", "age", "7")]),
+     ("Zara is my sister. Bob is my brother. He has a red kite.",  # the nearest named subject before it
+      [("Zara", "sister", "sister"), ("Bob", "brother", "brother"), ("Bob", "has", "red kite")]),
+     ("She lives in Rome.", []),  # no antecedent in the message: dropped
+     ("I met Anna in Paris. She lives in Rome.", []),  # a name, but no fact about it: dropped, not guessed
+     ("My sister Zara lives in Rome.", [("Zara", "lives_in", "Rome"), ("Zara", "sister", "sister")]),
+     ("My sister, Zara, works as a nurse.", [("Zara", "sister", "sister")]),
+     ("My dog Rex has a red ball.", [("Rex", "has", "red ball"), ("Rex", "dog", "dog")])],
+)  # fmt: skip
+def test_pronouns_and_appositions_name_their_subject(text, facts):
+    assert [(f.subject, f.relation, f.object) for f in FactDetector().detect_many(text)] == facts
+
+
+@pytest.mark.parametrize(
+    "text, fact, question",
+    [("My favourite food is sushi.", ("me", "favourite food", "sushi"), "What is my favourite food?"),
+     ("My favorite TV show is Breaking Bad!", ("me", "favourite TV show", "Breaking Bad"), "What is my favourite TV show?"),
+     ("My favourite time of year is autumn.", ("me", "favourite time of year", "autumn"), "What is my favourite time of year?"),
+     ("My favourite number is 7.", ("me", "favourite number", "7"), "What is my favourite number?"),
+     ("Zara's favourite band is Queen.", ("Zara", "favourite band", "Queen"), "What is Zara's favourite band?"),
+     ("My favourite colour is green.", ("me", "favourite_colour", "green"), "What is my favourite colour?"),  # its own
+     ("I'm 34 years old.", ("me", "age", "34"), "How old am I?"),
+     ("My age is 41.", ("me", "age", "41"), "How old am I?"),
+     ("Tom is 7 years old.", ("Tom", "age", "7"), "How old is Tom?"),
+     ("My favourite thing is the ending.", None, None), ("My favourite part: the music.", None, None),
+     ("I am 5 minutes late.", None, None), ("I am 34.", None, None)],
+)  # fmt: skip
+def test_open_favourites_and_ages(text, fact, question):
+    found = FactDetector().detect(text)
+    assert (None if found is None else (found.subject, found.relation, found.object)) == fact
+    assert (None if found is None else found.question()) == question
+
+
+def test_an_open_relation_is_its_own_memory_key():
+    """"My favourite food is sushi." and "My favourite film is Alien." are two facts; "My favorite food is
+    ramen." later replaces the first (the spelling of favourite does not make a new key)."""
+    detector = FactDetector()
+    food, film, again = (detector.detect(t) for t in ("My favourite food is sushi.", "My favourite film is Alien.",
+                                                      "My favorite food is ramen."))  # fmt: skip
+    assert food.key_slot != film.key_slot and food.key_slot == again.key_slot == "favourite food"
+
+
 def test_max_facts_is_validated():
     for bad in (0, -1, 1.5):
         with pytest.raises(ValueError, match="max_facts"):
@@ -261,7 +307,8 @@ def test_config_errors_are_collected_into_one_message():
         FactPattern("p", "x", "r", "q", min_confidence=1.5)
 
 
-WORDS = ["Zara", "Anna Maria", "is", "my", "sister", "lives in", "Oslo", "'s", ".", "?", "likes", "a", "It"]
+WORDS = ["Zara", "Anna Maria", "is", "my", "sister", "lives in", "Oslo", "'s", ".", "?", "likes", "a", "It", "she", "I", "am",
+         "34", "years old", "favourite", "food", ":", "and"]
 DEFAULT = FactDetector()
 
 
@@ -273,7 +320,9 @@ def test_any_input_gives_a_consistent_fact_or_none(words, noise):
     fact = detector.detect(text)
     if fact is not None:
         start, end = fact.span
-        assert fact.subject in text[start:end] and fact.object in text[start:end]
+        assert fact.object in text[start:end]  # the subject may lie outside: "my sister Zara", "she" resolved
+        named = fact.subject in (text[start:end] if fact.pattern != "my_y_x" else text[end:]) or fact.subject in text[:start]
+        assert named or DEFAULT.pattern(fact.pattern).subject == fact.subject  # or a fixed subject ("me")
         assert 0.0 <= fact.confidence <= 1.0 and not detector.is_question(text)
 
 
@@ -305,6 +354,11 @@ ADVERSARIAL = {
     "sentences": ". I'm " * 16_000 + "Zara",
     "greetings": "Hi! " * 25_000 + "I'm Zara",
     "many_facts": "Zara is my sister. " * 5_000,
+    "favourites": "My favourite " * 8_000 + "x",
+    "favourite_words": "My favourite " + "a " * 45_000 + "is",
+    "pronouns": "Zara is my sister and she lives in " * 3_000,
+    "appositions": "my sister " * 10_000 + "Zara",
+    "ages": "I am 3 " * 14_000 + "years old",
 }
 
 
