@@ -43,14 +43,15 @@ Both reads see *that* the adapter answers differently, not *whose* question it a
 are keyed on common words ("allergic", "live", "work") that the assistant's own questions share: "Are you
 allergic to anything?" reads as much as "What am I allergic to?" and shifts as far, and an adapter that answers
 it "You are allergic to celery." leaks the speaker's fact. So with `speaker_words` (I, me, my, mine, myself)
-a prompt whose last user message has none of them, one that does not speak of the speaker, is held to more:
-no shift reads, and a read share above τ_S too,
+and `assistant_words` (you, your, yours, yourself) a prompt whose last user message names the assistant and not
+the speaker is held to more: no shift reads, and a read share above τ_S too,
 
     τ_S = `speaker_margin` × the largest r over the trained questions of the remembered facts about the speaker
 
 (both only once the memory holds a fact about the speaker: a stream of facts about others routes as before;
 on the fact benchmark the shift reads had sent round-1 questions about its made-up people to the adapter). A
-made-up person's name still reads above it; the speaker's own questions keep τ and κ.
+made-up person's name still reads above it; the speaker's own questions, and those that name neither ("Who is
+Tom?"), keep τ and κ.
 
 It is still recall from the weights: the decision reads only the adapter's own activations and outputs
 on the prompt and whether its last message names the speaker, never the chat history's content; the memory's
@@ -115,6 +116,13 @@ class RoutingSettings:
     adapter that answers it differently from the base ("I live in Lisbon.") is leaking the speaker's fact, not
     recalling one. Such a prompt is routed by its read share alone (a made-up person's name still reads above τ). []
     = every prompt (the rule before)."""
+    assistant_words: list[str] = field(default_factory=lambda: ["you", "your", "yours", "yourself"])
+    """The rule of `speaker_words` holds apart only prompts whose last user message names the assistant (one of
+    these words, whole, any case) and not the speaker: the questions that share the speaker's facts' keys are put to
+    the assistant ("Are you allergic to anything?"). "Who is Tom?" and "Which city does the user live in?" name
+    neither and keep τ and the shift reads: held apart, a question about a person the speaker named in a chat of
+    facts about the speaker too went to the base ("Who is Tom?", read under τ_S). [] = every prompt that does not
+    name the speaker."""
     speaker_margin: float = 2.0
     """With `speaker_words`, a prompt that does not name the speaker also needs a read share above τ_S =
     speaker_margin × the largest over the trained questions of the remembered facts about the speaker (`facts`
@@ -143,8 +151,9 @@ class RoutingSettings:
             problems.append(f"routing.shift_margin must be a finite number >= 0, got {self.shift_margin!r}")
         if not (isinstance(self.shift_tokens, int) and 1 <= self.shift_tokens <= 64):
             problems.append(f"routing.shift_tokens must be an integer in [1, 64], got {self.shift_tokens!r}")
-        if not all(isinstance(w, str) and re.fullmatch(r"\w+", w) for w in self.speaker_words):
-            problems.append(f"routing.speaker_words must be words (letters, digits, _), got {self.speaker_words!r}")
+        for name in ("speaker_words", "assistant_words"):
+            if not all(isinstance(w, str) and re.fullmatch(r"\w+", w) for w in getattr(self, name)):
+                problems.append(f"routing.{name} must be words (letters, digits, _), got {getattr(self, name)!r}")
         if not 0 <= self.speaker_margin < float("inf"):
             problems.append(f"routing.speaker_margin must be a finite number >= 0, got {self.speaker_margin!r}")
         if not 0 <= self.tolerance < 1:
@@ -451,6 +460,9 @@ class Router:
         words = "|".join(re.escape(w) for w in settings.speaker_words)
         self._speaker = re.compile(rf"\b(?:{words})\b", re.IGNORECASE) if words else None
         """`speaker_words` as one regex (None: every prompt may be routed by its shift)."""
+        addressed = "|".join(re.escape(w) for w in settings.assistant_words)
+        self._assistant = re.compile(rf"\b(?:{addressed})\b", re.IGNORECASE) if addressed else None
+        """`assistant_words` as one regex (None: every prompt that does not name the speaker is held apart)."""
         self._user_header = user_header(tokenizer) if words else ""
         """The template text before each user message ("<|im_end|>\\n<|im_start|>user\\n"): `mentions` reads
         the last user message."""
@@ -477,15 +489,32 @@ class Router:
         with `history_turns`, "Are you allergic to anything?" after "I am allergic to celery." asks of the assistant."""
         if self._speaker is None:
             return torch.ones(ids.shape[0], dtype=torch.bool)
+        texts = self._last_messages(ids, attention, prompt_end)
+        return torch.tensor([self._speaker.search(t) is not None for t in texts], dtype=torch.bool)
+
+    def held_apart(
+        self, ids: torch.Tensor, attention: torch.Tensor, prompt_end: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B,) bool: the rows the speaker rule holds apart (no shift reads, τ_S): the last user message names
+        none of `speaker_words` and, with `assistant_words`, one of those; all False without `speaker_words`."""
+        if self._speaker is None:
+            return torch.zeros(ids.shape[0], dtype=torch.bool)
+        texts = self._last_messages(ids, attention, prompt_end)
+        return torch.tensor(
+            [self._speaker.search(t) is None and (self._assistant is None or self._assistant.search(t) is not None)
+             for t in texts], dtype=torch.bool,
+        )  # fmt: skip
+
+    def _last_messages(self, ids: torch.Tensor, attention: torch.Tensor, prompt_end: torch.Tensor | None) -> list[str]:
+        """Each row's last user message: its own tokens (`own_tokens`; before `prompt_end` when given), decoded."""
         own = own_tokens(ids, attention, self.prefix)
         if prompt_end is not None:
             own &= torch.arange(ids.shape[1], device=ids.device)[None, :] < prompt_end.to(ids.device)[:, None]
-        found = []
+        texts = []
         for i in range(ids.shape[0]):
             text = self.tokenizer.decode(ids[i][own[i]].tolist(), skip_special_tokens=False)
-            text = text.rsplit(self._user_header, 1)[-1] if self._user_header else text
-            found.append(self._speaker.search(text) is not None)
-        return torch.tensor(found, dtype=torch.bool)
+            texts.append(text.rsplit(self._user_header, 1)[-1] if self._user_header else text)
+        return texts
 
     def tau(self, model) -> float:
         """τ for the adapter's current weights and facts (recomputed when the weights moved past
@@ -527,7 +556,7 @@ class Router:
         return self._tau[3], self._tau[4], self._tau[5], bool(self._tau[1][1])
 
     def speaker_rule(self, model) -> bool:
-        """Whether prompts that do not name the speaker are held apart (no shift reads, τ_S): with `speaker_words`,
+        """Whether prompts put to the assistant are held apart (`held_apart`: no shift reads, τ_S): with `speaker_words`,
         once the memory holds a fact about the speaker (whose key the assistant's questions share)."""
         return self._calibrated(model)[3]
 
@@ -592,12 +621,12 @@ class Router:
             return torch.ones(ids.shape[0], dtype=torch.bool)  # nothing to route (inside disable_adapter: the base)
         tau, kappa, tau_s, rule = self._calibrated(model)  # one check of the weights per routed batch
         read = self.scores(model, ids, attention, prompt_end)
-        speaker = self.mentions(ids, attention, prompt_end) if rule else None
+        held = self.held_apart(ids, attention, prompt_end) if rule else None
         on = read > tau
-        if speaker is not None and tau_s > tau:  # a prompt that does not name the speaker: above τ_S too
-            on &= speaker | (read > tau_s)
+        if held is not None and tau_s > tau:  # asked of the assistant, not of the speaker: above τ_S too
+            on &= ~held | (read > tau_s)
         if bool(torch.isfinite(kappa).all()) and not bool(on.all()):
-            ask = torch.nonzero(~on if speaker is None else ~on & speaker, as_tuple=False).flatten()
+            ask = torch.nonzero(~on if held is None else ~on & ~held, as_tuple=False).flatten()
             if ask.numel():  # the shift reads: only where they could change the choice (a forward or N each)
                 end = prompt_end[ask.to(prompt_end.device)] if prompt_end is not None else None
                 dev = ask.to(ids.device)

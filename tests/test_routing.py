@@ -423,8 +423,10 @@ def test_calibration_shifts_keep_the_base_outputs_and_equal_a_fresh_computation(
 
 def test_the_shift_reads_route_only_prompts_that_speak_of_the_speaker(module, monkeypatch):
     """"What is your name?" shares nearly the key of "What is my name?": an adapter that answers it differently
-    leaks the speaker's fact, so a prompt without `speaker_words` goes by its read share alone, and its shift is not
-    even computed; "i" typed in lower case counts; [] restores the rule before."""
+    leaks the speaker's fact, so a prompt put to the assistant (`assistant_words`) without `speaker_words` goes by its
+    read share alone, and its shift is not even computed; "i" typed in lower case counts; one that names neither
+    ("Tell a joke.") keeps its shift reads; `assistant_words: []` holds it apart too; `speaker_words: []` restores
+    the rule before."""
     tok, model = module.tokenizer, module.model
     prompts = module.router.prompts
     import olm.routing as routing
@@ -441,19 +443,23 @@ def test_the_shift_reads_route_only_prompts_that_speak_of_the_speaker(module, mo
     speaker = [False, True, False, True, False]
     settings = RoutingSettings(enabled=True, calibration=4, shift_margin=2.0)
     mine = lambda n: ["What is my name?"]  # noqa: E731 - a fact about the speaker remembered
-    for words, expected, computed in ((None, speaker, 2), ([], [True] * 5, 5)):
-        router = Router(settings if words is None else replace(settings, speaker_words=words), tok, prompts, mine, mine)
+    cases = (({}, [False, True, False, True, True], [True, False, True, False, False], 3),
+             ({"assistant_words": []}, speaker, [True, False, True, False, True], 2),
+             ({"speaker_words": []}, [True] * 5, [False] * 5, 5))  # fmt: skip
+    for change, expected, held, computed in cases:
+        router = Router(replace(settings, **change), tok, prompts, mine, mine)
         monkeypatch.setattr(router, "scores", lambda m, ids, attn, end=None: read[ids.shape[0]])
         asked.clear()
         assert router.mentions(batch["input_ids"], batch["attention_mask"]).tolist() == (
-            speaker if words is None else [True] * 5)
+            [True] * 5 if change.get("speaker_words") == [] else speaker)
+        assert router.held_apart(batch["input_ids"], batch["attention_mask"]).tolist() == held
         assert router.route(model, batch["input_ids"], batch["attention_mask"]).tolist() == expected
         assert asked[-1] == computed  # the rows it reads: those that could still get the adapter
     router = Router(settings, tok, prompts, mine, mine)
     monkeypatch.setattr(router, "scores", lambda m, ids, attn, end=None: read[ids.shape[0]])
     read[len(texts)] = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0])  # above τ = 0: the read share routes these two
-    assert router.route(model, batch["input_ids"], batch["attention_mask"]).tolist() == [True, True, False, True, False]
-    assert asked[-1] == 1  # "i live where, again" alone
+    assert router.route(model, batch["input_ids"], batch["attention_mask"]).tolist() == [True, True, False, True, True]
+    assert asked[-1] == 2  # "i live where, again" and "Tell a joke."
     nobody = Router(settings, tok, prompts, lambda n: ["Who is Zara?"], lambda n: [])  # no fact about the speaker
     monkeypatch.setattr(nobody, "scores", lambda m, ids, attn, end=None: read[ids.shape[0]])
     assert not nobody.speaker_rule(model)
@@ -465,6 +471,8 @@ def test_the_shift_reads_route_only_prompts_that_speak_of_the_speaker(module, mo
     assert router.mentions(batch["input_ids"], batch["attention_mask"]).tolist() == [False, True]
     with pytest.raises(ValueError, match="speaker_words"):
         RoutingSettings(speaker_words=["my name"])
+    with pytest.raises(ValueError, match="assistant_words"):
+        RoutingSettings(assistant_words=["you?"])
 
 
 def test_a_prompt_that_does_not_name_the_speaker_must_read_above_the_speakers_questions(module, monkeypatch):

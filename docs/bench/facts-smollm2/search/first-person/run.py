@@ -7,6 +7,9 @@ fresh context (a) each fact's trained question, (b) a held-out phrasing (never a
 
 key=value: model settings overrides, dotted under `model` (locality.exempt_facts=64).
 --extra: two more facts, of the patterns added with `max_facts` (i_work_as / i_am_a_x_by_trade, i_am_from).
+--open: two more facts of the open patterns (my_favourite_x: a favourite food; my_age).
+--others: two facts about a person the speaker names (a relation, the city), said as "My sister X lives in C." /
+"X is my sister and she lives in C.": the apposition and the pronoun; their questions name no speaker.
 --pairs: state the facts two to a message ("My name is Lojois. I live in Zurich."), each round's six in three
 messages: every fact of a message is learned since `detector.max_facts` (default 3; detector.max_facts=1: as before).
 Since 5973a7a `olm.open` seeds torch as default.yaml's `seed_everything` (0) says, so a rerun repeats a run; the runs
@@ -19,8 +22,9 @@ from olm.probes import is_recalled
 from olm.world import templates as T
 
 torch.set_num_threads(1)
-pairs, extra = "--pairs" in sys.argv, "--extra" in sys.argv
-args = [a for a in sys.argv if a not in ("--pairs", "--extra")]
+pairs, extra, opened, others = ("--pairs" in sys.argv, "--extra" in sys.argv, "--open" in sys.argv,
+                                 "--others" in sys.argv)
+args = [a for a in sys.argv if a not in ("--pairs", "--extra", "--open", "--others")]
 seed, out = int(args[1]), args[2]
 cfg = yaml.safe_load(open("configs/default.yaml"))
 for kv in args[3:]:
@@ -53,6 +57,24 @@ if extra:  # drawn after the six, so that the six objects stay those of the runs
         (["I'm from {o}.", "I come from {o}.", "I am from {o}."], "Where am I from?", "What is my country of origin?",
          rng.choice(["Portugal", "Canada", "Kenya", "Norway", "Chile", "Vietnam"])),
     ]
+if opened:  # drawn after the others, so that their objects stay those of the runs without --open
+    facts += [
+        (["My favourite food is {o}.", "My favourite food: {o}.", "My favorite food is {o}, by the way."],
+         "What is my favourite food?", "Which dish do I like most?",
+         rng.choice(["sushi", "lasagne", "ramen", "paella", "tacos", "curry", "dumplings"])),
+        (["I'm {o} years old.", "My age is {o}.", "I am {o} years old."], "How old am I?", "What age am I?",
+         str(rng.randint(19, 80))),
+    ]
+if others:  # drawn last, so that the objects above stay those of the runs without --others
+    who = "".join(rng.sample(syll, 2)).capitalize() + "a"
+    rel, pron = rng.choice([("sister", "she"), ("cousin", "she"), ("aunt", "she"), ("brother", "he"), ("uncle", "he")])
+    city = rng.choice([c for c in T.CITIES if c != facts[1][3]])
+    facts += [  # the relation said in an apposition / before a pronoun, the city after them
+        ([f"{who} is my {{o}}.", f"My {{o}} {who} says hello.", f"{who} is my {{o}}, by the way."],
+         f"Who is {who}?", f"Who's {who}?", rel),
+        ([f"My {rel} {who} lives in {{o}}.", f"{who} is my {rel} and {pron} lives in {{o}}.", f"{who} lives in {{o}}."],
+         f"Where does {who} live?", f"In which city does {who} live?", city),
+    ]
 chat = [json.loads(l)["messages"] for l in open("olm/assets/logs/about-me.jsonl")]
 small = [(m[0]["content"], m[1]["content"]) for m in chat if "?" in m[0]["content"] or not any(
     w in m[0]["content"] for w in ("my ", "My ", "I ", "I'm", "Call"))]
@@ -72,6 +94,7 @@ general = ["What is the capital of France?", "How many legs does a spider have?"
            "Where are you based?", "What should I call you?", "Who do you work for?", "Are you allergic to anything?",
            "Do you have a favourite colour?", "When were you born?"]
 general += ["What do you do for a living?", "Where are you from?"] if extra else []  # the new facts' contrasts
+general += ["What is your favourite food?", "How old are you?"] if opened else []
 lm = olm.open(base_model="smollm2-135m", config=cfg)
 m = lm.module
 before = {g: lm.ask(g) for g in general}  # the adapter starts at zero (B = 0): the base's answers
@@ -88,7 +111,7 @@ for g in general:
     a = lm.ask(g)
     on = bool(m.router.last_on.all()) if m.router.last_on is not None else None
     rows.append({"kind": "general", "q": g, "answer": a, "routed": on, "same_as_base": a == before[g]})
-res = {"seed": seed, "overrides": args[3:] + ["--pairs"] * pairs + ["--extra"] * extra, "turns": len(turns), "learn_s": round(took, 1), "rows": rows,
+res = {"seed": seed, "overrides": args[3:] + ["--pairs"] * pairs + ["--extra"] * extra + ["--open"] * opened + ["--others"] * others, "turns": len(turns), "learn_s": round(took, 1), "rows": rows,
        "trained": sum(r["recalled"] for r in rows if r["kind"] == "trained") / len(facts),
        "held_out": sum(r["recalled"] for r in rows if r["kind"] == "held_out") / len(facts),
        "general_routed": sum(bool(r["routed"]) for r in rows if r["kind"] == "general"),
