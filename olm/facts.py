@@ -158,6 +158,7 @@ def _default_patterns() -> list[FactPattern]:
     # "my favourite part/thing is ..." says nothing to remember)
     open_thing = (r"(?!(?:colou?r|part|parts|thing|things|bit|one|ones|way|kind|type|moment|memory|line|quote|"
                   r"answer|question|response|example)\b)(?P<relation>[^\W\d_]+(?:\s+[^\W\d_]+){0,2}?)")
+    open_object = r"(?:\s+is\s+|:\s*)(?P<object>{PHRASE}|\d{1,6}){END}"  # "... is sushi", "...: 7"
     # Augmentation templates per kind of fact: training questions, the answer, paraphrased statements.
     # The benchmark's held-out question phrasings (olm.world.templates.HELD_OUT_QUESTIONS) must never
     # appear here: tests/test_augment.py checks the sets are disjoint.
@@ -222,7 +223,7 @@ def _default_patterns() -> list[FactPattern]:
             r"\b(?i:my)\s+(?P<object>{RELATION})(?:\s+is|['’]s)\s+(?:(?:called|named)\s+)?(?P<subject>{NAME})"
             + not_possessed, **who,
         ),
-        FactPattern(  # "My sister Zara lives in Rome.": the name is looked at, not matched, so "Zara lives in Rome" is a fact too
+        FactPattern(  # "My sister Zara lives in Rome.": the name is looked at, not matched ("Zara lives in Rome" too)
             "my_y_x",
             r"\b(?i:my)\s+(?P<object>{RELATION}),?\s+(?=(?P<subject>{NAME})\b)" + not_possessed, confidence=0.6, **who,
         ),
@@ -292,7 +293,7 @@ def _default_patterns() -> list[FactPattern]:
         ),
         FactPattern(
             "favourite_x",
-            r"(?P<subject>{NAME})['’]s\s+(?i:favou?rite)\s+" + open_thing + r"(?:\s+is\s+|:\s*)(?P<object>{PHRASE}|\d{1,6}){END}",
+            r"(?P<subject>{NAME})['’]s\s+(?i:favou?rite)\s+" + open_thing + open_object,
             "favourite {relation}", "What is {subject}'s {relation}?", confidence=0.7,
             questions=["What is {subject}'s {relation}?", "Do you know {subject}'s {relation}?",
                        "Can you tell me {subject}'s {relation}?"],
@@ -312,7 +313,7 @@ def _default_patterns() -> list[FactPattern]:
         # first person: facts about the speaker ("me")
         FactPattern(
             "my_favourite_x",
-            r"\b(?i:my)\s+(?i:favou?rite)\s+" + open_thing + r"(?:\s+is\s+|:\s*)(?P<object>{PHRASE}|\d{1,6}){END}",
+            r"\b(?i:my)\s+(?i:favou?rite)\s+" + open_thing + open_object,
             "favourite {relation}", "What is my {relation}?", subject="me", confidence=0.7,
             questions=["What is my {relation}?", "Do you know my {relation}?", "Do you remember my {relation}?"],
             answer="Your {relation} is {object}.", short_answer="{object}.",
@@ -321,7 +322,8 @@ def _default_patterns() -> list[FactPattern]:
         ),
         FactPattern(
             "my_age",
-            r"\b(?:I(?:['’]m|\s+am)\s+(?=\d{1,3}\s+(?:years?|yrs?)\s+old\b)|(?i:my)\s+age\s+is\s+)(?P<object>\d{1,3})\b(?![.,]\d)",
+            r"\b(?:I(?:['’]m|\s+am)\s+(?=\d{1,3}\s+(?:years?|yrs?)\s+old\b)|(?i:my)\s+age\s+is\s+)"
+            r"(?P<object>\d{1,3})\b(?![.,]\d)",
             "age", "How old am I?", subject="me",
             questions=["How old am I?", "What is my age?", "Do you know how old I am?"],
             answer="You are {object} years old.", short_answer="{object}.",
