@@ -2,12 +2,13 @@
 
 trained / held_out: facts recalled by their trained question / a held-out phrasing; assistant: the trained
 questions put to the assistant ("Where do you live?", "What is your name?"; with --extra two more) answered word for word as the base
-did before learning; assistant_held: six other questions about the assistant, the same; general: the other
+did before learning (--extra, --open: two more each); assistant_held: six other questions about the assistant, the same; general: the other
 general prompts, the same; general_routed: of those, how many got the adapter."""
 import json, sys
 from collections import defaultdict
 
-OWN = {"Where do you live?", "What is your name?", "What do you do for a living?", "Where are you from?"}  # the last two: --extra
+OWN = {"Where do you live?", "What is your name?", "What do you do for a living?", "Where are you from?",  # --extra
+       "What is your favourite food?", "How old are you?"}  # the last two: --open
 HELD = {"Where are you based?", "What should I call you?", "Who do you work for?", "Are you allergic to anything?",
         "Do you have a favourite colour?", "When were you born?"}
 agg = defaultdict(lambda: defaultdict(lambda: [0, 0]))
