@@ -19,7 +19,8 @@ them readable in YAML they may use these macros, expanded from the config before
                   none of them in `non_names` ("It", "This", "Yesterday", ...);
 - ``{WHO}``       a ``{NAME}`` or the pronoun "she" / "he": "Zara is my sister and she lives in Rome." A
                   pronoun subject is resolved to the subject of the nearest fact about a named person
-                  stated before it in the same message; with none, the match is dropped;
+                  stated before it in the same message, else to the caller's `antecedent` (the module's:
+                  the named subject of the conversation's previous message); with neither, it is dropped;
 - ``{PLACE}``     1..`max_name_words` capitalized words ("New York");
 - ``{RELATION}``  an optional modifier from `relation_modifiers` and a word from `relation_words`;
 - ``{PHRASE}``    1..`max_phrase_words` words ("red bicycle", "software engineer");
@@ -661,19 +662,20 @@ class FactDetector:
         facts = self.detect_all(text)
         return max(facts, key=lambda f: (f.confidence, -f.span[0])) if facts else None
 
-    def detect_many(self, text: str) -> list[FactInfo]:
+    def detect_many(self, text: str, antecedent: str | None = None) -> list[FactInfo]:
         """The facts stated in `text`, most confident first (the first is `detect`'s): at most
         `max_facts`, taken greedily by (confidence, earliest) among the matches whose span overlaps
         none taken before and whose memory key (subject, slot) is not taken yet.
 
         Args:
             text: a user message.
+            antecedent: who "she" / "he" is when no fact of `text` names a person before it (see `detect_all`).
 
         Returns:
             The facts; empty for a question or no match.
         """
         chosen: list[FactInfo] = []
-        for fact in sorted(self.detect_all(text), key=lambda f: (-f.confidence, f.span[0])):
+        for fact in sorted(self.detect_all(text, antecedent), key=lambda f: (-f.confidence, f.span[0])):
             if len(chosen) == self.config.max_facts:
                 break
             key = (fact.subject.strip().casefold(), fact.key_slot)
@@ -683,12 +685,14 @@ class FactDetector:
             chosen.append(fact)
         return chosen
 
-    def detect_all(self, text: str) -> list[FactInfo]:
+    def detect_all(self, text: str, antecedent: str | None = None) -> list[FactInfo]:
         """Every match in `text` that passes its pattern's `min_confidence` (none for questions): each
-        pattern's first `max_facts` non-overlapping matches.
+        pattern's first `max_facts` non-overlapping matches. A "she" / "he" subject becomes the subject of the
+        nearest fact about a named person before it in `text`, else `antecedent`; with neither, its match is dropped.
 
         Args:
             text: a user message.
+            antecedent: the person a pronoun with no antecedent in `text` refers to (None: no one).
 
         Returns:
             The facts, in pattern order, then in order of appearance.
@@ -702,7 +706,7 @@ class FactDetector:
                 fact = self._fact(text, pattern, match)
                 if fact.confidence >= pattern.min_confidence:
                     facts.append(fact)
-        return _resolve_pronouns(facts)
+        return _resolve_pronouns(facts, antecedent)
 
     def entities(self, text: str, match: re.Match | None = None) -> tuple[str, ...]:
         """Entities of `text` by the configured method, deduplicated in order of appearance.
@@ -753,18 +757,24 @@ class FactDetector:
         )
 
 
-def _resolve_pronouns(facts: list[FactInfo]) -> list[FactInfo]:
+def named_subject(facts: list[FactInfo]) -> str | None:
+    """The subject of the last-stated fact about a named person (not the speaker, not a pronoun): whom a "she" /
+    "he" in the next message may mean."""
+    named = [f for f in facts if f.subject.casefold() not in _PRONOUNS and f.subject != "me"]
+    return max(named, key=lambda f: f.span[0]).subject if named else None
+
+
+def _resolve_pronouns(facts: list[FactInfo], antecedent: str | None = None) -> list[FactInfo]:
     """`facts` with each "she" / "he" subject replaced by the subject of the nearest fact about a named
-    person that starts before it ("Zara is my sister and she lives in Rome." → Zara lives in Rome); a
-    pronoun fact with no such fact before it is dropped (the pronoun may point anywhere)."""
+    person that starts before it ("Zara is my sister and she lives in Rome." → Zara lives in Rome), else by
+    `antecedent`; a pronoun fact with neither is dropped (the pronoun may point anywhere)."""
     named = [f for f in facts if f.subject.casefold() not in _PRONOUNS and f.subject != "me"]
     out = []
     for fact in facts:
         if fact.subject.casefold() not in _PRONOUNS:
             out.append(fact)
             continue
-        before = [f for f in named if f.span[0] < fact.span[0]]
-        if before:
-            subject = max(before, key=lambda f: f.span[0]).subject
+        subject = named_subject([f for f in named if f.span[0] < fact.span[0]]) or antecedent
+        if subject:
             out.append(replace(fact, subject=subject))
     return out

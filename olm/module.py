@@ -47,7 +47,7 @@ from olm.console import quiet_known_messages
 from olm.context import KINDS, Context, ContextPolicy, kl_lambda, lr_multiplier
 from olm.distributed import gather_ranks, lockstep, own_rank_state
 from olm.errors import ResumeError, RunError
-from olm.facts import DetectorConfig, FactDetector
+from olm.facts import DetectorConfig, FactDetector, named_subject
 from olm.gate import answer_mask, batch_answer_mask, known_rows, target_min_p
 from olm.generation import CallbackStreamer, GenerationSettings, generate_reply
 from olm.guards import lora_problem
@@ -261,6 +261,9 @@ class OnlineLM(L.LightningModule):
         self.nonfinite_steps = 0
         self.no_reply_skipped = 0  # turns without a logged reply skipped (respond="skip")
         self.truncated_tokens = 0  # turns whose rendering was cut to objective.max_tokens
+        self.antecedent: tuple[str, str | None, str | None] | None = None
+        """(conversation, user, subject): the person named in the last trained message's facts, whom "she" / "he"
+        in the conversation's next message means ("Zara is my sister." then "She lives in Rome.")."""
         self.replay_queue: list[tuple[str, str]] = []
         self._null_seen: dict = {}  # the LoRA A's `project_lora_a` last projected, and their versions
         self.reply_listener = None
@@ -315,7 +318,7 @@ class OnlineLM(L.LightningModule):
         if self.respond_mode == "skip" and turn.assistant is None:
             return self._skip_unanswered(turn)
         start = time.perf_counter()
-        ctx = self.classify(turn.user)
+        ctx = self.classify(turn.user, self.antecedent_for(turn))
         reply = target = self.respond(turn)
         stated = [ctx, *ctx.more] if ctx.kind == "fact" else []  # the message's facts, most confident first
         if stated and not self.logged_reply(turn) and self.augment.acknowledge_generated:
@@ -347,6 +350,7 @@ class OnlineLM(L.LightningModule):
             stats.update(steps=stats["steps"] + more["steps"], examples=stats["examples"] + more["examples"])
         for c in stated:
             self.memory.store(c.fact, turn.user, target, self.memory_clock)
+        self.antecedent = (*self._conversation(turn), named_subject([c.fact for c in stated]))
         self.memory.decay(self.memory_clock)
         self.turns_trained += 1
         if self.users is not None:
@@ -369,6 +373,7 @@ class OnlineLM(L.LightningModule):
             "locality_position": self.locality.position,
             "no_reply_skipped": self.no_reply_skipped,
             "truncated_tokens": self.truncated_tokens,
+            "antecedent": list(self.antecedent) if self.antecedent is not None else None,
             "identity": self.identity(),
             "rng": rng_state(),
         }
@@ -431,6 +436,8 @@ class OnlineLM(L.LightningModule):
         self.nonfinite_steps = int(state["nonfinite_steps"])
         self.no_reply_skipped = int(state.get("no_reply_skipped", 0))
         self.truncated_tokens = int(state.get("truncated_tokens", 0))
+        saved = state.get("antecedent")
+        self.antecedent = tuple(saved) if isinstance(saved, (list, tuple)) and len(saved) == 3 else None
         self.replay_queue = [tuple(key) for key in state["replay_queue"]]
         self.memory.load_state_dict(state["memory"])
         self.locality.position = int(state.get("locality_position", 0)) % len(self.locality.prompts)
@@ -468,15 +475,27 @@ class OnlineLM(L.LightningModule):
         return messages
 
     # ----------------------------------------------------------------- the per-turn pieces
-    def classify(self, user: str) -> Context:
-        """Context of a user message: question, fact (with repetition and importance) or chat."""
+    def antecedent_for(self, turn) -> str | None:
+        """Whom "she" / "he" in `turn` may mean: the person named in the facts of the message trained just before
+        it, if that was the same conversation's (and user's); else no one."""
+        if self.antecedent is None or tuple(self.antecedent[:2]) != self._conversation(turn):
+            return None
+        return self.antecedent[2]
+
+    @staticmethod
+    def _conversation(turn) -> tuple[str | None, str | None]:
+        return getattr(turn, "conversation_id", None), getattr(turn, "user_id", None)
+
+    def classify(self, user: str, antecedent: str | None = None) -> Context:
+        """Context of a user message: question, fact (with repetition and importance) or chat; `antecedent`: whom a
+        "she" / "he" with no named person before it in the message means (`FactDetector.detect_many`)."""
         with self._timed("detect"):
             if self.detector.is_question(user):
                 return Context("question")
             facts = [
                 Context("fact", fact=f, repetition=self.memory.count(f) + 1,
                         importance=self.memory.importance_of(f, self.memory_clock))
-                for f in self.detector.detect_many(user)
+                for f in self.detector.detect_many(user, antecedent)
             ]  # fmt: skip
             if not facts:
                 return Context("chat")

@@ -247,6 +247,15 @@ def test_pronouns_and_appositions_name_their_subject(text, facts):
     assert [(f.subject, f.relation, f.object) for f in FactDetector().detect_many(text)] == facts
 
 
+def test_a_pronoun_with_no_person_before_it_in_the_message_is_the_antecedent():
+    detector = FactDetector()
+    assert [(f.subject, f.object) for f in detector.detect_many("She lives in Rome.", "Zara")] == [("Zara", "Rome")]
+    assert detector.detect_many("She lives in Rome.") == []
+    both = detector.detect_many("Bob is my brother and he has a red kite.", "Zara")  # the message's own person first
+    assert [(f.subject, f.object) for f in both] == [("Bob", "brother"), ("Bob", "red kite")]
+    assert detector.detect_many("Where does she live?", "Zara") == []  # a question stays a question
+
+
 @pytest.mark.parametrize(
     "text, fact, question",
     [("My favourite food is sushi.", ("me", "favourite food", "sushi"), "What is my favourite food?"),

@@ -249,6 +249,28 @@ def test_every_fact_of_a_message_is_learned_and_stored(tiny_model_dir):
     assert [(f.relation, f.object) for f in model.memory] == [("lives_in", "Lisbon")]
 
 
+def test_she_in_the_next_message_of_the_conversation_is_the_person_named_before(tiny_model_dir):
+    """"Zara is my sister." then "She lives in Rome.": the second message's pronoun is Zara, in the same
+    conversation (and only the message right after a named fact); another conversation's "she" is no one;
+    the antecedent survives a checkpoint."""
+    model = OnlineLM(base_model=tiny_model_dir)
+    data = turns(("Zara is my sister.", "Got it."), ("She lives in Rome.", "Nice."), ("Hello there.", "Hi!"),
+                 ("She works as a nurse.", "Oh."), ("Tom is my brother.", "Noted."))  # fmt: skip
+    data.append(Turn(conversation_id="other", user="He has a red kite.", assistant="Nice.", history=(), source="test",
+                     offset=len(data), skipped=0))  # fmt: skip
+    fit(model, data)
+    assert {(f.subject, f.relation, f.object) for f in model.memory} == {
+        ("Zara", "sister", "sister"), ("Zara", "lives_in", "Rome"), ("Tom", "brother", "brother")}
+    assert model.antecedent == ("other", None, None)
+    saved: dict = {"state_dict": {}}
+    model.antecedent = ("c", None, "Tom")
+    model.on_save_checkpoint(saved)
+    fresh = OnlineLM(base_model=tiny_model_dir)
+    fresh.on_load_checkpoint(saved)
+    assert fresh.antecedent == ("c", None, "Tom") and fresh.antecedent_for(data[0]) == "Tom"
+    assert fresh.antecedent_for(data[-1]) is None  # another conversation
+
+
 def test_a_replay_of_two_facts_from_one_message_learns_its_exchange_once(tiny_model_dir):
     from olm.augment import AugmentSettings
 
