@@ -48,10 +48,13 @@ the speaker is held to more: no shift reads, and a read share above τ_S too,
 
     τ_S = `speaker_margin` × the largest r over the trained questions of the remembered facts about the speaker
 
-(both only once the memory holds a fact about the speaker: a stream of facts about others routes as before;
-on the fact benchmark the shift reads had sent round-1 questions about its made-up people to the adapter). A
-made-up person's name still reads above it; the speaker's own questions, and those that name neither ("Who is
-Tom?"), keep τ and κ.
+(τ_S = 0 until the memory holds a fact about the speaker). The speaker's own questions, and those that name
+neither ("Who is Tom?"), keep τ and κ; a made-up person's name reads above τ_S. Facts about others move the
+assistant's answers too: after "Zara is my sister." / "She lives in Rome." three times, "Where do you live?" went
+to the adapter by its shift and was answered "I live in Ashwood.". With `assistant_words: []` every prompt that
+does not name the speaker is held apart, and only once the memory holds a fact about the speaker (applied to
+every stream, that rule cost the fact benchmark recall@1: its round-1 questions about made-up people went to the
+adapter by their shift).
 
 It is still recall from the weights: the decision reads only the adapter's own activations and outputs
 on the prompt and whether its last message names the speaker, never the chat history's content; the memory's
@@ -553,11 +556,13 @@ class Router:
             )  # fmt: skip
             tau_s = s.speaker_margin * max(read[q] for q in about_speaker) if about_speaker else 0.0
             self._tau = (lora_snapshot(model), (questions, about_speaker), replace(s), tau, kappa, tau_s)
-        return self._tau[3], self._tau[4], self._tau[5], bool(self._tau[1][1])
+        rule = self._speaker is not None and (self._assistant is not None or bool(self._tau[1][1]))
+        return self._tau[3], self._tau[4], self._tau[5], rule
 
     def speaker_rule(self, model) -> bool:
-        """Whether prompts put to the assistant are held apart (`held_apart`: no shift reads, τ_S): with `speaker_words`,
-        once the memory holds a fact about the speaker (whose key the assistant's questions share)."""
+        """Whether prompts put to the assistant are held apart (`held_apart`: no shift reads, τ_S): with `speaker_words`
+        and `assistant_words`, always (τ_S is 0 until the memory holds a fact about the speaker); with `speaker_words`
+        alone, once the memory holds a fact about the speaker (whose key the assistant's questions share)."""
         return self._calibrated(model)[3]
 
     def calibration_scores(self, model, prompts: list[str] | None = None) -> torch.Tensor:

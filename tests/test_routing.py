@@ -460,10 +460,14 @@ def test_the_shift_reads_route_only_prompts_that_speak_of_the_speaker(module, mo
     read[len(texts)] = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0])  # above τ = 0: the read share routes these two
     assert router.route(model, batch["input_ids"], batch["attention_mask"]).tolist() == [True, True, False, True, True]
     assert asked[-1] == 2  # "i live where, again" and "Tell a joke."
-    nobody = Router(settings, tok, prompts, lambda n: ["Who is Zara?"], lambda n: [])  # no fact about the speaker
-    monkeypatch.setattr(nobody, "scores", lambda m, ids, attn, end=None: read[ids.shape[0]])
-    assert not nobody.speaker_rule(model)
-    assert nobody.route(model, batch["input_ids"], batch["attention_mask"]).tolist() == [True] * 5  # as before
+    # no fact about the speaker: a prompt put to the assistant still gets no shift read ("Where do you live?" after
+    # "Zara lives in Rome."; τ_S = 0); with `assistant_words: []` the rule waits for a fact about the speaker
+    cases = (({}, True, [True, True, False, True, True]), ({"assistant_words": []}, False, [True] * 5))
+    for change, rule, expected in cases:
+        nobody = Router(replace(settings, **change), tok, prompts, lambda n: ["Who is Zara?"], lambda n: [])
+        monkeypatch.setattr(nobody, "scores", lambda m, ids, attn, end=None: read[ids.shape[0]])
+        assert nobody.speaker_rule(model) == rule and nobody.speaker_tau(model) == 0.0
+        assert nobody.route(model, batch["input_ids"], batch["attention_mask"]).tolist() == expected
     # with history, the last user message alone: asked of the assistant after the speaker's own statement
     chats = [messages_for("Are you allergic to anything?", (("I am allergic to celery.", "Noted."),)),
              messages_for("And what am I allergic to?", (("Hello.", "Hi!"),))]  # fmt: skip
