@@ -437,7 +437,9 @@ class OnlineLM(L.LightningModule):
         self.no_reply_skipped = int(state.get("no_reply_skipped", 0))
         self.truncated_tokens = int(state.get("truncated_tokens", 0))
         saved = state.get("antecedent")
-        self.antecedent = tuple(saved) if isinstance(saved, (list, tuple)) and len(saved) == 3 else None
+        usable = isinstance(saved, (list, tuple)) and len(saved) == 3
+        usable = usable and all(v is None or isinstance(v, str) for v in saved)
+        self.antecedent = tuple(saved) if usable else None  # a malformed one only forgets whom "she" means
         self.replay_queue = [tuple(key) for key in state["replay_queue"]]
         self.memory.load_state_dict(state["memory"])
         self.locality.position = int(state.get("locality_position", 0)) % len(self.locality.prompts)

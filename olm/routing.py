@@ -124,8 +124,9 @@ class RoutingSettings:
     these words, whole, any case) and not the speaker: the questions that share the speaker's facts' keys are put to
     the assistant ("Are you allergic to anything?"). "Who is Tom?" and "Which city does the user live in?" name
     neither and keep τ and the shift reads: held apart, a question about a person the speaker named in a chat of
-    facts about the speaker too went to the base ("Who is Tom?", read under τ_S). [] = every prompt that does not
-    name the speaker."""
+    facts about the speaker too went to the base ("Who is Tom?", read under τ_S). With these words the rule applies
+    from the start (τ_S = 0 until a fact about the speaker is remembered). [] = every prompt that does not name the
+    speaker, once a fact about the speaker is remembered (the rule before)."""
     speaker_margin: float = 2.0
     """With `speaker_words`, a prompt that does not name the speaker also needs a read share above τ_S =
     speaker_margin × the largest over the trained questions of the remembered facts about the speaker (`facts`

@@ -269,6 +269,9 @@ def test_she_in_the_next_message_of_the_conversation_is_the_person_named_before(
     fresh.on_load_checkpoint(saved)
     assert fresh.antecedent == ("c", None, "Tom") and fresh.antecedent_for(data[0]) == "Tom"
     assert fresh.antecedent_for(data[-1]) is None  # another conversation
+    saved["olm"]["antecedent"] = ["c", None, {"not": "a name"}]  # a damaged checkpoint: forgotten, not trusted
+    fresh.on_load_checkpoint(saved)
+    assert fresh.antecedent is None
 
 
 def test_a_replay_of_two_facts_from_one_message_learns_its_exchange_once(tiny_model_dir):
