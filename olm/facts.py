@@ -768,13 +768,12 @@ def _resolve_pronouns(facts: list[FactInfo], antecedent: str | None = None) -> l
     """`facts` with each "she" / "he" subject replaced by the subject of the nearest fact about a named
     person that starts before it ("Zara is my sister and she lives in Rome." → Zara lives in Rome), else by
     `antecedent`; a pronoun fact with neither is dropped (the pronoun may point anywhere)."""
-    named = [f for f in facts if f.subject.casefold() not in _PRONOUNS and f.subject != "me"]
     out = []
     for fact in facts:
         if fact.subject.casefold() not in _PRONOUNS:
             out.append(fact)
             continue
-        subject = named_subject([f for f in named if f.span[0] < fact.span[0]]) or antecedent
+        subject = named_subject([f for f in facts if f.span[0] < fact.span[0]]) or antecedent
         if subject:
             out.append(replace(fact, subject=subject))
     return out

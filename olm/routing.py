@@ -531,7 +531,7 @@ class Router:
         return self._calibrated(model)[1]
 
     def speaker_tau(self, model) -> float:
-        """τ_S: the read share a prompt that does not name the speaker must pass too (`speaker_margin`; 0 without
+        """τ_S: the read share a prompt held apart (`held_apart`) must pass too (`speaker_margin`; 0 without
         facts about the speaker, `speaker_words` or `speaker_margin`)."""
         return self._calibrated(model)[2]
 
