@@ -96,7 +96,9 @@ def _default_non_names() -> list[str]:
         "Is", "Are", "Was", "Were", "Do", "Does", "Did", "Can", "Actually", "Anyway", "Ok", "Okay",
         "Sure", "Please", "Thanks", "Everyone", "Everybody", "Someone", "Somebody", "Nobody",
         "Nothing", "Something", "Everything", "If", "Maybe", "Just", "Btw", "Fyi", "Mr", "Mrs",
-        "Ms", "Dr",
+        "Ms", "Dr", "Since", "Because", "After", "Before", "While", "Although", "Though", "Unless", "Until",
+        "Once", "Whether", "Whenever", "However", "Meanwhile", "Perhaps", "Sorry", "Sometimes", "Lately", "Recently",
+        "Finally", "Unfortunately", "Luckily", "Honestly",
     ]  # fmt: skip
 
 
@@ -155,6 +157,9 @@ class FactPattern:
 
 def _default_patterns() -> list[FactPattern]:
     not_possessed = r"(?!['’]s\b)"  # "My sister is Zara's friend" is not about Zara
+    participle = (r"[^\W\d_]{2,}ed\b|(?:been|done|gone|seen|taken|given|made|become|come|left|found|told|said|"
+                  r"written|known|shown|begun|won|lost|put|kept|brought|bought|caught|taught|thought|heard|met|paid|"
+                  r"sent|spent|grown|driven|eaten|fallen|forgotten|gotten|spoken|chosen|broken|flown|thrown)\b")
     # "favourite food", "favourite TV show": an open relation of 1..3 words (colours have patterns of their own;
     # "my favourite part/thing is ..." says nothing to remember)
     open_thing = (r"(?!(?:colou?r|part|parts|thing|things|bit|one|ones|way|kind|type|moment|memory|line|quote|"
@@ -253,7 +258,8 @@ def _default_patterns() -> list[FactPattern]:
         ),
         FactPattern(
             "has",
-            r"(?P<subject>{WHO})\s+(?:has\s+(?:got\s+)?|owns\s+)(?:(?:an?|the|one)\s+)?"
+            r"(?P<subject>{WHO})\s+(?:has\s+(?:got\s+)?|owns\s+)"
+            r"(?:(?:an?|the|one)\s+|(?!" + participle + r"))"  # "has arrived": a tense, not a possession
             r"(?!(?:been|to|got|had|no|not|never|just|already|always|some|any|lot|lots)\b)"
             r"(?P<object>{PHRASE}){END}",
             "has", "What does {subject} have?", confidence=0.7,
@@ -395,7 +401,8 @@ def _default_patterns() -> list[FactPattern]:
         ),
         FactPattern(
             "i_am_allergic_to",
-            r"\bI(?:(?:\s+am|['’]m)\s+allergic|\s+have\s+an\s+allergy)\s+to\s+(?P<object>{PHRASE}){END}",
+            r"\bI(?:(?:\s+am|['’]m)\s+allergic|\s+have\s+an\s+allergy)\s+to\s+"
+            r"(?!(?:it|this|that|these|those|them|something|anything|everything|nothing|stuff)\b)(?P<object>{PHRASE}){END}",
             "allergic_to", "What am I allergic to?", subject="me",
             questions=["What am I allergic to?", "Do I have any allergies?", "Do you know what I'm allergic to?"],
             answer="You are allergic to {object}.", short_answer="{object}.",
@@ -569,9 +576,13 @@ def macros(config: DetectorConfig) -> dict[str, str]:
     }
 
 
-def expand(regex: str, config: DetectorConfig) -> str:
-    """`regex` with every ``{MACRO}`` replaced by its expansion (see the module docstring)."""
-    for key, value in macros(config).items():
+def expand(regex: str, config: DetectorConfig, table: dict[str, str] | None = None) -> str:
+    """`regex` with every ``{MACRO}`` replaced by its expansion (see the module docstring).
+
+    Args:
+        table: `macros(config)`, when the caller expands many regexes (building it is most of the work).
+    """
+    for key, value in (macros(config) if table is None else table).items():
         regex = regex.replace("{" + key + "}", value)
     return regex
 
@@ -585,17 +596,17 @@ def _regex_problems(label: str, regex: str) -> list[str]:
 
 
 def _pattern_problems(config: DetectorConfig) -> list[str]:
-    problems, seen = [], set()
+    problems, seen, table = [], set(), macros(config)
     for p in config.patterns:
         if p.name in seen:
             problems.append(f"detector.patterns: duplicate name {p.name!r}")
         seen.add(p.name)
         label = f"detector.patterns[{p.name!r}].regex"
-        errors = _regex_problems(label, expand(p.regex, config))
+        errors = _regex_problems(label, expand(p.regex, config, table))
         problems += errors
         if not errors:
             needed = {"object"} if p.subject.strip() else {"subject", "object"}
-            missing = needed - set(re.compile(expand(p.regex, config)).groupindex)
+            missing = needed - set(re.compile(expand(p.regex, config, table)).groupindex)
             if missing:
                 problems.append(f"{label} lacks named groups {sorted(missing)}: {p.regex!r}")
         templates = {"question": [p.question], "relation": [p.relation], "answer": [p.answer],
@@ -623,7 +634,8 @@ class FactDetector:
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config if config is not None else DetectorConfig()
-        self.compiled = [(p, re.compile(expand(p.regex, self.config))) for p in self.config.patterns]
+        table = macros(self.config)
+        self.compiled = [(p, re.compile(expand(p.regex, self.config, table))) for p in self.config.patterns]
         self._by_name = {p.name: p for p in self.config.patterns}
         self._capitalized = re.compile(self.config.capitalized_regex)
         self._first_word = re.compile(r"\W*(\w+)")

@@ -43,8 +43,9 @@ Both reads see *that* the adapter answers differently, not *whose* question it a
 are keyed on common words ("allergic", "live", "work") that the assistant's own questions share: "Are you
 allergic to anything?" reads as much as "What am I allergic to?" and shifts as far, and an adapter that answers
 it "You are allergic to celery." leaks the speaker's fact. So with `speaker_words` (I, me, my, mine, myself)
-and `assistant_words` (you, your, yours, yourself) a prompt whose last user message names the assistant and not
-the speaker is held to more: no shift reads, and a read share above τ_S too,
+and `assistant_words` (you, your, yours, yourself) a prompt whose last user message asks about the assistant (it
+names the assistant last: `addressee`; "What should I call you?", "Can you tell me where you live?") is held to more:
+no shift reads, and a read share above τ_S too,
 
     τ_S = `speaker_margin` × the largest r over the trained questions of the remembered facts about the speaker
 
@@ -121,7 +122,8 @@ class RoutingSettings:
     = every prompt (the rule before)."""
     assistant_words: list[str] = field(default_factory=lambda: ["you", "your", "yours", "yourself"])
     """The rule of `speaker_words` holds apart only prompts whose last user message names the assistant (one of
-    these words, whole, any case) and not the speaker: the questions that share the speaker's facts' keys are put to
+    these words, whole, any case) after any word of the speaker's (`addressee`: "What should I call you?", not "Do you
+    know where I live?"): the questions that share the speaker's facts' keys are put to
     the assistant ("Are you allergic to anything?"). "Who is Tom?" and "Which city does the user live in?" name
     neither and keep τ and the shift reads: held apart, a question about a person the speaker named in a chat of
     facts about the speaker too went to the base ("Who is Tom?", read under τ_S). With these words the rule applies
@@ -499,15 +501,15 @@ class Router:
     def held_apart(
         self, ids: torch.Tensor, attention: torch.Tensor, prompt_end: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """(B,) bool: the rows the speaker rule holds apart (no shift reads, τ_S): the last user message names
-        none of `speaker_words` and, with `assistant_words`, one of those; all False without `speaker_words`."""
+        """(B,) bool: the rows the speaker rule holds apart (no shift reads, τ_S): with `assistant_words`, those
+        whose last user message asks about the assistant (`addressee`); without, those that name none of
+        `speaker_words`; all False without `speaker_words`."""
         if self._speaker is None:
             return torch.zeros(ids.shape[0], dtype=torch.bool)
         texts = self._last_messages(ids, attention, prompt_end)
-        return torch.tensor(
-            [self._speaker.search(t) is None and (self._assistant is None or self._assistant.search(t) is not None)
-             for t in texts], dtype=torch.bool,
-        )  # fmt: skip
+        if self._assistant is None:
+            return torch.tensor([self._speaker.search(t) is None for t in texts], dtype=torch.bool)
+        return torch.tensor([addressee(t, self._speaker, self._assistant) == "assistant" for t in texts])
 
     def _last_messages(self, ids: torch.Tensor, attention: torch.Tensor, prompt_end: torch.Tensor | None) -> list[str]:
         """Each row's last user message: its own tokens (`own_tokens`; before `prompt_end` when given), decoded."""
@@ -639,6 +641,18 @@ class Router:
                 on[ask] = (self.shift(model, ids[dev], attention[dev], end) > kappa).any(1)
         self.last_on = on
         return self.last_on
+
+
+def addressee(text: str, speaker: re.Pattern, assistant: re.Pattern) -> str | None:
+    """Whom `text` asks about: "speaker" or "assistant", whichever of the two word sets (`speaker_words`,
+    `assistant_words`, as regexes) has the last match; None where neither matches. The person named last is the
+    one asked about: "What should I call you?", "Can you tell me where you live?" ask of the assistant; "Do you
+    know where I live?", "Can you tell me my name?" of the speaker."""
+    last = {who: max((m.end() for m in rx.finditer(text)), default=-1) for who, rx in
+            (("speaker", speaker), ("assistant", assistant))}  # fmt: skip
+    if max(last.values()) < 0:
+        return None
+    return "assistant" if last["assistant"] > last["speaker"] else "speaker"
 
 
 def left_padded(tokenizer, texts: list[str], device) -> dict[str, torch.Tensor]:

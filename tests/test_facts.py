@@ -133,6 +133,8 @@ def test_each_pattern_detects_its_own_paraphrased_statements(detector, pattern):
         "My sister lives in Oslo.", "Hello there, how nice.", "The weather is nice today.", "",
         "Zara is a doctor.", "I like the colour of the sky.", "Call me later.",
         "My employer is great.", "I have an allergy.", "Zara celebrates her birthday today.",
+        "Since Mercury has crossed paths with Jupiter, your luck is falling.", "The Receipt of Proceeds has arrived.",
+        "Zara has bought a car.", "Tom has lost his keys.", "I'm allergic to these things.",
     ],
 )  # fmt: skip
 def test_near_misses_do_not_fire(detector, text):

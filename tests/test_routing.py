@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import pytest
@@ -15,10 +16,21 @@ from olm.module import OnlineLM, OptimSettings
 from olm.nullspace import lora_layers
 from olm.render import messages_for, render_prompt
 from olm.routing import (
-    Router, RoutingSettings, adapter_disabled, first_token_shift, gated, last_prompt_positions, left_padded,
+    Router, RoutingSettings, adapter_disabled, addressee, first_token_shift, gated, last_prompt_positions, left_padded,
     lora_snapshot, moved, own_tokens, prompt_batch, prompt_scores, read_shares, reply_shifts, template_prefix,
     threshold, token_shares,
 )  # fmt: skip
+
+
+def test_addressee_is_the_person_named_last():
+    speaker = re.compile(r"\b(?:I|me|my|mine|myself)\b", re.IGNORECASE)
+    assistant = re.compile(r"\b(?:you|your|yours|yourself)\b", re.IGNORECASE)
+    cases = {"What should I call you?": "assistant", "Tell me about yourself.": "assistant",
+             "Do you know where I live?": "speaker", "Can you tell me my name?": "speaker",
+             "what is my name": "speaker", "Where do you live?": "assistant", "Who is Tom?": None,
+             "Youth is mine.": "speaker", "": None}  # fmt: skip
+    for text, who in cases.items():
+        assert addressee(text, speaker, assistant) == who, text
 
 
 def test_token_shares_and_prompt_scores_use_only_the_rows_own_tokens():
@@ -473,6 +485,13 @@ def test_the_shift_reads_route_only_prompts_that_speak_of_the_speaker(module, mo
              messages_for("And what am I allergic to?", (("Hello.", "Hi!"),))]  # fmt: skip
     batch = left_padded(tok, [render_prompt(tok, m) for m in chats], "cpu")
     assert router.mentions(batch["input_ids"], batch["attention_mask"]).tolist() == [False, True]
+    # a message naming both asks about the one named last: "What should I call you?" is put to the assistant
+    asked = [messages_for(q) for q in ("What should I call you?", "Can you tell me where you live?",
+                                       "Do you know where I live?", "Can you tell me my name?")]
+    batch = left_padded(tok, [render_prompt(tok, m) for m in asked], "cpu")
+    assert router.held_apart(batch["input_ids"], batch["attention_mask"]).tolist() == [True, True, False, False]
+    before = Router(replace(settings, assistant_words=[]), tok, prompts, mine, mine)  # the rule before: any "I" frees it
+    assert before.held_apart(batch["input_ids"], batch["attention_mask"]).tolist() == [False] * 4
     with pytest.raises(ValueError, match="speaker_words"):
         RoutingSettings(speaker_words=["my name"])
     with pytest.raises(ValueError, match="assistant_words"):
