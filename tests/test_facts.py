@@ -278,6 +278,22 @@ def test_open_favourites_and_ages(text, fact, question):
     assert (None if found is None else found.question()) == question
 
 
+@pytest.mark.parametrize(
+    "text, fact",
+    [("I was born in May.", ("me", "birthday", "May")), ("I was born on the 3rd of May.", ("me", "birthday", "3rd of May")),
+     ("Zara was born in June.", ("Zara", "birthday", "June")), ("I was born in Lisbon.", ("me", "from", "Lisbon")),
+     ("I was born in the Netherlands.", ("me", "from", "Netherlands")),
+     ("I moved to Berlin last year.", ("me", "lives_in", "Berlin")), ("I've moved to Oslo.", ("me", "lives_in", "Oslo")),
+     ("I'm based in Berlin.", ("me", "lives_in", "Berlin")), ("I live in the UK.", ("me", "lives_in", "UK")),
+     ("I was born in 1990.", None), ("I moved to a new flat.", None), ("I'm based in a small town.", None)],
+)  # fmt: skip
+def test_birth_moves_and_bases_say_where_and_when(text, fact):
+    """Being born (a month: the birthday; a place: where one is from), moving to a place and being based there (where
+    one lives) are the keys asked about already ("When is my birthday?", "Where am I from?", "Where do I live?")."""
+    found = FactDetector().detect(text)
+    assert (None if found is None else (found.subject, found.key_slot, found.object)) == fact
+
+
 def test_an_open_relation_is_its_own_memory_key():
     """"My favourite food is sushi." and "My favourite film is Alien." are two facts; "My favorite food is
     ramen." later replaces the first (the spelling of favourite does not make a new key)."""
@@ -370,6 +386,8 @@ ADVERSARIAL = {
     "pronouns": "Zara is my sister and she lives in " * 3_000,
     "appositions": "my sister " * 10_000 + "Zara",
     "ages": "I am 3 " * 14_000 + "years old",
+    "born": "I was born in " * 7_000 + "May",
+    "moved": "I moved to " * 9_000 + "x",
 }
 
 
