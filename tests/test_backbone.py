@@ -59,3 +59,21 @@ def test_missing_builtin_model_uses_a_stand_in_and_says_how_to_build(monkeypatch
     model, tok = load_base("olm-tiny")
     assert "olm.world.build" in caplog.text and "UNTRAINED" in caplog.text
     assert (tmp_path / "stand-in" / "config.json").is_file() and tok.chat_template is not None
+
+
+def test_half_precision_without_cpu_support_is_warned_about(tiny_model_dir, monkeypatch, caplog):
+    """bfloat16 on an AVX2-only CPU is emulated (a chat turn ~10 s against 0.87 s in float32): loading says so."""
+    import torch
+
+    for name, value in (("_is_avx512_bf16_supported", False), ("_is_amx_tile_supported", False)):
+        monkeypatch.setattr(torch.cpu, name, lambda value=value: value, raising=False)
+    assert "emulated" in backbone.emulated_precision("bfloat16", "cpu")
+    assert backbone.emulated_precision("float32", "cpu") is None
+    assert backbone.emulated_precision("bfloat16", "meta") is None  # not a CPU
+    with caplog.at_level("WARNING", logger="olm.backbone"):
+        model, _ = load_base(tiny_model_dir, dtype="bfloat16")
+    assert next(model.parameters()).dtype == torch.bfloat16 and "emulated" in caplog.text
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert backbone.emulated_precision("bfloat16", "cpu") is None
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    assert backbone.emulated_precision("bfloat16", "cpu") is None  # torch cannot tell: no warning
