@@ -203,12 +203,14 @@ def emulated_precision(dtype: str, device: str | torch.device) -> str | None:
     """A warning when `dtype` is half precision on a CPU that has no instructions for it, else None.
 
     Without AVX512-BF16 or AMX (e.g. an AVX2-only AMD EPYC), bfloat16 matmuls are emulated: smollm2-135m took
-    9.9–10.8 s for a chat turn against 0.87 s in float32, one thread (README, Speed). float16 is fast only with AMX-FP16.
+    9.9–10.8 s for a chat turn against 0.87 s in float32, one thread (README, Speed). float16 is fast only with
+    AMX-FP16.
     None where torch cannot tell (its CPU probes are private and may move).
     """
     if torch.device(device).type != "cpu" or dtype == "float32":
         return None
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported") if dtype == "bfloat16" else ("_is_amx_fp16_supported",)
+    bf16 = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    probes = bf16 if dtype == "bfloat16" else ("_is_amx_fp16_supported",)
     found = [getattr(torch.cpu, name, None) for name in probes]
     if any(probe is None for probe in found):
         return None

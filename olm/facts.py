@@ -288,7 +288,8 @@ def _default_patterns() -> list[FactPattern]:
         ),
         FactPattern(
             "birthday",
-            r"(?P<subject>{WHO})(?:['’]s\s+birthday\s+is|\s+celebrates\s+(?:a|his|her|their)\s+birthday|\s+was\s+born)"
+            r"(?P<subject>{WHO})(?:['’]s\s+birthday\s+is|\s+celebrates\s+(?:a|his|her|their)\s+birthday"
+            r"|\s+was\s+born)"
             r"\s+(?:in|on)\s+(?:the\s+)?"
             r"(?P<object>{MONTH}(?:\s+\d{1,2}(?:st|nd|rd|th)?)?|\d{1,2}(?:st|nd|rd|th)?\s+(?:of\s+)?{MONTH})\b",
             "birthday", "When is {subject}'s birthday?",
@@ -393,7 +394,8 @@ def _default_patterns() -> list[FactPattern]:
         ),
         FactPattern(
             "i_am_from",
-            r"\bI(?:(?:['’]m|\s+am|\s+come)\s+from|\s+was\s+born\s+in)\s+(?:the\s+)?(?!(?:{MONTH})\b)(?P<object>{PLACE})",
+            r"\bI(?:(?:['’]m|\s+am|\s+come)\s+from|\s+was\s+born\s+in)\s+(?:the\s+)?"
+            r"(?!(?:{MONTH})\b)(?P<object>{PLACE})",  # "born in May" is a birthday
             "from", "Where am I from?", subject="me",
             questions=["Where am I from?", "Where do I come from?", "Do you know where I'm from?"],
             answer="You are from {object}.", short_answer="From {object}.",
@@ -403,7 +405,8 @@ def _default_patterns() -> list[FactPattern]:
         FactPattern(
             "i_am_allergic_to",
             r"\bI(?:(?:\s+am|['’]m)\s+allergic|\s+have\s+an\s+allergy)\s+to\s+"
-            r"(?!(?:it|this|that|these|those|them|something|anything|everything|nothing|stuff)\b)(?P<object>{PHRASE}){END}",
+            r"(?!(?:it|this|that|these|those|them|something|anything|everything|nothing|stuff)\b)"
+            r"(?P<object>{PHRASE}){END}",
             "allergic_to", "What am I allergic to?", subject="me",
             questions=["What am I allergic to?", "Do I have any allergies?", "Do you know what I'm allergic to?"],
             answer="You are allergic to {object}.", short_answer="{object}.",

@@ -280,10 +280,12 @@ def test_open_favourites_and_ages(text, fact, question):
 
 @pytest.mark.parametrize(
     "text, fact",
-    [("I was born in May.", ("me", "birthday", "May")), ("I was born on the 3rd of May.", ("me", "birthday", "3rd of May")),
+    [("I was born in May.", ("me", "birthday", "May")),
+     ("I was born on the 3rd of May.", ("me", "birthday", "3rd of May")),
      ("Zara was born in June.", ("Zara", "birthday", "June")), ("I was born in Lisbon.", ("me", "from", "Lisbon")),
      ("I was born in the Netherlands.", ("me", "from", "Netherlands")),
-     ("I moved to Berlin last year.", ("me", "lives_in", "Berlin")), ("I've moved to Oslo.", ("me", "lives_in", "Oslo")),
+     ("I moved to Berlin last year.", ("me", "lives_in", "Berlin")),
+     ("I've moved to Oslo.", ("me", "lives_in", "Oslo")),
      ("I'm based in Berlin.", ("me", "lives_in", "Berlin")), ("I live in the UK.", ("me", "lives_in", "UK")),
      ("I was born in 1990.", None), ("I moved to a new flat.", None), ("I'm based in a small town.", None)],
 )  # fmt: skip

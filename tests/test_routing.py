@@ -490,7 +490,7 @@ def test_the_shift_reads_route_only_prompts_that_speak_of_the_speaker(module, mo
                                        "Do you know where I live?", "Can you tell me my name?")]
     batch = left_padded(tok, [render_prompt(tok, m) for m in asked], "cpu")
     assert router.held_apart(batch["input_ids"], batch["attention_mask"]).tolist() == [True, True, False, False]
-    before = Router(replace(settings, assistant_words=[]), tok, prompts, mine, mine)  # the rule before: any "I" frees it
+    before = Router(replace(settings, assistant_words=[]), tok, prompts, mine, mine)  # the rule before: "I" frees it
     assert before.held_apart(batch["input_ids"], batch["attention_mask"]).tolist() == [False] * 4
     with pytest.raises(ValueError, match="speaker_words"):
         RoutingSettings(speaker_words=["my name"])
