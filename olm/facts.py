@@ -290,7 +290,7 @@ def _default_patterns() -> list[FactPattern]:
             "birthday",
             r"(?P<subject>{WHO})(?:['’]s\s+birthday\s+is|\s+celebrates\s+(?:a|his|her|their)\s+birthday"
             r"|\s+was\s+born)"
-            r"\s+(?:in|on)\s+(?:the\s+)?"
+            r"(?:\s+(?:in|on))?\s+(?:the\s+)?"  # "... is in May", "... is May 3"
             r"(?P<object>{MONTH}(?:\s+\d{1,2}(?:st|nd|rd|th)?)?|\d{1,2}(?:st|nd|rd|th)?\s+(?:of\s+)?{MONTH})\b",
             "birthday", "When is {subject}'s birthday?",
             questions=["When is {subject}'s birthday?", "In which month is {subject}'s birthday?",
@@ -370,7 +370,7 @@ def _default_patterns() -> list[FactPattern]:
         ),
         FactPattern(
             "my_birthday",
-            r"\b(?:(?i:my)\s+birthday\s+is|I\s+celebrate\s+my\s+birthday|I\s+was\s+born)\s+(?:in|on)\s+(?:the\s+)?"
+            r"\b(?:(?i:my)\s+birthday\s+is|I\s+celebrate\s+my\s+birthday|I\s+was\s+born)(?:\s+(?:in|on))?\s+(?:the\s+)?"
             r"(?P<object>{MONTH}(?:\s+\d{1,2}(?:st|nd|rd|th)?)?|\d{1,2}(?:st|nd|rd|th)?\s+(?:of\s+)?{MONTH})\b",
             "birthday", "When is my birthday?", subject="me",
             questions=["When is my birthday?", "In which month is my birthday?", "Do you know when my birthday is?"],
