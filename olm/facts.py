@@ -341,7 +341,7 @@ def _default_patterns() -> list[FactPattern]:
         FactPattern(
             "i_live_in",
             r"\b(?:(?:I(?:\s+|['’]m\s+|\s+am\s+)(?:live|living|reside|based)|(?i:my)\s+home\s+is)\s+in"
-            r"|I(?:['’]ve|\s+have|\s+just|\s+recently)?\s+moved\s+to)\s+(?:the\s+)?(?P<object>{PLACE})",
+            r"|I(?:['’]ve|\s+have)?(?:\s+just|\s+recently)?\s+moved\s+to)\s+(?:the\s+)?(?P<object>{PLACE})",
             "lives_in", "Where do I live?", subject="me",
             questions=["Where do I live?", "Which city do I live in?", "Do you know where I live?"],
             answer="You live in {object}.", short_answer="In {object}.",
@@ -370,7 +370,8 @@ def _default_patterns() -> list[FactPattern]:
         ),
         FactPattern(
             "my_birthday",
-            r"\b(?:(?i:my)\s+birthday\s+is|I\s+celebrate\s+my\s+birthday|I\s+was\s+born)(?:\s+(?:in|on))?\s+(?:the\s+)?"
+            r"\b(?:(?i:my)\s+birthday\s+is|I\s+celebrate\s+my\s+birthday|I\s+was\s+born)"
+            r"(?:\s+(?:in|on))?\s+(?:the\s+)?"
             r"(?P<object>{MONTH}(?:\s+\d{1,2}(?:st|nd|rd|th)?)?|\d{1,2}(?:st|nd|rd|th)?\s+(?:of\s+)?{MONTH})\b",
             "birthday", "When is my birthday?", subject="me",
             questions=["When is my birthday?", "In which month is my birthday?", "Do you know when my birthday is?"],

@@ -286,9 +286,11 @@ def test_open_favourites_and_ages(text, fact, question):
      ("I was born in the Netherlands.", ("me", "from", "Netherlands")),
      ("I moved to Berlin last year.", ("me", "lives_in", "Berlin")),
      ("I've moved to Oslo.", ("me", "lives_in", "Oslo")),
+     ("I've just moved to Oslo.", ("me", "lives_in", "Oslo")),
      ("I'm based in Berlin.", ("me", "lives_in", "Berlin")), ("I live in the UK.", ("me", "lives_in", "UK")),
      ("My birthday is May 3.", ("me", "birthday", "May 3")), ("Zara's birthday is June.", ("Zara", "birthday", "June")),
-     ("My birthday is tomorrow.", None), ("I was born in 1990.", None), ("I moved to a new flat.", None), ("I'm based in a small town.", None)],
+     ("My birthday is tomorrow.", None), ("I was born in 1990.", None), ("I moved to a new flat.", None),
+     ("I'm based in a small town.", None)],
 )  # fmt: skip
 def test_birth_moves_and_bases_say_where_and_when(text, fact):
     """Being born (a month: the birthday; a place: where one is from), moving to a place and being based there (where
