@@ -157,7 +157,7 @@ class FactPattern:
 
 def _default_patterns() -> list[FactPattern]:
     not_possessed = r"(?!['’]s\b)"  # "My sister is Zara's friend" is not about Zara
-    participle = (r"[^\W\d_]{2,}ed\b|(?:been|done|gone|seen|taken|given|made|become|come|left|found|told|said|"
+    participle = (r"[^\W\d_]{2,}ed\b|(?:done|gone|seen|taken|given|made|become|come|left|found|told|said|"
                   r"written|known|shown|begun|won|lost|put|kept|brought|bought|caught|taught|thought|heard|met|paid|"
                   r"sent|spent|grown|driven|eaten|fallen|forgotten|gotten|spoken|chosen|broken|flown|thrown)\b")
     # "favourite food", "favourite TV show": an open relation of 1..3 words (colours have patterns of their own;
@@ -259,7 +259,7 @@ def _default_patterns() -> list[FactPattern]:
         FactPattern(
             "has",
             r"(?P<subject>{WHO})\s+(?:has\s+(?:got\s+)?|owns\s+)"
-            r"(?:(?:an?|the|one)\s+|(?!" + participle + r"))"  # "has arrived": a tense, not a possession
+            r"(?:(?:an?|the|one)\s+|(?!" + participle + r"))"  # "has arrived": a tense ("been": the list below)
             r"(?!(?:been|to|got|had|no|not|never|just|already|always|some|any|lot|lots)\b)"
             r"(?P<object>{PHRASE}){END}",
             "has", "What does {subject} have?", confidence=0.7,
