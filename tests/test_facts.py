@@ -243,7 +243,14 @@ def test_i_am_x_after_a_greeting_or_a_sentence(text, name):
      ("I met Anna in Paris. She lives in Rome.", []),  # a name, but no fact about it: dropped, not guessed
      ("My sister Zara lives in Rome.", [("Zara", "lives_in", "Rome"), ("Zara", "sister", "sister")]),
      ("My sister, Zara, works as a nurse.", [("Zara", "sister", "sister")]),
-     ("My dog Rex has a red ball.", [("Rex", "has", "red ball"), ("Rex", "dog", "dog")])],
+     ("My dog Rex has a red ball.", [("Rex", "has", "red ball"), ("Rex", "dog", "dog")]),
+     ("Zara, my sister, lives in Rome.", [("Zara", "lives_in", "Rome"), ("Zara", "sister", "sister")]),
+     ("Well, Mark, my husband, works at IBM.", [("Mark", "works_at", "IBM"), ("Mark", "husband", "husband")]),
+     ("Rex, my dog, is 7 years old. He loves bones.",
+      [("Rex", "age", "7"), ("Rex", "likes", "bones"), ("Rex", "dog", "dog")]),
+     ("Zara, my sister, is coming over tonight.", [("Zara", "sister", "sister")]),
+     ("Listen, my friend, you are wrong.", []), ("Look, my friend, this is hard.", []),  # an address, not a fact
+     ("Thank you, my friend, that helps.", []), ("In Rome, my sister, works hard.", [])],
 )  # fmt: skip
 def test_pronouns_and_appositions_name_their_subject(text, facts):
     assert [(f.subject, f.relation, f.object) for f in FactDetector().detect_many(text)] == facts
@@ -296,6 +303,23 @@ def test_birth_moves_and_bases_say_where_and_when(text, fact):
     """Being born (a month: the birthday; a place: where one is from), moving to a place and being based there (where
     one lives) are the keys asked about already ("When is my birthday?", "Where am I from?", "Where do I live?"); a
     birthday may be said without "in" / "on"."""
+    found = FactDetector().detect(text)
+    assert (None if found is None else (found.subject, found.key_slot, found.object)) == fact
+
+
+@pytest.mark.parametrize(
+    "text, fact",
+    [("Tom works at Google.", ("Tom", "works_at", "Google")), ("Tom works for the BBC.", ("Tom", "works_at", "BBC")),
+     ("Zara's employer is Nexora.", ("Zara", "works_at", "Nexora")), ("I work at the Louvre.", ("me", "works_at", "Louvre")),
+     ("Tom is from Canada.", ("Tom", "from", "Canada")), ("Tom comes from Peru.", ("Tom", "from", "Peru")),
+     ("Tom was born in Madrid.", ("Tom", "from", "Madrid")), ("Tom was born in May.", ("Tom", "birthday", "May")),
+     ("Anna grew up in Texas.", ("Anna", "from", "Texas")), ("I grew up in Ohio.", ("me", "from", "Ohio")),
+     ("Bob works at night.", None), ("The email is from Google.", None), ("This is from Amazon.", None),
+     ("Someone works for Google.", None), ("Tom is from the future.", None)],
+)  # fmt: skip
+def test_where_a_person_works_and_comes_from(text, fact):
+    """The third person has the employer and the origin that the speaker has ("I work at ...", "I'm from ..."),
+    under the same memory keys; being born in a month stays a birthday."""
     found = FactDetector().detect(text)
     assert (None if found is None else (found.subject, found.key_slot, found.object)) == fact
 
@@ -353,6 +377,9 @@ def test_any_input_gives_a_consistent_fact_or_none(words, noise):
     fact = detector.detect(text)
     if fact is not None:
         start, end = fact.span
+        if fact.pattern == "x_my_y":  # an apposition, looked at, not matched: "Zara, my sister, lives in ..."
+            assert start == end and text[start:].startswith(fact.subject + ",") and fact.object in text[start:]
+            return
         assert fact.object in text[start:end]  # the subject may lie outside: "my sister Zara", "she" resolved
         named = fact.subject in (text[start:end] if fact.pattern != "my_y_x" else text[end:]) or fact.subject in text[:start]
         assert named or DEFAULT.pattern(fact.pattern).subject == fact.subject  # or a fixed subject ("me")
@@ -394,6 +421,9 @@ ADVERSARIAL = {
     "ages": "I am 3 " * 14_000 + "years old",
     "born": "I was born in " * 7_000 + "May",
     "moved": "I moved to " * 9_000 + "x",
+    "appositions_comma": "Zara, my sister, " * 6_000 + "lives in Rome",
+    "works_at": "Zara works at " * 7_000 + "x",
+    "grew_up": "Zara grew up in " * 6_000 + "x",
 }
 
 
