@@ -24,6 +24,8 @@ them readable in YAML they may use these macros, expanded from the config before
 - ``{PLACE}``     1..`max_name_words` capitalized words ("New York");
 - ``{RELATION}``  an optional modifier from `relation_modifiers` and a word from `relation_words`;
 - ``{PHRASE}``    1..`max_phrase_words` words ("red bicycle", "software engineer");
+- ``{OCCUPATION}`` a word (or word group) from `occupations`, maybe after up to two lower-case words ("nurse",
+                  "software engineer", "retired teacher", "high school teacher");
 - ``{MONTH}``     an English month name;
 - ``{COLOUR}``    one or two lower-case words ("teal", "dark green");
 - ``{END}``       lookahead for the end of a clause: punctuation, end of text, or a connector
@@ -83,6 +85,27 @@ def _default_relation_words() -> list[str]:
     ]  # fmt: skip
 
 
+def _default_occupations() -> list[str]:
+    return [
+        "nurse", "doctor", "physician", "surgeon", "dentist", "pharmacist", "paramedic", "midwife", "vet",
+        "veterinarian", "therapist", "psychologist", "psychiatrist", "physiotherapist", "optician", "caregiver",
+        "teacher", "professor", "lecturer", "tutor", "librarian", "researcher", "scientist", "data scientist",
+        "engineer", "software engineer", "software developer", "developer", "web developer", "programmer",
+        "architect", "designer", "graphic designer", "analyst", "accountant", "auditor", "banker", "economist",
+        "lawyer", "attorney", "solicitor", "barrister", "judge", "paralegal", "consultant", "entrepreneur",
+        "manager", "product manager", "project manager", "salesperson", "sales rep", "marketer", "recruiter",
+        "secretary", "receptionist", "clerk", "cashier", "civil servant", "diplomat", "journalist", "reporter",
+        "editor", "writer", "author", "translator", "photographer", "artist", "painter", "illustrator",
+        "musician", "singer", "composer", "dancer", "actor", "actress", "chef", "cook", "baker", "butcher",
+        "waiter", "waitress", "barista", "bartender", "farmer", "gardener", "fisherman", "carpenter", "plumber",
+        "electrician", "mechanic", "welder", "builder", "painter and decorator", "firefighter",
+        "police officer", "fireman", "policeman", "presenter", "announcer", "soldier", "pilot",
+        "flight attendant", "sailor", "driver", "truck driver", "taxi driver", "bus driver", "courier",
+        "postman", "tailor", "hairdresser", "barber", "priest", "pastor", "social worker", "biologist",
+        "chemist", "physicist", "mathematician", "geologist", "historian", "student",
+    ]  # fmt: skip
+
+
 def _default_relation_modifiers() -> list[str]:
     return ["older", "younger", "big", "little", "baby", "twin", "step", "half", "old", "new", "late"]
 
@@ -98,8 +121,8 @@ def _default_non_names() -> list[str]:
         "Nothing", "Something", "Everything", "If", "Maybe", "Just", "Btw", "Fyi", "Mr", "Mrs",
         "Ms", "Dr", "Since", "Because", "After", "Before", "While", "Although", "Though", "Unless", "Until",
         "Once", "Whether", "Whenever", "However", "Meanwhile", "Perhaps", "Sorry", "Sometimes", "Lately", "Recently",
-        "Finally", "Unfortunately", "Luckily", "Honestly", "Thank", "Goodbye", "Bye", "Dear", "Cheers", "In", "At", "On",
-        "From", "To", "For", "With", "Of", "By",
+        "Finally", "Unfortunately", "Luckily", "Honestly", "Thank", "Goodbye", "Bye", "Dear", "Cheers",
+        "In", "At", "On", "From", "To", "For", "With", "Of", "By",
     ]  # fmt: skip
 
 
@@ -235,7 +258,8 @@ def _default_patterns() -> list[FactPattern]:
         ),
         FactPattern(  # "My sister Zara lives in Rome.": the name is looked at, not matched ("Zara lives in Rome" too)
             "my_y_x",
-            r"\b(?i:my)\s+(?P<object>{RELATION}),?\s+(?=(?P<subject>{NAME})\b)" + not_possessed, confidence=0.6, **relative,
+            r"\b(?i:my)\s+(?P<object>{RELATION}),?\s+(?=(?P<subject>{NAME})\b)" + not_possessed, confidence=0.6,
+            **relative,
         ),
         FactPattern(  # "Zara, my sister, lives in Rome.": all looked at, nothing matched (the fact after is Zara's)
             "x_my_y",
@@ -266,6 +290,10 @@ def _default_patterns() -> list[FactPattern]:
         ),
         FactPattern(
             "works_as_by_trade", who + r"\s+is\s+an?\s+(?P<object>{PHRASE})\s+by\s+trade{END}", **works,
+        ),
+        FactPattern(  # "Tom is a nurse.": a known job (`occupations`)
+            "x_is_a_job", who + r"(?:\s+is|['’]s)\s+(?:now\s+)?an?\s+(?P<object>{OCCUPATION})(?!['’-]){END}",
+            **works,
         ),
         FactPattern(
             "has",
@@ -337,7 +365,8 @@ def _default_patterns() -> list[FactPattern]:
                        "Do you know where {subject} works?"],
             answer="{subject} works at {object}.", short_answer="At {object}.",
             answers=["{subject} works for {object}.", "{subject}'s employer is {object}."],
-            statements=["{subject} works at {object}.", "{subject} works for {object}.", "{subject}'s employer is {object}."],
+            statements=["{subject} works at {object}.", "{subject} works for {object}.",
+                        "{subject}'s employer is {object}."],
         ),
         FactPattern(
             "from",
@@ -348,7 +377,8 @@ def _default_patterns() -> list[FactPattern]:
                        "Do you know where {subject} is from?"],
             answer="{subject} is from {object}.", short_answer="From {object}.",
             answers=["{subject} comes from {object}.", "{subject} is originally from {object}."],
-            statements=["{subject} is from {object}.", "{subject} comes from {object}.", "{subject} grew up in {object}."],
+            statements=["{subject} is from {object}.", "{subject} comes from {object}.",
+                        "{subject} grew up in {object}."],
         ),
         # first person: facts about the speaker ("me")
         FactPattern(
@@ -389,7 +419,7 @@ def _default_patterns() -> list[FactPattern]:
         FactPattern(
             "i_am_x",
             r"(?:^|(?<=[.!]\s))\W{0,8}(?:(?:Hi|Hello|Hey)\W{1,3})?"  # at the start, after a sentence or a greeting
-            r"(?:I['’]m|I\s+am)\s+(?P<object>{NAME})\s*(?:[.!,]|$)",
+            r"(?:I['’]m|I\s+am)\s+(?P<object>{NAME})\s*(?:[.!,]|$|and\s)",  # "I'm Sam and I live in Lisbon."
             "name", "What is my name?", subject="me", confidence=0.6,
             **name,
         ),
@@ -421,6 +451,10 @@ def _default_patterns() -> list[FactPattern]:
             statements=["I work at {object}.", "I work for {object}.", "My employer is {object}."],
         ),
         FactPattern("i_work_as", r"\bI\s+work\s+as\s+(?:an?\s+)?(?P<object>{PHRASE}){END}", **my_work),
+        FactPattern(  # "I'm a nurse.": a known job (`occupations`)
+            "i_am_a_job",
+            r"\bI(?:['’]m|\s+am)\s+(?:now\s+)?an?\s+(?P<object>{OCCUPATION})(?!['’-]){END}", **my_work,
+        ),
         FactPattern(
             "i_am_a_x_by_trade",
             r"\bI(?:['’]m|\s+am)\s+an?\s+(?P<object>{PHRASE})\s+by\s+(?:trade|profession){END}", **my_work,
@@ -465,6 +499,9 @@ class DetectorConfig:
     """Fact patterns, tried in order; the most confident match wins."""
     relation_words: list[str] = field(default_factory=_default_relation_words)
     """Words (or word groups) the ``{RELATION}`` macro accepts: sister, best friend, dog, ..."""
+    occupations: list[str] = field(default_factory=_default_occupations)
+    """Words (or word groups) the ``{OCCUPATION}`` macro accepts: "I'm a nurse.", "Tom is a software engineer."
+    say what one does for work only with a known job (not "I'm a big fan.", "Tom is a genius.")."""
     relation_modifiers: list[str] = field(default_factory=_default_relation_modifiers)
     """Optional words before a relation word that stay part of the object ("older sister")."""
     non_names: list[str] = field(default_factory=_default_non_names)
@@ -608,6 +645,8 @@ def macros(config: DetectorConfig) -> dict[str, str]:
         "WHO": rf"(?:{name_word}(?: {name_word}){{0,{extra}}}|\b(?:{pronoun})\b)",
         "PLACE": rf"\b{_CAP_WORD}(?: {_CAP_WORD}){{0,{extra}}}",
         "RELATION": rf"{modifier}(?:{_alternation(config.relation_words)})\b",
+        "OCCUPATION": rf"(?:[a-z]+(?:-[a-z]+)?\s+){{0,2}}(?:{_alternation(config.occupations)})\b"
+        if config.occupations else r"(?!)",
         "PHRASE": rf"{_PHRASE_WORD}(?: {not_connector}{_PHRASE_WORD}){{0,{phrase_extra}}}",
         "MONTH": rf"(?:{_MONTHS})",
         "COLOUR": r"[a-z]+(?:[ -][a-z]+)?",

@@ -131,7 +131,8 @@ def test_each_pattern_detects_its_own_paraphrased_statements(detector, pattern):
         "Zara is my sister's friend.", "My sister is Zara's friend.", "zara is my sister",
         "Zara is not my sister.", "Zara has been sick.", "Bob has a lot of friends.", "Zara likes it.",
         "My sister lives in Oslo.", "Hello there, how nice.", "The weather is nice today.", "",
-        "Zara is a doctor.", "I like the colour of the sky.", "Call me later.",
+        "Zara is a genius.", "I'm a big fan.", "I'm a teacher's pet.", "I like the colour of the sky.",
+        "Call me later.",
         "My employer is great.", "I have an allergy.", "Zara celebrates her birthday today.",
         "Since Mercury has crossed paths with Jupiter, your luck is falling.", "The Receipt of Proceeds has arrived.",
         "Zara has bought a car.", "Tom has lost his keys.", "I'm allergic to these things.",
@@ -310,7 +311,8 @@ def test_birth_moves_and_bases_say_where_and_when(text, fact):
 @pytest.mark.parametrize(
     "text, fact",
     [("Tom works at Google.", ("Tom", "works_at", "Google")), ("Tom works for the BBC.", ("Tom", "works_at", "BBC")),
-     ("Zara's employer is Nexora.", ("Zara", "works_at", "Nexora")), ("I work at the Louvre.", ("me", "works_at", "Louvre")),
+     ("Zara's employer is Nexora.", ("Zara", "works_at", "Nexora")),
+     ("I work at the Louvre.", ("me", "works_at", "Louvre")),
      ("Tom is from Canada.", ("Tom", "from", "Canada")), ("Tom comes from Peru.", ("Tom", "from", "Peru")),
      ("Tom was born in Madrid.", ("Tom", "from", "Madrid")), ("Tom was born in May.", ("Tom", "birthday", "May")),
      ("Anna grew up in Texas.", ("Anna", "from", "Texas")), ("I grew up in Ohio.", ("me", "from", "Ohio")),
@@ -322,6 +324,28 @@ def test_where_a_person_works_and_comes_from(text, fact):
     under the same memory keys; being born in a month stays a birthday."""
     found = FactDetector().detect(text)
     assert (None if found is None else (found.subject, found.key_slot, found.object)) == fact
+
+
+@pytest.mark.parametrize(
+    "text, fact",
+    [("I'm a nurse.", ("me", "works_as", "nurse")),
+     ("I am a software engineer.", ("me", "works_as", "software engineer")),
+     ("I'm a retired teacher.", ("me", "works_as", "retired teacher")),
+     ("Tom is a doctor.", ("Tom", "works_as", "doctor")),
+     ("I'm a doctor, not a lawyer.", ("me", "works_as", "doctor")),
+     ("I'm a big fan of yours.", None), ("I'm a bit tired.", None), ("Tom is a genius.", None),
+     ("I'm not a doctor.", None), ("I'm a student of life.", None), ("It's a student discount.", None)],
+)  # fmt: skip
+def test_a_known_job_after_a_is_what_one_does_for_work(text, fact):
+    """"I'm a nurse." says what the speaker does for work when the word is a known job (`detector.occupations`);
+    "I'm a big fan." and "Tom is a genius." say nothing to remember."""
+    found = FactDetector().detect(text)
+    assert (None if found is None else (found.subject, found.key_slot, found.object)) == fact
+
+
+def test_a_name_then_and_is_still_a_name():
+    facts = FactDetector().detect_many("Hi, I'm Sam and I'm a nurse.")
+    assert sorted((f.key_slot, f.object) for f in facts) == [("name", "Sam"), ("works_as", "nurse")]
 
 
 def test_an_open_relation_is_its_own_memory_key():
@@ -424,6 +448,7 @@ ADVERSARIAL = {
     "appositions_comma": "Zara, my sister, " * 6_000 + "lives in Rome",
     "works_at": "Zara works at " * 7_000 + "x",
     "grew_up": "Zara grew up in " * 6_000 + "x",
+    "jobs": "I'm a " + "nice " * 20_000 + "nurse",
 }
 
 
