@@ -184,15 +184,16 @@ def fact_rows(
     `replay`: the rows of a replay step (`answer_frames_on` says whether a fact turn gets the frames)."""
     if pattern is None or not pattern.answer:
         return []
-    answer = fill(pattern.answer, subject, obj, relation)
-    short = _capitalised(fill(pattern.short_answer, subject, obj, relation)) if pattern.short_answer else answer
+    answer = fill(pattern.answer, subject, obj, relation, listener=True)
+    short = _capitalised(fill(pattern.short_answer, subject, obj, relation, listener=True)) if pattern.short_answer else ""
+    short = short or answer
     out: list[tuple[str, str, bool]] = []
     questions = _rotated(pattern.questions, settings.qa_pairs, rotation)
     shorts = {(rotation + j) % len(questions) for j in range(settings.short_answers)} if questions else set()
     for i, q in enumerate(questions):
         out.append((fill(q, subject, obj, relation), short if i in shorts else answer, False))
     n_frames = settings.answer_frames if replay or settings.answer_frames_on == "all" else 0
-    frames = _rotated([fill(t, subject, obj, relation) for t in pattern.answers], n_frames, rotation)
+    frames = _rotated([fill(t, subject, obj, relation, listener=True) for t in pattern.answers], n_frames, rotation)
     asked = _rotated(pattern.questions, len(frames), rotation + 1)  # another window: questions meet other frames
     out += [(fill(q, subject, obj, relation), a, False) for q, a in zip(asked, frames)]
     if not pattern.subject:  # a first-person fact's subject ("me") is shared by all of them
@@ -256,7 +257,7 @@ def fact_acknowledgement(
     or an answer template."""
     if pattern is None or not pattern.answer:
         return None
-    return settings.acknowledgement.format(answer=fill(pattern.answer, subject, obj, relation))
+    return settings.acknowledgement.format(answer=fill(pattern.answer, subject, obj, relation, listener=True))
 
 
 _SECOND_PERSON = {

@@ -39,7 +39,7 @@ def key_text(subject: str, obj: str, relation: str, pattern: FactPattern | None)
     in"); None without a pattern, an answer or a question, or when the answer starts with the object."""
     if pattern is None or not pattern.answer or not pattern.questions:
         return None
-    lead = answer_before(fill(pattern.answer, subject, obj, relation), obj)
+    lead = answer_before(fill(pattern.answer, subject, obj, relation, listener=True), obj)
     return (fill(pattern.questions[0], subject, obj, relation), lead) if lead else None
 
 
@@ -54,7 +54,7 @@ def key_texts(
         return []
     texts = [first]
     for frame in pattern.answers if frames else ():
-        lead = answer_before(fill(frame, subject, obj, relation), obj)
+        lead = answer_before(fill(frame, subject, obj, relation, listener=True), obj)
         if lead and (first[0], lead) not in texts:
             texts.append((first[0], lead))
     return texts

@@ -191,7 +191,8 @@ def _default_patterns() -> list[FactPattern]:
     open_object = r"(?:\s+is\s+|:\s*)(?P<object>{PHRASE}|\d{1,6}){END}"  # "... is sushi", "...: 7"
     # the subject of a fact about a third person, maybe with an apposition: "Zara, my sister, lives in Rome."
     # (the apposition itself is the `x_my_y` fact)
-    who = r"(?P<subject>{WHO})(?:,\s+(?i:my)\s+{RELATION},)?"
+    # or the speaker's relative, unnamed: "My mom lives in Lyon." (subject "my mom": "Where does my mom live?")
+    who = r"(?P<subject>{WHO}|\b(?i:my)\s+{RELATION})(?:,\s+(?i:my)\s+{RELATION},)?"
     # Augmentation templates per kind of fact: training questions, the answer, paraphrased statements.
     # The benchmark's held-out question phrasings (olm.world.templates.HELD_OUT_QUESTIONS) must never
     # appear here: tests/test_augment.py checks the sets are disjoint.
@@ -591,9 +592,17 @@ def article(word: str) -> str:
     return "an" if word[:1].lower() in "aeiou" else "a"
 
 
-def fill(template: str, subject: str, obj: str, relation: str = "") -> str:
-    """A pattern template with its fields filled: subject, object, relation, article (of the object)."""
-    return template.format(subject=subject, object=obj, relation=relation, article=article(obj))
+def fill(template: str, subject: str, obj: str, relation: str = "", listener: bool = False) -> str:
+    """A pattern template with its fields filled: subject, object, relation, article (of the object).
+
+    A subject that is the speaker's relative ("my mom", `FactInfo.subject` of "My mom lives in Lyon.") is
+    said as the speaker says it in questions and statements ("Where does my mom live?") and, with `listener`
+    (the assistant's answers), as the listener hears it: "Your mom lives in Lyon.". A template that starts
+    with the subject starts with a capital."""
+    if listener:
+        subject = re.sub(r"^my\b", "your", subject)
+    out = template.format(subject=subject, object=obj, relation=relation, article=article(obj))
+    return out[:1].upper() + out[1:] if template.startswith("{subject}") else out
 
 
 def _alternation(words: list[str]) -> str:
@@ -830,7 +839,7 @@ class FactDetector:
         has_entity = any(e in match.group(0) for e in entities)
         confidence = pattern.confidence + min(coverage, 1.0) * self.config.coverage_boost
         confidence += self.config.entity_boost if has_entity else 0.0
-        subject = pattern.subject.strip() or match.group("subject").strip()
+        subject = pattern.subject.strip() or re.sub(r"^my\s+", "my ", match.group("subject").strip(), flags=re.I)
         obj = match.group("object").strip()
         words = (match.groupdict().get("relation") or "").split()  # an open relation: "food", "TV show"
         relation = fill(pattern.relation, subject, obj, " ".join(w if w.isupper() else w.lower() for w in words))

@@ -121,6 +121,18 @@ def test_locality_training_prompts_and_benchmark_prompts_are_disjoint():
     assert len(train) >= 50 and len(bench) >= 20 and len(gk) >= 50 and not train & bench and not train & gk
 
 
+def test_a_fact_about_the_speakers_unnamed_relative_is_answered_to_the_speaker():
+    """"My mom lives in Lyon.": every row asks in the speaker's words and answers in the assistant's."""
+    detector = FactDetector()
+    fact = detector.detect("My mom lives in Lyon.")
+    settings = AugmentSettings(qa_pairs=3, paraphrases=2, answer_frames=2, acknowledgement="{answer}")
+    rows = fact_rows(fact.subject, fact.object, fact.relation, detector.pattern(fact.pattern), settings, replay=True)
+    questions = [u for u, _, statement in rows if not statement]
+    assert len(rows) == 7 and all("my mom" in u for u in questions)
+    assert all(a.startswith("Your mom ") and "Lyon" in a for _, a, _ in rows)
+    assert [u for u, _, statement in rows if statement] == ["My mom lives in Lyon.", "My mom is living in Lyon."]
+
+
 def test_fact_exchanges_counts_rotation_and_no_verbatim_statement():
     detector = FactDetector()
     fact = detector.detect("Zara is my sister.")

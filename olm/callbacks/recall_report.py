@@ -109,7 +109,7 @@ def _lead(pl_module, fact) -> str | None:
     pattern = pl_module.detector.pattern(fact.pattern) if fact.pattern else None
     if pattern is None or not pattern.answer:
         return None
-    return answer_before(fill(pattern.answer, fact.subject, fact.object, fact.relation), fact.object)
+    return answer_before(fill(pattern.answer, fact.subject, fact.object, fact.relation, listener=True), fact.object)
 
 
 def _spread(scores: list[ObjectScore], at: list[int], n: int) -> list[ObjectScore | None]:
