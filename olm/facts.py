@@ -592,6 +592,11 @@ def article(word: str) -> str:
     return "an" if word[:1].lower() in "aeiou" else "a"
 
 
+def unnamed_relative(subject: str) -> bool:
+    """Whether a fact's subject is one of the speaker's relatives, unnamed: "my mom" of "My mom lives in Lyon."."""
+    return subject.startswith("my ")
+
+
 def fill(template: str, subject: str, obj: str, relation: str = "", listener: bool = False) -> str:
     """A pattern template with its fields filled: subject, object, relation, article (of the object).
 
@@ -599,8 +604,8 @@ def fill(template: str, subject: str, obj: str, relation: str = "", listener: bo
     said as the speaker says it in questions and statements ("Where does my mom live?") and, with `listener`
     (the assistant's answers), as the listener hears it: "Your mom lives in Lyon.". A template that starts
     with the subject starts with a capital."""
-    if listener:
-        subject = re.sub(r"^my\b", "your", subject)
+    if listener and unnamed_relative(subject):
+        subject = "your" + subject[2:]
     out = template.format(subject=subject, object=obj, relation=relation, article=article(obj))
     return out[:1].upper() + out[1:] if template.startswith("{subject}") else out
 

@@ -10,6 +10,8 @@ key=value: model settings overrides, dotted under `model` (locality.exempt_facts
 --open: two more facts of the open patterns (my_favourite_x: a favourite food; my_age).
 --others: two facts about a person the speaker names (a relation, the city), said as "My sister X lives in C." /
 "X is my sister and she lives in C.": the apposition and the pronoun; their questions name no speaker.
+--kin: three more facts (since 6ffd9ba): the speaker's unnamed relatives ("My mom lives in C.": subject "my mom", asked
+"Where does my mom live?"; "My brother works at X.") and a known job said after "a" ("I'm a nurse.").
 --pairs: state the facts two to a message ("My name is Lojois. I live in Zurich."), each round's six in three
 messages: every fact of a message is learned since `detector.max_facts` (default 3; detector.max_facts=1: as before).
 Since 5973a7a `olm.open` seeds torch as default.yaml's `seed_everything` (0) says, so a rerun repeats a run; the runs
@@ -22,9 +24,9 @@ from olm.probes import is_recalled
 from olm.world import templates as T
 
 torch.set_num_threads(1)
-pairs, extra, opened, others = ("--pairs" in sys.argv, "--extra" in sys.argv, "--open" in sys.argv,
-                                 "--others" in sys.argv)
-args = [a for a in sys.argv if a not in ("--pairs", "--extra", "--open", "--others")]
+pairs, extra, opened, others, kin = ("--pairs" in sys.argv, "--extra" in sys.argv, "--open" in sys.argv,
+                                      "--others" in sys.argv, "--kin" in sys.argv)
+args = [a for a in sys.argv if a not in ("--pairs", "--extra", "--open", "--others", "--kin")]
 seed, out = int(args[1]), args[2]
 cfg = yaml.safe_load(open("configs/default.yaml"))
 for kv in args[3:]:
@@ -75,6 +77,19 @@ if others:  # drawn last, so that the objects above stay those of the runs witho
         ([f"My {rel} {who} lives in {{o}}.", f"{who} is my {rel} and {pron} lives in {{o}}.", f"{who} lives in {{o}}."],
          f"Where does {who} live?", f"In which city does {who} live?", city),
     ]
+if kin:  # drawn last, so that the objects above stay those of the runs without --kin
+    r1, r2 = rng.sample(["mom", "dad", "sister", "brother", "wife", "husband", "aunt", "uncle"], 2)
+    city = rng.choice([c for c in T.CITIES if c != facts[1][3]])
+    firm = rng.choice(["Halden", "Corvane", "Mirelle", "Stanmore", "Quillby", "Ostrava"]) + " " + \
+        rng.choice(["Bank", "Motors", "Studios", "Pharma", "Energy"])
+    facts += [
+        ([f"My {r1} lives in {{o}}.", f"My {r1} is living in {{o}}.", f"My {r1} lives in {{o}}, by the way."],
+         f"Where does my {r1} live?", f"In which city does my {r1} live?", city),
+        ([f"My {r2} works at {{o}}.", f"My {r2} works for {{o}}.", f"My {r2}'s employer is {{o}}."],
+         f"Where does my {r2} work?", f"Which company employs my {r2}?", firm),
+        (["I'm a {o}.", "I am a {o}.", "I'm a {o}, by the way."], "What do I do for a living?", "What's my profession?",
+         rng.choice(["nurse", "plumber", "baker", "pilot", "dentist", "carpenter"])),
+    ]
 chat = [json.loads(l)["messages"] for l in open("olm/assets/logs/about-me.jsonl")]
 small = [(m[0]["content"], m[1]["content"]) for m in chat if "?" in m[0]["content"] or not any(
     w in m[0]["content"] for w in ("my ", "My ", "I ", "I'm", "Call"))]
@@ -95,6 +110,7 @@ general = ["What is the capital of France?", "How many legs does a spider have?"
            "Do you have a favourite colour?", "When were you born?"]
 general += ["What do you do for a living?", "Where are you from?"] if extra else []  # the new facts' contrasts
 general += ["What is your favourite food?", "How old are you?"] if opened else []
+general += ["Where does my neighbour live?", "Where does my boss work?", "What do you do for a living?"] if kin else []
 lm = olm.open(base_model="smollm2-135m", config=cfg)
 m = lm.module
 before = {g: lm.ask(g) for g in general}  # the adapter starts at zero (B = 0): the base's answers
@@ -111,7 +127,7 @@ for g in general:
     a = lm.ask(g)
     on = bool(m.router.last_on.all()) if m.router.last_on is not None else None
     rows.append({"kind": "general", "q": g, "answer": a, "routed": on, "same_as_base": a == before[g]})
-res = {"seed": seed, "overrides": args[3:] + ["--pairs"] * pairs + ["--extra"] * extra + ["--open"] * opened + ["--others"] * others, "turns": len(turns), "learn_s": round(took, 1), "rows": rows,
+res = {"seed": seed, "overrides": args[3:] + ["--pairs"] * pairs + ["--extra"] * extra + ["--open"] * opened + ["--others"] * others + ["--kin"] * kin, "turns": len(turns), "learn_s": round(took, 1), "rows": rows,
        "trained": sum(r["recalled"] for r in rows if r["kind"] == "trained") / len(facts),
        "held_out": sum(r["recalled"] for r in rows if r["kind"] == "held_out") / len(facts),
        "general_routed": sum(bool(r["routed"]) for r in rows if r["kind"] == "general"),
