@@ -42,11 +42,11 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from olm.facts import FactPattern, fill, unnamed_relative
+from olm.facts import FactPattern, fill
 from olm.memory import StoredFact, fact_key
 from olm.render import LossOn
 
@@ -92,13 +92,6 @@ class AugmentSettings:
     put to the assistant instead ("Where do I live?" → "Where do you live?", `contrast_questions`),
     added to the step's locality rows, so their answers are pulled to the base's (the learned "You live
     in …" otherwise answers the assistant's own questions too). 0 = none; needs `locality.weight` > 0."""
-    contrast_relatives: list[str] = field(
-        default_factory=lambda: ["friend", "boss", "neighbour", "colleague", "brother", "sister", "mom", "dad",
-                                 "cousin", "partner"]
-    )
-    """For a fact about the speaker's unnamed relative ("My mom lives in Lyon."), the contrast questions ask
-    about another relative of these (rotated; none the memory holds a fact about): "Where does my boss live?"
-    keeps the base's answer, so the learned "Your mom lives in Lyon." does not answer for every relative."""
     contrast_weight: float = 1.0
     """How many times each compared position of a contrast row counts in the locality term (1 = like
     any locality prompt's). The term is a mean over every compared position of the step's rows, so at 1
@@ -133,8 +126,6 @@ class AugmentSettings:
             problems.append(f"augment.answer_frames_on must be 'all' or 'replay', got {self.answer_frames_on!r}")
         if not _fields(self.acknowledgement) <= {"answer"}:
             problems.append(f"augment.acknowledgement may only use {{answer}}, got {self.acknowledgement!r}")
-        if any(not w.strip() for w in self.contrast_relatives):
-            problems.append(f"augment.contrast_relatives must be non-empty words, got {self.contrast_relatives!r}")
         for t in self.about_questions:
             if _fields(t) != {"subject"}:
                 problems.append(f"augment.about_questions must each use {{subject}} and nothing else, got {t!r}")
@@ -291,30 +282,17 @@ def second_person(text: str) -> str:
     return _FIRST_PERSON.sub(swap, text)
 
 
-def contrast_questions(
-    facts: Iterable, patterns, n: int, rotation: int = 0, relatives: Sequence[str] = (), taken: Iterable[str] = ()
-) -> list[str]:
-    """`n` questions (fewer if there are fewer) whose answers a step's facts must not change, rotated with
-    `rotation`: a fact about the speaker's questions put to the assistant (`second_person` of its pattern's
-    question templates: "Where do you live?"), and a fact about the speaker's unnamed relative's questions about
-    another relative (`relatives`, the words after "my", less the subjects in `taken`: "my mom" → "Where does my
-    boss live?"); facts about named people give none. `patterns` maps a pattern name to its `FactPattern` (or
-    None)."""
+def contrast_questions(facts: Iterable, patterns, n: int, rotation: int = 0) -> list[str]:
+    """`n` questions (fewer if there are fewer) of the step's facts about the speaker, put to the
+    assistant (`second_person` of their patterns' question templates), rotated with `rotation`; third-
+    person facts give none. `patterns` maps a pattern name to its `FactPattern` (or None)."""
     found: list[str] = []
-    taken = {t.casefold() for t in taken}
     for fact in facts:
         pattern = patterns(fact.pattern) if fact is not None else None
-        if pattern is None:
+        if pattern is None or not pattern.subject:
             continue
-        if pattern.subject:
-            asked = [second_person(q) for q in fact_questions(fact.subject, fact.object, fact.relation, pattern)]
-        elif unnamed_relative(fact.subject):
-            others = [s for s in (f"my {w.strip()}" for w in relatives) if s.casefold() not in taken | {fact.subject}]
-            templates = pattern.questions if pattern.answer else []
-            asked = [fill(templates[(rotation + j) % len(templates)], other, fact.object, fact.relation)
-                     for j, other in enumerate(_rotated(others, n, rotation))] if templates else []  # fmt: skip
-        else:
-            continue
-        found += [q for q in asked if q not in fact_questions(fact.subject, fact.object, fact.relation, pattern)
-                  and q not in found]  # fmt: skip
+        for q in fact_questions(fact.subject, fact.object, fact.relation, pattern):
+            swapped = second_person(q)
+            if swapped != q and swapped not in found:
+                found.append(swapped)
     return _rotated(found, n, rotation)

@@ -623,8 +623,7 @@ class OnlineLM(L.LightningModule):
         row_weights = None
         if rows and self.augment.contrasts:  # the step's facts about the speaker, asked of the assistant
             facts = [c.fact for c in (contexts or [ctx])]
-            asked = contrast_questions(facts, self.detector.pattern, self.augment.contrasts, ctx.repetition,
-                                       self.augment.contrast_relatives, (f.subject for f in self.memory))
+            asked = contrast_questions(facts, self.detector.pattern, self.augment.contrasts, ctx.repetition)
             row_weights = [1.0] * len(rows) + [self.augment.contrast_weight] * len(asked)
             rows = rows + self.locality.rows_for(self.model, asked) if asked else rows
         n, width = len(examples), max(e.num_tokens for e in examples)

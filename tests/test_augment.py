@@ -560,23 +560,6 @@ def test_contrast_questions_come_from_facts_about_the_speaker_only_and_rotate():
         AugmentSettings(contrasts=-1)
 
 
-def test_a_fact_about_an_unnamed_relative_contrasts_with_other_relatives_not_remembered():
-    """"My mom lives in Lyon." → "Where does my friend live?" at the base's answer: the learned answer is
-    about the mom, not every relative; a relative the memory knows about is never a contrast."""
-    detector = FactDetector()
-    mom = detector.detect("My mom lives in Lyon.")
-    relatives = AugmentSettings().contrast_relatives
-    asked = contrast_questions([mom], detector.pattern, 3, 0, relatives, taken=["my friend", "My Mom"])
-    assert asked == ["Where does my boss live?", "Which city does my neighbour live in?",
-                     "Do you know where my colleague lives?"]  # fmt: skip
-    for rotation in range(6):
-        for q in contrast_questions([mom], detector.pattern, 2, rotation, relatives, taken=["my friend"]):
-            assert "my mom" not in q and "my friend" not in q and "my " in q
-    assert contrast_questions([mom], detector.pattern, 2, 0) == []  # no relatives given: none
-    with pytest.raises(ValueError, match="contrast_relatives"):
-        AugmentSettings(contrast_relatives=["boss", " "])
-
-
 def test_a_first_person_fact_step_adds_its_contrast_questions_to_the_locality_rows(tiny_model_dir):
     model = OnlineLM(
         base_model=tiny_model_dir, optim=OptimSettings(lr=1e-3),
@@ -599,9 +582,6 @@ def test_a_first_person_fact_step_adds_its_contrast_questions_to_the_locality_ro
     sister = model.detector.detect("Zara is my sister.")
     third = [render_exchange(model.tokenizer, "Zara is my sister.", "Got it.")]
     assert model.learn(third, Context("fact", fact=sister, repetition=1))["examples"] == 1 + 2  # none for others
-    mom = model.detector.detect("My mom lives in Lyon.")
-    kin = [render_exchange(model.tokenizer, "My mom lives in Lyon.", "Got it.")]
-    assert model.learn(kin, Context("fact", fact=mom, repetition=1))["examples"] == 1 + 2 + 2  # other relatives
 
 
 def test_contrast_weight_counts_the_contrast_rows_positions_that_many_times(tiny_model_dir, monkeypatch):
