@@ -592,6 +592,12 @@ def article(word: str) -> str:
     return "an" if word[:1].lower() in "aeiou" else "a"
 
 
+def relatives_regex(config: DetectorConfig) -> re.Pattern:
+    """The speaker's relatives named in a message: "my" and a ``{RELATION}`` ("my boss", "My older sister"), the
+    relation words in group 1."""
+    return re.compile(r"\bmy\s+(" + expand("{RELATION}", config) + ")", re.IGNORECASE)
+
+
 def unnamed_relative(subject: str) -> bool:
     """Whether a fact's subject is one of the speaker's relatives, unnamed: "my mom" of "My mom lives in Lyon."."""
     return subject.startswith("my ")

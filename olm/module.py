@@ -47,7 +47,7 @@ from olm.console import quiet_known_messages
 from olm.context import KINDS, Context, ContextPolicy, kl_lambda, lr_multiplier
 from olm.distributed import gather_ranks, lockstep, own_rank_state
 from olm.errors import ResumeError, RunError
-from olm.facts import DetectorConfig, FactDetector, named_subject
+from olm.facts import DetectorConfig, FactDetector, named_subject, relatives_regex, unnamed_relative
 from olm.gate import answer_mask, batch_answer_mask, known_rows, target_min_p
 from olm.generation import CallbackStreamer, GenerationSettings, generate_reply
 from olm.guards import lora_problem
@@ -255,6 +255,7 @@ class OnlineLM(L.LightningModule):
         self.router = Router(
             routing, self.tokenizer, self.locality.prompts, self.recent_fact_questions,
             lambda n: self.recent_fact_questions(n, speaker=True),
+            (relatives_regex(self.detector.config), self.known_relatives),
         )  # fmt: skip
         """Generation's per-prompt choice between the adapter and the base (`olm.routing`)."""
         self.turns_trained = 0
@@ -557,6 +558,12 @@ class OnlineLM(L.LightningModule):
             q for f in recent if not speaker or getattr(pattern(f.pattern), "subject", "")
             for q in fact_questions(f.subject, f.object, f.relation, pattern(f.pattern))
         ]  # fmt: skip
+
+    def known_relatives(self) -> set[str]:
+        """The speaker's relatives the memory knows (routing's `unknown_relatives`): "mom" of a fact about "my
+        mom" ("My mom lives in Lyon."), "sister" of a relation fact ("Zara is my sister.")."""
+        known = {f.subject[len("my "):] for f in self.memory if unnamed_relative(f.subject)}
+        return known | {f.object for f in self.memory if (f.slot or f.relation) == "relation"}
 
     def fact_examples(self, fact, rotation: int, statement: str = "", replay: bool = False) -> list[Example]:
         """The rendered augmentation of a fact (`olm.augment`): Q/A pairs and paraphrases, no history;

@@ -129,6 +129,12 @@ class RoutingSettings:
     facts about the speaker too went to the base ("Who is Tom?", read under τ_S). With these words the rule applies
     from the start (τ_S = 0 until a fact about the speaker is remembered). [] = every prompt that does not name the
     speaker, once a fact about the speaker is remembered (the rule before)."""
+    unknown_relatives: bool = True
+    """A prompt whose last user message names the speaker's relatives ("my boss": "my" and a word of the detector's
+    `relation_words`) goes to the base when the memory knows none of them: no fact about "my boss" ("My boss lives in
+    Oslo.") and no one who is the speaker's boss ("Zara is my boss."). Taught "My sister works at Halden Pharma.",
+    an adapter answers "Where does my boss work?" with "Your boss works at Halden Pharma." (README, Facts about the
+    speaker): the relation word is one token of a question otherwise the same. False = routed like any prompt."""
     speaker_margin: float = 2.0
     """With `speaker_words`, a prompt that does not name the speaker also needs a read share above τ_S =
     speaker_margin × the largest over the trained questions of the remembered facts about the speaker (`facts`
@@ -441,12 +447,16 @@ class Router:
         fact_questions: called with `settings.facts`, the trained questions of that many of the most
             recently stated facts (the second calibration set); None = none.
         speaker_questions: the same for the facts about the speaker alone (τ_S, `speaker_margin`); None = none.
+        relatives: (regex, known) for `unknown_relatives`: the regex finds the speaker's relatives in a message
+            ("my boss", group 1 the relation words), `known()` gives the relation words the memory knows (each
+            compared by its last word: "older sister" knows "my sister"); None = the rule is off.
     """
 
     def __init__(
         self, settings: RoutingSettings, tokenizer, prompts: list[str],
         fact_questions: Callable[[int], list[str]] | None = None,
         speaker_questions: Callable[[int], list[str]] | None = None,
+        relatives: tuple[re.Pattern, Callable[[], set[str]]] | None = None,
     ) -> None:  # fmt: skip
         self.settings = settings
         self.tokenizer = tokenizer
@@ -455,6 +465,7 @@ class Router:
             raise ValueError("routing.enabled needs calibration prompts (the locality prompt file is empty)")
         self.fact_questions = fact_questions
         self.speaker_questions = speaker_questions
+        self.relatives = relatives if settings.unknown_relatives else None
         self.prefix = template_prefix(tokenizer)
         self._tau: tuple[dict, tuple, RoutingSettings, float, torch.Tensor, float] | None = None
         """The LoRA weights, fact questions (all, about the speaker) and settings τ was computed for, τ, κ
@@ -469,7 +480,7 @@ class Router:
         addressed = "|".join(re.escape(w) for w in settings.assistant_words)
         self._assistant = re.compile(rf"\b(?:{addressed})\b", re.IGNORECASE) if addressed else None
         """`assistant_words` as one regex (None: every prompt that does not name the speaker is held apart)."""
-        self._user_header = user_header(tokenizer) if words else ""
+        self._user_header = user_header(tokenizer) if words or self.relatives else ""
         """The template text before each user message ("<|im_end|>\\n<|im_start|>user\\n"): `mentions` reads
         the last user message."""
 
@@ -510,6 +521,21 @@ class Router:
         if self._assistant is None:
             return torch.tensor([self._speaker.search(t) is None for t in texts], dtype=torch.bool)
         return torch.tensor([addressee(t, self._speaker, self._assistant) == "assistant" for t in texts])
+
+    def unknown_relative(
+        self, ids: torch.Tensor, attention: torch.Tensor, prompt_end: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B,) bool: the rows whose last user message names the speaker's relatives, none of them known
+        (`unknown_relatives`); all False without `relatives`."""
+        if self.relatives is None:
+            return torch.zeros(ids.shape[0], dtype=torch.bool)
+        regex, known = self.relatives
+        texts = self._last_messages(ids, attention, prompt_end)
+        named = [{_last_word(m.group(1)) for m in regex.finditer(t)} for t in texts]
+        if not any(named):
+            return torch.zeros(ids.shape[0], dtype=torch.bool)
+        knows = {_last_word(w) for w in known()}
+        return torch.tensor([bool(n) and not n & knows for n in named], dtype=torch.bool)
 
     def _last_messages(self, ids: torch.Tensor, attention: torch.Tensor, prompt_end: torch.Tensor | None) -> list[str]:
         """Each row's last user message: its own tokens (`own_tokens`; before `prompt_end` when given), decoded."""
@@ -639,8 +665,15 @@ class Router:
                 end = prompt_end[ask.to(prompt_end.device)] if prompt_end is not None else None
                 dev = ask.to(ids.device)
                 on[ask] = (self.shift(model, ids[dev], attention[dev], end) > kappa).any(1)
+        if self.relatives is not None and bool(on.any()):
+            on &= ~self.unknown_relative(ids, attention, prompt_end)
         self.last_on = on
         return self.last_on
+
+
+def _last_word(words: str) -> str:
+    """The last word of a relation, case-folded: "Older  Sister" → "sister"."""
+    return words.split()[-1].casefold() if words.split() else ""
 
 
 def addressee(text: str, speaker: re.Pattern, assistant: re.Pattern) -> str | None:
