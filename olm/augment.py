@@ -87,6 +87,12 @@ class AugmentSettings:
     siblings: int = 0
     """Remembered facts of the same kind (slot) about other subjects rehearsed in a fact step, one
     question → answer row each (`sibling_facts`; 0 = none)."""
+    sibling_kinds: Literal["same", "any"] = "same"
+    """Which remembered facts `siblings` draws from: "same" — the fact's own kind alone; "any" — its own kind first,
+    then facts of other kinds (other slots, the fact's subject's too), newest first. In a stream of a few facts of
+    different kinds "same" finds none; with "any", a third-person stream of four such facts was recalled 4 / 4 on
+    two seeds against 1 / 4 (README, Fact acquisition: siblings of any kind). Not yet the configs' default: the fact
+    benchmark has not been run with it."""
     contrasts: int = 0
     """Contrast questions per fact or replay step with facts about the speaker: the step's questions
     put to the assistant instead ("Where do I live?" → "Where do you live?", `contrast_questions`),
@@ -122,6 +128,8 @@ class AugmentSettings:
                 problems.append(f"augment.{name} must be >= 0, got {getattr(self, name)!r}")
         if not self.contrast_weight >= 0 or self.contrast_weight == float("inf"):
             problems.append(f"augment.contrast_weight must be a finite number >= 0, got {self.contrast_weight!r}")
+        if self.sibling_kinds not in ("same", "any"):
+            problems.append(f"augment.sibling_kinds must be 'same' or 'any', got {self.sibling_kinds!r}")
         if self.answer_frames_on not in ("all", "replay"):
             problems.append(f"augment.answer_frames_on must be 'all' or 'replay', got {self.answer_frames_on!r}")
         if not _fields(self.acknowledgement) <= {"answer"}:
@@ -207,9 +215,12 @@ def fact_rows(
     return out
 
 
-def sibling_facts(stored: Iterable[StoredFact], fact, n: int, rotation: int = 0) -> list[StoredFact]:
+def sibling_facts(
+    stored: Iterable[StoredFact], fact, n: int, rotation: int = 0, any_kind: bool = False
+) -> list[StoredFact]:
     """Up to `n` remembered facts of the same kind as `fact` (same slot: `slot` or else `relation`)
-    about other subjects, for a fact step to rehearse (`AugmentSettings.siblings`).
+    about other subjects, for a fact step to rehearse (`AugmentSettings.siblings`); with `any_kind`
+    (`sibling_kinds: any`) followed by the facts of other kinds.
 
     The candidates are ordered by their latest statement, most recent first (the facts whose edits
     the new one most likely shares a direction with), and `rotation` moves the window along them, so
@@ -222,10 +233,11 @@ def sibling_facts(stored: Iterable[StoredFact], fact, n: int, rotation: int = 0)
         rotation: where the window starts, in steps of `n` (e.g. the statement count).
     """
     subject, slot = fact_key(fact.subject, fact.slot or fact.relation)
+    stored = sorted(stored, key=lambda f: f.last_turn, reverse=True)
     same = [f for f in stored if f.key[1] == slot and f.key[0] != subject]
+    same += [f for f in stored if f.key[1] != slot] if any_kind else []
     if not same or n <= 0:
         return []
-    same.sort(key=lambda f: f.last_turn, reverse=True)
     start = (rotation * n) % len(same)
     return [same[(start + i) % len(same)] for i in range(min(n, len(same)))]
 

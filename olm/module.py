@@ -580,7 +580,8 @@ class OnlineLM(L.LightningModule):
         """A fact step's examples plus one Q/A row per remembered sibling fact (`augment.siblings`,
         `olm.augment.sibling_facts`), and each row's context (None when there are no siblings)."""
         rotation = ctx.repetition - 1
-        siblings = sibling_facts(self.memory, ctx.fact, self.augment.siblings, rotation)
+        siblings = sibling_facts(self.memory, ctx.fact, self.augment.siblings, rotation,
+                                 any_kind=self.augment.sibling_kinds == "any")
         if not siblings:
             return examples, None
         contexts = [ctx] * len(examples)

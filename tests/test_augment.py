@@ -408,6 +408,20 @@ def test_sibling_facts_are_other_subjects_of_the_same_slot_most_recent_first_and
         AugmentSettings(siblings=-1)
 
 
+def test_siblings_of_any_kind_follow_the_facts_own_kind():
+    """`sibling_kinds: any`: the fact's own kind first, then the other kinds' facts, newest first, the window rotating
+    over them all; "same" (the default) never leaves the fact's kind."""
+    mem = _memory_of("Ana has a red bike.", "Zara is my sister.", "Ben lives in Oslo.", "Cleo has a kite.")
+    new = FactDetector().detect("Dan has a silver guitar.")
+    assert [f.subject for f in sibling_facts(mem, new, 3, any_kind=True)] == ["Cleo", "Ana", "Ben"]
+    assert [f.subject for f in sibling_facts(mem, new, 2, rotation=1, any_kind=True)] == ["Ben", "Zara"]
+    assert [f.subject for f in sibling_facts(mem, new, 9)] == ["Cleo", "Ana"]
+    assert [f.subject for f in sibling_facts(mem, FactDetector().detect("Ana lives in Rome."), 9, any_kind=True)] == [
+        "Ben", "Cleo", "Zara", "Ana"]  # Ana's bike too: another kind  # fmt: skip
+    with pytest.raises(ValueError, match="sibling_kinds"):
+        AugmentSettings(sibling_kinds="all")
+
+
 def test_sibling_rows_are_one_question_answered_with_the_siblings_own_object():
     mem = _memory_of("Ben has a blue car.")
     [ben] = list(mem)
