@@ -670,7 +670,8 @@ def fact_turn_of(module, user: str) -> FactTurn:
     rotation = max(module.memory.count(fact) - 1, 0)
     siblings = [
         Sibling(s, module.detector.pattern(s.pattern), rotation + s.count)
-        for s in sibling_facts(module.memory, fact, module.augment.siblings, rotation)
+        for s in sibling_facts(module.memory, fact, module.augment.siblings, rotation,
+                               any_kind=module.augment.sibling_kinds == "any")
     ]  # the ones its step rehearsed: the memory's other subjects of the slot are as they were then
     return FactTurn(
         fact.subject, fact.object, fact.relation, module.detector.pattern(fact.pattern),
