@@ -91,8 +91,7 @@ class AugmentSettings:
     """Which remembered facts `siblings` draws from: "same" — the fact's own kind alone; "any" — its own kind first,
     then facts of other kinds (other slots, the fact's subject's too), newest first. In a stream of a few facts of
     different kinds "same" finds none; with "any", a third-person stream of four such facts was recalled 4 / 4 on
-    two seeds against 1 / 4 (README, Fact acquisition: siblings of any kind). Not yet the configs' default: the fact
-    benchmark has not been run with it."""
+    two seeds against 1 / 4 (README: siblings of any kind). "any" in default.yaml and chat.yaml."""
     contrasts: int = 0
     """Contrast questions per fact or replay step with facts about the speaker: the step's questions
     put to the assistant instead ("Where do I live?" → "Where do you live?", `contrast_questions`),
