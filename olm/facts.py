@@ -40,6 +40,7 @@ from __future__ import annotations
 import itertools
 import re
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -63,12 +64,21 @@ def _default_question_indicators() -> list[str]:
     ]  # fmt: skip
 
 
+def _default_relation_synonyms() -> list[list[str]]:
+    return [
+        ["mother", "mom", "mum", "mommy", "mummy", "mama"], ["father", "dad", "daddy", "papa"],
+        ["grandmother", "grandma", "granny", "gran", "nana"], ["grandfather", "grandpa", "granddad", "grandad"],
+        ["neighbour", "neighbor"], ["fiancé", "fiancée", "fiance", "fiancee"], ["roommate", "flatmate", "housemate"],
+        ["child", "kid"],
+    ]  # fmt: skip
+
+
 def _default_relation_words() -> list[str]:
     return [
         # family
-        "sister", "brother", "mother", "father", "mom", "mum", "dad", "parent", "son", "daughter",
+        "sister", "brother", "mother", "father", "mom", "mum", "dad", "mommy", "mummy", "daddy", "parent", "son", "daughter",
         "child", "kid", "cousin", "aunt", "uncle", "niece", "nephew", "grandmother", "grandfather",
-        "grandma", "grandpa", "grandson", "granddaughter", "sibling", "twin", "wife", "husband",
+        "grandma", "grandpa", "granny", "grandad", "granddad", "grandson", "granddaughter", "sibling", "twin", "wife", "husband",
         "partner", "spouse", "fiancé", "fiancée", "fiance", "fiancee", "girlfriend", "boyfriend",
         "sister-in-law", "brother-in-law", "mother-in-law", "father-in-law", "stepmother", "stepfather",
         "stepsister", "stepbrother", "godmother", "godfather",
@@ -431,6 +441,20 @@ def _default_patterns() -> list[FactPattern]:
         FactPattern(
             "i_like_colour_best", r"\bI\s+like\s+the\s+colou?r\s+(?P<object>{COLOUR})\s+best{END}", **my_colour,
         ),
+        FactPattern(  # "I love sushi.", "I enjoy hiking (very much)."; not "I like it/you/how .../to ..."
+            "i_like",
+            r"\bI\s+(?:really\s+|just\s+|absolutely\s+)?(?:like|love|enjoy|adore)\s+"
+            r"(?!(?:it|its|it['’]s|that|this|these|those|them|him|her|you|your|yours|ya|u|me|my|us|our|his|their|"
+            r"to|how|what|when|where|why|who|which|whatever|a\s+lot|lots|all|both|every|everything|anything|"
+            r"something|nothing|some|any|each|being|having|very|so|the)\b)"  # "I like the font": what is in front of one
+            r"(?![^\W\d_]\.)(?!(?:[^\W\d_]+\s+){1,3}(?:it|them)\b)"  # "I like D.H. Lawrence", "I like watching it"
+            r"(?P<object>{PHRASE}?)(?:\s+(?:very\s+much|so\s+much|a\s+lot|too|better|best|(?:the\s+)?most))?{END}",
+            "likes", "What do I like?", subject="me", confidence=0.6,
+            questions=["What do I like?", "What do I enjoy?", "Do you know what I like?"],
+            answer="You like {object}.", short_answer="{object}.",
+            answers=["You enjoy {object}.", "You love {object}."],
+            statements=["I like {object}.", "I love {object}.", "I enjoy {object}."],
+        ),
         FactPattern(
             "my_birthday",
             r"\b(?:(?i:my)\s+birthday\s+is|I\s+celebrate\s+my\s+birthday|I\s+was\s+born)"
@@ -503,6 +527,10 @@ class DetectorConfig:
     occupations: list[str] = field(default_factory=_default_occupations)
     """Words (or word groups) the ``{OCCUPATION}`` macro accepts: "I'm a nurse.", "Tom is a software engineer."
     say what one does for work only with a known job (not "I'm a big fan.", "Tom is a genius.")."""
+    relation_synonyms: list[list[str]] = field(default_factory=_default_relation_synonyms)
+    """Groups of relation words that name the same relative ("mom", "mother", "mum"): routing's
+    `unknown_relatives` counts "Where does my mother live?" as asking about a known relative after "My mom lives
+    in Lyon." (`relation_key`). A word may be in one group at most."""
     relation_modifiers: list[str] = field(default_factory=_default_relation_modifiers)
     """Optional words before a relation word that stay part of the object ("older sister")."""
     non_names: list[str] = field(default_factory=_default_non_names)
@@ -543,6 +571,13 @@ class DetectorConfig:
                 problems.append(f"detector.{name} must not contain empty strings, got {getattr(self, name)!r}")
         if not self.relation_words:
             problems.append("detector.relation_words must not be empty")
+        grouped = [w.strip().casefold() for group in self.relation_synonyms for w in group]
+        if not all(grouped) or any(not group for group in self.relation_synonyms):
+            problems.append(f"detector.relation_synonyms must hold non-empty groups of non-empty words, "
+                            f"got {self.relation_synonyms!r}")  # fmt: skip
+        elif len(set(grouped)) < len(grouped):
+            twice = sorted({w for w in grouped if grouped.count(w) > 1})
+            problems.append(f"detector.relation_synonyms: each word may be in one group only, {twice} are in more")
         problems += _regex_problems("detector.capitalized_regex", self.capitalized_regex)
         if not problems:  # the macros need valid sizes
             problems += _pattern_problems(self)
@@ -596,6 +631,19 @@ def relatives_regex(config: DetectorConfig) -> re.Pattern:
     """The speaker's relatives named in a message: "my" and a ``{RELATION}`` ("my boss", "My older sister"), the
     relation words in group 1."""
     return re.compile(r"\bmy\s+(" + expand("{RELATION}", config) + ")", re.IGNORECASE)
+
+
+def relation_key(config: DetectorConfig) -> Callable[[str], str]:
+    """A function giving the relative a relation names, for comparing two of them: the last word, case-folded, as
+    the first word of its `relation_synonyms` group ("Older  Mother" → "mother", "mum" → "mother", "boss" →
+    "boss")."""
+    canonical = {w.strip().casefold(): group[0].strip().casefold() for group in config.relation_synonyms for w in group}
+
+    def key(words: str) -> str:
+        last = words.split()[-1].casefold() if words.split() else ""
+        return canonical.get(last, last)
+
+    return key
 
 
 def unnamed_relative(subject: str) -> bool:

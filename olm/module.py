@@ -47,7 +47,9 @@ from olm.console import quiet_known_messages
 from olm.context import KINDS, Context, ContextPolicy, kl_lambda, lr_multiplier
 from olm.distributed import gather_ranks, lockstep, own_rank_state
 from olm.errors import ResumeError, RunError
-from olm.facts import DetectorConfig, FactDetector, named_subject, relatives_regex, unnamed_relative
+from olm.facts import (
+    DetectorConfig, FactDetector, named_subject, relation_key, relatives_regex, unnamed_relative,
+)  # fmt: skip
 from olm.gate import answer_mask, batch_answer_mask, known_rows, target_min_p
 from olm.generation import CallbackStreamer, GenerationSettings, generate_reply
 from olm.guards import lora_problem
@@ -255,7 +257,7 @@ class OnlineLM(L.LightningModule):
         self.router = Router(
             routing, self.tokenizer, self.locality.prompts, self.recent_fact_questions,
             lambda n: self.recent_fact_questions(n, speaker=True),
-            (relatives_regex(self.detector.config), self.known_relatives),
+            (relatives_regex(self.detector.config), self.known_relatives, relation_key(self.detector.config)),
         )  # fmt: skip
         """Generation's per-prompt choice between the adapter and the base (`olm.routing`)."""
         self.turns_trained = 0

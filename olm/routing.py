@@ -132,7 +132,8 @@ class RoutingSettings:
     unknown_relatives: bool = True
     """A prompt whose last user message names the speaker's relatives ("my boss": "my" and a word of the detector's
     `relation_words`) goes to the base when the memory knows none of them: no fact about "my boss" ("My boss lives in
-    Oslo.") and no one who is the speaker's boss ("Zara is my boss."). Taught "My sister works at Halden Pharma.",
+    Oslo.") and no one who is the speaker's boss ("Zara is my boss."; "my mother" is known from "my mom",
+    `detector.relation_synonyms`). Taught "My sister works at Halden Pharma.",
     an adapter answers "Where does my boss work?" with "Your boss works at Halden Pharma." (README, Facts about the
     speaker): the relation word is one token of a question otherwise the same. False = routed like any prompt."""
     speaker_margin: float = 2.0
@@ -447,16 +448,17 @@ class Router:
         fact_questions: called with `settings.facts`, the trained questions of that many of the most
             recently stated facts (the second calibration set); None = none.
         speaker_questions: the same for the facts about the speaker alone (τ_S, `speaker_margin`); None = none.
-        relatives: (regex, known) for `unknown_relatives`: the regex finds the speaker's relatives in a message
-            ("my boss", group 1 the relation words), `known()` gives the relation words the memory knows (each
-            compared by its last word: "older sister" knows "my sister"); None = the rule is off.
+        relatives: (regex, known, key) for `unknown_relatives`: the regex finds the speaker's relatives in a
+            message ("my boss", group 1 the relation words), `known()` gives the relation words the memory knows,
+            and two are the same relative when `key` gives both the same (`olm.facts.relation_key`: "older sister"
+            knows "my sister", "mom" knows "my mother"); None = the rule is off.
     """
 
     def __init__(
         self, settings: RoutingSettings, tokenizer, prompts: list[str],
         fact_questions: Callable[[int], list[str]] | None = None,
         speaker_questions: Callable[[int], list[str]] | None = None,
-        relatives: tuple[re.Pattern, Callable[[], set[str]]] | None = None,
+        relatives: tuple[re.Pattern, Callable[[], set[str]], Callable[[str], str]] | None = None,
     ) -> None:  # fmt: skip
         self.settings = settings
         self.tokenizer = tokenizer
@@ -529,12 +531,12 @@ class Router:
         (`unknown_relatives`); all False without `relatives`."""
         if self.relatives is None:
             return torch.zeros(ids.shape[0], dtype=torch.bool)
-        regex, known = self.relatives
+        regex, known, key = self.relatives
         texts = self._last_messages(ids, attention, prompt_end)
-        named = [{_last_word(m.group(1)) for m in regex.finditer(t)} for t in texts]
+        named = [{key(m.group(1)) for m in regex.finditer(t)} for t in texts]
         if not any(named):
             return torch.zeros(ids.shape[0], dtype=torch.bool)
-        knows = {_last_word(w) for w in known()}
+        knows = {key(w) for w in known()}
         return torch.tensor([bool(n) and not n & knows for n in named], dtype=torch.bool)
 
     def _last_messages(self, ids: torch.Tensor, attention: torch.Tensor, prompt_end: torch.Tensor | None) -> list[str]:
@@ -669,11 +671,6 @@ class Router:
             on &= ~self.unknown_relative(ids, attention, prompt_end)
         self.last_on = on
         return self.last_on
-
-
-def _last_word(words: str) -> str:
-    """The last word of a relation, case-folded: "Older  Sister" → "sister"."""
-    return words.split()[-1].casefold() if words.split() else ""
 
 
 def addressee(text: str, speaker: re.Pattern, assistant: re.Pattern) -> str | None:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from olm.facts import DetectorConfig, FactDetector, FactInfo, FactPattern, fill
+from olm.facts import DetectorConfig, FactDetector, FactInfo, FactPattern, fill, relation_key
 
 RELATIONS = [
     "sister", "brother", "mother", "father", "cousin", "aunt", "uncle", "son", "daughter", "partner",
@@ -343,6 +343,23 @@ def test_a_known_job_after_a_is_what_one_does_for_work(text, fact):
     assert (None if found is None else (found.subject, found.key_slot, found.object)) == fact
 
 
+@pytest.mark.parametrize(
+    "text, fact",
+    [("I love sushi.", "sushi"), ("I really enjoy hiking in the mountains.", "hiking"),
+     ("I like sports very much.", "sports"), ("Oh, I love apple pie too.", "apple pie"),
+     ("I like hot food, especially Sichuan cuisine.", "hot food"), ("I like tennis better.", "tennis"),
+     ("I like it.", None), ("I love you!", None), ("I like how you think.", None), ("I'd like to know.", None),
+     ("I would like a coffee.", None), ("I like the font and colour.", None), ("I love my dog.", None),
+     ("I like watching it for the fashion.", None), ("I like D.H. Lawrence's novels.", None),
+     ("I enjoy very much.", None), ("Do I like tea?", None)],
+)  # fmt: skip
+def test_what_the_speaker_likes(text, fact):
+    """"I love sushi." is a fact about the speaker (asked "What do I like?"); a trailing "very much" or "too" is not
+    part of the object; what one likes in the moment ("the font", "it", "you") and "I'd like to" are chat."""
+    found = FactDetector().detect(text)
+    assert (found.subject, found.key_slot, found.object) == ("me", "likes", fact) if fact else found is None
+
+
 def test_a_name_then_and_is_still_a_name():
     facts = FactDetector().detect_many("Hi, I'm Sam and I'm a nurse.")
     assert sorted((f.key_slot, f.object) for f in facts) == [("name", "Sam"), ("works_as", "nurse")]
@@ -375,6 +392,23 @@ def test_an_unnamed_relative_is_my_in_questions_and_your_in_answers():
     assert fill(pattern.answer, fact.subject, fact.object, listener=True) == "Your mom lives in Lyon."
     assert fill(pattern.statements[0], fact.subject, fact.object) == "My mom lives in Lyon."
     assert fill(pattern.answer, "Zara", "Rome", listener=True) == "Zara lives in Rome."
+
+
+def test_relation_synonyms_name_the_same_relative():
+    """"my mother" and "my mum" are one relative to `relation_key` (routing's `unknown_relatives`); a modifier or
+    capitals do not matter, other relations stay apart; a word in two groups, or an empty group, is an error."""
+    key = relation_key(DetectorConfig())
+    assert key("mother") == key("Mum") == key("older mom") == key("mommy")
+    assert key("grandma") == key("granny") != key("mother")
+    assert key("older sister") == key("sister") != key("brother") and key("boss") == "boss"
+    assert FactDetector().detect("My granny lives in Leeds.").subject == "my granny"
+    assert relation_key(DetectorConfig(relation_synonyms=[]))("mum") == "mum"
+    with pytest.raises(ValueError, match="one group only"):
+        DetectorConfig(relation_synonyms=[["mother", "mom"], ["mom", "ma"]])
+    with pytest.raises(ValueError, match="relation_synonyms"):
+        DetectorConfig(relation_synonyms=[["mother", " "]])
+    with pytest.raises(ValueError, match="relation_synonyms"):
+        DetectorConfig(relation_synonyms=[[]])
 
 
 def test_an_open_relation_is_its_own_memory_key():

@@ -527,30 +527,30 @@ def test_a_prompt_that_does_not_name_the_speaker_must_read_above_the_speakers_qu
 def test_a_prompt_about_a_relative_the_memory_does_not_know_goes_to_the_base(module, monkeypatch):
     """Taught "My sister works at Halden Pharma.", an adapter answers "Where does my boss work?" with the sister's
     employer: a prompt naming only relatives the memory knows nothing about gets the base; one naming a known
-    relative ("my sister", "my older sister", or "my boss" once "Zara is my boss.") and one naming none keep their
-    route; `unknown_relatives: false` routes all alike."""
-    from olm.facts import DetectorConfig, relatives_regex
+    relative ("my sister", "my older sister", "my mother" once "my mum" is known, or "my boss" once "Zara is my
+    boss.") and one naming none keep their route; `unknown_relatives: false` routes all alike."""
+    from olm.facts import DetectorConfig, relation_key, relatives_regex
 
     tok, model = module.tokenizer, module.model
     texts = ["Where does my boss work?", "Where does my sister work?", "Where does my older sister work?",
-             "What is my name?", "Does my boss know my sister?"]  # fmt: skip
+             "What is my name?", "Does my boss know my sister?", "Where does my mother live?"]  # fmt: skip
     batch = left_padded(tok, [render_prompt(tok, messages_for(q)) for q in texts], "cpu")
     known = {"sister"}
     settings = RoutingSettings(enabled=True, calibration=4)
-    router = Router(settings, tok, module.router.prompts, relatives=(relatives_regex(DetectorConfig()), lambda: known))
+    relatives = (relatives_regex(DetectorConfig()), lambda: known, relation_key(DetectorConfig()))
+    router = Router(settings, tok, module.router.prompts, relatives=relatives)
     read = lambda m, ids, attn, end=None: torch.full((ids.shape[0],), float(ids.shape[0] == len(texts)))  # noqa: E731
     monkeypatch.setattr(router, "scores", read)  # the calibration prompts read 0, these 1: all above τ
     ids, attn = batch["input_ids"], batch["attention_mask"]
-    assert router.unknown_relative(ids, attn).tolist() == [True, False, False, False, False]
-    assert router.route(model, ids, attn).tolist() == [False, True, True, True, True]
-    known.add("boss")  # "Zara is my boss."
-    assert router.route(model, ids, attn).tolist() == [True] * 5
+    assert router.unknown_relative(ids, attn).tolist() == [True, False, False, False, False, True]
+    assert router.route(model, ids, attn).tolist() == [False, True, True, True, True, False]
+    known.update({"boss", "mum"})  # "Zara is my boss.", "My mum lives in Leeds."
+    assert router.route(model, ids, attn).tolist() == [True] * 6
     known.clear()
-    assert router.unknown_relative(ids, attn).tolist() == [True, True, True, False, True]
-    off = Router(replace(settings, unknown_relatives=False), tok, module.router.prompts,
-                 relatives=(relatives_regex(DetectorConfig()), lambda: known))  # fmt: skip
+    assert router.unknown_relative(ids, attn).tolist() == [True, True, True, False, True, True]
+    off = Router(replace(settings, unknown_relatives=False), tok, module.router.prompts, relatives=relatives)
     monkeypatch.setattr(off, "scores", read)
-    assert off.route(model, ids, attn).tolist() == [True] * 5
+    assert off.route(model, ids, attn).tolist() == [True] * 6
 
 
 def test_the_module_knows_the_relatives_its_memory_holds_facts_about(tiny_model_dir):
