@@ -76,9 +76,10 @@ def _default_relation_synonyms() -> list[list[str]]:
 def _default_relation_words() -> list[str]:
     return [
         # family
-        "sister", "brother", "mother", "father", "mom", "mum", "dad", "mommy", "mummy", "daddy", "parent", "son", "daughter",
-        "child", "kid", "cousin", "aunt", "uncle", "niece", "nephew", "grandmother", "grandfather",
-        "grandma", "grandpa", "granny", "grandad", "granddad", "grandson", "granddaughter", "sibling", "twin", "wife", "husband",
+        "sister", "brother", "mother", "father", "mom", "mum", "dad", "mommy", "mummy", "daddy", "parent", "son",
+        "daughter", "child", "kid", "cousin", "aunt", "uncle", "niece", "nephew", "grandmother", "grandfather",
+        "grandma", "grandpa", "granny", "grandad", "granddad", "grandson", "granddaughter", "sibling", "twin", "wife",
+        "husband",
         "partner", "spouse", "fiancé", "fiancée", "fiance", "fiancee", "girlfriend", "boyfriend",
         "sister-in-law", "brother-in-law", "mother-in-law", "father-in-law", "stepmother", "stepfather",
         "stepsister", "stepbrother", "godmother", "godfather",
@@ -446,7 +447,7 @@ def _default_patterns() -> list[FactPattern]:
             r"\bI\s+(?:really\s+|just\s+|absolutely\s+)?(?:like|love|enjoy|adore)\s+"
             r"(?!(?:it|its|it['’]s|that|this|these|those|them|him|her|you|your|yours|ya|u|me|my|us|our|his|their|"
             r"to|how|what|when|where|why|who|which|whatever|a\s+lot|lots|all|both|every|everything|anything|"
-            r"something|nothing|some|any|each|being|having|very|so|the)\b)"  # "I like the font": what is in front of one
+            r"something|nothing|some|any|each|being|having|very|so|the)\b)"  # "I like the font": in front of one
             r"(?![^\W\d_]\.)(?!(?:[^\W\d_]+\s+){1,3}(?:it|them)\b)"  # "I like D.H. Lawrence", "I like watching it"
             r"(?P<object>{PHRASE}?)(?:\s+(?:very\s+much|so\s+much|a\s+lot|too|better|best|(?:the\s+)?most))?{END}",
             "likes", "What do I like?", subject="me", confidence=0.6,

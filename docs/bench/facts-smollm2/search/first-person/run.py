@@ -12,6 +12,7 @@ key=value: model settings overrides, dotted under `model` (locality.exempt_facts
 "X is my sister and she lives in C.": the apposition and the pronoun; their questions name no speaker.
 --kin: three more facts (since 6ffd9ba): the speaker's unnamed relatives ("My mom lives in C.": subject "my mom", asked
 "Where does my mom live?"; "My brother works at X.") and a known job said after "a" ("I'm a nurse.").
+--likes: one more fact (since i_like): what the speaker likes ("I love {o}.", asked "What do I like?").
 --pairs: state the facts two to a message ("My name is Lojois. I live in Zurich."), each round's six in three
 messages: every fact of a message is learned since `detector.max_facts` (default 3; detector.max_facts=1: as before).
 Since 5973a7a `olm.open` seeds torch as default.yaml's `seed_everything` (0) says, so a rerun repeats a run; the runs
@@ -24,9 +25,9 @@ from olm.probes import is_recalled
 from olm.world import templates as T
 
 torch.set_num_threads(1)
-pairs, extra, opened, others, kin = ("--pairs" in sys.argv, "--extra" in sys.argv, "--open" in sys.argv,
-                                      "--others" in sys.argv, "--kin" in sys.argv)
-args = [a for a in sys.argv if a not in ("--pairs", "--extra", "--open", "--others", "--kin")]
+pairs, extra, opened, others, kin, likes = ("--pairs" in sys.argv, "--extra" in sys.argv, "--open" in sys.argv,
+                                             "--others" in sys.argv, "--kin" in sys.argv, "--likes" in sys.argv)
+args = [a for a in sys.argv if a not in ("--pairs", "--extra", "--open", "--others", "--kin", "--likes")]
 seed, out = int(args[1]), args[2]
 cfg = yaml.safe_load(open("configs/default.yaml"))
 for kv in args[3:]:
@@ -90,6 +91,9 @@ if kin:  # drawn last, so that the objects above stay those of the runs without 
         (["I'm a {o}.", "I am a {o}.", "I'm a {o}, by the way."], "What do I do for a living?", "What's my profession?",
          rng.choice(["nurse", "plumber", "baker", "pilot", "dentist", "carpenter"])),
     ]
+if likes:  # drawn last, so that the objects above stay those of the runs without --likes
+    facts += [(["I love {o}.", "I really enjoy {o}.", "I like {o} very much."], "What do I like?", "What am I fond of?",
+               rng.choice(["hiking", "jazz", "chess", "gardening", "painting", "cycling", "pottery", "origami"]))]
 chat = [json.loads(l)["messages"] for l in open("olm/assets/logs/about-me.jsonl")]
 small = [(m[0]["content"], m[1]["content"]) for m in chat if "?" in m[0]["content"] or not any(
     w in m[0]["content"] for w in ("my ", "My ", "I ", "I'm", "Call"))]
@@ -111,6 +115,7 @@ general = ["What is the capital of France?", "How many legs does a spider have?"
 general += ["What do you do for a living?", "Where are you from?"] if extra else []  # the new facts' contrasts
 general += ["What is your favourite food?", "How old are you?"] if opened else []
 general += ["Where does my neighbour live?", "Where does my boss work?", "What do you do for a living?"] if kin else []
+general += ["What do you like?", "What do you enjoy doing?"] if likes else []
 lm = olm.open(base_model="smollm2-135m", config=cfg)
 m = lm.module
 before = {g: lm.ask(g) for g in general}  # the adapter starts at zero (B = 0): the base's answers
@@ -127,7 +132,7 @@ for g in general:
     a = lm.ask(g)
     on = bool(m.router.last_on.all()) if m.router.last_on is not None else None
     rows.append({"kind": "general", "q": g, "answer": a, "routed": on, "same_as_base": a == before[g]})
-res = {"seed": seed, "overrides": args[3:] + ["--pairs"] * pairs + ["--extra"] * extra + ["--open"] * opened + ["--others"] * others + ["--kin"] * kin, "turns": len(turns), "learn_s": round(took, 1), "rows": rows,
+res = {"seed": seed, "overrides": args[3:] + ["--pairs"] * pairs + ["--extra"] * extra + ["--open"] * opened + ["--others"] * others + ["--kin"] * kin + ["--likes"] * likes, "turns": len(turns), "learn_s": round(took, 1), "rows": rows,
        "trained": sum(r["recalled"] for r in rows if r["kind"] == "trained") / len(facts),
        "held_out": sum(r["recalled"] for r in rows if r["kind"] == "held_out") / len(facts),
        "general_routed": sum(bool(r["routed"]) for r in rows if r["kind"] == "general"),
