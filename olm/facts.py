@@ -456,6 +456,47 @@ def _default_patterns() -> list[FactPattern]:
             answers=["You enjoy {object}.", "You love {object}."],
             statements=["I like {object}.", "I love {object}.", "I enjoy {object}."],
         ),
+        FactPattern(  # "I speak French."
+            "i_speak",
+            r"\bI(?:\s+speak|(?:['’]m|\s+am)\s+fluent\s+in)\s+(?P<object>{PLACE})(?:\s+fluently)?{END}",
+            "speaks", "What language do I speak?", subject="me",
+            questions=["What language do I speak?", "Which language do I speak?", "Do you know what language I speak?"],
+            answer="You speak {object}.", short_answer="{object}.",
+            answers=["You are fluent in {object}.", "You can speak {object}."],
+            statements=["I speak {object}.", "I'm fluent in {object}.", "I speak {object} fluently."],
+        ),
+        FactPattern(  # "I play the guitar.", "I play tennis."
+            "i_play",
+            r"\bI\s+(?:often\s+|also\s+|regularly\s+)?play\s+(?:the\s+)?"
+            r"(?!(?:it|that|this|them|with|around|along|by|here|there|nice|fair|safe|dumb|my|your|a|an|some|any|"
+            r"all|every|online|games?|music|the)\b)"
+            r"(?P<object>{PHRASE}?)(?:\s+(?:every\s+\w+|a\s+lot|often|sometimes|well|too))?{END}",
+            "plays", "What do I play?", subject="me", confidence=0.6,
+            questions=["What do I play?", "Which game or instrument do I play?", "Do you know what I play?"],
+            answer="You play {object}.", short_answer="{object}.",
+            answers=["You know how to play {object}.", "You enjoy playing {object}."],
+            statements=["I play {object}.", "I often play {object}.", "I play {object} a lot."],
+        ),
+        FactPattern(  # "I study medicine.", "I'm majoring in physics."
+            "i_study",
+            r"\bI(?:\s+study|(?:['’]m|\s+am)\s+studying|\s+major\s+in|(?:['’]m|\s+am)\s+majoring\s+in)\s+"
+            r"(?!(?:it|that|this|them|the|my|your|hard|a\s+lot|here|there|at|for|every|all|with|to|on|in|late|well)\b)"
+            r"(?P<object>{PHRASE}){END}",
+            "studies", "What do I study?", subject="me", confidence=0.7,
+            questions=["What do I study?", "What am I studying?", "Do you know what I study?"],
+            answer="You study {object}.", short_answer="{object}.",
+            answers=["You are studying {object}.", "Your subject is {object}."],
+            statements=["I study {object}.", "I'm studying {object}.", "I am majoring in {object}."],
+        ),
+        FactPattern(  # "My hobby is painting."
+            "my_hobby",
+            r"\b(?i:my)\s+(?:favou?rite\s+)?(?:hobby|pastime)\s+is\s+(?P<object>{PHRASE}){END}",
+            "hobby", "What is my hobby?", subject="me",
+            questions=["What is my hobby?", "What do I do for fun?", "Do you know my hobby?"],
+            answer="Your hobby is {object}.", short_answer="{object}.",
+            answers=["You like {object} in your free time.", "For fun you do {object}."],
+            statements=["My hobby is {object}.", "My favourite pastime is {object}.", "My favorite hobby is {object}."],
+        ),
         FactPattern(
             "my_birthday",
             r"\b(?:(?i:my)\s+birthday\s+is|I\s+celebrate\s+my\s+birthday|I\s+was\s+born)"

@@ -107,7 +107,8 @@ def test_questions_never_give_facts(detector, text):
 
 OBJECTS = {"relation": "sister", "lives_in": "Lisbon", "works_as": "pharmacist", "has": "red bicycle", "likes": "chess",
            "favourite_colour": "teal", "birthday": "October", "name": "Ilsabet", "works_at": "Brightwell Labs",
-           "allergic_to": "peanuts", "from": "Porto", "age": "34", "favourite {relation}": "sushi"}  # fmt: skip
+           "allergic_to": "peanuts", "from": "Porto", "age": "34", "favourite {relation}": "sushi",
+           "speaks": "Portuguese", "plays": "chess", "studies": "medicine", "hobby": "painting"}  # fmt: skip
 
 
 @pytest.mark.parametrize("pattern", DetectorConfig().patterns, ids=lambda p: p.name)
@@ -358,6 +359,24 @@ def test_what_the_speaker_likes(text, fact):
     part of the object; what one likes in the moment ("the font", "it", "you") and "I'd like to" are chat."""
     found = FactDetector().detect(text)
     assert (found.subject, found.key_slot, found.object) == ("me", "likes", fact) if fact else found is None
+
+
+@pytest.mark.parametrize(
+    "text, fact",
+    [("I speak French.", ("speaks", "French")), ("I'm fluent in Mandarin.", ("speaks", "Mandarin")),
+     ("I speak French and Spanish.", ("speaks", "French")), ("I speak to him daily.", None),
+     ("I play the guitar.", ("plays", "guitar")), ("I play tennis every week.", ("plays", "tennis")),
+     ("I play with my kids.", None), ("I play it safe.", None), ("I play a role here.", None),
+     ("I study medicine at Oxford.", ("studies", "medicine")), ("I'm majoring in physics.", ("studies", "physics")),
+     ("I'm studying hard.", None), ("I study in the library.", None), ("I'm studying the docs.", None),
+     ("My hobby is painting.", ("hobby", "painting")), ("My favourite hobby is hiking in the woods.", ("hobby", "hiking")),
+     ("I have a question.", None)],
+)  # fmt: skip
+def test_languages_games_studies_and_hobbies_of_the_speaker(text, fact):
+    """"I speak French.", "I play the guitar.", "I study medicine.", "My hobby is painting." are facts about the
+    speaker, each its own key ("What language do I speak?", "What do I play?", ...); near misses are chat."""
+    found = FactDetector().detect(text)
+    assert (found.subject, found.key_slot, found.object) == ("me", *fact) if fact else found is None
 
 
 def test_a_name_then_and_is_still_a_name():
