@@ -13,6 +13,8 @@ key=value: model settings overrides, dotted under `model` (locality.exempt_facts
 --kin: three more facts (since 6ffd9ba): the speaker's unnamed relatives ("My mom lives in C.": subject "my mom", asked
 "Where does my mom live?"; "My brother works at X.") and a known job said after "a" ("I'm a nurse.").
 --likes: one more fact (since i_like): what the speaker likes ("I love {o}.", asked "What do I like?").
+--pastimes: instead of the six, five facts of the patterns added with i_like: likes, a language (i_speak), a game or
+instrument (i_play), a subject of study (i_study), a hobby (my_hobby).
 --pairs: state the facts two to a message ("My name is Lojois. I live in Zurich."), each round's six in three
 messages: every fact of a message is learned since `detector.max_facts` (default 3; detector.max_facts=1: as before).
 Since 5973a7a `olm.open` seeds torch as default.yaml's `seed_everything` (0) says, so a rerun repeats a run; the runs
@@ -25,9 +27,9 @@ from olm.probes import is_recalled
 from olm.world import templates as T
 
 torch.set_num_threads(1)
-pairs, extra, opened, others, kin, likes = ("--pairs" in sys.argv, "--extra" in sys.argv, "--open" in sys.argv,
-                                             "--others" in sys.argv, "--kin" in sys.argv, "--likes" in sys.argv)
-args = [a for a in sys.argv if a not in ("--pairs", "--extra", "--open", "--others", "--kin", "--likes")]
+FLAGS = ("--pairs", "--extra", "--open", "--others", "--kin", "--likes", "--pastimes")
+pairs, extra, opened, others, kin, likes, pastimes = (flag in sys.argv for flag in FLAGS)
+args = [a for a in sys.argv if a not in FLAGS]
 seed, out = int(args[1]), args[2]
 cfg = yaml.safe_load(open("configs/default.yaml"))
 for kv in args[3:]:
@@ -94,6 +96,19 @@ if kin:  # drawn last, so that the objects above stay those of the runs without 
 if likes:  # drawn last, so that the objects above stay those of the runs without --likes
     facts += [(["I love {o}.", "I really enjoy {o}.", "I like {o} very much."], "What do I like?", "What am I fond of?",
                rng.choice(["hiking", "jazz", "chess", "gardening", "painting", "cycling", "pottery", "origami"]))]
+if pastimes:  # drawn last; replaces the six
+    facts = [
+        (["I love {o}.", "I really enjoy {o}.", "I like {o} very much."], "What do I like?", "What am I fond of?",
+         rng.choice(["hiking", "jazz", "gardening", "cycling", "pottery", "origami"])),
+        (["I speak {o}.", "I'm fluent in {o}.", "I speak {o} fluently."], "What language do I speak?",
+         "Which tongue am I fluent in?", rng.choice(["Portuguese", "Finnish", "Swahili", "Korean", "Dutch", "Greek"])),
+        (["I play {o}.", "I often play {o}.", "I play {o} a lot."], "What do I play?", "Which instrument or sport is mine?",
+         rng.choice(["cello", "chess", "badminton", "harp", "rugby", "banjo"])),
+        (["I study {o}.", "I'm studying {o}.", "I am majoring in {o}."], "What do I study?", "What is my field at university?",
+         rng.choice(["geology", "linguistics", "astronomy", "architecture", "pharmacy", "economics"])),
+        (["My hobby is {o}.", "My favourite pastime is {o}.", "My favorite hobby is {o}."], "What is my hobby?",
+         "How do I spend my free time?", rng.choice(["knitting", "birdwatching", "fishing", "baking", "climbing", "sketching"])),
+    ]
 chat = [json.loads(l)["messages"] for l in open("olm/assets/logs/about-me.jsonl")]
 small = [(m[0]["content"], m[1]["content"]) for m in chat if "?" in m[0]["content"] or not any(
     w in m[0]["content"] for w in ("my ", "My ", "I ", "I'm", "Call"))]
@@ -115,7 +130,8 @@ general = ["What is the capital of France?", "How many legs does a spider have?"
 general += ["What do you do for a living?", "Where are you from?"] if extra else []  # the new facts' contrasts
 general += ["What is your favourite food?", "How old are you?"] if opened else []
 general += ["Where does my neighbour live?", "Where does my boss work?", "What do you do for a living?"] if kin else []
-general += ["What do you like?", "What do you enjoy doing?"] if likes else []
+general += ["What do you like?", "What do you enjoy doing?"] if likes or pastimes else []
+general += ["What languages do you speak?", "Do you play any games?", "What is your hobby?"] if pastimes else []
 lm = olm.open(base_model="smollm2-135m", config=cfg)
 m = lm.module
 before = {g: lm.ask(g) for g in general}  # the adapter starts at zero (B = 0): the base's answers
@@ -132,7 +148,7 @@ for g in general:
     a = lm.ask(g)
     on = bool(m.router.last_on.all()) if m.router.last_on is not None else None
     rows.append({"kind": "general", "q": g, "answer": a, "routed": on, "same_as_base": a == before[g]})
-res = {"seed": seed, "overrides": args[3:] + ["--pairs"] * pairs + ["--extra"] * extra + ["--open"] * opened + ["--others"] * others + ["--kin"] * kin + ["--likes"] * likes, "turns": len(turns), "learn_s": round(took, 1), "rows": rows,
+res = {"seed": seed, "overrides": args[3:] + ["--pairs"] * pairs + ["--extra"] * extra + ["--open"] * opened + ["--others"] * others + ["--kin"] * kin + ["--likes"] * likes + ["--pastimes"] * pastimes, "turns": len(turns), "learn_s": round(took, 1), "rows": rows,
        "trained": sum(r["recalled"] for r in rows if r["kind"] == "trained") / len(facts),
        "held_out": sum(r["recalled"] for r in rows if r["kind"] == "held_out") / len(facts),
        "general_routed": sum(bool(r["routed"]) for r in rows if r["kind"] == "general"),
