@@ -682,7 +682,8 @@ def relation_key(config: DetectorConfig) -> Callable[[str], str]:
     canonical = {w.strip().casefold(): group[0].strip().casefold() for group in config.relation_synonyms for w in group}
 
     def key(words: str) -> str:
-        last = words.split()[-1].casefold() if words.split() else ""
+        parts = words.split()
+        last = parts[-1].casefold() if parts else ""
         return canonical.get(last, last)
 
     return key
