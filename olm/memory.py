@@ -343,6 +343,27 @@ class FactMemory:
         """Load a memory written by `to_json`."""
         self.load_state_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
+    def carry_over(self, path: str | Path) -> int:
+        """Load a memory written by `to_json` into a run whose turn clock starts again at 0 (a new run that
+        continues from a saved adapter): every fact's turn counters move back by the newest one (a statement,
+        replay or recall), so the facts' ages (importance, decay, replay spacing) are those they had when it was saved. Returns the
+        number of facts loaded.
+
+        Raises:
+            ValueError: `path` is not a memory (unreadable, not JSON, unknown version, malformed facts).
+        """
+        try:
+            state = json.loads(Path(path).read_text(encoding="utf-8"))
+            if not isinstance(state, dict) or not isinstance(state.get("facts"), list):
+                raise ValueError('not {"version": ..., "facts": [...]}')
+            self.load_state_dict(state)
+        except (OSError, ValueError) as err:  # JSON and UTF-8 decode errors are ValueErrors
+            raise ValueError(f"{str(path)!r} is not a usable fact memory: {err}") from None
+        shift = max((max(f.last_turn, f.last_access) for f in self._facts.values()), default=0)
+        for f in self._facts.values():
+            f.first_turn, f.last_turn, f.last_access = f.first_turn - shift, f.last_turn - shift, f.last_access - shift
+        return len(self._facts)
+
     # ----------------------------------------------------------------- helpers
     def _new(self, fact: FactInfo, text: str, reply: str, turn: int) -> StoredFact:
         return StoredFact(

@@ -61,6 +61,7 @@ from olm.nullspace import project_lora_a
 from olm.optimizer import B_GROUP, adamw, b_factor, group_lr, is_lora_b, regroup_state, two_groups
 from olm.losses import online_loss, top_k_kl, weighted_token_ce
 from olm.prefix import common_prefix_length, shared_prefix_forward
+from olm.publish import resolve_adapter_dir
 from olm.memory import FactMemory, MemoryConfig, StoredFact
 from olm.render import Example, LossOn, messages_for, render_exchange
 from olm.routing import Router, RoutingSettings
@@ -249,6 +250,8 @@ class OnlineLM(L.LightningModule):
         self.detector = FactDetector(detector)
         self.memory_config = memory
         self.memory = FactMemory(memory)
+        if adapter is not None and Path(adapter).exists():  # continue from its facts too, not its weights alone
+            self._carry_memory(resolve_adapter_dir(adapter) / "memory.json")
         self.weighter = ImportanceWeighter(weighting)
         self.augment = augment
         self.locality = LocalityTerm(locality, self.tokenizer)
@@ -279,6 +282,18 @@ class OnlineLM(L.LightningModule):
             raise ValueError(f"per_user_max_loaded must be >= 1, got {per_user_max_loaded!r}")
         self.users = UserRegistry(self, per_user_max_loaded) if per_user else None
         """With per_user: every user's adapter, optimizer and memory (`olm.users`); else None."""
+
+    def _carry_memory(self, path: Path) -> None:
+        """Load the fact memory saved beside a `--model.adapter` (its facts' ages kept: `FactMemory.carry_over`),
+        so that replay, routing and relatives know what the adapter's weights learned. None saved: empty."""
+        if not path.is_file():
+            log.warning("%s has no memory.json: continuing from its weights with an empty fact memory", path.parent)
+            return
+        try:
+            n = self.memory.carry_over(path)
+        except ValueError as err:
+            raise RunError(f"--model.adapter: {err}; move it away to continue from the weights alone") from None
+        log.info("continuing from %s with its %d remembered facts", path.parent, n)
 
     # ----------------------------------------------------------------- Lightning hooks
     def setup(self, stage: str) -> None:

@@ -183,6 +183,8 @@ class UserRegistry:
         self._saved_refs: list[set[str]] = [set(), set()]  # state files the last two checkpoints name
         self._wrapped: dict[str, Any] = {}  # user id → its optimizer as a LightningOptimizer
         self.template = {n: p.detach().clone() for n, p in self._params(TEMPLATE).items()}
+        self.template_memory = module.memory.state_dict()
+        """A new user's memory: the facts of the adapter the run continues from (`--model.adapter`), else none."""
 
     # ----------------------------------------------------------------- what the module calls
     def template_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
@@ -400,6 +402,7 @@ class UserRegistry:
         if state.path is None:
             state.optimizer = self._new_optimizer(params)
             state.memory, state.replay_queue = FactMemory(self.module.memory_config), []
+            state.memory.load_state_dict(self.template_memory)
             state.rng = new_rng(user_seed(self.base_seed, state.user_id))
         else:
             saved = torch.load(state.path, map_location="cpu", weights_only=True)

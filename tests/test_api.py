@@ -13,6 +13,7 @@ from peft import PeftModel
 import olm
 from olm.api import CarryOptimizer
 from olm.backbone import load_base
+from olm.errors import RunError
 
 TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
 
@@ -49,6 +50,16 @@ def test_teach_ask_and_save_on_olm_tiny(tmp_path):
     loaded = PeftModel.from_pretrained(base, str(saved))
     weights = {n: p for n, p in loaded.named_parameters() if "lora_" in n}
     assert len(weights) == len(taught) and all(torch.equal(weights[k], taught[k]) for k in taught)
+    # continuing from the saved adapter continues from its facts too: replay, routing and relatives know them
+    again = olm.open(config=TINY, adapter=str(tmp_path / "adapter"))
+    assert [(f.subject, f.object, f.count) for f in again.module.memory] == [("Xiomara", "sister", 2)]
+    assert "Who is Xiomara?" in again.module.recent_fact_questions(4) and again.module.known_relatives() == {"sister"}
+    assert max(f.last_access for f in again.module.memory) == 0 and again.turns_trained == 0
+    (saved / "memory.json").write_text("{broken", encoding="utf-8")
+    with pytest.raises(RunError, match="not a usable fact memory"):
+        olm.open(config=TINY, adapter=str(saved))
+    (saved / "memory.json").unlink()  # an adapter saved without one: its weights, an empty memory
+    assert len(olm.open(config=TINY, adapter=str(saved)).module.memory) == 0
 
 
 def test_overrides_records_and_respond_skip():

@@ -221,6 +221,31 @@ def test_json_export(tmp_path):
     assert [vars(f) for f in again] == [vars(f) for f in mem]
 
 
+def test_carry_over_restarts_the_turn_clock_and_keeps_the_facts_ages(tmp_path):
+    mem = _populated()
+    path = tmp_path / "memory.json"
+    mem.to_json(path)
+    newest = max(max(f.last_turn, f.last_access) for f in mem)
+    assert newest == 9  # Bob's recall at turn 9, after his statement at 3
+    carried = FactMemory(mem.config)
+    assert carried.carry_over(path) == len(mem) == 2
+    for old, new in zip(mem, carried):
+        assert (new.first_turn, new.last_turn, new.last_access) == (
+            old.first_turn - newest, old.last_turn - newest, old.last_access - newest)  # fmt: skip
+        assert (new.subject, new.object, new.count, new.question) == (old.subject, old.object, old.count, old.question)
+    assert max(f.last_access for f in carried) == 0  # the new run's first turn comes after the newest event
+    mem._refresh(newest + 5)
+    carried._refresh(5)
+    assert [f.importance for f in carried] == [f.importance for f in mem]  # the same ages, so the same importance
+    for broken in ("{not json", '{"facts": 3}', '[1, 2]', '{"version": 99, "facts": []}'):
+        path.write_text(broken, encoding="utf-8")
+        with pytest.raises(ValueError, match="not a usable fact memory"):
+            FactMemory().carry_over(path)
+    path.write_bytes(b"\xff\xfe{")
+    with pytest.raises(ValueError, match="not a usable fact memory"):
+        FactMemory().carry_over(path)
+
+
 def test_config_errors_are_collected():
     with pytest.raises(ValueError) as err:
         MemoryConfig(max_facts=0, eviction="random", importance="magic", decay_rate=2.0, recency_half_life=0)

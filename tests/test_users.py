@@ -300,6 +300,11 @@ def test_each_user_gets_a_versioned_peft_adapter_with_its_own_memory(tiny_model_
     peft = PeftModel.from_pretrained(base, str(resolve_adapter_dir(root / "bob")))  # a plain PEFT directory
     got = {n: p for n, p in peft.named_parameters() if "lora_" in n}
     assert all(torch.equal(got[k], v) for k, v in model.users.adapter_tensors("bob").items())
+    # a per-user run that continues from alice's adapter: every new user starts from her weights and her facts
+    again = new_model(tiny_model_dir, adapter=str(root / "alice"))
+    fit(again, turns_of(("dave", B_TURNS[:1])), tmp_path / "again")
+    facts = [(f["subject"], f["object"]) for f in again.users.memory_state("dave")["facts"]]
+    assert facts == [(f["subject"], f["object"]) for f in model.users.memory_state("alice")["facts"]] and facts
 
 
 # ----------------------------------------------------------------------------- the chat
