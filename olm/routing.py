@@ -39,6 +39,14 @@ adapter's own greedy reply, teacher-forced (`reply_shifts`), exceeds κ_N = `shi
 calibration prompts: an adapter that begins as the base does ("Your name is …") and departs at the object is
 still seen; each of the two reads is held to its own calibration.
 
+With `speaker_shift`, a prompt that asks about the speaker (`addressee`) is held to a κ calibrated on the speaker's
+facts' own trained questions, as τ is on the facts' questions: per read, with c the calibration maximum and f the
+smallest shift over those questions,
+
+    κ_S = min(κ, √(c · f))  where f > c,  else κ
+
+the geometric midpoint between the unrelated prompts and the trained questions, never above κ nor below c.
+
 Both reads see *that* the adapter answers differently, not *whose* question it answers. The speaker's facts
 are keyed on common words ("allergic", "live", "work") that the assistant's own questions share: "Are you
 allergic to anything?" reads as much as "What am I allergic to?" and shifts as far, and an adapter that answers
@@ -143,6 +151,15 @@ class RoutingSettings:
     questions share: "Are you allergic to anything?" reads as much as "What am I allergic to?" (0.0050 and 0.0049
     against τ_0 0.0015 in a chat), and would be answered "You are allergic to celery.". The speaker's own
     questions keep τ and the shift reads. 0 = τ for every prompt."""
+    speaker_shift: bool = False
+    """With `shift_margin`, `speaker_words` and facts about the speaker in memory, a prompt that asks about the speaker
+    (`addressee`: "What language do I speak?", "Do you know where I live?") is held to a lower κ where the speaker's
+    facts' own trained questions shift more than any calibration prompt: per shift read, κ_S = min(κ, √(c · f)) with c
+    the largest shift over the calibration prompts and f the smallest over those questions (κ where f ≤ c). The
+    speaker's questions are common words, read little (under τ), and their shift can stay under κ = `shift_margin` ×
+    c though above every unrelated prompt's: in a chat, "What language do I speak?" — a trained question — shifted
+    7.3 against κ 8.8 and c 4.4, and went to the base. Prompts about the assistant or naming no one keep κ. False = κ
+    for every prompt."""
     tolerance: float = 0.0
     """Recompute τ once some LoRA tensor moved by more than this share of its norm (‖W − W_τ‖ > tolerance ·
     ‖W_τ‖) since τ was computed; 0 = after any change. A calibration is one forward of the
@@ -469,9 +486,9 @@ class Router:
         self.speaker_questions = speaker_questions
         self.relatives = relatives if settings.unknown_relatives else None
         self.prefix = template_prefix(tokenizer)
-        self._tau: tuple[dict, tuple, RoutingSettings, float, torch.Tensor, float] | None = None
+        self._tau: tuple[dict, tuple, RoutingSettings, float, torch.Tensor, float, torch.Tensor] | None = None
         """The LoRA weights, fact questions (all, about the speaker) and settings τ was computed for, τ, κ
-        (`shift_margin`) and τ_S (`speaker_margin`)."""
+        (`shift_margin`), τ_S (`speaker_margin`) and κ_S (`speaker_shift`)."""
         self._base_first: torch.Tensor | None = None
         """(N, V) the base's `first_token_log_probs` of the calibration prompts (computed once)."""
         self.last_on: torch.Tensor | None = None
@@ -519,10 +536,22 @@ class Router:
         `speaker_words`; all False without `speaker_words`."""
         if self._speaker is None:
             return torch.zeros(ids.shape[0], dtype=torch.bool)
+        if self._assistant is None:
+            texts = self._last_messages(ids, attention, prompt_end)
+            return torch.tensor([self._speaker.search(t) is None for t in texts], dtype=torch.bool)
+        return torch.tensor([who == "assistant" for who in self.addressees(ids, attention, prompt_end)])
+
+    def addressees(
+        self, ids: torch.Tensor, attention: torch.Tensor, prompt_end: torch.Tensor | None = None
+    ) -> list[str | None]:
+        """Each row's `addressee` ("speaker", "assistant" or None) of its last user message; all None without
+        `speaker_words`. Without `assistant_words` a row that names the speaker asks about the speaker."""
+        if self._speaker is None:
+            return [None] * ids.shape[0]
         texts = self._last_messages(ids, attention, prompt_end)
         if self._assistant is None:
-            return torch.tensor([self._speaker.search(t) is None for t in texts], dtype=torch.bool)
-        return torch.tensor([addressee(t, self._speaker, self._assistant) == "assistant" for t in texts])
+            return ["speaker" if self._speaker.search(t) else None for t in texts]
+        return [addressee(t, self._speaker, self._assistant) for t in texts]
 
     def unknown_relative(
         self, ids: torch.Tensor, attention: torch.Tensor, prompt_end: torch.Tensor | None = None
@@ -560,12 +589,16 @@ class Router:
         inf when 0)."""
         return self._calibrated(model)[1]
 
+    def speaker_kappa(self, model) -> torch.Tensor:
+        """κ_S per shift read: the κ of prompts that ask about the speaker (`speaker_shift`; κ without it)."""
+        return self._calibrated(model)[4]
+
     def speaker_tau(self, model) -> float:
         """τ_S: the read share a prompt held apart (`held_apart`) must pass too (`speaker_margin`; 0 without
         facts about the speaker, `speaker_words` or `speaker_margin`)."""
         return self._calibrated(model)[2]
 
-    def _calibrated(self, model) -> tuple[float, torch.Tensor, float, bool]:
+    def _calibrated(self, model) -> tuple[float, torch.Tensor, float, bool, torch.Tensor]:
         s = self.settings
         questions = tuple(self.fact_questions(s.facts)) if self.fact_questions is not None and s.facts else ()
         about_speaker = (
@@ -581,14 +614,15 @@ class Router:
             read = dict(zip(asked, self.calibration_scores(model, asked).tolist())) if asked else {}
             facts = torch.tensor([read[q] for q in questions]) if questions else None
             tau = threshold(self.calibration_scores(model), s.quantile, s.margin, facts)
-            kappa = (
-                s.shift_margin * self.calibration_shifts(model).amax(0) if s.shift_margin
-                else torch.full((1,), float("inf"))
-            )  # fmt: skip
+            unrelated = self.calibration_shifts(model).amax(0) if s.shift_margin else None
+            kappa = s.shift_margin * unrelated if s.shift_margin else torch.full((1,), float("inf"))
+            kappa_s = kappa
+            if s.speaker_shift and unrelated is not None and about_speaker and self._speaker is not None:
+                kappa_s = speaker_kappa(kappa, unrelated, self.calibration_shifts(model, list(about_speaker)).amin(0))
             tau_s = s.speaker_margin * max(read[q] for q in about_speaker) if about_speaker else 0.0
-            self._tau = (lora_snapshot(model), (questions, about_speaker), replace(s), tau, kappa, tau_s)
+            self._tau = (lora_snapshot(model), (questions, about_speaker), replace(s), tau, kappa, tau_s, kappa_s)
         rule = self._speaker is not None and (self._assistant is not None or bool(self._tau[1][1]))
-        return self._tau[3], self._tau[4], self._tau[5], rule
+        return self._tau[3], self._tau[4], self._tau[5], rule, self._tau[6]
 
     def speaker_rule(self, model) -> bool:
         """Whether prompts put to the assistant are held apart (`held_apart`: no shift reads, τ_S): with `speaker_words`
@@ -655,7 +689,7 @@ class Router:
         """
         if not self.settings.enabled or adapter_disabled(model):
             return torch.ones(ids.shape[0], dtype=torch.bool)  # nothing to route (inside disable_adapter: the base)
-        tau, kappa, tau_s, rule = self._calibrated(model)  # one check of the weights per routed batch
+        tau, kappa, tau_s, rule, kappa_s = self._calibrated(model)  # one check of the weights per routed batch
         read = self.scores(model, ids, attention, prompt_end)
         held = self.held_apart(ids, attention, prompt_end) if rule else None
         on = read > tau
@@ -666,11 +700,22 @@ class Router:
             if ask.numel():  # the shift reads: only where they could change the choice (a forward or N each)
                 end = prompt_end[ask.to(prompt_end.device)] if prompt_end is not None else None
                 dev = ask.to(ids.device)
-                on[ask] = (self.shift(model, ids[dev], attention[dev], end) > kappa).any(1)
+                bar = kappa.expand(len(ask), -1).clone()
+                if kappa_s is not kappa:  # the rows that ask about the speaker: κ_S (`speaker_shift`)
+                    who = self.addressees(ids[dev], attention[dev], end)
+                    bar[torch.tensor([w == "speaker" for w in who], dtype=torch.bool)] = kappa_s
+                on[ask] = (self.shift(model, ids[dev], attention[dev], end) > bar).any(1)
         if self.relatives is not None and bool(on.any()):
             on &= ~self.unknown_relative(ids, attention, prompt_end)
         self.last_on = on
         return self.last_on
+
+
+def speaker_kappa(kappa: torch.Tensor, unrelated: torch.Tensor, trained: torch.Tensor) -> torch.Tensor:
+    """κ_S per shift read (`RoutingSettings.speaker_shift`): min(κ, √(c · f)) where the smallest shift of the speaker's
+    trained questions f is above the calibration prompts' largest c, else κ."""
+    midpoint = torch.sqrt(unrelated.clamp_min(0) * trained.clamp_min(0))
+    return torch.where(trained > unrelated, torch.minimum(kappa, midpoint), kappa)
 
 
 def addressee(text: str, speaker: re.Pattern, assistant: re.Pattern) -> str | None:

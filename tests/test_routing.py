@@ -416,6 +416,40 @@ def test_shift_margin_routes_a_prompt_the_adapter_answers_differently_whatever_i
         assert router.kappa(model).tolist() == ([pytest.approx(margin * 0.4)] if margin else [float("inf")])
 
 
+def test_speaker_shift_holds_the_speakers_questions_to_a_kappa_calibrated_on_their_trained_ones(module, monkeypatch):
+    """With `speaker_shift`, a prompt about the speaker needs a shift above κ_S = min(κ, √(c · f)) only, c the
+    calibration prompts' largest shift and f the smallest of the speaker's trained questions; κ where f ≤ c; a prompt
+    that names no one keeps κ, one put to the assistant gets no shift read at all."""
+    tok, model = module.tokenizer, module.model
+    prompts = module.router.prompts
+    shift_of = {"What language do I speak?": 7.3, "Which tongue am I fluent in?": 6.0, "I need dinner ideas.": 3.0,
+                "Tell a joke.": 6.0, "What languages do you speak?": 9.5}  # fmt: skip
+    asked = list(shift_of)
+    batch = left_padded(tok, [render_prompt(tok, messages_for(q)) for q in asked], "cpu")
+    import olm.routing as routing
+
+    def shift(m, ids, attn, end=None, base=None):
+        texts = [tok.decode(row) for row in ids.tolist()]
+        return torch.tensor([next((v for q, v in shift_of.items() if q in t), 4.4) for t in texts])  # prompts: 4.4
+
+    monkeypatch.setattr(routing, "first_token_shift", shift)
+    trained = lambda n: ["What language do I speak?"]  # noqa: E731 - the speaker's fact, its trained question
+    cases = ((False, [4.4, 7.3], [False] * 5),  # κ = 8.8 for all: even the trained question (7.3) goes to the base
+             (True, [4.4, 7.3], [True, True, False, False, False]),  # κ_S = √(4.4 · 7.3) = 5.67 for the speaker's
+             (True, [4.4, 4.0], [False] * 5))  # f ≤ c: κ_S = κ (not c, under which "Which tongue" would pass)  # fmt: skip
+    for on, (c, f), expected in cases:
+        shift_of["What language do I speak?"] = f
+        settings = RoutingSettings(enabled=True, calibration=4, shift_margin=2.0, speaker_shift=on)
+        router = Router(settings, tok, prompts, trained, trained)
+        monkeypatch.setattr(router, "scores", lambda m, ids, attn, end=None: torch.zeros(ids.shape[0]))
+        assert router.kappa(model).tolist() == [pytest.approx(2 * c)]
+        kappa_s = min(2 * c, (c * f) ** 0.5) if on and f > c else 2 * c
+        assert router.speaker_kappa(model).tolist() == [pytest.approx(kappa_s)]
+        assert router.route(model, batch["input_ids"], batch["attention_mask"]).tolist() == expected, (on, f)
+    assert routing.speaker_kappa(torch.tensor([8.8, 1.0]), torch.tensor([4.4, 0.5]), torch.tensor([100.0, 0.2])).tolist() \
+        == [pytest.approx(8.8), pytest.approx(1.0)]  # never above κ; κ where the trained questions shift less
+
+
 def test_calibration_shifts_keep_the_base_outputs_and_equal_a_fresh_computation(module, monkeypatch):
     router = Router(RoutingSettings(enabled=True, calibration=4, batch_size=3, shift_margin=1.0), module.tokenizer,
                     module.router.prompts)  # fmt: skip
