@@ -114,6 +114,10 @@ class AugmentSettings:
     """Train the user's side of a fact step's statement rows as well (the stated exchange, a replay's
     stored exchange, the paraphrases: the fact as text), whatever `objective.loss_on` says; Q/A rows
     stay answer-only. False: every row follows `objective.loss_on`."""
+    listed_objects: int = 4
+    """Most objects the answers of a fact of many objects (`FactPattern.many`: "I love jazz.", "I like chess.")
+    list: the fact's own and the most recently stated others of its subject and slot, in the order they were first
+    stated ("You like jazz and chess.", `listed_object`). 1 = the fact's own object alone."""
     train_end: bool = True
     """Train the end-of-turn markup after each templated answer (``olm.render.render_exchange``'s
     ``end_target``). The answers are one short sentence by construction; on smollm2 not training
@@ -125,6 +129,8 @@ class AugmentSettings:
         for name in counts:
             if getattr(self, name) < 0:
                 problems.append(f"augment.{name} must be >= 0, got {getattr(self, name)!r}")
+        if not (isinstance(self.listed_objects, int) and self.listed_objects >= 1):
+            problems.append(f"augment.listed_objects must be an integer >= 1, got {self.listed_objects!r}")
         if not self.contrast_weight >= 0 or self.contrast_weight == float("inf"):
             problems.append(f"augment.contrast_weight must be a finite number >= 0, got {self.contrast_weight!r}")
         if self.sibling_kinds not in ("same", "any"):
@@ -231,21 +237,47 @@ def sibling_facts(
         n: how many siblings at most.
         rotation: where the window starts, in steps of `n` (e.g. the statement count).
     """
-    subject, slot = fact_key(fact.subject, fact.slot or fact.relation)
+    subject, kind = fact_key(fact.subject, fact.slot or fact.relation)
     stored = sorted(stored, key=lambda f: f.last_turn, reverse=True)
-    same = [f for f in stored if f.key[1] == slot and f.key[0] != subject]
-    same += [f for f in stored if f.key[1] != slot] if any_kind else []
+    same = [f for f in stored if (f.slot or f.relation) == kind and f.key[0] != subject]
+    same += [f for f in stored if (f.slot or f.relation) != kind] if any_kind else []
     if not same or n <= 0:
         return []
     start = (rotation * n) % len(same)
     return [same[(start + i) % len(same)] for i in range(min(n, len(same)))]
 
 
-def sibling_rows(fact: StoredFact, pattern: FactPattern | None, rotation: int = 0) -> list[tuple[str, str, bool]]:
-    """The one question → answer row a fact step rehearses for a sibling fact (`fact_rows`' format);
-    [] without a pattern or an answer template."""
+def sibling_rows(
+    fact: StoredFact, pattern: FactPattern | None, rotation: int = 0, obj: str | None = None
+) -> list[tuple[str, str, bool]]:
+    """The one question → answer row a fact step rehearses for a sibling fact (`fact_rows`' format), answered with
+    `obj` (default: its object; `listed_object` for a fact of many objects); [] without a pattern or an answer
+    template."""
     rehearse = AugmentSettings(qa_pairs=1, paraphrases=0)
-    return fact_rows(fact.subject, fact.object, fact.relation, pattern, rehearse, rotation)
+    return fact_rows(fact.subject, fact.object if obj is None else obj, fact.relation, pattern, rehearse, rotation)
+
+
+def listed_object(stored: Iterable[StoredFact], fact, limit: int = 4) -> str:
+    """What a fact's Q/A rows answer with: its object; for a fact of many objects (`FactPattern.many`) the objects
+    of every remembered fact of its subject and slot, its own included (last if not remembered yet), in the order
+    first stated and joined ("jazz", "jazz and chess", "jazz, chess and hiking"): "What do I like?" then has one
+    answer whichever of them a step teaches. At most `limit`: its own and the most recently stated others.
+
+    Args:
+        stored: the fact memory's facts.
+        fact: the fact (a detected `FactInfo` or a `StoredFact`).
+        limit: most objects listed (`AugmentSettings.listed_objects`).
+    """
+    if not getattr(fact, "many", False) or limit <= 1:
+        return fact.object
+    stored, own = list(stored), fact_key(fact.subject, fact.key_slot)
+    kind = (own[0], fact.slot or fact.relation)
+    others = [f for f in stored if f.many and (f.key[0], f.slot or f.relation) == kind and f.key != own]
+    others = sorted(others, key=lambda f: f.last_turn)[-(limit - 1) :]  # the most recently stated
+    mine = next((f.first_turn for f in stored if f.key == own), float("inf"))  # not stored yet: stated now
+    listed = sorted([(f.first_turn, f.object) for f in others] + [(mine, fact.object)], key=lambda e: e[0])
+    objects = [o for _, o in listed]
+    return objects[0] if len(objects) == 1 else ", ".join(objects[:-1]) + " and " + objects[-1]
 
 
 def statement_loss_on(settings: AugmentSettings, loss_on: LossOn) -> LossOn:

@@ -159,6 +159,10 @@ class FactPattern:
     """With the subject, the memory key: a later match of the same slot with another object is an
     update that replaces the old fact ("Zara is my cousin." after "Zara is my sister."). Empty:
     the relation template itself."""
+    many: bool = False
+    """Many objects per subject ("I love jazz." and "I like chess."): each object is a fact of its own (the memory
+    key holds it), so a new one is added, never an update of the old; the Q/A rows of either answer with all of
+    them ("You like jazz and chess.", `olm.augment.listed_object`). False: one object, a new one replaces it."""
     subject: str = ""
     """Fixed subject for patterns whose regex has no ``subject`` group (first-person facts such as
     "I live in Lisbon.": subject "me")."""
@@ -450,7 +454,7 @@ def _default_patterns() -> list[FactPattern]:
             r"something|nothing|some|any|each|being|having|very|so|the)\b)"  # "I like the font": in front of one
             r"(?![^\W\d_]\.)(?!(?:[^\W\d_]+\s+){1,3}(?:it|them)\b)"  # "I like D.H. Lawrence", "I like watching it"
             r"(?P<object>{PHRASE}?)(?:\s+(?:very\s+much|so\s+much|a\s+lot|too|better|best|(?:the\s+)?most))?{END}",
-            "likes", "What do I like?", subject="me", confidence=0.6,
+            "likes", "What do I like?", subject="me", confidence=0.6, many=True,
             questions=["What do I like?", "What do I enjoy?", "Do you know what I like?"],
             answer="You like {object}.", short_answer="{object}.",
             answers=["You enjoy {object}.", "You love {object}."],
@@ -459,7 +463,7 @@ def _default_patterns() -> list[FactPattern]:
         FactPattern(  # "I speak French."
             "i_speak",
             r"\bI(?:\s+speak|(?:['’]m|\s+am)\s+fluent\s+in)\s+(?P<object>{PLACE})(?:\s+fluently)?{END}",
-            "speaks", "What language do I speak?", subject="me",
+            "speaks", "What language do I speak?", subject="me", many=True,
             questions=["What language do I speak?", "Which language do I speak?", "Do you know what language I speak?"],
             answer="You speak {object}.", short_answer="{object}.",
             answers=["You are fluent in {object}.", "You can speak {object}."],
@@ -471,7 +475,7 @@ def _default_patterns() -> list[FactPattern]:
             r"(?!(?:it|that|this|them|with|around|along|by|here|there|nice|fair|safe|dumb|my|your|a|an|some|any|"
             r"all|every|online|games?|music|the)\b)"
             r"(?P<object>{PHRASE}?)(?:\s+(?:every\s+\w+|a\s+lot|often|sometimes|well|too))?{END}",
-            "plays", "What do I play?", subject="me", confidence=0.6,
+            "plays", "What do I play?", subject="me", confidence=0.6, many=True,
             questions=["What do I play?", "Which game or instrument do I play?", "Do you know what I play?"],
             answer="You play {object}.", short_answer="{object}.",
             answers=["You know how to play {object}.", "You enjoy playing {object}."],
@@ -653,15 +657,23 @@ class FactInfo:
     """The pattern's recall probe template."""
     slot: str = ""
     """With the subject, the memory key (empty: the relation)."""
+    many: bool = False
+    """From a pattern with many objects per subject (`FactPattern.many`): the object is part of the key."""
 
     @property
     def key_slot(self) -> str:
-        """The slot of the memory key: a new object in the same slot replaces the old fact."""
-        return self.slot or self.relation
+        """The slot of the memory key: a new object in the same slot replaces the old fact (`key_slot`)."""
+        return key_slot(self.slot or self.relation, self.object, self.many)
 
     def question(self) -> str:
         """The recall probe for this fact, e.g. "Who is Zara?"."""
         return fill(self.question_template, self.subject, self.object, self.relation)
+
+
+def key_slot(slot: str, obj: str, many: bool) -> str:
+    """The slot part of a fact's memory key: its `slot`, and for a fact of many objects (`FactPattern.many`) its
+    object too ("likes=jazz"), so "I like chess." is kept beside "I love jazz." instead of replacing it."""
+    return f"{slot}={' '.join(obj.split()).casefold()}" if many else slot
 
 
 def article(word: str) -> str:
@@ -955,6 +967,7 @@ class FactDetector:
             pattern=pattern.name,
             question_template=pattern.question,
             slot=pattern.slot.strip() or relation,
+            many=pattern.many,
         )
 
 

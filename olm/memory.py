@@ -5,6 +5,8 @@ detector pattern's (`FactPattern.slot`, e.g. "relation" for every relation to th
 "Zara is my sister." stated again raises the count of the stored fact, and "Zara is my cousin."
 later is an *update* that replaces it (logged at INFO as such; the fact's next steps teach the new
 object, and replays only ever see the new one). The stored relation is the real word ("cousin").
+A pattern of many objects per subject (`FactPattern.many`: "I love jazz.", "I like chess.") keys each object
+apart (slot "likes=jazz", `StoredFact.key_slot`): a new object is another fact, never an update.
 
 Importance of a fact at turn t, in [0, 1], computed from its count and the turn it was last
 stated (``age = t − last_turn``):
@@ -40,7 +42,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from olm.facts import FactInfo
+from olm.facts import FactInfo, key_slot
 
 log = logging.getLogger(__name__)
 
@@ -146,11 +148,18 @@ class StoredFact:
     """Detector pattern of the latest statement."""
     slot: str = ""
     """With the subject, the memory key (empty: the relation)."""
+    many: bool = False
+    """One of many objects of its subject and slot (`FactPattern.many`): the object is part of the key."""
+
+    @property
+    def key_slot(self) -> str:
+        """The slot part of the memory key (`olm.facts.key_slot`: with the object for a fact of many objects)."""
+        return key_slot(self.slot or self.relation, self.object, self.many)
 
     @property
     def key(self) -> tuple[str, str]:
-        """The memory key: (casefolded subject, slot)."""
-        return fact_key(self.subject, self.slot or self.relation)
+        """The memory key: (casefolded subject, `key_slot`)."""
+        return fact_key(self.subject, self.key_slot)
 
 
 def fact_key(subject: str, slot: str) -> tuple[str, str]:
@@ -370,7 +379,7 @@ class FactMemory:
             subject=fact.subject, relation=fact.relation, object=fact.object, text=text, reply=reply,
             entities=list(fact.entities), question=fact.question(), count=1, first_turn=turn,
             last_turn=turn, last_access=turn, importance=0.0, confidence=fact.confidence, pattern=fact.pattern,
-            slot=fact.key_slot,
+            slot=fact.slot or fact.relation, many=fact.many,
         )  # fmt: skip
 
     def _refresh(self, turn: int) -> None:

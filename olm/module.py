@@ -39,8 +39,8 @@ import lightning as L
 import torch
 
 from olm.augment import (
-    AugmentSettings, contrast_questions, fact_acknowledgement, fact_questions, fact_rows, sibling_facts, sibling_rows,
-    statement_loss_on,
+    AugmentSettings, contrast_questions, fact_acknowledgement, fact_questions, fact_rows, listed_object, sibling_facts,
+    sibling_rows, statement_loss_on,
 )
 from olm.backbone import LoRASettings, attach_lora, load_base
 from olm.console import quiet_known_messages
@@ -586,10 +586,11 @@ class OnlineLM(L.LightningModule):
         """The rendered augmentation of a fact (`olm.augment`): Q/A pairs and paraphrases, no history;
         `replay`: for a replay step (`augment.answer_frames_on`)."""
         pattern = self.detector.pattern(fact.pattern) if fact is not None else None
-        rows = fact_rows(fact.subject, fact.object, fact.relation, pattern, self.augment, rotation, statement, replay)
+        obj = listed_object(self.memory, fact, self.augment.listed_objects)  # "jazz and chess" for many objects
+        rows = fact_rows(fact.subject, obj, fact.relation, pattern, self.augment, rotation, statement, replay)
         said = statement_loss_on(self.augment, self.objective.loss_on)
         return [
-            self.render_fact_row(u, a, fact, said if is_statement else self.objective.loss_on)
+            self.render_fact_row(u, a, obj, said if is_statement else self.objective.loss_on)
             for u, a, is_statement in rows
         ]
 
@@ -603,18 +604,19 @@ class OnlineLM(L.LightningModule):
             return examples, None
         contexts = [ctx] * len(examples)
         for fact in siblings:
-            rows = sibling_rows(fact, self.detector.pattern(fact.pattern), rotation + fact.count)
-            mine = [self.render_fact_row(u, a, fact, self.objective.loss_on) for u, a, _ in rows]
+            obj = listed_object(self.memory, fact, self.augment.listed_objects)
+            rows = sibling_rows(fact, self.detector.pattern(fact.pattern), rotation + fact.count, obj)
+            mine = [self.render_fact_row(u, a, obj, self.objective.loss_on) for u, a, _ in rows]
             examples = examples + mine
             contexts += [Context("replay", fact=fact, repetition=fact.count, importance=fact.importance)] * len(mine)
         return examples, contexts
 
-    def render_fact_row(self, user: str, answer: str, fact, loss_on: LossOn) -> Example:
-        """One augmentation row (`olm.augment`), rendered without history, its answer's object marked."""
+    def render_fact_row(self, user: str, answer: str, obj: str, loss_on: LossOn) -> Example:
+        """One augmentation row (`olm.augment`), rendered without history, its answer's object `obj` marked."""
         e = render_exchange(
             self.tokenizer, user, answer, (), loss_on, self.objective.max_tokens, end_target=self.augment.train_end
         )
-        return replace(e, answer_mask=answer_mask(e.text, e.offsets, e.loss_mask, user, fact.object))
+        return replace(e, answer_mask=answer_mask(e.text, e.offsets, e.loss_mask, user, obj))
 
     def learn(
         self, examples: Example | list[Example], ctx: Context, contexts: list[Context] | None = None
@@ -773,7 +775,7 @@ class OnlineLM(L.LightningModule):
 
     def queue_replay(self, facts: list[StoredFact]) -> None:
         """Queue remembered facts to be relearned at the start of the next training_step."""
-        self.replay_queue.extend((f.subject, f.slot or f.relation) for f in facts)
+        self.replay_queue.extend((f.subject, f.key_slot) for f in facts)
 
     # ----------------------------------------------------------------- helpers
     def _clip_and_step(self, opt, loss: torch.Tensor) -> float:

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from olm.augment import (
-    AugmentSettings, contrast_questions, fact_exchanges, fact_questions, fact_rows, second_person, sibling_facts,
-    sibling_rows,
+    AugmentSettings, contrast_questions, fact_exchanges, fact_questions, fact_rows, listed_object, second_person,
+    sibling_facts, sibling_rows,
 )
 from olm.backbone import LoRASettings
 from olm.prefix import MIN_PREFIX, common_prefix_length
@@ -213,7 +213,7 @@ def test_subject_only_questions_for_third_person_facts_only():
 def test_first_person_facts(text, slot, obj, question):
     fact = FactDetector().detect(text)
     assert fact is not None, text
-    assert (fact.subject, fact.key_slot, fact.object, fact.question()) == ("me", slot, obj, question)
+    assert (fact.subject, fact.slot, fact.object, fact.question()) == ("me", slot, obj, question)
 
 
 def test_first_person_non_facts():
@@ -382,6 +382,37 @@ def test_contradiction_replaces_the_fact_in_memory_and_what_is_replayed(tiny_mod
     assert model.replay_queue == [("Zara", "relation")]
     [qa] = model.fact_examples(stored, 0)
     assert "cousin" in qa.text and "sister" not in qa.text
+
+
+def test_facts_of_many_objects_are_kept_side_by_side_and_answered_together(tiny_model_dir):
+    """"I like chess." after "I love jazz." is a second like, not an update: both are remembered, and the Q/A rows
+    of either answer with both, in the order first stated; a third-person fact of one object is still updated."""
+    model = OnlineLM(base_model=tiny_model_dir, augment=AugmentSettings(qa_pairs=1, paraphrases=1))
+    for turn, text in enumerate(["I love jazz.", "I like chess.", "I love jazz.", "Zara has a red kite.",
+                                 "Zara has a blue kite.", "I speak Portuguese."]):  # fmt: skip
+        model.memory.store(model.detector.detect(text), text, "Got it.", turn)
+    assert sorted((f.key_slot, f.object, f.count) for f in model.memory) == [
+        ("has", "blue kite", 1), ("likes=chess", "chess", 1), ("likes=jazz", "jazz", 2), ("speaks=portuguese", "Portuguese", 1)]
+    chess = model.memory.get("me", "likes=chess")
+    [qa, para] = model.fact_examples(chess, 0)
+    assert "You like jazz and chess." in qa.text and "jazz and chess" in para.text
+    assert bool(qa.answer_mask.any())  # the listed objects are the measured answer
+    hiking = model.detector.detect("I enjoy hiking.")  # stated now, not stored yet: listed last
+    assert listed_object(model.memory, hiking) == "jazz, chess and hiking"
+    assert listed_object(model.memory, hiking, limit=2) == "jazz and hiking"  # the most recently stated other (turn 2)
+    assert listed_object(model.memory, hiking, limit=1) == "hiking"
+    assert listed_object(model.memory, model.memory.get("me", "speaks=portuguese")) == "Portuguese"
+    kite = model.memory.get("zara", "has")
+    assert listed_object(model.memory, kite) == "blue kite"  # one object per subject: its own
+    model.queue_replay([chess])
+    assert model.replay_queue == [("me", "likes=chess")] and model.memory.get(*model.replay_queue[0]) is chess
+    # the speaker's other likes are listed in the fact's own rows, never rehearsed beside them as siblings
+    assert [f.object for f in sibling_facts(model.memory, hiking, 9, any_kind=True)] == ["Portuguese", "blue kite"]
+    again = FactMemory()
+    again.load_state_dict(model.memory.state_dict())
+    assert [f.key for f in again] == [f.key for f in model.memory]
+    with pytest.raises(ValueError, match="listed_objects"):
+        AugmentSettings(listed_objects=0)
 
 
 def _memory_of(*statements: str) -> FactMemory:

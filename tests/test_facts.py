@@ -40,7 +40,7 @@ def test_each_default_pattern_on_canonical_statements(detector, text, subject, r
     for variant in (text, text.rstrip(".")):  # the trailing "." is optional
         fact = detector.detect(variant)
         assert fact is not None, variant
-        assert (fact.subject, fact.key_slot, fact.object, fact.pattern) == (subject, relation, obj, pattern)
+        assert (fact.subject, fact.slot, fact.object, fact.pattern) == (subject, relation, obj, pattern)
         assert 0.0 <= fact.confidence <= 1.0
         assert variant[fact.span[0] : fact.span[1]].startswith(("Zara", "My", "I"))
 
@@ -64,7 +64,7 @@ def test_each_default_pattern_on_canonical_statements(detector, text, subject, r
 def test_everyday_relation_variants(detector, text, subject, obj):
     fact = detector.detect(text)
     assert fact is not None, text
-    assert (fact.subject, fact.key_slot, fact.object) == (subject, "relation", obj)
+    assert (fact.subject, fact.slot, fact.object) == (subject, "relation", obj)
     assert fact.relation == obj  # the real relation word is stored, not the literal "relation"
 
 
@@ -73,7 +73,7 @@ def test_toy_world_relation_kinds_share_one_key_across_forms(detector, relation)
     forms = [f"Xiomara is my {relation}.", f"My {relation} is Xiomara.", f"My {relation}'s name is Xiomara."]
     facts = [detector.detect(form) for form in forms]
     assert all(f is not None for f in facts), forms
-    assert {(f.subject, f.key_slot, f.object, f.relation) for f in facts} == {("Xiomara", "relation", relation, relation)}
+    assert {(f.subject, f.slot, f.object, f.relation) for f in facts} == {("Xiomara", "relation", relation, relation)}
 
 
 @pytest.mark.parametrize(
@@ -122,7 +122,7 @@ def test_each_pattern_detects_its_own_paraphrased_statements(detector, pattern):
         text = fill(template, subject, obj, relation)
         fact = detector.detect(text)
         assert fact is not None, text
-        assert (fact.subject, fact.key_slot, fact.object) == (subject, relation, obj), (text, fact)
+        assert (fact.subject, fact.slot, fact.object) == (subject, relation, obj), (text, fact)
 
 
 @pytest.mark.parametrize(
@@ -151,7 +151,7 @@ def test_statements_are_not_questions(detector):
 
 def test_update_keeps_the_memory_key(detector):
     a, b = detector.detect("Zara is my sister."), detector.detect("Zara is my friend.")
-    assert (a.subject, a.key_slot) == (b.subject, b.key_slot)
+    assert (a.subject, a.slot) == (b.subject, b.slot)
     assert (a.object, b.object) == ("sister", "friend") and (a.relation, b.relation) == ("sister", "friend")
 
 
@@ -306,7 +306,7 @@ def test_birth_moves_and_bases_say_where_and_when(text, fact):
     one lives) are the keys asked about already ("When is my birthday?", "Where am I from?", "Where do I live?"); a
     birthday may be said without "in" / "on"."""
     found = FactDetector().detect(text)
-    assert (None if found is None else (found.subject, found.key_slot, found.object)) == fact
+    assert (None if found is None else (found.subject, found.slot, found.object)) == fact
 
 
 @pytest.mark.parametrize(
@@ -324,7 +324,7 @@ def test_where_a_person_works_and_comes_from(text, fact):
     """The third person has the employer and the origin that the speaker has ("I work at ...", "I'm from ..."),
     under the same memory keys; being born in a month stays a birthday."""
     found = FactDetector().detect(text)
-    assert (None if found is None else (found.subject, found.key_slot, found.object)) == fact
+    assert (None if found is None else (found.subject, found.slot, found.object)) == fact
 
 
 @pytest.mark.parametrize(
@@ -341,7 +341,7 @@ def test_a_known_job_after_a_is_what_one_does_for_work(text, fact):
     """"I'm a nurse." says what the speaker does for work when the word is a known job (`detector.occupations`);
     "I'm a big fan." and "Tom is a genius." say nothing to remember."""
     found = FactDetector().detect(text)
-    assert (None if found is None else (found.subject, found.key_slot, found.object)) == fact
+    assert (None if found is None else (found.subject, found.slot, found.object)) == fact
 
 
 @pytest.mark.parametrize(
@@ -358,7 +358,7 @@ def test_what_the_speaker_likes(text, fact):
     """"I love sushi." is a fact about the speaker (asked "What do I like?"); a trailing "very much" or "too" is not
     part of the object; what one likes in the moment ("the font", "it", "you") and "I'd like to" are chat."""
     found = FactDetector().detect(text)
-    assert (found.subject, found.key_slot, found.object) == ("me", "likes", fact) if fact else found is None
+    assert (found.subject, found.slot, found.object) == ("me", "likes", fact) if fact else found is None
 
 
 @pytest.mark.parametrize(
@@ -376,12 +376,12 @@ def test_languages_games_studies_and_hobbies_of_the_speaker(text, fact):
     """"I speak French.", "I play the guitar.", "I study medicine.", "My hobby is painting." are facts about the
     speaker, each its own key ("What language do I speak?", "What do I play?", ...); near misses are chat."""
     found = FactDetector().detect(text)
-    assert (found.subject, found.key_slot, found.object) == ("me", *fact) if fact else found is None
+    assert (found.subject, found.slot, found.object) == ("me", *fact) if fact else found is None
 
 
 def test_a_name_then_and_is_still_a_name():
     facts = FactDetector().detect_many("Hi, I'm Sam and I'm a nurse.")
-    assert sorted((f.key_slot, f.object) for f in facts) == [("name", "Sam"), ("works_as", "nurse")]
+    assert sorted((f.slot, f.object) for f in facts) == [("name", "Sam"), ("works_as", "nurse")]
 
 
 @pytest.mark.parametrize(
@@ -398,7 +398,7 @@ def test_a_name_then_and_is_still_a_name():
 def test_the_speakers_unnamed_relative_is_a_subject(text, facts):
     """"My mom lives in Lyon." is a fact about "my mom" (asked "Where does my mom live?"); a name, when
     given, stays the subject."""
-    assert [(f.subject, f.key_slot, f.object) for f in FactDetector().detect_many(text)] == facts
+    assert [(f.subject, f.slot, f.object) for f in FactDetector().detect_many(text)] == facts
 
 
 def test_an_unnamed_relative_is_my_in_questions_and_your_in_answers():
@@ -436,7 +436,7 @@ def test_an_open_relation_is_its_own_memory_key():
     detector = FactDetector()
     food, film, again = (detector.detect(t) for t in ("My favourite food is sushi.", "My favourite film is Alien.",
                                                       "My favorite food is ramen."))  # fmt: skip
-    assert food.key_slot != film.key_slot and food.key_slot == again.key_slot == "favourite food"
+    assert food.slot != film.slot and food.slot == again.slot == "favourite food"
 
 
 def test_max_facts_is_validated():
@@ -563,7 +563,7 @@ def test_the_bundled_about_me_stream_states_six_facts_about_the_speaker_three_ti
     said = [json.loads(line)["messages"][0]["content"] for line in path.read_text(encoding="utf-8").splitlines()]
     facts = [f for f in map(detector.detect, said) if f is not None]
     assert {f.subject for f in facts} == {"me"}
-    assert Counter((f.key_slot, f.object) for f in facts) == {
+    assert Counter((f.slot, f.object) for f in facts) == {
         ("name", "Ilsabet"): 3, ("lives_in", "Tromsø"): 3, ("works_at", "Brightwell Labs"): 3,
         ("allergic_to", "sesame"): 3, ("favourite_colour", "mauve"): 3, ("birthday", "November"): 3,
     }  # fmt: skip

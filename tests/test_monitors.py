@@ -165,7 +165,7 @@ def test_forgetting_monitor_round_robin_over_many_facts():
 
     class F:
         def __init__(self, i):
-            self.first_turn, self.subject, self.relation = i, f"s{i}", "r"
+            self.first_turn, self.subject, self.key_slot = i, f"s{i}", "r"
 
     facts = [F(i) for i in range(5)]
     picked = [[f.first_turn for f in monitor._select(facts)] for _ in range(3)]

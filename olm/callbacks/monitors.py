@@ -296,7 +296,7 @@ class ForgettingMonitor(Callback):
         facts = self._select(list(pl_module.memory))
         users = getattr(pl_module, "users", None)  # per-user learning: the active user's facts, keys apart
         who = f"{users.active}:" if users is not None and users.active is not None else ""
-        keys = [f"{who}{f.subject}|{getattr(f, 'slot', '') or f.relation}" for f in facts]
+        keys = [f"{who}{f.subject}|{f.key_slot}" for f in facts]
         answers: list[str] = []
         for i in range(0, len(facts), self.batch_size):
             chunk = [f.question for f in facts[i : i + self.batch_size]]
@@ -316,7 +316,7 @@ class ForgettingMonitor(Callback):
         return scalars
 
     def _select(self, facts: list) -> list:
-        facts = sorted(facts, key=lambda f: (f.first_turn, f.subject, getattr(f, "slot", "") or f.relation))
+        facts = sorted(facts, key=lambda f: (f.first_turn, f.subject, f.key_slot))
         if len(facts) <= self.max_facts:
             return facts
         start = self.cursor % len(facts)

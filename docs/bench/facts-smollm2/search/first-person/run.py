@@ -15,6 +15,9 @@ key=value: model settings overrides, dotted under `model` (locality.exempt_facts
 --likes: one more fact (since i_like): what the speaker likes ("I love {o}.", asked "What do I like?").
 --pastimes: instead of the six, five facts of the patterns added with i_like: likes, a language (i_speak), a game or
 instrument (i_play), a subject of study (i_study), a hobby (my_hobby).
+--many: instead of the six, two things the speaker likes, two languages, two games (patterns of many objects: each
+kept beside the other, answered together, "You like jazz and chess.") and a subject of study and a hobby; a fact of
+many objects is recalled when its own object is in the answer to the shared question.
 --pairs: state the facts two to a message ("My name is Lojois. I live in Zurich."), each round's six in three
 messages: every fact of a message is learned since `detector.max_facts` (default 3; detector.max_facts=1: as before).
 Since 5973a7a `olm.open` seeds torch as default.yaml's `seed_everything` (0) says, so a rerun repeats a run; the runs
@@ -27,8 +30,8 @@ from olm.probes import is_recalled
 from olm.world import templates as T
 
 torch.set_num_threads(1)
-FLAGS = ("--pairs", "--extra", "--open", "--others", "--kin", "--likes", "--pastimes")
-pairs, extra, opened, others, kin, likes, pastimes = (flag in sys.argv for flag in FLAGS)
+FLAGS = ("--pairs", "--extra", "--open", "--others", "--kin", "--likes", "--pastimes", "--many")
+pairs, extra, opened, others, kin, likes, pastimes, many = (flag in sys.argv for flag in FLAGS)
 args = [a for a in sys.argv if a not in FLAGS]
 seed, out = int(args[1]), args[2]
 cfg = yaml.safe_load(open("configs/default.yaml"))
@@ -109,6 +112,22 @@ if pastimes:  # drawn last; replaces the six
         (["My hobby is {o}.", "My favourite pastime is {o}.", "My favorite hobby is {o}."], "What is my hobby?",
          "How do I spend my free time?", rng.choice(["knitting", "birdwatching", "fishing", "baking", "climbing", "sketching"])),
     ]
+if many:  # drawn last; replaces the six
+    liked = rng.sample(["hiking", "jazz", "gardening", "cycling", "pottery", "origami"], 2)
+    spoken = rng.sample(["Portuguese", "Finnish", "Swahili", "Korean", "Dutch", "Greek"], 2)
+    played = rng.sample(["cello", "chess", "badminton", "harp", "rugby", "banjo"], 2)
+    facts = [(["I love {o}.", "I really enjoy {o}.", "I like {o} very much."], "What do I like?", "What am I fond of?", o)
+             for o in liked]
+    facts += [(["I speak {o}.", "I'm fluent in {o}.", "I speak {o} fluently."], "What language do I speak?",
+               "Which tongue am I fluent in?", o) for o in spoken]
+    facts += [(["I play {o}.", "I often play {o}.", "I play {o} a lot."], "What do I play?",
+               "Which instrument or sport is mine?", o) for o in played]
+    facts += [
+        (["I study {o}.", "I'm studying {o}.", "I am majoring in {o}."], "What do I study?", "What is my field at university?",
+         rng.choice(["geology", "linguistics", "astronomy", "architecture", "pharmacy", "economics"])),
+        (["My hobby is {o}.", "My favourite pastime is {o}.", "My favorite hobby is {o}."], "What is my hobby?",
+         "How do I spend my free time?", rng.choice(["knitting", "birdwatching", "fishing", "baking", "climbing", "sketching"])),
+    ]
 chat = [json.loads(l)["messages"] for l in open("olm/assets/logs/about-me.jsonl")]
 small = [(m[0]["content"], m[1]["content"]) for m in chat if "?" in m[0]["content"] or not any(
     w in m[0]["content"] for w in ("my ", "My ", "I ", "I'm", "Call"))]
@@ -130,8 +149,8 @@ general = ["What is the capital of France?", "How many legs does a spider have?"
 general += ["What do you do for a living?", "Where are you from?"] if extra else []  # the new facts' contrasts
 general += ["What is your favourite food?", "How old are you?"] if opened else []
 general += ["Where does my neighbour live?", "Where does my boss work?", "What do you do for a living?"] if kin else []
-general += ["What do you like?", "What do you enjoy doing?"] if likes or pastimes else []
-general += ["What languages do you speak?", "Do you play any games?", "What is your hobby?"] if pastimes else []
+general += ["What do you like?", "What do you enjoy doing?"] if likes or pastimes or many else []
+general += ["What languages do you speak?", "Do you play any games?", "What is your hobby?"] if pastimes or many else []
 lm = olm.open(base_model="smollm2-135m", config=cfg)
 m = lm.module
 before = {g: lm.ask(g) for g in general}  # the adapter starts at zero (B = 0): the base's answers
@@ -148,7 +167,7 @@ for g in general:
     a = lm.ask(g)
     on = bool(m.router.last_on.all()) if m.router.last_on is not None else None
     rows.append({"kind": "general", "q": g, "answer": a, "routed": on, "same_as_base": a == before[g]})
-res = {"seed": seed, "overrides": args[3:] + ["--pairs"] * pairs + ["--extra"] * extra + ["--open"] * opened + ["--others"] * others + ["--kin"] * kin + ["--likes"] * likes + ["--pastimes"] * pastimes, "turns": len(turns), "learn_s": round(took, 1), "rows": rows,
+res = {"seed": seed, "overrides": args[3:] + ["--pairs"] * pairs + ["--extra"] * extra + ["--open"] * opened + ["--others"] * others + ["--kin"] * kin + ["--likes"] * likes + ["--pastimes"] * pastimes + ["--many"] * many, "turns": len(turns), "learn_s": round(took, 1), "rows": rows,
        "trained": sum(r["recalled"] for r in rows if r["kind"] == "trained") / len(facts),
        "held_out": sum(r["recalled"] for r in rows if r["kind"] == "held_out") / len(facts),
        "general_routed": sum(bool(r["routed"]) for r in rows if r["kind"] == "general"),
