@@ -250,7 +250,10 @@ def attach_lora(model: PreTrainedModel, settings: LoRASettings, adapter: str | N
         if Path(adapter).exists():  # local: a version root or a PEFT directory (else a hub id, for peft)
             adapter = str(resolve_adapter_dir(adapter))
         with _peft_quietly():
-            return PeftModel.from_pretrained(model, adapter, is_trainable=True)
+            peft = PeftModel.from_pretrained(model, adapter, is_trainable=True)
+        for config in peft.peft_config.values():  # it names its base portably ("smollm2-135m", `olm.adapter_card`):
+            config.base_model_name_or_path = model.name_or_path  # the local base, as for a fresh adapter, so that
+        return peft  # saving it never looks that name up on a hub (peft's check of the embeddings' vocabulary)
     layers = adapted_blocks(settings, model.config.num_hidden_layers)
     config = LoraConfig(
         r=settings.r,

@@ -4,6 +4,8 @@ without learning, save writes a PEFT adapter directory."""
 
 from __future__ import annotations
 
+import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,11 @@ def test_teach_ask_and_save_on_olm_tiny(tmp_path):
     assert [(f.subject, f.object, f.count) for f in again.module.memory] == [("Xiomara", "sister", 2)]
     assert "Who is Xiomara?" in again.module.recent_fact_questions(4) and again.module.known_relatives() == {"sister"}
     assert max(f.last_access for f in again.module.memory) == 0 and again.turns_trained == 0
+    with warnings.catch_warnings(record=True) as caught:  # saved again: its base is the local one, no hub lookup
+        warnings.simplefilter("always")
+        resaved = again.save(tmp_path / "again")
+    assert not [str(w.message) for w in caught if "config" in str(w.message)], [str(w.message) for w in caught]
+    assert json.loads((resaved / "adapter_config.json").read_text())["base_model_name_or_path"] == "olm-tiny"
     (saved / "memory.json").write_text("{broken", encoding="utf-8")
     with pytest.raises(RunError, match="not a usable fact memory"):
         olm.open(config=TINY, adapter=str(saved))
