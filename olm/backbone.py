@@ -251,9 +251,11 @@ def attach_lora(model: PreTrainedModel, settings: LoRASettings, adapter: str | N
             adapter = str(resolve_adapter_dir(adapter))
         with _peft_quietly():
             peft = PeftModel.from_pretrained(model, adapter, is_trainable=True)
-        for config in peft.peft_config.values():  # it names its base portably ("smollm2-135m", `olm.adapter_card`):
-            config.base_model_name_or_path = model.name_or_path  # the local base, as for a fresh adapter, so that
-        return peft  # saving it never looks that name up on a hub (peft's check of the embeddings' vocabulary)
+        # its config names the base portably ("smollm2-135m", `olm.adapter_card`); record the local one, as a fresh
+        # adapter does, or PEFT's save looks that name up on a hub (its check of the embeddings' vocabulary)
+        for config in peft.peft_config.values():
+            config.base_model_name_or_path = model.name_or_path
+        return peft
     layers = adapted_blocks(settings, model.config.num_hidden_layers)
     config = LoraConfig(
         r=settings.r,

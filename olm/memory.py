@@ -355,8 +355,8 @@ class FactMemory:
     def carry_over(self, path: str | Path) -> int:
         """Load a memory written by `to_json` into a run whose turn clock starts again at 0 (a new run that
         continues from a saved adapter): every fact's turn counters move back by the newest one (a statement,
-        replay or recall), so the facts' ages (importance, decay, replay spacing) are those they had when it was saved. Returns the
-        number of facts loaded.
+        replay or recall), so the facts' ages (importance, decay, replay spacing) are those they had when it was
+        saved. Returns the number of facts loaded.
 
         Raises:
             ValueError: `path` is not a memory (unreadable, not JSON, unknown version, malformed facts).

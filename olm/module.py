@@ -868,8 +868,8 @@ class OnlineLM(L.LightningModule):
         fact = ctx.fact
         self.last = TurnRecord(
             user=turn.user, reply=reply, kind=ctx.kind,
-            fact="; ".join(f"{c.fact.subject} | {c.fact.slot or c.fact.relation} | {c.fact.object}" for c in (ctx, *ctx.more))
-            if fact is not None else None,
+            fact="; ".join(f"{c.fact.subject} | {c.fact.slot or c.fact.relation} | {c.fact.object}"
+                           for c in (ctx, *ctx.more)) if fact is not None else None,
             lr=stats["lr"], loss=stats["loss"], kl=stats["kl"], ce=stats["ce"], tokens=example.num_tokens,
             replayed=sum(r["facts"] for r in replayed), timings=dict(self._timings),
         )  # fmt: skip

@@ -159,7 +159,8 @@ class RoutingSettings:
     speaker's questions are common words, read little (under τ), and their shift can stay under κ = `shift_margin` ×
     c though above every unrelated prompt's: in a chat, "What language do I speak?" — a trained question — shifted
     7.3 against κ 8.8 and c 4.4, and went to the base. Prompts about the assistant or naming no one keep κ. False = κ
-    for every prompt."""
+    for every prompt (default.yaml, chat.yaml: on the first-person probe it recalled nothing more and once sent
+    "I live in a small flat. Any decorating tips?" to the adapter, which answered "You like origami."; README)."""
     tolerance: float = 0.0
     """Recompute τ once some LoRA tensor moved by more than this share of its norm (‖W − W_τ‖ > tolerance ·
     ‖W_τ‖) since τ was computed; 0 = after any change. A calibration is one forward of the

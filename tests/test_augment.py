@@ -392,7 +392,8 @@ def test_facts_of_many_objects_are_kept_side_by_side_and_answered_together(tiny_
                                  "Zara has a blue kite.", "I speak Portuguese."]):  # fmt: skip
         model.memory.store(model.detector.detect(text), text, "Got it.", turn)
     assert sorted((f.key_slot, f.object, f.count) for f in model.memory) == [
-        ("has", "blue kite", 1), ("likes=chess", "chess", 1), ("likes=jazz", "jazz", 2), ("speaks=portuguese", "Portuguese", 1)]
+        ("has", "blue kite", 1), ("likes=chess", "chess", 1), ("likes=jazz", "jazz", 2),
+        ("speaks=portuguese", "Portuguese", 1)]  # fmt: skip
     chess = model.memory.get("me", "likes=chess")
     [qa, para] = model.fact_examples(chess, 0)
     assert "You like jazz and chess." in qa.text and "jazz and chess" in para.text

@@ -436,7 +436,7 @@ def test_speaker_shift_holds_the_speakers_questions_to_a_kappa_calibrated_on_the
     trained = lambda n: ["What language do I speak?"]  # noqa: E731 - the speaker's fact, its trained question
     cases = ((False, [4.4, 7.3], [False] * 5),  # κ = 8.8 for all: even the trained question (7.3) goes to the base
              (True, [4.4, 7.3], [True, True, False, False, False]),  # κ_S = √(4.4 · 7.3) = 5.67 for the speaker's
-             (True, [4.4, 4.0], [False] * 5))  # f ≤ c: κ_S = κ (not c, under which "Which tongue" would pass)  # fmt: skip
+             (True, [4.4, 4.0], [False] * 5))  # f ≤ c: κ_S = κ (not c, which "Which tongue" would pass)  # fmt: skip
     for on, (c, f), expected in cases:
         shift_of["What language do I speak?"] = f
         settings = RoutingSettings(enabled=True, calibration=4, shift_margin=2.0, speaker_shift=on)
@@ -446,8 +446,8 @@ def test_speaker_shift_holds_the_speakers_questions_to_a_kappa_calibrated_on_the
         kappa_s = min(2 * c, (c * f) ** 0.5) if on and f > c else 2 * c
         assert router.speaker_kappa(model).tolist() == [pytest.approx(kappa_s)]
         assert router.route(model, batch["input_ids"], batch["attention_mask"]).tolist() == expected, (on, f)
-    assert routing.speaker_kappa(torch.tensor([8.8, 1.0]), torch.tensor([4.4, 0.5]), torch.tensor([100.0, 0.2])).tolist() \
-        == [pytest.approx(8.8), pytest.approx(1.0)]  # never above κ; κ where the trained questions shift less
+    got = routing.speaker_kappa(torch.tensor([8.8, 1.0]), torch.tensor([4.4, 0.5]), torch.tensor([100.0, 0.2]))
+    assert got.tolist() == [pytest.approx(8.8), pytest.approx(1.0)]  # never above κ; κ where the trained shift less
 
 
 def test_calibration_shifts_keep_the_base_outputs_and_equal_a_fresh_computation(module, monkeypatch):
