@@ -319,8 +319,10 @@ class FactMemory:
         """Replace the memory with a `state_dict`; evicts down to `max_facts` if it holds more.
 
         Raises:
-            ValueError: on an unknown version or malformed facts.
+            ValueError: on a state that is not {"version", "facts": [...]}, an unknown version or malformed facts.
         """
+        if not isinstance(state, dict) or not isinstance(state.get("facts"), list):
+            raise ValueError('memory state must be {"version": ..., "facts": [...]}')
         version = state.get("version")
         if version not in (1, STATE_VERSION):
             raise ValueError(f"memory state version must be 1 or {STATE_VERSION}, got {version!r}")
@@ -362,10 +364,7 @@ class FactMemory:
             ValueError: `path` is not a memory (unreadable, not JSON, unknown version, malformed facts).
         """
         try:
-            state = json.loads(Path(path).read_text(encoding="utf-8"))
-            if not isinstance(state, dict) or not isinstance(state.get("facts"), list):
-                raise ValueError('not {"version": ..., "facts": [...]}')
-            self.load_state_dict(state)
+            self.load_json(path)
         except (OSError, ValueError) as err:  # JSON and UTF-8 decode errors are ValueErrors
             raise ValueError(f"{str(path)!r} is not a usable fact memory: {err}") from None
         shift = max((max(f.last_turn, f.last_access) for f in self._facts.values()), default=0)

@@ -535,12 +535,15 @@ class Router:
         """(B,) bool: the rows the speaker rule holds apart (no shift reads, τ_S): with `assistant_words`, those
         whose last user message asks about the assistant (`addressee`); without, those that name none of
         `speaker_words`; all False without `speaker_words`."""
+        return self._held(self.addressees(ids, attention, prompt_end))
+
+    def _held(self, who: list[str | None]) -> torch.Tensor:
+        """`held_apart` from the rows' `addressees`."""
         if self._speaker is None:
-            return torch.zeros(ids.shape[0], dtype=torch.bool)
-        if self._assistant is None:
-            texts = self._last_messages(ids, attention, prompt_end)
-            return torch.tensor([self._speaker.search(t) is None for t in texts], dtype=torch.bool)
-        return torch.tensor([who == "assistant" for who in self.addressees(ids, attention, prompt_end)])
+            return torch.zeros(len(who), dtype=torch.bool)
+        if self._assistant is None:  # every row that does not name the speaker
+            return torch.tensor([w != "speaker" for w in who], dtype=torch.bool)
+        return torch.tensor([w == "assistant" for w in who], dtype=torch.bool)
 
     def addressees(
         self, ids: torch.Tensor, attention: torch.Tensor, prompt_end: torch.Tensor | None = None
@@ -692,7 +695,8 @@ class Router:
             return torch.ones(ids.shape[0], dtype=torch.bool)  # nothing to route (inside disable_adapter: the base)
         tau, kappa, tau_s, rule, kappa_s = self._calibrated(model)  # one check of the weights per routed batch
         read = self.scores(model, ids, attention, prompt_end)
-        held = self.held_apart(ids, attention, prompt_end) if rule else None
+        who = self.addressees(ids, attention, prompt_end) if rule or kappa_s is not kappa else None
+        held = self._held(who) if rule else None
         on = read > tau
         if held is not None and tau_s > tau:  # asked of the assistant, not of the speaker: above τ_S too
             on &= ~held | (read > tau_s)
@@ -703,8 +707,7 @@ class Router:
                 dev = ask.to(ids.device)
                 bar = kappa.expand(len(ask), -1).clone()
                 if kappa_s is not kappa:  # the rows that ask about the speaker: κ_S (`speaker_shift`)
-                    who = self.addressees(ids[dev], attention[dev], end)
-                    bar[torch.tensor([w == "speaker" for w in who], dtype=torch.bool)] = kappa_s
+                    bar[torch.tensor([who[i] == "speaker" for i in ask.tolist()], dtype=torch.bool)] = kappa_s
                 on[ask] = (self.shift(model, ids[dev], attention[dev], end) > bar).any(1)
         if self.relatives is not None and bool(on.any()):
             on &= ~self.unknown_relative(ids, attention, prompt_end)
