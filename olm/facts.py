@@ -163,6 +163,9 @@ class FactPattern:
     """Many objects per subject ("I love jazz." and "I like chess."): each object is a fact of its own (the memory
     key holds it), so a new one is added, never an update of the old; the Q/A rows of either answer with all of
     them ("You like jazz and chess.", `olm.augment.listed_object`). False: one object, a new one replaces it."""
+    opposite: str = ""
+    """For a fact of many objects, the slot of the facts it contradicts object by object: "I hate jazz."
+    (`dislikes`) removes a remembered "I love jazz." (`likes=jazz`) and vice versa. Empty: none."""
     subject: str = ""
     """Fixed subject for patterns whose regex has no ``subject`` group (first-person facts such as
     "I live in Lisbon.": subject "me")."""
@@ -204,6 +207,12 @@ def _default_patterns() -> list[FactPattern]:
     open_thing = (r"(?!(?:colou?r|part|parts|thing|things|bit|one|ones|way|kind|type|moment|memory|line|quote|"
                   r"answer|question|response|example)\b)(?P<relation>[^\W\d_]+(?:\s+[^\W\d_]+){0,2}?)")
     open_object = r"(?:\s+is\s+|:\s*)(?P<object>{PHRASE}|\d{1,6}){END}"  # "... is sushi", "...: 7"
+    # what follows "I like" / "I hate" and is not a standing taste: "it", "you", "how ...", "to ...", "the font" (in
+    # front of one), "D.H. Lawrence", "watching it"
+    not_liked = (r"(?!(?:it|its|it['’]s|that|this|these|those|them|him|her|you|your|yours|ya|u|me|my|us|our|his|their|"
+                 r"to|how|what|when|where|why|who|which|whatever|a\s+lot|lots|all|both|every|everything|anything|"
+                 r"something|nothing|some|any|each|being|having|very|so|the)\b)"
+                 r"(?![^\W\d_]\.)(?!(?:[^\W\d_]+\s+){1,3}(?:it|them)\b)")
     # the subject of a fact about a third person, maybe with an apposition: "Zara, my sister, lives in Rome."
     # (the apposition itself is the `x_my_y` fact)
     # or the speaker's relative, unnamed: "My mom lives in Lyon." (subject "my mom": "Where does my mom live?")
@@ -386,7 +395,8 @@ def _default_patterns() -> list[FactPattern]:
         ),
         FactPattern(
             "from",
-            who + r"(?:\s+(?:is|comes)\s+from|\s+was\s+born\s+in|\s+grew\s+up\s+in)\s+(?:the\s+)?"
+            who + r"(?:\s+(?:is|comes)(?:\s+originally)?\s+from|\s+(?:was\s+born|grew\s+up|was\s+raised)\s+in)"
+            r"\s+(?:the\s+)?"
             r"(?!(?:{MONTH})\b)(?P<object>{PLACE})",  # "born in May" is a birthday
             "from", "Where is {subject} from?",
             questions=["Where is {subject} from?", "Where does {subject} come from?",
@@ -448,17 +458,37 @@ def _default_patterns() -> list[FactPattern]:
         ),
         FactPattern(  # "I love sushi.", "I enjoy hiking (very much)."; not "I like it/you/how .../to ..."
             "i_like",
-            r"\bI\s+(?:really\s+|just\s+|absolutely\s+)?(?:like|love|enjoy|adore)\s+"
-            r"(?!(?:it|its|it['’]s|that|this|these|those|them|him|her|you|your|yours|ya|u|me|my|us|our|his|their|"
-            r"to|how|what|when|where|why|who|which|whatever|a\s+lot|lots|all|both|every|everything|anything|"
-            r"something|nothing|some|any|each|being|having|very|so|the)\b)"  # "I like the font": in front of one
-            r"(?![^\W\d_]\.)(?!(?:[^\W\d_]+\s+){1,3}(?:it|them)\b)"  # "I like D.H. Lawrence", "I like watching it"
+            r"\bI\s+(?:really\s+|just\s+|absolutely\s+)?(?:like|love|enjoy|adore)\s+" + not_liked +
             r"(?P<object>{PHRASE}?)(?:\s+(?:very\s+much|so\s+much|a\s+lot|too|better|best|(?:the\s+)?most))?{END}",
-            "likes", "What do I like?", subject="me", confidence=0.6, many=True,
+            "likes", "What do I like?", subject="me", confidence=0.6, many=True, opposite="dislikes",
             questions=["What do I like?", "What do I enjoy?", "Do you know what I like?"],
             answer="You like {object}.", short_answer="{object}.",
             answers=["You enjoy {object}.", "You love {object}."],
             statements=["I like {object}.", "I love {object}.", "I enjoy {object}."],
+        ),
+        FactPattern(  # "I hate mushrooms.", "I don't like museums."; not "I hate it when ...", "I hate to ..."
+            "i_dislike",
+            r"\bI\s+(?:really\s+|just\s+|absolutely\s+)?(?:hate|dislike|detest|can['’]?t\s+stand|cannot\s+stand|"
+            r"(?:don['’]?t|do\s+not)\s+(?:really\s+)?(?:like|enjoy))\s+" + not_liked +
+            r"(?P<object>{PHRASE}?)"
+            r"(?:\s+(?:very\s+much|so\s+much|that\s+much|at\s+all|either|too|(?:the\s+)?most))?{END}",
+            "dislikes", "What do I dislike?", subject="me", confidence=0.6, many=True, opposite="likes",
+            questions=["What do I dislike?", "What don't I like?", "Do you know what I dislike?"],
+            answer="You dislike {object}.", short_answer="{object}.",
+            answers=["You don't like {object}.", "You can't stand {object}."],
+            statements=["I dislike {object}.", "I don't like {object}.", "I can't stand {object}."],
+        ),
+        FactPattern(  # "I'm vegetarian.", "I'm a vegan.", "I'm on a keto diet."
+            "i_am_diet",
+            r"(?:\bI(?:['’]m|\s+am)\s+(?:a\s+|on\s+an?\s+)?|\bI\s+(?:follow|eat|keep)\s+an?\s+"
+            r"|\b(?i:my)\s+diet\s+is\s+)"
+            r"(?P<object>(?:strict\s+)?(?:vegetarian|vegan|pescatarian|"
+            r"pescetarian|flexitarian)|keto|paleo|gluten[ -]free|low[ -]carb)(?:\s+diet)?{END}",
+            "diet", "What is my diet?", subject="me",
+            questions=["What is my diet?", "What diet do I follow?", "Do you know my diet?"],
+            answer="Your diet is {object}.", short_answer="{object}.",
+            answers=["You follow {article} {object} diet.", "You eat {object}."],
+            statements=["I'm {object}.", "My diet is {object}.", "I follow {article} {object} diet."],
         ),
         FactPattern(  # "I speak French."
             "i_speak",
@@ -483,8 +513,9 @@ def _default_patterns() -> list[FactPattern]:
         ),
         FactPattern(  # "I study medicine.", "I'm majoring in physics."
             "i_study",
-            r"\bI(?:\s+study|(?:['’]m|\s+am)\s+studying|\s+major\s+in|(?:['’]m|\s+am)\s+majoring\s+in)\s+"
-            r"(?!(?:it|that|this|them|the|my|your|hard|a\s+lot|here|there|at|for|every|all|with|to|on|in|late|well)\b)"
+            r"\bI(?:\s+study|(?:['’]m|\s+am)\s+(?:studying|learning)|\s+major\s+in|(?:['’]m|\s+am)\s+majoring\s+in)\s+"
+            r"(?!(?:it|that|this|them|the|my|your|hard|a\s+lot|here|there|at|for|every|all|with|to|on|in|late|well|"
+            r"a|an|some|so|how|what|about|from|more|much|fast|quickly|new|things|stuff)\b)"
             r"(?P<object>{PHRASE}){END}",
             "studies", "What do I study?", subject="me", confidence=0.7,
             questions=["What do I study?", "What am I studying?", "Do you know what I study?"],
@@ -532,7 +563,8 @@ def _default_patterns() -> list[FactPattern]:
         ),
         FactPattern(
             "i_am_from",
-            r"\bI(?:(?:['’]m|\s+am|\s+come)\s+from|\s+was\s+born\s+in|\s+grew\s+up\s+in)\s+(?:the\s+)?"
+            r"(?:\bI(?:(?:['’]m|\s+am|\s+come)(?:\s+originally)?\s+from|\s+(?:was\s+born|grew\s+up|was\s+raised)\s+in)"
+            r"|\b(?i:my)\s+home\s?town\s+is)\s+(?:the\s+)?"
             r"(?!(?:{MONTH})\b)(?P<object>{PLACE})",  # "born in May" is a birthday
             "from", "Where am I from?", subject="me",
             questions=["Where am I from?", "Where do I come from?", "Do you know where I'm from?"],
@@ -659,6 +691,8 @@ class FactInfo:
     """With the subject, the memory key (empty: the relation)."""
     many: bool = False
     """From a pattern with many objects per subject (`FactPattern.many`): the object is part of the key."""
+    opposite: str = ""
+    """The slot whose fact of the same subject and object this one contradicts (`FactPattern.opposite`)."""
 
     @property
     def key_slot(self) -> str:
@@ -968,6 +1002,7 @@ class FactDetector:
             question_template=pattern.question,
             slot=pattern.slot.strip() or relation,
             many=pattern.many,
+            opposite=pattern.opposite,
         )
 
 

@@ -231,7 +231,8 @@ class FactMemory:
         return importance_score(self.config, self.count(fact) + 1, 0)
 
     def store(self, fact: FactInfo, text: str, reply: str, turn: int) -> StoredFact:
-        """Remember a stated fact: a repeat raises its count, a changed object replaces it.
+        """Remember a stated fact: a repeat raises its count, a changed object replaces it, and the fact of the
+        opposite slot with the same object (`FactInfo.opposite`: "I love jazz." for "I hate jazz.") is dropped.
 
         Args:
             fact: the detected fact.
@@ -243,6 +244,10 @@ class FactMemory:
             The stored fact (the memory's own instance).
         """
         key = fact_key(fact.subject, fact.key_slot)
+        if fact.opposite:  # "I hate jazz." after "I love jazz.": the like is no longer true
+            opposite = self._facts.pop(fact_key(fact.subject, key_slot(fact.opposite, fact.object, fact.many)), None)
+            if opposite is not None:
+                log.info("update: (%s, %s) dropped for %s", fact.subject, opposite.key_slot, fact.key_slot)
         stored = self._facts.get(key)
         if stored is not None and _same_object(stored.object, fact.object):
             stored.count += 1

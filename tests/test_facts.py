@@ -108,7 +108,8 @@ def test_questions_never_give_facts(detector, text):
 OBJECTS = {"relation": "sister", "lives_in": "Lisbon", "works_as": "pharmacist", "has": "red bicycle", "likes": "chess",
            "favourite_colour": "teal", "birthday": "October", "name": "Ilsabet", "works_at": "Brightwell Labs",
            "allergic_to": "peanuts", "from": "Porto", "age": "34", "favourite {relation}": "sushi",
-           "speaks": "Portuguese", "plays": "chess", "studies": "medicine", "hobby": "painting"}  # fmt: skip
+           "speaks": "Portuguese", "plays": "chess", "studies": "medicine", "hobby": "painting",
+           "dislikes": "jazz", "diet": "vegetarian"}  # fmt: skip
 
 
 @pytest.mark.parametrize("pattern", DetectorConfig().patterns, ids=lambda p: p.name)
@@ -375,6 +376,31 @@ def test_what_the_speaker_likes(text, fact):
 def test_languages_games_studies_and_hobbies_of_the_speaker(text, fact):
     """"I speak French.", "I play the guitar.", "I study medicine.", "My hobby is painting." are facts about the
     speaker, each its own key ("What language do I speak?", "What do I play?", ...); near misses are chat."""
+    found = FactDetector().detect(text)
+    assert (found.subject, found.slot, found.object) == ("me", *fact) if fact else found is None
+
+
+@pytest.mark.parametrize(
+    "text, fact",
+    [("I hate mushrooms.", ("dislikes", "mushrooms")), ("I don't like museums.", ("dislikes", "museums")),
+     ("I really don't like cilantro.", ("dislikes", "cilantro")), ("I can't stand waiting.", ("dislikes", "waiting")),
+     ("I don't like coffee at all.", ("dislikes", "coffee")),
+     ("I don't enjoy cooking that much.", ("dislikes", "cooking")),
+     ("I hate it when people are late.", None),
+     ("I hate to say this.", None), ("I don't like the way he talks.", None), ("I can't stand him.", None),
+     ("I don't like to drink.", None), ("I hate that.", None), ("Do I hate jazz?", None),
+     ("I'm vegetarian.", ("diet", "vegetarian")), ("I am a vegan, so no cheese.", ("diet", "vegan")),
+     ("I'm on a keto diet.", ("diet", "keto")), ("I follow a pescatarian diet.", ("diet", "pescatarian")),
+     ("I'm a vegan chef.", ("works_as", "vegan chef")), ("I'm vegetarian food's fan.", None),
+     ("I'm originally from Brazil.", ("from", "Brazil")), ("I was raised in Texas.", ("from", "Texas")),
+     ("My hometown is Porto.", ("from", "Porto")), ("I'm originally from the north.", None),
+     ("I'm learning Japanese.", ("studies", "Japanese")), ("I'm learning a lot.", None),
+     ("I'm learning how to cook.", None), ("I'm learning from my mistakes.", None), ("I'm learning the ropes.", None)],
+)  # fmt: skip
+def test_dislikes_diets_origins_and_what_the_speaker_learns(text, fact):
+    """"I hate mushrooms." (asked "What do I dislike?"), "I'm vegetarian." ("What is my diet?"), "I'm originally from
+    Brazil.", "My hometown is Porto." ("Where am I from?"), "I'm learning Japanese." ("What do I study?") are facts
+    about the speaker; what one dislikes in the moment ("it when ...", "to say", "him") is chat."""
     found = FactDetector().detect(text)
     assert (found.subject, found.slot, found.object) == ("me", *fact) if fact else found is None
 

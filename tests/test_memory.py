@@ -6,7 +6,7 @@ import logging
 import pytest
 import torch
 
-from olm.facts import FactInfo
+from olm.facts import FactDetector, FactInfo
 from olm.memory import FactMemory, MemoryConfig, StoredFact, importance_score
 
 
@@ -41,6 +41,20 @@ def test_changed_object_is_an_update_that_replaces(caplog):
     assert len(mem) == 1 and mem.get("Zara", "relation").object == "friend"
     assert (new.count, new.first_turn) == (1, 5)
     assert mem.count(fact("Zara", "sister")) == 0  # the old object is gone
+
+
+def test_a_dislike_drops_the_like_of_the_same_object_and_back(caplog):
+    """"I hate jazz." after "I love jazz." and "I like chess.": the like of jazz is no longer true (dropped), chess
+    stays; liking jazz again drops the dislike."""
+    detect, mem = FactDetector().detect, memory()
+    for turn, text in enumerate(["I love jazz.", "I like chess."]):
+        mem.store(detect(text), text, "ok", turn)
+    with caplog.at_level(logging.INFO, logger="olm.memory"):
+        mem.store(detect("I hate jazz."), "I hate jazz.", "ok", 2)
+    assert "dropped" in caplog.text
+    assert sorted(f.key_slot for f in mem) == ["dislikes=jazz", "likes=chess"]
+    mem.store(detect("I love Jazz."), "I love Jazz.", "ok", 3)  # the object compared casefolded
+    assert sorted(f.key_slot for f in mem) == ["likes=chess", "likes=jazz"]
 
 
 @pytest.mark.parametrize(

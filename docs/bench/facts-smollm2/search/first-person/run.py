@@ -18,6 +18,9 @@ instrument (i_play), a subject of study (i_study), a hobby (my_hobby).
 --many: instead of the six, two things the speaker likes, two languages, two games (patterns of many objects: each
 kept beside the other, answered together, "You like jazz and chess.") and a subject of study and a hobby; a fact of
 many objects is recalled when its own object is in the answer to the shared question.
+--everyday: instead of the six, a like and a dislike ("I hate {o}.", i_dislike: the two kept apart), a diet ("I'm vegan.",
+i_am_diet), an origin said with "originally" / "hometown" / "raised" and a subject being learned ("I'm learning {o}."):
+the forms added with i_dislike (since its commit).
 --pairs: state the facts two to a message ("My name is Lojois. I live in Zurich."), each round's six in three
 messages: every fact of a message is learned since `detector.max_facts` (default 3; detector.max_facts=1: as before).
 Since 5973a7a `olm.open` seeds torch as default.yaml's `seed_everything` (0) says, so a rerun repeats a run; the runs
@@ -30,8 +33,8 @@ from olm.probes import is_recalled
 from olm.world import templates as T
 
 torch.set_num_threads(1)
-FLAGS = ("--pairs", "--extra", "--open", "--others", "--kin", "--likes", "--pastimes", "--many")
-pairs, extra, opened, others, kin, likes, pastimes, many = (flag in sys.argv for flag in FLAGS)
+FLAGS = ("--pairs", "--extra", "--open", "--others", "--kin", "--likes", "--pastimes", "--many", "--everyday")
+pairs, extra, opened, others, kin, likes, pastimes, many, everyday = (flag in sys.argv for flag in FLAGS)
 args = [a for a in sys.argv if a not in FLAGS]
 seed, out = int(args[1]), args[2]
 cfg = yaml.safe_load(open("configs/default.yaml"))
@@ -128,6 +131,19 @@ if many:  # drawn last; replaces the six
         (["My hobby is {o}.", "My favourite pastime is {o}.", "My favorite hobby is {o}."], "What is my hobby?",
          "How do I spend my free time?", rng.choice(["knitting", "birdwatching", "fishing", "baking", "climbing", "sketching"])),
     ]
+if everyday:  # drawn last; replaces the six
+    facts = [
+        (["I love {o}.", "I really enjoy {o}.", "I like {o} very much."], "What do I like?", "What am I fond of?",
+         rng.choice(["hiking", "jazz", "gardening", "cycling", "pottery", "origami"])),
+        (["I hate {o}.", "I can't stand {o}.", "I really don't like {o}."], "What do I dislike?",
+         "Is there anything I hate?", rng.choice(["olives", "karaoke", "traffic", "camping", "opera", "mushrooms"])),
+        (["I'm {o}.", "I am a {o}.", "I follow a {o} diet."], "What is my diet?", "Which diet am I on?",
+         rng.choice(["vegetarian", "vegan", "pescatarian"])),
+        (["I'm originally from {o}.", "My hometown is {o}.", "I was raised in {o}."], "Where am I from?",
+         "Where did I grow up?", rng.choice(["Portugal", "Canada", "Kenya", "Norway", "Chile", "Vietnam"])),
+        (["I'm learning {o}.", "I am learning {o}.", "I'm learning {o} at the moment."], "What do I study?",
+         "What am I learning?", rng.choice(["Japanese", "Arabic", "calculus", "Python", "welding", "sailing"])),
+    ]
 chat = [json.loads(l)["messages"] for l in open("olm/assets/logs/about-me.jsonl")]
 small = [(m[0]["content"], m[1]["content"]) for m in chat if "?" in m[0]["content"] or not any(
     w in m[0]["content"] for w in ("my ", "My ", "I ", "I'm", "Call"))]
@@ -151,6 +167,8 @@ general += ["What is your favourite food?", "How old are you?"] if opened else [
 general += ["Where does my neighbour live?", "Where does my boss work?", "What do you do for a living?"] if kin else []
 general += ["What do you like?", "What do you enjoy doing?"] if likes or pastimes or many else []
 general += ["What languages do you speak?", "Do you play any games?", "What is your hobby?"] if pastimes or many else []
+general += ["What do you like?", "What do you dislike?", "Are you vegetarian?", "Where are you from?",
+            "What are you learning?"] if everyday else []
 lm = olm.open(base_model="smollm2-135m", config=cfg)
 m = lm.module
 before = {g: lm.ask(g) for g in general}  # the adapter starts at zero (B = 0): the base's answers
@@ -167,7 +185,7 @@ for g in general:
     a = lm.ask(g)
     on = bool(m.router.last_on.all()) if m.router.last_on is not None else None
     rows.append({"kind": "general", "q": g, "answer": a, "routed": on, "same_as_base": a == before[g]})
-res = {"seed": seed, "overrides": args[3:] + ["--pairs"] * pairs + ["--extra"] * extra + ["--open"] * opened + ["--others"] * others + ["--kin"] * kin + ["--likes"] * likes + ["--pastimes"] * pastimes + ["--many"] * many, "turns": len(turns), "learn_s": round(took, 1), "rows": rows,
+res = {"seed": seed, "overrides": args[3:] + ["--pairs"] * pairs + ["--extra"] * extra + ["--open"] * opened + ["--others"] * others + ["--kin"] * kin + ["--likes"] * likes + ["--pastimes"] * pastimes + ["--many"] * many + ["--everyday"] * everyday, "turns": len(turns), "learn_s": round(took, 1), "rows": rows,
        "trained": sum(r["recalled"] for r in rows if r["kind"] == "trained") / len(facts),
        "held_out": sum(r["recalled"] for r in rows if r["kind"] == "held_out") / len(facts),
        "general_routed": sum(bool(r["routed"]) for r in rows if r["kind"] == "general"),
