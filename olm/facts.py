@@ -164,8 +164,9 @@ class FactPattern:
     key holds it), so a new one is added, never an update of the old; the Q/A rows of either answer with all of
     them ("You like jazz and chess.", `olm.augment.listed_object`). False: one object, a new one replaces it."""
     opposite: str = ""
-    """For a fact of many objects, the slot of the facts it contradicts object by object: "I hate jazz."
-    (`dislikes`) removes a remembered "I love jazz." (`likes=jazz`) and vice versa. Empty: none."""
+    """The slot of the facts it contradicts object by object: "I hate jazz." (`dislikes`) removes a remembered
+    "I love jazz." (`likes=jazz`) and vice versa; "Tom hates jazz." removes "Tom likes jazz." but not "Tom likes
+    chess.". Empty: none."""
     subject: str = ""
     """Fixed subject for patterns whose regex has no ``subject`` group (first-person facts such as
     "I live in Lisbon.": subject "me")."""
@@ -207,6 +208,9 @@ def _default_patterns() -> list[FactPattern]:
     open_thing = (r"(?!(?:colou?r|part|parts|thing|things|bit|one|ones|way|kind|type|moment|memory|line|quote|"
                   r"answer|question|response|example)\b)(?P<relation>[^\W\d_]+(?:\s+[^\W\d_]+){0,2}?)")
     open_object = r"(?:\s+is\s+|:\s*)(?P<object>{PHRASE}|\d{1,6}){END}"  # "... is sushi", "...: 7"
+    # a diet ("vegetarian", "on a keto diet"), then the end of the clause
+    diets = (r"(?P<object>(?:strict\s+)?(?:vegetarian|vegan|pescatarian|pescetarian|flexitarian)|keto|paleo|"
+             r"gluten[ -]free|low[ -]carb)(?:\s+diet)?{END}")
     # what follows "I like" / "I hate" and is not a standing taste: "it", "you", "how ...", "to ...", "the font" (in
     # front of one), "D.H. Lawrence", "watching it"
     not_liked = (r"(?!(?:it|its|it['’]s|that|this|these|those|them|him|her|you|your|yours|ya|u|me|my|us|our|his|their|"
@@ -336,11 +340,36 @@ def _default_patterns() -> list[FactPattern]:
             "likes",
             who + r"\s+(?:likes|loves|enjoys)\s+(?!(?:it|that|this|him|her|me|you)\b)"
             r"(?P<object>{PHRASE}){END}",
-            "likes", "What does {subject} like?", confidence=0.7,
+            "likes", "What does {subject} like?", confidence=0.7, opposite="dislikes",
             questions=["What does {subject} like?", "What does {subject} enjoy?", "Do you know what {subject} likes?"],
             answer="{subject} likes {object}.", short_answer="{object}.",
             answers=["{subject} enjoys {object}.", "{subject} loves {object}."],
             statements=["{subject} likes {object}.", "{subject} enjoys {object}.", "{subject} loves {object}."],
+        ),
+        FactPattern(  # "Tom hates olives.", "Tom doesn't like museums."
+            "dislikes",
+            who + r"\s+(?:really\s+)?(?:hates|dislikes|detests|can['’]?t\s+stand|cannot\s+stand|"
+            r"(?:doesn['’]?t|does\s+not)\s+(?:really\s+)?(?:like|enjoy))\s+" + not_liked + r"(?P<object>{PHRASE}?)"
+            r"(?:\s+(?:very\s+much|so\s+much|that\s+much|at\s+all|either|too|(?:the\s+)?most))?{END}",
+            "dislikes", "What does {subject} dislike?", confidence=0.7, opposite="likes",
+            questions=["What does {subject} dislike?", "What doesn't {subject} like?",
+                       "Do you know what {subject} dislikes?"],
+            answer="{subject} dislikes {object}.", short_answer="{object}.",
+            answers=["{subject} doesn't like {object}.", "{subject} can't stand {object}."],
+            statements=["{subject} dislikes {object}.", "{subject} doesn't like {object}.",
+                        "{subject} can't stand {object}."],
+        ),
+        FactPattern(  # "Tom is vegetarian.", "Tom is a vegan.", "Tom is on a keto diet."
+            "diet",
+            who + r"(?:(?:\s+is|['’]s)\s+(?:a\s+|on\s+an?\s+)?|\s+(?:follows|eats|keeps)\s+an?\s+"
+            r"|['’]s\s+diet\s+is\s+)"
+            + diets,
+            "diet", "What is {subject}'s diet?",
+            questions=["What is {subject}'s diet?", "What diet does {subject} follow?", "Do you know {subject}'s diet?"],
+            answer="{subject}'s diet is {object}.", short_answer="{object}.",
+            answers=["{subject} follows {article} {object} diet.", "{subject} eats {object}."],
+            statements=["{subject} is {object}.", "{subject}'s diet is {object}.",
+                        "{subject} follows {article} {object} diet."],
         ),
         FactPattern(
             "favourite_colour",
@@ -482,8 +511,7 @@ def _default_patterns() -> list[FactPattern]:
             "i_am_diet",
             r"(?:\bI(?:['’]m|\s+am)\s+(?:a\s+|on\s+an?\s+)?|\bI\s+(?:follow|eat|keep)\s+an?\s+"
             r"|\b(?i:my)\s+diet\s+is\s+)"
-            r"(?P<object>(?:strict\s+)?(?:vegetarian|vegan|pescatarian|"
-            r"pescetarian|flexitarian)|keto|paleo|gluten[ -]free|low[ -]carb)(?:\s+diet)?{END}",
+            + diets,
             "diet", "What is my diet?", subject="me",
             questions=["What is my diet?", "What diet do I follow?", "Do you know my diet?"],
             answer="Your diet is {object}.", short_answer="{object}.",

@@ -244,10 +244,11 @@ class FactMemory:
             The stored fact (the memory's own instance).
         """
         key = fact_key(fact.subject, fact.key_slot)
-        if fact.opposite:  # "I hate jazz." after "I love jazz.": the like is no longer true
-            opposite = self._facts.pop(fact_key(fact.subject, key_slot(fact.opposite, fact.object, fact.many)), None)
-            if opposite is not None:
-                log.info("update: (%s, %s) dropped for %s", fact.subject, opposite.key_slot, fact.key_slot)
+        opposite = fact_key(fact.subject, key_slot(fact.opposite, fact.object, fact.many)) if fact.opposite else None
+        if opposite in self._facts and _same_object(self._facts[opposite].object, fact.object):
+            # "I hate jazz." after "I love jazz.": the like is no longer true
+            log.info("update: (%s, %s) dropped for %s", fact.subject, opposite[1], fact.key_slot)
+            del self._facts[opposite]
         stored = self._facts.get(key)
         if stored is not None and _same_object(stored.object, fact.object):
             stored.count += 1

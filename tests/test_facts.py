@@ -405,6 +405,21 @@ def test_dislikes_diets_origins_and_what_the_speaker_learns(text, fact):
     assert (found.subject, found.slot, found.object) == ("me", *fact) if fact else found is None
 
 
+@pytest.mark.parametrize(
+    "text, fact",
+    [("Tom hates olives.", ("Tom", "dislikes", "olives")),
+     ("Zara doesn't like museums.", ("Zara", "dislikes", "museums")),
+     ("Tom is vegetarian.", ("Tom", "diet", "vegetarian")), ("Zara is on a keto diet.", ("Zara", "diet", "keto")),
+     ("My mom is a vegan.", ("my mom", "diet", "vegan")), ("Tom is originally from Chile.", ("Tom", "from", "Chile")),
+     ("Tom hates it when it rains.", None), ("Tom hates me.", None), ("Tom doesn't like to wait.", None)],
+)  # fmt: skip
+def test_what_others_dislike_and_eat(text, fact):
+    """The third-person forms: "Tom hates olives." ("What does Tom dislike?"), "Tom is vegetarian." ("What is
+    Tom's diet?"), "Tom is originally from Chile."."""
+    found = FactDetector().detect(text)
+    assert (found.subject, found.slot, found.object) == fact if fact else found is None
+
+
 def test_a_name_then_and_is_still_a_name():
     facts = FactDetector().detect_many("Hi, I'm Sam and I'm a nurse.")
     assert sorted((f.slot, f.object) for f in facts) == [("name", "Sam"), ("works_as", "nurse")]

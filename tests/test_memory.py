@@ -57,6 +57,17 @@ def test_a_dislike_drops_the_like_of_the_same_object_and_back(caplog):
     assert sorted(f.key_slot for f in mem) == ["likes=chess", "likes=jazz"]
 
 
+def test_a_single_valued_dislike_drops_only_the_like_of_the_same_object():
+    """Third-person likes hold one object: "Tom hates chess." leaves "Tom likes jazz." alone, "Tom hates jazz."
+    drops it."""
+    detect, mem = FactDetector().detect, memory()
+    mem.store(detect("Tom likes jazz."), "Tom likes jazz.", "ok", 0)
+    mem.store(detect("Tom hates chess."), "Tom hates chess.", "ok", 1)
+    assert sorted((f.key_slot, f.object) for f in mem) == [("dislikes", "chess"), ("likes", "jazz")]
+    mem.store(detect("Tom hates jazz."), "Tom hates jazz.", "ok", 2)  # replaces the dislike of chess, drops the like
+    assert [(f.key_slot, f.object) for f in mem] == [("dislikes", "jazz")]
+
+
 @pytest.mark.parametrize(
     "mode, expected",
     [
