@@ -221,8 +221,9 @@ def fact_rows(
 
 
 def sibling_facts(
-    stored: Iterable[StoredFact], fact, n: int, rotation: int = 0, any_kind: bool = False
-) -> list[StoredFact]:
+    stored: Iterable[StoredFact], fact, n: int, rotation: int = 0, any_kind: bool = False,
+    first: Iterable[StoredFact] = (),
+) -> list[StoredFact]:  # fmt: skip
     """Up to `n` remembered facts of the same kind as `fact` (same slot: `slot` or else `relation`)
     about other subjects, for a fact step to rehearse (`AugmentSettings.siblings`); with `any_kind`
     (`sibling_kinds: any`) followed by the facts of other kinds.
@@ -236,7 +237,16 @@ def sibling_facts(
         fact: the fact being taught (a detected `FactInfo` or a `StoredFact`).
         n: how many siblings at most.
         rotation: where the window starts, in steps of `n` (e.g. the statement count).
+        first: facts rehearsed before the window, whatever their kind (at most `n`): after "I hate jazz." drops
+            "I love jazz.", the speaker's other likes, so "What do I like?" is taught its answer without jazz.
     """
+    if n <= 0:
+        return []
+    first = list(first)[:n]
+    if first:
+        keys = {f.key for f in first}
+        rest = [f for f in stored if f.key not in keys]
+        return first + sibling_facts(rest, fact, n - len(first), rotation, any_kind)
     subject, kind = fact_key(fact.subject, fact.slot or fact.relation)
     stored = sorted(stored, key=lambda f: f.last_turn, reverse=True)
     same = [f for f in stored if (f.slot or f.relation) == kind and f.key[0] != subject]

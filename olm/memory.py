@@ -244,11 +244,7 @@ class FactMemory:
             The stored fact (the memory's own instance).
         """
         key = fact_key(fact.subject, fact.key_slot)
-        opposite = fact_key(fact.subject, key_slot(fact.opposite, fact.object, fact.many)) if fact.opposite else None
-        if opposite in self._facts and _same_object(self._facts[opposite].object, fact.object):
-            # "I hate jazz." after "I love jazz.": the like is no longer true
-            log.info("update: (%s, %s) dropped for %s", fact.subject, opposite[1], fact.key_slot)
-            del self._facts[opposite]
+        self.drop_contradicted(fact)
         stored = self._facts.get(key)
         if stored is not None and _same_object(stored.object, fact.object):
             stored.count += 1
@@ -266,6 +262,22 @@ class FactMemory:
             self._facts[key] = stored
         stored.importance = importance_score(self.config, stored.count, 0)
         return stored
+
+    def drop_contradicted(self, fact: FactInfo) -> StoredFact | None:
+        """Forget the fact `fact` contradicts object by object (`FactInfo.opposite`: "I love jazz." for "I hate
+        jazz."), if remembered; `store` does it too, `OnlineLM` before the fact's step (its siblings and listed
+        objects are then the facts still true).
+
+        Returns:
+            The dropped fact, or None.
+        """
+        if not fact.opposite:
+            return None
+        key = fact_key(fact.subject, key_slot(fact.opposite, fact.object, fact.many))
+        if key not in self._facts or not _same_object(self._facts[key].object, fact.object):
+            return None
+        log.info("update: (%s, %s) dropped for %s", fact.subject, key[1], fact.key_slot)
+        return self._facts.pop(key)
 
     def touch(self, fact: StoredFact, turn: int) -> None:
         """Record an access (replay or recall) of a stored fact, for LRU eviction.

@@ -339,6 +339,9 @@ class OnlineLM(L.LightningModule):
         ctx = self.classify(turn.user, self.antecedent_for(turn))
         reply = target = self.respond(turn)
         stated = [ctx, *ctx.more] if ctx.kind == "fact" else []  # the message's facts, most confident first
+        # "I hate jazz." after "I love jazz.": forget the like before the step, whose siblings then rehearse the likes
+        # still true (`with_siblings`)
+        dropped = {id(c.fact): d for c in stated if (d := self.memory.drop_contradicted(c.fact)) is not None}
         if stated and not self.logged_reply(turn) and self.augment.acknowledge_generated:
             # learn what the user said, not the model's own guess about the subject
             acks = [
@@ -358,12 +361,12 @@ class OnlineLM(L.LightningModule):
             examples, contexts = [example], None
             if stated:  # rotate the templates with the statement count
                 examples += self.fact_examples(ctx.fact, ctx.repetition - 1, turn.user)
-                examples, contexts = self.with_siblings(examples, ctx)
+                examples, contexts = self.with_siblings(examples, ctx, dropped.get(id(ctx.fact)))
         stats = self.learn(examples, ctx, contexts)
         for other in ctx.more:  # the message's other facts, each in steps of its own, as if stated alone
             with self._timed("render"):
                 mine = self.fact_examples(other.fact, other.repetition - 1, turn.user) or [example]
-                mine, theirs = self.with_siblings(mine, other)
+                mine, theirs = self.with_siblings(mine, other, dropped.get(id(other.fact)))
             more = self.learn(mine, other, theirs)
             stats.update(steps=stats["steps"] + more["steps"], examples=stats["examples"] + more["examples"])
         for c in stated:
@@ -594,12 +597,19 @@ class OnlineLM(L.LightningModule):
             for u, a, is_statement in rows
         ]
 
-    def with_siblings(self, examples: list[Example], ctx: Context) -> tuple[list[Example], list[Context] | None]:
+    def with_siblings(
+        self, examples: list[Example], ctx: Context, dropped: StoredFact | None = None
+    ) -> tuple[list[Example], list[Context] | None]:
         """A fact step's examples plus one Q/A row per remembered sibling fact (`augment.siblings`,
-        `olm.augment.sibling_facts`), and each row's context (None when there are no siblings)."""
+        `olm.augment.sibling_facts`), and each row's context (None when there are no siblings). `dropped`: the fact
+        this one contradicted (`FactMemory.drop_contradicted`); the newest remembered fact of its subject and slot,
+        if any, is rehearsed first, so its question is answered without the dropped object."""
         rotation = ctx.repetition - 1
+        heirs = [f for f in self.memory if dropped is not None and f.key[0] == dropped.key[0]
+                 and (f.slot or f.relation) == (dropped.slot or dropped.relation)]  # fmt: skip
+        heirs = sorted(heirs, key=lambda f: f.last_turn)[-1:]
         siblings = sibling_facts(self.memory, ctx.fact, self.augment.siblings, rotation,
-                                 any_kind=self.augment.sibling_kinds == "any")
+                                 any_kind=self.augment.sibling_kinds == "any", first=heirs)
         if not siblings:
             return examples, None
         contexts = [ctx] * len(examples)

@@ -484,6 +484,24 @@ def test_a_fact_step_rehearses_its_siblings_with_their_own_contexts(tiny_model_d
     assert model.with_siblings(own, ctx) == (own, None)  # off: the fact's own rows, one context
 
 
+def test_a_dislike_forgets_the_like_before_its_step_and_rehearses_the_likes_still_true(tiny_model_dir):
+    """"I hate jazz." after "I love jazz." and "I like chess.": the like of jazz is dropped before the step, so the
+    step's rows never answer with it, and a question of the likes is rehearsed first, answered "You like chess."."""
+    import olm
+
+    lm = olm.open(base_model=tiny_model_dir, config={"model": {"augment": {"siblings": 1, "sibling_kinds": "any"}}})
+    lm.learn([("I love jazz.", "Nice."), ("I like chess.", "Nice."), ("Zara has a red kite.", "Nice.")])
+    seen, real = [], lm.module.learn
+    lm.module.learn = lambda examples, *a: (seen.append([e.text for e in examples]), real(examples, *a))[1]
+    lm.learn([("I hate jazz.", "Noted.")])
+    assert sorted(f.key_slot for f in lm.module.memory if f.subject == "me") == ["dislikes=jazz", "likes=chess"]
+    [texts] = seen
+    assert any("You dislike jazz." in t for t in texts)
+    assert any("assistant\nYou like chess." in t for t in texts)  # the heir ("What do I enjoy?"), whatever its kind
+    assert not any("You like jazz" in t or "jazz and chess" in t for t in texts)
+    assert sibling_facts([], None, 0, first=list(lm.module.memory)) == []  # no more than n
+
+
 def test_memory_state_version_1_loads_with_slot_from_relation():
     mem = FactMemory()
     mem.store(FactDetector().detect("Xiomara lives in Lisbon."), "Xiomara lives in Lisbon.", "Got it.", 0)
