@@ -208,6 +208,9 @@ def _default_patterns() -> list[FactPattern]:
     open_thing = (r"(?!(?:colou?r|part|parts|thing|things|bit|one|ones|way|kind|type|moment|memory|line|quote|"
                   r"answer|question|response|example)\b)(?P<relation>[^\W\d_]+(?:\s+[^\W\d_]+){0,2}?)")
     open_object = r"(?:\s+is\s+|:\s*)(?P<object>{PHRASE}|\d{1,6}){END}"  # "... is sushi", "...: 7"
+    # "lives in a small flat in Leeds": the dwelling before the place
+    dwelling = (r"(?:(?:an?|the|my|our)\s+(?:[a-z]+\s+){0,2}(?:flat|house|apartment|condo|cottage|town|village|"
+                r"city|suburb|neighbou?rhood|part|area)\s+(?:in|of)\s+)?")
     # a diet ("vegetarian", "on a keto diet"), then the end of the clause
     diets = (r"(?P<object>(?:strict\s+)?(?:vegetarian|vegan|pescatarian|pescetarian|flexitarian)|keto|paleo|"
              r"gluten[ -]free|low[ -]carb)(?:\s+diet)?{END}")
@@ -304,7 +307,7 @@ def _default_patterns() -> list[FactPattern]:
         ),
         FactPattern(
             "lives_in",
-            who + r"(?:\s+(?:lives|is\s+living|resides)|['’]s\s+home\s+is)\s+in\s+(?P<object>{PLACE})",
+            who + r"(?:\s+(?:lives|is\s+living|resides)|['’]s\s+home\s+is)\s+in\s+" + dwelling + r"(?P<object>{PLACE})",
             "lives_in", "Where does {subject} live?",
             questions=["Where does {subject} live?", "Which city does {subject} live in?",
                        "Do you know where {subject} lives?", "Where is {subject} based?"],
@@ -458,7 +461,8 @@ def _default_patterns() -> list[FactPattern]:
         FactPattern(
             "i_live_in",
             r"\b(?:(?:I(?:\s+|['’]m\s+|\s+am\s+)(?:live|living|reside|based)|(?i:my)\s+home\s+is)\s+in"
-            r"|I(?:['’]ve|\s+have)?(?:\s+just|\s+recently)?\s+moved\s+to)\s+(?:the\s+)?(?P<object>{PLACE})",
+            r"|I(?:['’]ve|\s+have)?(?:\s+just|\s+recently)?\s+moved\s+to)\s+" + dwelling
+            + r"(?:the\s+)?(?P<object>{PLACE})",
             "lives_in", "Where do I live?", subject="me",
             questions=["Where do I live?", "Which city do I live in?", "Do you know where I live?"],
             answer="You live in {object}.", short_answer="In {object}.",

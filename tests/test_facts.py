@@ -395,12 +395,16 @@ def test_languages_games_studies_and_hobbies_of_the_speaker(text, fact):
      ("I'm originally from Brazil.", ("from", "Brazil")), ("I was raised in Texas.", ("from", "Texas")),
      ("My hometown is Porto.", ("from", "Porto")), ("I'm originally from the north.", None),
      ("I'm learning Japanese.", ("studies", "Japanese")), ("I'm learning a lot.", None),
-     ("I'm learning how to cook.", None), ("I'm learning from my mistakes.", None), ("I'm learning the ropes.", None)],
+     ("I'm learning how to cook.", None), ("I'm learning from my mistakes.", None), ("I'm learning the ropes.", None),
+     ("I live in a small flat in Leeds.", ("lives_in", "Leeds")),
+     ("I moved to a suburb of Chicago.", ("lives_in", "Chicago")),
+     ("I live in a tiny village near York.", None), ("I live in a house.", None)],
 )  # fmt: skip
 def test_dislikes_diets_origins_and_what_the_speaker_learns(text, fact):
-    """"I hate mushrooms." (asked "What do I dislike?"), "I'm vegetarian." ("What is my diet?"), "I'm originally from
-    Brazil.", "My hometown is Porto." ("Where am I from?"), "I'm learning Japanese." ("What do I study?") are facts
-    about the speaker; what one dislikes in the moment ("it when ...", "to say", "him") is chat."""
+    """"I hate mushrooms." (asked "What do I dislike?"), "I'm vegetarian." ("What is my diet?"), "I'm originally
+    from Brazil.", "My hometown is Porto." ("Where am I from?"), "I'm learning Japanese." ("What do I study?"), "I live
+    in a small flat in Leeds." (the dwelling before the place) are facts about the speaker; what one dislikes in the
+    moment ("it when ...", "to say", "him") is chat."""
     found = FactDetector().detect(text)
     assert (found.subject, found.slot, found.object) == ("me", *fact) if fact else found is None
 
@@ -411,6 +415,7 @@ def test_dislikes_diets_origins_and_what_the_speaker_learns(text, fact):
      ("Zara doesn't like museums.", ("Zara", "dislikes", "museums")),
      ("Tom is vegetarian.", ("Tom", "diet", "vegetarian")), ("Zara is on a keto diet.", ("Zara", "diet", "keto")),
      ("My mom is a vegan.", ("my mom", "diet", "vegan")), ("Tom is originally from Chile.", ("Tom", "from", "Chile")),
+     ("Tom lives in a big house in Rome.", ("Tom", "lives_in", "Rome")),
      ("Tom hates it when it rains.", None), ("Tom hates me.", None), ("Tom doesn't like to wait.", None)],
 )  # fmt: skip
 def test_what_others_dislike_and_eat(text, fact):
