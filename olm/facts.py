@@ -170,6 +170,8 @@ class FactPattern:
     subject: str = ""
     """Fixed subject for patterns whose regex has no ``subject`` group (first-person facts such as
     "I live in Lisbon.": subject "me")."""
+    object: str = ""
+    """Fixed object for patterns whose regex has no ``object`` group ("I'm married to Chris.": "spouse")."""
     questions: list[str] = field(default_factory=list)
     """Question templates that fact augmentation trains on (question → `answer`), rotated across
     steps. Never the benchmark's held-out phrasings (tests/test_augment.py checks)."""
@@ -304,6 +306,16 @@ def _default_patterns() -> list[FactPattern]:
             "i_have_a_y_called_x",
             r"\bI\s+(?:have|have\s+got|got)\s+an?\s+(?P<object>{RELATION})\s+(?:called|named)\s+(?P<subject>{NAME})",
             **relative,
+        ),
+        FactPattern(  # "I'm married to Chris.": Chris is the speaker's spouse
+            "i_am_married_to",
+            r"\bI(?:['’]m|\s+am|\s+got)\s+(?:happily\s+)?married\s+to\s+(?P<subject>{NAME})" + not_possessed,
+            **{**relative, "object": "spouse"},
+        ),
+        FactPattern(
+            "i_am_engaged_to",
+            r"\bI(?:['’]m|\s+am|\s+got)\s+engaged\s+to\s+(?P<subject>{NAME})" + not_possessed,
+            **{**relative, "object": "fiancé"},
         ),
         FactPattern(
             "lives_in",
@@ -872,7 +884,8 @@ def _pattern_problems(config: DetectorConfig) -> list[str]:
         errors = _regex_problems(label, expand(p.regex, config, table))
         problems += errors
         if not errors:
-            needed = {"object"} if p.subject.strip() else {"subject", "object"}
+            fixed = {g for g, value in (("subject", p.subject), ("object", p.object)) if value.strip()}
+            needed = {"subject", "object"} - fixed
             missing = needed - set(re.compile(expand(p.regex, config, table)).groupindex)
             if missing:
                 problems.append(f"{label} lacks named groups {sorted(missing)}: {p.regex!r}")
@@ -1020,7 +1033,7 @@ class FactDetector:
         confidence = pattern.confidence + min(coverage, 1.0) * self.config.coverage_boost
         confidence += self.config.entity_boost if has_entity else 0.0
         subject = pattern.subject.strip() or re.sub(r"^my\s+", "my ", match.group("subject").strip(), flags=re.I)
-        obj = match.group("object").strip()
+        obj = pattern.object.strip() or match.group("object").strip()
         words = (match.groupdict().get("relation") or "").split()  # an open relation: "food", "TV show"
         relation = fill(pattern.relation, subject, obj, " ".join(w if w.isupper() else w.lower() for w in words))
         return FactInfo(

@@ -425,6 +425,23 @@ def test_what_others_dislike_and_eat(text, fact):
     assert (found.subject, found.slot, found.object) == fact if fact else found is None
 
 
+@pytest.mark.parametrize(
+    "text, fact",
+    [("I'm married to Chris.", ("Chris", "spouse")), ("I am happily married to Anna Lee.", ("Anna Lee", "spouse")),
+     ("I got engaged to Sam last week.", ("Sam", "fiancé")), ("I'm married to my job.", None),
+     ("I'm married to Chris's sister.", None)],
+)  # fmt: skip
+def test_the_person_the_speaker_is_married_to(text, fact):
+    """"I'm married to Chris." is "Chris is my spouse." (`FactPattern.object`: a fixed object, the regex has no
+    ``object`` group); a pattern with neither the group nor a fixed object is a config error."""
+    found = FactDetector().detect(text)
+    assert (found.subject, found.slot, found.object, found.relation) == (fact[0], "relation", fact[1], fact[1]) \
+        if fact else found is None
+    with pytest.raises(ValueError, match="lacks named groups"):
+        DetectorConfig(patterns=[FactPattern("wed", r"\bwed\s+(?P<subject>{NAME})", "{object}", "Who is {subject}?")])
+    DetectorConfig(patterns=[FactPattern("wed", r"\bwed\s+(?P<subject>{NAME})", "{object}", "Who?", object="spouse")])
+
+
 def test_a_name_then_and_is_still_a_name():
     facts = FactDetector().detect_many("Hi, I'm Sam and I'm a nurse.")
     assert sorted((f.slot, f.object) for f in facts) == [("name", "Sam"), ("works_as", "nurse")]
