@@ -39,9 +39,10 @@ adapter's own greedy reply, teacher-forced (`reply_shifts`), exceeds κ_N = `shi
 calibration prompts: an adapter that begins as the base does ("Your name is …") and departs at the object is
 still seen; each of the two reads is held to its own calibration.
 
-With `speaker_shift`, a prompt that asks about the speaker (`addressee`) is held to a κ calibrated on the speaker's
-facts' own trained questions, as τ is on the facts' questions: per read, with c the calibration maximum and f the
-smallest shift over those questions,
+With `speaker_shift`, a prompt whose question asks about the speaker (`addressee` of its `asked_sentence`: "I live in
+a small flat. Any decorating tips?" asks about no one) is held to a κ calibrated on the speaker's facts' own trained
+questions, as τ is on the facts' questions: per read, with c the calibration maximum and f the smallest shift over
+those questions,
 
     κ_S = min(κ, √(c · f))  where f > c,  else κ
 
@@ -152,8 +153,9 @@ class RoutingSettings:
     against τ_0 0.0015 in a chat), and would be answered "You are allergic to celery.". The speaker's own
     questions keep τ and the shift reads. 0 = τ for every prompt."""
     speaker_shift: bool = False
-    """With `shift_margin`, `speaker_words` and facts about the speaker in memory, a prompt that asks about the speaker
-    (`addressee`: "What language do I speak?", "Do you know where I live?") is held to a lower κ where the speaker's
+    """With `shift_margin`, `speaker_words` and facts about the speaker in memory, a prompt whose question asks about the
+    speaker (the `addressee` of its `asked_sentence`: "What language do I speak?", "Do you know where I live?"; not "I
+    live in a small flat. Any decorating tips?") is held to a lower κ where the speaker's
     facts' own trained questions shift more than any calibration prompt: per shift read, κ_S = min(κ, √(c · f)) with c
     the largest shift over the calibration prompts and f the smallest over those questions (κ where f ≤ c). The
     speaker's questions are common words, read little (under τ), and their shift can stay under κ = `shift_margin` ×
@@ -546,16 +548,23 @@ class Router:
         return torch.tensor([w == "assistant" for w in who], dtype=torch.bool)
 
     def addressees(
-        self, ids: torch.Tensor, attention: torch.Tensor, prompt_end: torch.Tensor | None = None
-    ) -> list[str | None]:
-        """Each row's `addressee` ("speaker", "assistant" or None) of its last user message; all None without
-        `speaker_words`. Without `assistant_words` a row that names the speaker asks about the speaker."""
+        self, ids: torch.Tensor, attention: torch.Tensor, prompt_end: torch.Tensor | None = None,
+        texts: list[str] | None = None,
+    ) -> list[str | None]:  # fmt: skip
+        """Each row's `addressee` ("speaker", "assistant" or None) of its last user message (`texts`, when the caller
+        has decoded them already); all None without `speaker_words`. Without `assistant_words` a row that names the
+        speaker asks about the speaker."""
         if self._speaker is None:
             return [None] * ids.shape[0]
-        texts = self._last_messages(ids, attention, prompt_end)
+        texts = self._last_messages(ids, attention, prompt_end) if texts is None else texts
+        return [self._addressee(t) for t in texts]
+
+    def _addressee(self, text: str) -> str | None:
+        """`addressee` of one text under the word sets (without `assistant_words`: "speaker" wherever it names the
+        speaker)."""
         if self._assistant is None:
-            return ["speaker" if self._speaker.search(t) else None for t in texts]
-        return [addressee(t, self._speaker, self._assistant) for t in texts]
+            return "speaker" if self._speaker.search(text) else None
+        return addressee(text, self._speaker, self._assistant)
 
     def unknown_relative(
         self, ids: torch.Tensor, attention: torch.Tensor, prompt_end: torch.Tensor | None = None
@@ -695,8 +704,8 @@ class Router:
             return torch.ones(ids.shape[0], dtype=torch.bool)  # nothing to route (inside disable_adapter: the base)
         tau, kappa, tau_s, rule, kappa_s = self._calibrated(model)  # one check of the weights per routed batch
         read = self.scores(model, ids, attention, prompt_end)
-        who = self.addressees(ids, attention, prompt_end) if rule or kappa_s is not kappa else None
-        held = self._held(who) if rule else None
+        texts = self._last_messages(ids, attention, prompt_end) if self._speaker is not None else None
+        held = self._held(self.addressees(ids, attention, prompt_end, texts)) if rule else None
         on = read > tau
         if held is not None and tau_s > tau:  # asked of the assistant, not of the speaker: above τ_S too
             on &= ~held | (read > tau_s)
@@ -706,8 +715,9 @@ class Router:
                 end = prompt_end[ask.to(prompt_end.device)] if prompt_end is not None else None
                 dev = ask.to(ids.device)
                 bar = kappa.expand(len(ask), -1).clone()
-                if kappa_s is not kappa:  # the rows that ask about the speaker: κ_S (`speaker_shift`)
-                    bar[torch.tensor([who[i] == "speaker" for i in ask.tolist()], dtype=torch.bool)] = kappa_s
+                if kappa_s is not kappa and texts is not None:  # the rows whose question asks about the speaker: κ_S
+                    asks = [self._addressee(asked_sentence(texts[i])) for i in ask.tolist()]
+                    bar[torch.tensor([w == "speaker" for w in asks], dtype=torch.bool)] = kappa_s
                 on[ask] = (self.shift(model, ids[dev], attention[dev], end) > bar).any(1)
         if self.relatives is not None and bool(on.any()):
             on &= ~self.unknown_relative(ids, attention, prompt_end)
@@ -732,6 +742,16 @@ def addressee(text: str, speaker: re.Pattern, assistant: re.Pattern) -> str | No
     if max(last.values()) < 0:
         return None
     return "assistant" if last["assistant"] > last["speaker"] else "speaker"
+
+
+def asked_sentence(text: str) -> str:
+    """The sentence of a message that asks: its last question ("I live in a small flat. Any decorating tips?" → "Any
+    decorating tips?"), else its last sentence ("Tell me where I live."). `speaker_shift` holds a prompt to κ_S only
+    when this sentence names the speaker: a statement about oneself before a question about something else is not a
+    question about the speaker."""
+    sentences = [t for t in re.split(r"(?<=[.!?])\s+", text.strip()) if t.strip()]
+    questions = [t for t in sentences if t.rstrip().endswith("?")]
+    return (questions or sentences or [""])[-1]
 
 
 def left_padded(tokenizer, texts: list[str], device) -> dict[str, torch.Tensor]:

@@ -16,9 +16,9 @@ from olm.module import OnlineLM, OptimSettings
 from olm.nullspace import lora_layers
 from olm.render import messages_for, render_prompt
 from olm.routing import (
-    Router, RoutingSettings, adapter_disabled, addressee, first_token_shift, gated, last_prompt_positions, left_padded,
-    lora_snapshot, moved, own_tokens, prompt_batch, prompt_scores, read_shares, reply_shifts, template_prefix,
-    threshold, token_shares,
+    Router, RoutingSettings, adapter_disabled, addressee, asked_sentence, first_token_shift, gated,
+    last_prompt_positions, left_padded, lora_snapshot, moved, own_tokens, prompt_batch, prompt_scores, read_shares,
+    reply_shifts, template_prefix, threshold, token_shares,
 )  # fmt: skip
 
 
@@ -31,6 +31,14 @@ def test_addressee_is_the_person_named_last():
              "Youth is mine.": "speaker", "": None}  # fmt: skip
     for text, who in cases.items():
         assert addressee(text, speaker, assistant) == who, text
+
+
+def test_the_asked_sentence_is_the_last_question_else_the_last_sentence():
+    cases = {"I live in a small flat. Any decorating tips?": "Any decorating tips?", "What do I like?": "What do I like?",
+             "Hi! What's my name? Thanks.": "What's my name?", "Tell me where I live.": "Tell me where I live.",
+             "My kids are bored.  What games could we play?\n": "What games could we play?", "": ""}  # fmt: skip
+    for text, asked in cases.items():
+        assert asked_sentence(text) == asked, text
 
 
 def test_token_shares_and_prompt_scores_use_only_the_rows_own_tokens():
@@ -419,11 +427,13 @@ def test_shift_margin_routes_a_prompt_the_adapter_answers_differently_whatever_i
 def test_speaker_shift_holds_the_speakers_questions_to_a_kappa_calibrated_on_their_trained_ones(module, monkeypatch):
     """With `speaker_shift`, a prompt about the speaker needs a shift above κ_S = min(κ, √(c · f)) only, c the
     calibration prompts' largest shift and f the smallest of the speaker's trained questions; κ where f ≤ c; a prompt
-    that names no one keeps κ, one put to the assistant gets no shift read at all."""
+    that names no one keeps κ, and so does one whose question names no one after a sentence about the speaker ("I
+    live in a flat. Any decorating tips?"); one put to the assistant gets no shift read at all."""
     tok, model = module.tokenizer, module.model
     prompts = module.router.prompts
     shift_of = {"What language do I speak?": 7.3, "Which tongue am I fluent in?": 6.0, "I need dinner ideas.": 3.0,
-                "Tell a joke.": 6.0, "What languages do you speak?": 9.5}  # fmt: skip
+                "Tell a joke.": 6.0, "What languages do you speak?": 9.5,
+                "I live in a flat. Any decorating tips?": 7.0}  # the question names no one: κ  # fmt: skip
     asked = list(shift_of)
     batch = left_padded(tok, [render_prompt(tok, messages_for(q)) for q in asked], "cpu")
     import olm.routing as routing
@@ -434,9 +444,9 @@ def test_speaker_shift_holds_the_speakers_questions_to_a_kappa_calibrated_on_the
 
     monkeypatch.setattr(routing, "first_token_shift", shift)
     trained = lambda n: ["What language do I speak?"]  # noqa: E731 - the speaker's fact, its trained question
-    cases = ((False, [4.4, 7.3], [False] * 5),  # κ = 8.8 for all: even the trained question (7.3) goes to the base
-             (True, [4.4, 7.3], [True, True, False, False, False]),  # κ_S = √(4.4 · 7.3) = 5.67 for the speaker's
-             (True, [4.4, 4.0], [False] * 5))  # f ≤ c: κ_S = κ (not c, which "Which tongue" would pass)  # fmt: skip
+    cases = ((False, [4.4, 7.3], [False] * 6),  # κ = 8.8 for all: even the trained question (7.3) goes to the base
+             (True, [4.4, 7.3], [True, True, False, False, False, False]),  # κ_S = √(4.4 · 7.3) = 5.67 for the speaker's
+             (True, [4.4, 4.0], [False] * 6))  # f ≤ c: κ_S = κ (not c, which "Which tongue" would pass)  # fmt: skip
     for on, (c, f), expected in cases:
         shift_of["What language do I speak?"] = f
         settings = RoutingSettings(enabled=True, calibration=4, shift_margin=2.0, speaker_shift=on)
