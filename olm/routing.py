@@ -153,16 +153,16 @@ class RoutingSettings:
     against τ_0 0.0015 in a chat), and would be answered "You are allergic to celery.". The speaker's own
     questions keep τ and the shift reads. 0 = τ for every prompt."""
     speaker_shift: bool = False
-    """With `shift_margin`, `speaker_words` and facts about the speaker in memory, a prompt whose question asks about the
-    speaker (the `addressee` of its `asked_sentence`: "What language do I speak?", "Do you know where I live?"; not "I
-    live in a small flat. Any decorating tips?") is held to a lower κ where the speaker's
-    facts' own trained questions shift more than any calibration prompt: per shift read, κ_S = min(κ, √(c · f)) with c
-    the largest shift over the calibration prompts and f the smallest over those questions (κ where f ≤ c). The
-    speaker's questions are common words, read little (under τ), and their shift can stay under κ = `shift_margin` ×
-    c though above every unrelated prompt's: in a chat, "What language do I speak?" — a trained question — shifted
-    7.3 against κ 8.8 and c 4.4, and went to the base. Prompts about the assistant or naming no one keep κ. False = κ
-    for every prompt (default.yaml, chat.yaml: on the first-person probe it recalled nothing more and once sent
-    "I live in a small flat. Any decorating tips?" to the adapter, which answered "You like origami."; README)."""
+    """With `shift_margin`, `speaker_words` and facts about the speaker in memory, a prompt whose question asks about
+    the speaker (the `addressee` of its `asked_sentence`: "What language do I speak?", "Do you know where I live?"; not
+    "I live in a small flat. Any decorating tips?") is held to a lower κ where the speaker's facts' own trained
+    questions shift more than any calibration prompt: per shift read, κ_S = min(κ, √(c · f)) with c the largest shift
+    over the calibration prompts and f the smallest over those questions (κ where f ≤ c). The speaker's questions are
+    common words, read little (under τ), and their shift can stay under κ = `shift_margin` × c though above every
+    unrelated prompt's: in a chat, "What language do I speak?" — a trained question — shifted 7.3 against κ 8.8 and c 4.4, and
+    went to the base. Prompts about the assistant or whose question names no one keep κ. False = κ for every prompt
+    (default.yaml and chat.yaml: true; held to the whole message's addressee instead of its asking sentence, it once
+    sent "I live in a small flat. Any decorating tips?" to the adapter, which answered "You like origami."; README)."""
     tolerance: float = 0.0
     """Recompute τ once some LoRA tensor moved by more than this share of its norm (‖W − W_τ‖ > tolerance ·
     ‖W_τ‖) since τ was computed; 0 = after any change. A calibration is one forward of the
