@@ -159,10 +159,11 @@ class RoutingSettings:
     questions shift more than any calibration prompt: per shift read, κ_S = min(κ, √(c · f)) with c the largest shift
     over the calibration prompts and f the smallest over those questions (κ where f ≤ c). The speaker's questions are
     common words, read little (under τ), and their shift can stay under κ = `shift_margin` × c though above every
-    unrelated prompt's: in a chat, "What language do I speak?" — a trained question — shifted 7.3 against κ 8.8 and c 4.4, and
-    went to the base. Prompts about the assistant or whose question names no one keep κ. False = κ for every prompt
-    (default.yaml and chat.yaml: true; held to the whole message's addressee instead of its asking sentence, it once
-    sent "I live in a small flat. Any decorating tips?" to the adapter, which answered "You like origami."; README)."""
+    unrelated prompt's: in a chat, "What language do I speak?" — a trained question — shifted 7.3 against κ 8.8 and
+    c 4.4, and went to the base. Prompts about the assistant or whose question names no one keep κ. False = κ for every
+    prompt (default.yaml and chat.yaml: true; held to the whole message's addressee instead of its asking sentence,
+    it once sent "I live in a small flat. Any decorating tips?" to the adapter, which answered "You like origami.";
+    README)."""
     tolerance: float = 0.0
     """Recompute τ once some LoRA tensor moved by more than this share of its norm (‖W − W_τ‖ > tolerance ·
     ‖W_τ‖) since τ was computed; 0 = after any change. A calibration is one forward of the
