@@ -90,11 +90,11 @@ def test_corrupt_last_is_quarantined_and_a_kill_in_the_next_save_loses_nothing(t
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 100 KiB tmpfs: room for one tiny checkpoint (about 75 KB), not two; a skip where mounting is
-    not allowed."""
+    """A 160 KiB tmpfs: room for one tiny checkpoint (about 107 KB, most of it the hyperparameters: the detector's
+    patterns), not two; a skip where mounting is not allowed."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100k", "tmpfs", str(mount)], capture_output=True).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mount)], capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root): the simulated variant below covers the clean-up")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)
