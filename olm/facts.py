@@ -222,6 +222,8 @@ def _default_patterns() -> list[FactPattern]:
                  r"to|how|what|when|where|why|who|which|whatever|a\s+lot|lots|all|both|every|everything|anything|"
                  r"something|nothing|some|any|each|being|having|very|so|the)\b)"
                  r"(?![^\W\d_]\.)(?!(?:[^\W\d_]+\s+){1,3}(?:it|them)\b)")
+    # the end of what one dislikes: "I don't like coffee at all.", "I don't enjoy cooking that much."
+    disliked_end = r"(?:\s+(?:very\s+much|so\s+much|that\s+much|at\s+all|either|too|(?:the\s+)?most))?{END}"
     # the subject of a fact about a third person, maybe with an apposition: "Zara, my sister, lives in Rome."
     # (the apposition itself is the `x_my_y` fact)
     # or the speaker's relative, unnamed: "My mom lives in Lyon." (subject "my mom": "Where does my mom live?")
@@ -365,7 +367,7 @@ def _default_patterns() -> list[FactPattern]:
             "dislikes",
             who + r"\s+(?:really\s+)?(?:hates|dislikes|detests|can['’]?t\s+stand|cannot\s+stand|"
             r"(?:doesn['’]?t|does\s+not)\s+(?:really\s+)?(?:like|enjoy))\s+" + not_liked + r"(?P<object>{PHRASE}?)"
-            r"(?:\s+(?:very\s+much|so\s+much|that\s+much|at\s+all|either|too|(?:the\s+)?most))?{END}",
+            + disliked_end,
             "dislikes", "What does {subject} dislike?", confidence=0.7, opposite="likes",
             questions=["What does {subject} dislike?", "What doesn't {subject} like?",
                        "Do you know what {subject} dislikes?"],
@@ -516,7 +518,7 @@ def _default_patterns() -> list[FactPattern]:
             r"\bI\s+(?:really\s+|just\s+|absolutely\s+)?(?:hate|dislike|detest|can['’]?t\s+stand|cannot\s+stand|"
             r"(?:don['’]?t|do\s+not)\s+(?:really\s+)?(?:like|enjoy))\s+" + not_liked +
             r"(?P<object>{PHRASE}?)"
-            r"(?:\s+(?:very\s+much|so\s+much|that\s+much|at\s+all|either|too|(?:the\s+)?most))?{END}",
+            + disliked_end,
             "dislikes", "What do I dislike?", subject="me", confidence=0.6, many=True, opposite="likes",
             questions=["What do I dislike?", "What don't I like?", "Do you know what I dislike?"],
             answer="You dislike {object}.", short_answer="{object}.",
