@@ -705,7 +705,8 @@ class Router:
             return torch.ones(ids.shape[0], dtype=torch.bool)  # nothing to route (inside disable_adapter: the base)
         tau, kappa, tau_s, rule, kappa_s = self._calibrated(model)  # one check of the weights per routed batch
         read = self.scores(model, ids, attention, prompt_end)
-        texts = self._last_messages(ids, attention, prompt_end) if self._speaker is not None else None
+        decode = self._speaker is not None and (rule or kappa_s is not kappa)  # whom each row's last message asks
+        texts = self._last_messages(ids, attention, prompt_end) if decode else None
         held = self._held(self.addressees(ids, attention, prompt_end, texts)) if rule else None
         on = read > tau
         if held is not None and tau_s > tau:  # asked of the assistant, not of the speaker: above τ_S too
