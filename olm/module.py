@@ -605,9 +605,9 @@ class OnlineLM(L.LightningModule):
         this one contradicted (`FactMemory.drop_contradicted`); the newest remembered fact of its subject and slot,
         if any, is rehearsed first, so its question is answered without the dropped object."""
         rotation = ctx.repetition - 1
-        heirs = [f for f in self.memory if dropped is not None and f.key[0] == dropped.key[0]
-                 and (f.slot or f.relation) == (dropped.slot or dropped.relation)]  # fmt: skip
-        heirs = sorted(heirs, key=lambda f: f.last_turn)[-1:]
+        slot = None if dropped is None else (dropped.key[0], dropped.slot or dropped.relation)
+        kin = [f for f in self.memory if (f.key[0], f.slot or f.relation) == slot] if slot else []
+        heirs = [max(reversed(kin), key=lambda f: f.last_turn)] if kin else []  # the newest; on a tie the last stored
         siblings = sibling_facts(self.memory, ctx.fact, self.augment.siblings, rotation,
                                  any_kind=self.augment.sibling_kinds == "any", first=heirs)
         if not siblings:
