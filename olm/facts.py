@@ -222,8 +222,10 @@ def _default_patterns() -> list[FactPattern]:
                  r"to|how|what|when|where|why|who|which|whatever|a\s+lot|lots|all|both|every|everything|anything|"
                  r"something|nothing|some|any|each|being|having|very|so|the)\b)"
                  r"(?![^\W\d_]\.)(?!(?:[^\W\d_]+\s+){1,3}(?:it|them)\b)")
-    # the end of what one dislikes: "I don't like coffee at all.", "I don't enjoy cooking that much."
-    disliked_end = r"(?:\s+(?:very\s+much|so\s+much|that\s+much|at\s+all|either|too|(?:the\s+)?most))?{END}"
+    # the end of a like or a dislike, not its object: "I don't like coffee at all.", "I love jazz so much.", "I hate
+    # jazz now.", "Tom doesn't like opera any more." (a degree or a time, up to two: "a lot these days")
+    taste_end = (r"(?:\s+(?:very\s+much|so\s+much|that\s+much|a\s+lot|at\s+all|either|too|better|best|"
+                 r"(?:the\s+)?most|now|nowadays|these\s+days|lately|any\s*more|again)){0,2}{END}")
     # the subject of a fact about a third person, maybe with an apposition: "Zara, my sister, lives in Rome."
     # (the apposition itself is the `x_my_y` fact)
     # or the speaker's relative, unnamed: "My mom lives in Lyon." (subject "my mom": "Where does my mom live?")
@@ -355,8 +357,8 @@ def _default_patterns() -> list[FactPattern]:
         ),
         FactPattern(
             "likes",
-            who + r"\s+(?:likes|loves|enjoys)\s+(?!(?:it|that|this|him|her|me|you)\b)"
-            r"(?P<object>{PHRASE}){END}",
+            who + r"\s+(?:really\s+|just\s+|absolutely\s+)?(?:likes|loves|enjoys)\s+"
+            r"(?!(?:it|that|this|him|her|me|you)\b)(?P<object>{PHRASE}?)" + taste_end,
             "likes", "What does {subject} like?", confidence=0.7, opposite="dislikes",
             questions=["What does {subject} like?", "What does {subject} enjoy?", "Do you know what {subject} likes?"],
             answer="{subject} likes {object}.", short_answer="{object}.",
@@ -365,9 +367,9 @@ def _default_patterns() -> list[FactPattern]:
         ),
         FactPattern(  # "Tom hates olives.", "Tom doesn't like museums."
             "dislikes",
-            who + r"\s+(?:really\s+)?(?:hates|dislikes|detests|can['’]?t\s+stand|cannot\s+stand|"
+            who + r"\s+(?:really\s+|just\s+|absolutely\s+)?(?:hates|dislikes|detests|can['’]?t\s+stand|cannot\s+stand|"
             r"(?:doesn['’]?t|does\s+not)\s+(?:really\s+)?(?:like|enjoy))\s+" + not_liked + r"(?P<object>{PHRASE}?)"
-            + disliked_end,
+            + taste_end,
             "dislikes", "What does {subject} dislike?", confidence=0.7, opposite="likes",
             questions=["What does {subject} dislike?", "What doesn't {subject} like?",
                        "Do you know what {subject} dislikes?"],
@@ -506,7 +508,7 @@ def _default_patterns() -> list[FactPattern]:
         FactPattern(  # "I love sushi.", "I enjoy hiking (very much)."; not "I like it/you/how .../to ..."
             "i_like",
             r"\bI\s+(?:really\s+|just\s+|absolutely\s+)?(?:like|love|enjoy|adore)\s+" + not_liked +
-            r"(?P<object>{PHRASE}?)(?:\s+(?:very\s+much|so\s+much|a\s+lot|too|better|best|(?:the\s+)?most))?{END}",
+            r"(?P<object>{PHRASE}?)" + taste_end,
             "likes", "What do I like?", subject="me", confidence=0.6, many=True, opposite="dislikes",
             questions=["What do I like?", "What do I enjoy?", "Do you know what I like?"],
             answer="You like {object}.", short_answer="{object}.",
@@ -518,7 +520,7 @@ def _default_patterns() -> list[FactPattern]:
             r"\bI\s+(?:really\s+|just\s+|absolutely\s+)?(?:hate|dislike|detest|can['’]?t\s+stand|cannot\s+stand|"
             r"(?:don['’]?t|do\s+not)\s+(?:really\s+)?(?:like|enjoy))\s+" + not_liked +
             r"(?P<object>{PHRASE}?)"
-            + disliked_end,
+            + taste_end,
             "dislikes", "What do I dislike?", subject="me", confidence=0.6, many=True, opposite="likes",
             questions=["What do I dislike?", "What don't I like?", "Do you know what I dislike?"],
             answer="You dislike {object}.", short_answer="{object}.",

@@ -364,6 +364,27 @@ def test_what_the_speaker_likes(text, fact):
 
 @pytest.mark.parametrize(
     "text, fact",
+    [("Actually, I hate jazz now.", ("me", "dislikes", "jazz")),
+     ("I can't stand opera any more.", ("me", "dislikes", "opera")),
+     ("I don't like olives anymore.", ("me", "dislikes", "olives")),
+     ("I love chess these days.", ("me", "likes", "chess")),
+     ("I really like hiking a lot lately.", ("me", "likes", "hiking")),
+     ("I enjoy pottery again.", ("me", "likes", "pottery")),
+     ("Tom really enjoys jazz.", ("Tom", "likes", "jazz")), ("Tom likes opera a lot.", ("Tom", "likes", "opera")),
+     ("Tom loves chess too.", ("Tom", "likes", "chess")),
+     ("Tom just hates karaoke now.", ("Tom", "dislikes", "karaoke")),
+     ("Tom doesn't like jazz anymore.", ("Tom", "dislikes", "jazz")), ("I don't like it now.", None),
+     ("Tom likes it now.", None)],
+)  # fmt: skip
+def test_a_degree_or_a_time_after_a_like_or_a_dislike_is_not_its_object(text, fact):
+    """"I hate jazz now." contradicts "I love jazz." only if its object is "jazz", not "jazz now": a degree or a
+    time ("a lot", "any more", "these days", up to two) ends a like or a dislike, first or third person."""
+    found = FactDetector().detect(text)
+    assert (None if found is None else (found.subject, found.slot, found.object)) == fact
+
+
+@pytest.mark.parametrize(
+    "text, fact",
     [("I speak French.", ("speaks", "French")), ("I'm fluent in Mandarin.", ("speaks", "Mandarin")),
      ("I speak French and Spanish.", ("speaks", "French")), ("I speak to him daily.", None),
      ("I play the guitar.", ("plays", "guitar")), ("I play tennis every week.", ("plays", "tennis")),
