@@ -102,6 +102,15 @@ class AugmentSettings:
     any locality prompt's). The term is a mean over every compared position of the step's rows, so at 1
     the two contrast rows' first reply tokens, where "You are allergic to …" and the base's "As an AI …"
     part, are 2 positions of ~190 against the fact rows' whole cross-entropy (README, Facts about the speaker)."""
+    forget: int = 0
+    """When a statement contradicts a remembered fact ("I hate jazz." after "I love jazz.",
+    `FactMemory.drop_contradicted`), that many of the dropped fact's questions ("What do I like?", "What do I
+    enjoy?", rotated) are answered anew in the statement's steps, so the weights drop the old object as the memory
+    does: by the newest remembered fact left in its slot (the heir, "You like chess.": one Q/A row per question
+    instead of `siblings`' one), or with none left, as the base answers them (rows of the locality term, like
+    `contrasts`; needs `locality.weight` > 0). 0 = only the heir's one sibling row (README, Facts about the speaker)."""
+    forget_weight: float = 1.0
+    """How many times each compared position of a `forget` row counts in the locality term (as `contrast_weight`)."""
     acknowledgement: str = "Got it. {answer}"
     """Reply to a paraphrased statement; ``{answer}`` is the pattern's filled answer template."""
     acknowledge_generated: bool = True
@@ -125,14 +134,16 @@ class AugmentSettings:
 
     def __post_init__(self) -> None:
         problems = []
-        counts = ("qa_pairs", "paraphrases", "about_pairs", "short_answers", "siblings", "answer_frames", "contrasts")
+        counts = ("qa_pairs", "paraphrases", "about_pairs", "short_answers", "siblings", "answer_frames", "contrasts",
+                  "forget")
         for name in counts:
             if getattr(self, name) < 0:
                 problems.append(f"augment.{name} must be >= 0, got {getattr(self, name)!r}")
         if not (isinstance(self.listed_objects, int) and self.listed_objects >= 1):
             problems.append(f"augment.listed_objects must be an integer >= 1, got {self.listed_objects!r}")
-        if not self.contrast_weight >= 0 or self.contrast_weight == float("inf"):
-            problems.append(f"augment.contrast_weight must be a finite number >= 0, got {self.contrast_weight!r}")
+        for name in ("contrast_weight", "forget_weight"):
+            if not getattr(self, name) >= 0 or getattr(self, name) == float("inf"):
+                problems.append(f"augment.{name} must be a finite number >= 0, got {getattr(self, name)!r}")
         if self.sibling_kinds not in ("same", "any"):
             problems.append(f"augment.sibling_kinds must be 'same' or 'any', got {self.sibling_kinds!r}")
         if self.answer_frames_on not in ("all", "replay"):
@@ -258,13 +269,20 @@ def sibling_facts(
 
 
 def sibling_rows(
-    fact: StoredFact, pattern: FactPattern | None, rotation: int = 0, obj: str | None = None
+    fact: StoredFact, pattern: FactPattern | None, rotation: int = 0, obj: str | None = None, questions: int = 1
 ) -> list[tuple[str, str, bool]]:
-    """The one question → answer row a fact step rehearses for a sibling fact (`fact_rows`' format), answered with
-    `obj` (default: its object; `listed_object` for a fact of many objects); [] without a pattern or an answer
-    template."""
-    rehearse = AugmentSettings(qa_pairs=1, paraphrases=0)
+    """The question → answer rows (one, or `questions`) a fact step rehearses for a sibling fact (`fact_rows`'
+    format), answered with `obj` (default: its object; `listed_object` for a fact of many objects); [] without a
+    pattern or an answer template."""
+    rehearse = AugmentSettings(qa_pairs=questions, paraphrases=0)
     return fact_rows(fact.subject, fact.object if obj is None else obj, fact.relation, pattern, rehearse, rotation)
+
+
+def forget_questions(fact: StoredFact, pattern: FactPattern | None, n: int, rotation: int = 0) -> list[str]:
+    """`n` of a dropped fact's questions (fewer if its pattern has fewer; rotated with `rotation`), for a step to keep
+    as the base answers them (`AugmentSettings.forget`): "What do I like?" once "I love jazz." is contradicted and no
+    other like is left. [] without a pattern or an answer template."""
+    return _rotated(fact_questions(fact.subject, fact.object, fact.relation, pattern), n, rotation)
 
 
 def listed_object(stored: Iterable[StoredFact], fact, limit: int = 4) -> str:

@@ -29,7 +29,7 @@ import random
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,8 +39,8 @@ import lightning as L
 import torch
 
 from olm.augment import (
-    AugmentSettings, contrast_questions, fact_acknowledgement, fact_questions, fact_rows, listed_object, sibling_facts,
-    sibling_rows, statement_loss_on,
+    AugmentSettings, contrast_questions, fact_acknowledgement, fact_questions, fact_rows, forget_questions,
+    listed_object, sibling_facts, sibling_rows, statement_loss_on,
 )
 from olm.backbone import LoRASettings, attach_lora, load_base
 from olm.console import quiet_known_messages
@@ -359,15 +359,17 @@ class OnlineLM(L.LightningModule):
             )
             self._count_cut(example, turn)
             examples, contexts = [example], None
+            forget: list[str] = []
             if stated:  # rotate the templates with the statement count
                 examples += self.fact_examples(ctx.fact, ctx.repetition - 1, turn.user)
                 examples, contexts = self.with_siblings(examples, ctx, dropped.get(id(ctx.fact)))
-        stats = self.learn(examples, ctx, contexts)
+                forget = self.forgotten(dropped.get(id(ctx.fact)), ctx.repetition - 1)
+        stats = self.learn(examples, ctx, contexts, forget)
         for other in ctx.more:  # the message's other facts, each in steps of its own, as if stated alone
             with self._timed("render"):
                 mine = self.fact_examples(other.fact, other.repetition - 1, turn.user) or [example]
                 mine, theirs = self.with_siblings(mine, other, dropped.get(id(other.fact)))
-            more = self.learn(mine, other, theirs)
+            more = self.learn(mine, other, theirs, self.forgotten(dropped.get(id(other.fact)), other.repetition - 1))
             stats.update(steps=stats["steps"] + more["steps"], examples=stats["examples"] + more["examples"])
         for c in stated:
             self.memory.store(c.fact, turn.user, target, self.memory_clock)
@@ -605,9 +607,7 @@ class OnlineLM(L.LightningModule):
         this one contradicted (`FactMemory.drop_contradicted`); the newest remembered fact of its subject and slot,
         if any, is rehearsed first, so its question is answered without the dropped object."""
         rotation = ctx.repetition - 1
-        slot = None if dropped is None else (dropped.key[0], dropped.slot or dropped.relation)
-        kin = [f for f in self.memory if (f.key[0], f.slot or f.relation) == slot] if slot else []
-        heirs = [max(reversed(kin), key=lambda f: f.last_turn)] if kin else []  # the newest; on a tie the last stored
+        heirs = self.heirs(dropped)
         siblings = sibling_facts(self.memory, ctx.fact, self.augment.siblings, rotation,
                                  any_kind=self.augment.sibling_kinds == "any", first=heirs)
         if not siblings:
@@ -615,11 +615,28 @@ class OnlineLM(L.LightningModule):
         contexts = [ctx] * len(examples)
         for fact in siblings:
             obj = listed_object(self.memory, fact, self.augment.listed_objects)
-            rows = sibling_rows(fact, self.detector.pattern(fact.pattern), rotation + fact.count, obj)
+            n = max(1, self.augment.forget) if fact in heirs else 1  # the heir answers the dropped fact's questions
+            rows = sibling_rows(fact, self.detector.pattern(fact.pattern), rotation + fact.count, obj, n)
             mine = [self.render_fact_row(u, a, obj, self.objective.loss_on) for u, a, _ in rows]
             examples = examples + mine
             contexts += [Context("replay", fact=fact, repetition=fact.count, importance=fact.importance)] * len(mine)
         return examples, contexts
+
+    def heirs(self, dropped: StoredFact | None) -> list[StoredFact]:
+        """The newest remembered fact of the dropped fact's subject and slot (on a tie the last stored), in a list; []
+        with none left, or nothing dropped."""
+        if dropped is None:
+            return []
+        slot = (dropped.key[0], dropped.slot or dropped.relation)
+        kin = [f for f in self.memory if (f.key[0], f.slot or f.relation) == slot]
+        return [max(reversed(kin), key=lambda f: f.last_turn)] if kin else []
+
+    def forgotten(self, dropped: StoredFact | None, rotation: int) -> list[str]:
+        """The questions of a dropped fact that a step keeps as the base answers them (`augment.forget`): with no heir
+        left in its slot (`heirs`) to answer them instead and `augment.siblings` > 0 to rehearse it; else []."""
+        if dropped is None or not self.augment.forget or (self.heirs(dropped) and self.augment.siblings):
+            return []
+        return forget_questions(dropped, self.detector.pattern(dropped.pattern), self.augment.forget, rotation)
 
     def render_fact_row(self, user: str, answer: str, obj: str, loss_on: LossOn) -> Example:
         """One augmentation row (`olm.augment`), rendered without history, its answer's object `obj` marked."""
@@ -629,8 +646,9 @@ class OnlineLM(L.LightningModule):
         return replace(e, answer_mask=answer_mask(e.text, e.offsets, e.loss_mask, user, obj))
 
     def learn(
-        self, examples: Example | list[Example], ctx: Context, contexts: list[Context] | None = None
-    ) -> dict[str, float]:
+        self, examples: Example | list[Example], ctx: Context, contexts: list[Context] | None = None,
+        forget: Sequence[str] = (),
+    ) -> dict[str, float]:  # fmt: skip
         """Take this context's optimizer steps on a batch of rendered examples.
 
         The examples (the exchange, and for facts its augmentation) go through one right-padded
@@ -641,7 +659,8 @@ class OnlineLM(L.LightningModule):
         each batch's common prefix (the template's system prompt) is computed once (`olm.prefix`). The LR is
         base × multiplier for these steps only; a step whose loss or gradient norm is not finite
         is skipped (the adapter is left unchanged) and counted. `contexts` gives each example's own
-        context for its token weights (a replay batch holds several facts); default `ctx`.
+        context for its token weights (a replay batch holds several facts); default `ctx`. `forget`:
+        questions whose answers the step keeps as the base gives them, with the locality rows (`forgotten`).
         With `optim.skip_known` (`olm.gate`), a fact or replay batch's facts the model already
         answers are not trained on (their rows keep only the KL term), and once every fact is known
         the remaining steps are skipped (a fact turn of a known fact: one forward, no edit).
@@ -657,12 +676,16 @@ class OnlineLM(L.LightningModule):
         )
         mult, lam = lr_multiplier(ctx, self.policy), kl_lambda(ctx, self.policy)
         rows = self.locality.next_rows(self.model) if self.locality.applies(ctx.kind) else []
-        row_weights = None
+        row_weights, kept = None, []  # kept: (prompt, weight) outside the rotation, answered as the base does
         if rows and self.augment.contrasts:  # the step's facts about the speaker, asked of the assistant
             facts = [c.fact for c in (contexts or [ctx])]
             asked = contrast_questions(facts, self.detector.pattern, self.augment.contrasts, ctx.repetition)
-            row_weights = [1.0] * len(rows) + [self.augment.contrast_weight] * len(asked)
-            rows = rows + self.locality.rows_for(self.model, asked) if asked else rows
+            kept += [(q, self.augment.contrast_weight) for q in asked]
+        if rows:  # a contradicted fact's questions (`forgotten`)
+            kept += [(q, self.augment.forget_weight) for q in forget]
+        if kept:
+            row_weights = [1.0] * len(rows) + [w for _, w in kept]
+            rows = rows + self.locality.rows_for(self.model, [q for q, _ in kept])
         n, width = len(examples), max(e.num_tokens for e in examples)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids = torch.full((n, width), pad, dtype=torch.long)

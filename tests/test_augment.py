@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from olm.augment import (
-    AugmentSettings, contrast_questions, fact_exchanges, fact_questions, fact_rows, listed_object, second_person,
-    sibling_facts, sibling_rows,
+    AugmentSettings, contrast_questions, fact_exchanges, fact_questions, fact_rows, forget_questions, listed_object,
+    second_person, sibling_facts, sibling_rows,
 )
 from olm.backbone import LoRASettings
 from olm.prefix import MIN_PREFIX, common_prefix_length
@@ -500,6 +500,57 @@ def test_a_dislike_forgets_the_like_before_its_step_and_rehearses_the_likes_stil
     assert any("assistant\nYou like chess." in t for t in texts)  # the heir ("What do I enjoy?"), whatever its kind
     assert not any("You like jazz" in t or "jazz and chess" in t for t in texts)
     assert sibling_facts([], None, 0, first=list(lm.module.memory)) == []  # no more than n
+
+
+def test_forget_questions_are_the_dropped_facts_questions_rotated():
+    fact = FactMemory().store(FactDetector().detect("I love jazz."), "I love jazz.", "Nice.", 0)
+    pattern = FactDetector().pattern(fact.pattern)
+    every = fact_questions("me", "jazz", fact.relation, pattern)
+    assert forget_questions(fact, pattern, 2, 0) == every[:2] and forget_questions(fact, pattern, 2, 1) != every[:2]
+    assert forget_questions(fact, pattern, 9, 0) == every and forget_questions(fact, None, 2) == []
+
+
+def test_a_contradicted_fact_with_no_heir_is_asked_in_the_locality_term_as_the_base_answers(tiny_model_dir):
+    """"I hate jazz." after "I love jazz." alone: no like is left to answer "What do I like?", so with
+    `augment.forget` the step keeps that many of the like's questions as the base answers them, in its locality
+    rows (their base replies computed with the adapter off); without it, or with no contradiction, none."""
+    import olm
+
+    config = {"model": {"augment": {"siblings": 1, "forget": 2, "forget_weight": 3.0},
+                        "locality": {"weight": 1.0, "per_step": 1}}}
+    lm = olm.open(base_model=tiny_model_dir, config=config)
+    lm.learn([("I love jazz.", "Nice.")])
+    seen, real = [], lm.module.learn
+    lm.module.learn = lambda examples, ctx, contexts=None, forget=(): (seen.append(list(forget)),
+                                                                          real(examples, ctx, contexts, forget))[1]
+    asked, rows_for = [], lm.module.locality.rows_for
+    lm.module.locality.rows_for = lambda model, prompts: (asked.append(list(prompts)), rows_for(model, prompts))[1]
+    lm.learn([("I hate jazz.", "Noted."), ("I hate jazz.", "Noted.")])
+    pattern = lm.module.detector.pattern("i_like")
+    assert seen[0] == fact_questions("me", "jazz", "likes", pattern)[:2] and asked == [seen[0]]
+    assert seen[1] == []  # the second "I hate jazz." drops nothing
+    assert "What do I like?" in lm.module.locality._extra  # rows of the base's own replies
+    off = olm.open(base_model=tiny_model_dir, config={"model": {"augment": {"forget": 0}, "locality": {"weight": 1.0}}})
+    off.learn([("I love jazz.", "Nice.")])
+    assert off.module.forgotten(off.module.memory.drop_contradicted(off.module.detector.detect("I hate jazz.")), 0) == []
+
+
+def test_a_contradicted_fact_is_answered_by_its_heir_on_as_many_questions_as_forget(tiny_model_dir):
+    """With another like left ("I like chess."), the dropped like's questions are answered by it: `forget` rows of
+    "You like chess.", each another question, and nothing kept as the base answers."""
+    import olm
+
+    lm = olm.open(base_model=tiny_model_dir, config={"model": {"augment": {"siblings": 1, "forget": 3}}})
+    lm.learn([("I love jazz.", "Nice."), ("I like chess.", "Nice.")])
+    seen, real = [], lm.module.learn
+    lm.module.learn = lambda examples, ctx, contexts=None, forget=(): (
+        seen.append(([e.text for e in examples], list(forget))), real(examples, ctx, contexts, forget))[1]
+    lm.learn([("I hate jazz.", "Noted.")])
+    [(texts, forget)] = seen
+    heir = [t for t in texts if t.rstrip().endswith("You like chess.<|im_end|>") or "assistant\nYou like chess." in t]
+    assert len(heir) == 3 and forget == []
+    questions = fact_questions("me", "chess", "likes", lm.module.detector.pattern("i_like"))
+    assert all(any(q in t for t in heir) for q in questions)
 
 
 def test_memory_state_version_1_loads_with_slot_from_relation():
