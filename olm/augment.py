@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -105,10 +105,12 @@ class AugmentSettings:
     forget: int = 0
     """When a statement contradicts a remembered fact ("I hate jazz." after "I love jazz.",
     `FactMemory.drop_contradicted`), that many of the dropped fact's questions ("What do I like?", "What do I
-    enjoy?", rotated) are answered anew in the statement's steps, so the weights drop the old object as the memory
-    does: by the newest remembered fact left in its slot (the heir, "You like chess.": one Q/A row per question
-    instead of `siblings`' one), or with none left, as the base answers them (rows of the locality term, like
-    `contrasts`; needs `locality.weight` > 0). 0 = only the heir's one sibling row (README, Facts about the speaker)."""
+    enjoy?", rotated) are answered anew, so the weights drop the old object as the memory does: in the step that
+    drops it by the newest remembered fact left in its slot (the heir, "You like chess.": one Q/A row per question
+    instead of `siblings`' one); with none left, as the base answers them (rows of the locality term, like
+    `contrasts`; needs `locality.weight` > 0), in that step and in the contradicting fact's later statements and
+    replays for as long as none is (`StoredFact.forgets`). 0 = the heir's one sibling row only (README, Facts
+    about the speaker)."""
     forget_weight: float = 1.0
     """How many times each compared position of a `forget` row counts in the locality term (as `contrast_weight`)."""
     acknowledgement: str = "Got it. {answer}"
@@ -278,11 +280,11 @@ def sibling_rows(
     return fact_rows(fact.subject, fact.object if obj is None else obj, fact.relation, pattern, rehearse, rotation)
 
 
-def forget_questions(fact: StoredFact, pattern: FactPattern | None, n: int, rotation: int = 0) -> list[str]:
-    """`n` of a dropped fact's questions (fewer if its pattern has fewer; rotated with `rotation`), for a step to keep
-    as the base answers them (`AugmentSettings.forget`): "What do I like?" once "I love jazz." is contradicted and no
-    other like is left. [] without a pattern or an answer template."""
-    return _rotated(fact_questions(fact.subject, fact.object, fact.relation, pattern), n, rotation)
+def forget_questions(questions: Sequence[str], n: int, rotation: int = 0) -> list[str]:
+    """`n` of a contradicted fact's questions (`fact_questions` of the dropped fact; fewer if there are fewer),
+    rotated with `rotation` (the statement or replay count), for a step to keep as the base answers them
+    (`AugmentSettings.forget`): "What do I like?" once "I love jazz." is contradicted and no other like is left."""
+    return _rotated(list(questions), n, rotation)
 
 
 def listed_object(stored: Iterable[StoredFact], fact, limit: int = 4) -> str:

@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -150,6 +150,10 @@ class StoredFact:
     """With the subject, the memory key (empty: the relation)."""
     many: bool = False
     """One of many objects of its subject and slot (`FactPattern.many`): the object is part of the key."""
+    forgets: list[str] = field(default_factory=list)
+    """The questions of the fact this one contradicted and dropped (`drop_contradicted`: "What do I like?" for "I hate
+    jazz." after "I love jazz."), which its steps and replays keep as the base answers them while no fact of that
+    slot is remembered (`olm.augment.AugmentSettings.forget`); empty for most facts."""
 
     @property
     def key_slot(self) -> str:
@@ -350,8 +354,11 @@ class FactMemory:
             unknown = set(raw) - names
             if unknown:
                 raise ValueError(f"memory state fact {i} has unknown fields {sorted(unknown)}")
+            forgets = raw.get("forgets", [])
+            if not isinstance(forgets, list) or not all(isinstance(q, str) for q in forgets):
+                raise ValueError(f"memory state fact {i}: forgets must be a list of strings, got {forgets!r}")
             try:
-                fact = StoredFact(**{**raw, "entities": list(raw.get("entities", []))})
+                fact = StoredFact(**{**raw, "entities": list(raw.get("entities", [])), "forgets": list(forgets)})
             except TypeError as err:
                 raise ValueError(f"memory state fact {i} is malformed: {err}") from None
             if version == 1:

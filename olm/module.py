@@ -363,16 +363,20 @@ class OnlineLM(L.LightningModule):
             if stated:  # rotate the templates with the statement count
                 examples += self.fact_examples(ctx.fact, ctx.repetition - 1, turn.user)
                 examples, contexts = self.with_siblings(examples, ctx, dropped.get(id(ctx.fact)))
-                forget = self.forgotten(dropped.get(id(ctx.fact)), ctx.repetition - 1)
+                forget = self.forgotten(ctx.fact, ctx.repetition - 1, dropped.get(id(ctx.fact)))
         stats = self.learn(examples, ctx, contexts, forget)
         for other in ctx.more:  # the message's other facts, each in steps of its own, as if stated alone
             with self._timed("render"):
                 mine = self.fact_examples(other.fact, other.repetition - 1, turn.user) or [example]
                 mine, theirs = self.with_siblings(mine, other, dropped.get(id(other.fact)))
-            more = self.learn(mine, other, theirs, self.forgotten(dropped.get(id(other.fact)), other.repetition - 1))
+                forget = self.forgotten(other.fact, other.repetition - 1, dropped.get(id(other.fact)))
+            more = self.learn(mine, other, theirs, forget)
             stats.update(steps=stats["steps"] + more["steps"], examples=stats["examples"] + more["examples"])
         for c in stated:
-            self.memory.store(c.fact, turn.user, target, self.memory_clock)
+            stored = self.memory.store(c.fact, turn.user, target, self.memory_clock)
+            if (gone := dropped.get(id(c.fact))) is not None:  # its questions, for `forgotten` in later steps
+                pattern = self.detector.pattern(gone.pattern)
+                stored.forgets = fact_questions(gone.subject, gone.object, gone.relation, pattern)
         self.antecedent = (*self._conversation(turn), named_subject([c.fact for c in stated]))
         self.memory.decay(self.memory_clock)
         self.turns_trained += 1
@@ -607,7 +611,7 @@ class OnlineLM(L.LightningModule):
         this one contradicted (`FactMemory.drop_contradicted`); the newest remembered fact of its subject and slot,
         if any, is rehearsed first, so its question is answered without the dropped object."""
         rotation = ctx.repetition - 1
-        heirs = self.heirs(dropped)
+        heirs = self.heirs(dropped.key[0], dropped.slot or dropped.relation) if dropped is not None else []
         siblings = sibling_facts(self.memory, ctx.fact, self.augment.siblings, rotation,
                                  any_kind=self.augment.sibling_kinds == "any", first=heirs)
         if not siblings:
@@ -622,21 +626,31 @@ class OnlineLM(L.LightningModule):
             contexts += [Context("replay", fact=fact, repetition=fact.count, importance=fact.importance)] * len(mine)
         return examples, contexts
 
-    def heirs(self, dropped: StoredFact | None) -> list[StoredFact]:
-        """The newest remembered fact of the dropped fact's subject and slot (on a tie the last stored), in a list; []
-        with none left, or nothing dropped."""
-        if dropped is None:
-            return []
-        slot = (dropped.key[0], dropped.slot or dropped.relation)
-        kin = [f for f in self.memory if (f.key[0], f.slot or f.relation) == slot]
+    def heirs(self, subject: str, slot: str) -> list[StoredFact]:
+        """The newest remembered fact of `subject` (its memory key's) and `slot` (on a tie the last stored), in a
+        list; [] with none."""
+        kin = [f for f in self.memory if (f.key[0], f.slot or f.relation) == (subject, slot)]
         return [max(reversed(kin), key=lambda f: f.last_turn)] if kin else []
 
-    def forgotten(self, dropped: StoredFact | None, rotation: int) -> list[str]:
-        """The questions of a dropped fact that a step keeps as the base answers them (`augment.forget`): with no heir
-        left in its slot (`heirs`) to answer them instead and `augment.siblings` > 0 to rehearse it; else []."""
-        if dropped is None or not self.augment.forget or (self.heirs(dropped) and self.augment.siblings):
+    def forgotten(self, fact, rotation: int, dropped: StoredFact | None = None) -> list[str]:
+        """The questions a step of `fact` (detected or remembered) keeps as the base answers them (`augment.forget`):
+        those of the fact it contradicts — `dropped` by this statement, else dropped by an earlier one
+        (`StoredFact.forgets`) — while no fact of that slot is remembered to answer them (`heirs`; the step that
+        drops one rehearses the heir instead, with `augment.siblings` > 0). [] for most facts."""
+        if not self.augment.forget:
             return []
-        return forget_questions(dropped, self.detector.pattern(dropped.pattern), self.augment.forget, rotation)
+        if dropped is not None:
+            if self.augment.siblings and self.heirs(dropped.key[0], dropped.slot or dropped.relation):
+                return []
+            pattern = self.detector.pattern(dropped.pattern)
+            questions = fact_questions(dropped.subject, dropped.object, dropped.relation, pattern)
+        else:
+            stored = fact if isinstance(fact, StoredFact) else self.memory.get(fact.subject, fact.key_slot)
+            pattern = self.detector.pattern(stored.pattern) if stored is not None and stored.forgets else None
+            if pattern is None or self.heirs(stored.key[0], pattern.opposite):
+                return []
+            questions = stored.forgets
+        return forget_questions(questions, self.augment.forget, rotation)
 
     def render_fact_row(self, user: str, answer: str, obj: str, loss_on: LossOn) -> Example:
         """One augmentation row (`olm.augment`), rendered without history, its answer's object `obj` marked."""
@@ -841,7 +855,7 @@ class OnlineLM(L.LightningModule):
                 facts.append(fact)
         if not facts:
             return []
-        examples, contexts, exchanges = [], [], set()
+        examples, contexts, exchanges, forget = [], [], set(), []
         said = statement_loss_on(self.augment, self.objective.loss_on)  # the stored statements' targets
         with self._timed("render"):
             for fact in facts:
@@ -856,9 +870,10 @@ class OnlineLM(L.LightningModule):
                     mine += self.fact_examples(fact, fact.count + self.memory_clock, fact.text, replay=True)
                 examples += mine
                 contexts += [ctx] * len(mine)
+                forget += self.forgotten(fact, fact.count + self.memory_clock)
         # the batch's LR multiplier and KL λ are those of its most important fact
         lead = max(contexts, key=lambda c: c.importance)
-        stats = self.learn(examples, lead, contexts)
+        stats = self.learn(examples, lead, contexts, forget)
         for fact in facts:
             self.memory.touch(fact, self.memory_clock)
         return [{**stats, "facts": len(facts)}]

@@ -502,18 +502,17 @@ def test_a_dislike_forgets_the_like_before_its_step_and_rehearses_the_likes_stil
     assert sibling_facts([], None, 0, first=list(lm.module.memory)) == []  # no more than n
 
 
-def test_forget_questions_are_the_dropped_facts_questions_rotated():
-    fact = FactMemory().store(FactDetector().detect("I love jazz."), "I love jazz.", "Nice.", 0)
-    pattern = FactDetector().pattern(fact.pattern)
-    every = fact_questions("me", "jazz", fact.relation, pattern)
-    assert forget_questions(fact, pattern, 2, 0) == every[:2] and forget_questions(fact, pattern, 2, 1) != every[:2]
-    assert forget_questions(fact, pattern, 9, 0) == every and forget_questions(fact, None, 2) == []
+def test_forget_questions_are_a_rotated_window_of_the_dropped_facts_questions():
+    every = fact_questions("me", "jazz", "likes", FactDetector().pattern("i_like"))
+    assert forget_questions(every, 2, 0) == every[:2] and forget_questions(every, 2, 1) != every[:2]
+    assert forget_questions(every, 9, 0) == every and forget_questions([], 2) == []
 
 
 def test_a_contradicted_fact_with_no_heir_is_asked_in_the_locality_term_as_the_base_answers(tiny_model_dir):
     """"I hate jazz." after "I love jazz." alone: no like is left to answer "What do I like?", so with
     `augment.forget` the step keeps that many of the like's questions as the base answers them, in its locality
-    rows (their base replies computed with the adapter off); without it, or with no contradiction, none."""
+    rows (their base replies computed with the adapter off), and so do the dislike's later statements and replays
+    (`StoredFact.forgets`, kept in the memory's state) until a like is stated again; without it, none."""
     import olm
 
     config = {"model": {"augment": {"siblings": 1, "forget": 2, "forget_weight": 3.0},
@@ -521,18 +520,40 @@ def test_a_contradicted_fact_with_no_heir_is_asked_in_the_locality_term_as_the_b
     lm = olm.open(base_model=tiny_model_dir, config=config)
     lm.learn([("I love jazz.", "Nice.")])
     seen, real = [], lm.module.learn
-    lm.module.learn = lambda examples, ctx, contexts=None, forget=(): (seen.append(list(forget)),
+    lm.module.learn = lambda examples, ctx, contexts=None, forget=(): (seen.append((ctx.kind, list(forget))),
                                                                           real(examples, ctx, contexts, forget))[1]
     asked, rows_for = [], lm.module.locality.rows_for
     lm.module.locality.rows_for = lambda model, prompts: (asked.append(list(prompts)), rows_for(model, prompts))[1]
     lm.learn([("I hate jazz.", "Noted."), ("I hate jazz.", "Noted.")])
-    pattern = lm.module.detector.pattern("i_like")
-    assert seen[0] == fact_questions("me", "jazz", "likes", pattern)[:2] and asked == [seen[0]]
-    assert seen[1] == []  # the second "I hate jazz." drops nothing
+    every = fact_questions("me", "jazz", "likes", lm.module.detector.pattern("i_like"))
+    assert seen[0] == ("fact", every[:2]) and asked[0] == every[:2]
+    assert seen[1][0] == "fact" and len(seen[1][1]) == 2 and set(seen[1][1]) <= set(every)  # the statement again
     assert "What do I like?" in lm.module.locality._extra  # rows of the base's own replies
+    [dislike] = [f for f in lm.module.memory if f.slot == "dislikes"]
+    assert dislike.forgets == every
+    restored = FactMemory()
+    restored.load_state_dict(json.loads(json.dumps(lm.module.memory.state_dict())))
+    assert restored.get("me", dislike.key_slot).forgets == every
+    seen.clear()
+    lm.module.queue_replay([dislike])
+    lm.learn([("Nice weather today.", "It is!")])
+    assert seen[0][0] == "replay" and len(seen[0][1]) == 2 and set(seen[0][1]) <= set(every)
+    seen.clear()
+    lm.learn([("I like chess.", "Nice."), ("I hate jazz.", "Noted.")])  # a like again: it answers them now
+    assert seen[-1] == ("fact", [])
     off = olm.open(base_model=tiny_model_dir, config={"model": {"augment": {"forget": 0}, "locality": {"weight": 1.0}}})
     off.learn([("I love jazz.", "Nice.")])
-    assert off.module.forgotten(off.module.memory.drop_contradicted(off.module.detector.detect("I hate jazz.")), 0) == []
+    gone = off.module.memory.drop_contradicted(off.module.detector.detect("I hate jazz."))
+    assert gone is not None and off.module.forgotten(off.module.detector.detect("I hate jazz."), 0, gone) == []
+
+
+def test_a_memory_state_with_malformed_forgets_is_refused():
+    mem = FactMemory()
+    mem.store(FactDetector().detect("I hate jazz."), "I hate jazz.", "Noted.", 0)
+    state = mem.state_dict()
+    state["facts"][0]["forgets"] = "What do I like?"
+    with pytest.raises(ValueError, match="forgets"):
+        FactMemory().load_state_dict(state)
 
 
 def test_a_contradicted_fact_is_answered_by_its_heir_on_as_many_questions_as_forget(tiny_model_dir):
