@@ -107,10 +107,12 @@ class AugmentSettings:
     `FactMemory.drop_contradicted`), that many of the dropped fact's questions ("What do I like?", "What do I
     enjoy?", rotated) are answered anew, so the weights drop the old object as the memory does: in the step that
     drops it by the newest remembered fact left in its slot (the heir, "You like chess.": one Q/A row per question
-    instead of `siblings`' one); with none left, as the base answers them (rows of the locality term, like
-    `contrasts`; needs `locality.weight` > 0), in that step and in the contradicting fact's later statements and
-    replays for as long as none is (`StoredFact.forgets`). 0 = the heir's one sibling row only (README, Facts
-    about the speaker)."""
+    instead of `siblings`' one); with none left, by the base: each question with the old answer ("What do I like?" →
+    "You like jazz.", `forget_rows`) is a row of the locality term (like `contrasts`; needs `locality.weight` > 0),
+    the adapter pulled to the base's next-token distributions along it — the base, which never learned jazz, does
+    not put it after "You like" —, in that step and in the contradicting fact's later statements and replays for as
+    long as no heir is remembered (`StoredFact.forgets`). 0 = the heir's one sibling row only (README, Facts about
+    the speaker)."""
     forget_weight: float = 1.0
     """How many times each compared position of a `forget` row counts in the locality term (as `contrast_weight`)."""
     acknowledgement: str = "Got it. {answer}"
@@ -280,11 +282,23 @@ def sibling_rows(
     return fact_rows(fact.subject, fact.object if obj is None else obj, fact.relation, pattern, rehearse, rotation)
 
 
-def forget_questions(questions: Sequence[str], n: int, rotation: int = 0) -> list[str]:
-    """`n` of a contradicted fact's questions (`fact_questions` of the dropped fact; fewer if there are fewer),
-    rotated with `rotation` (the statement or replay count), for a step to keep as the base answers them
-    (`AugmentSettings.forget`): "What do I like?" once "I love jazz." is contradicted and no other like is left."""
-    return _rotated(list(questions), n, rotation)
+def forget_rows(subject: str, obj: str, relation: str, pattern: FactPattern | None) -> list[tuple[str, str]]:
+    """A dropped fact's (question, answer) rows as its steps trained them: each of its pattern's questions with its
+    answers in turn (`answer`, then the `answers` frames: "What do I like?" → "You like jazz.", "What do I enjoy?" →
+    "You enjoy jazz."); [] without a pattern or an answer template. A step that forgets the fact compares the adapter
+    with the base along these answers (`AugmentSettings.forget`): where the old object would come next, the base,
+    which never learned it, puts something else."""
+    questions = fact_questions(subject, obj, relation, pattern)
+    if not questions:
+        return []
+    answers = [fill(t, subject, obj, relation, listener=True) for t in [pattern.answer, *pattern.answers]]
+    return [(q, answers[i % len(answers)]) for i, q in enumerate(questions)]
+
+
+def forget_window(rows: Sequence[tuple[str, str]], n: int, rotation: int = 0) -> list[tuple[str, str]]:
+    """`n` of a contradicted fact's `forget_rows` (fewer if there are fewer), rotated with `rotation` (the statement
+    or replay count): the rows a step compares with the base (`AugmentSettings.forget`)."""
+    return _rotated([tuple(r) for r in rows], n, rotation)
 
 
 def listed_object(stored: Iterable[StoredFact], fact, limit: int = 4) -> str:

@@ -224,7 +224,7 @@ class LocalityTerm:
         self.position = 0
         """Index of the next prompt in the rotation (saved in checkpoints)."""
         self._cache: dict[int, LocalityRow] = {}
-        self._extra: dict[str, LocalityRow] = {}  # `rows_for`'s prompts
+        self._extra: dict[tuple[str, str | None], LocalityRow] = {}  # `rows_for`'s (prompt, given reply or None)
         self._projectors: dict[str, NullSpace] | None = None
         self._key: str | None = None  # the disk cache's key, computed on first use
 
@@ -305,26 +305,34 @@ class LocalityTerm:
     def _compute(self, model, indices: list[int]) -> None:
         self._cache.update(zip(indices, self._rows(model, [self.prompts[i] for i in indices])))
 
-    def rows_for(self, model, prompts: list[str]) -> list[LocalityRow]:
-        """Rows for prompts outside the rotation (the contrast questions of `olm.augment.contrast_questions`),
-        each computed on first use like the rotation's and kept in memory (not on disk)."""
-        missing = list(dict.fromkeys(p for p in prompts if p not in self._extra))
+    def rows_for(self, model, prompts: list[str], replies: list[str] | None = None) -> list[LocalityRow]:
+        """Rows for prompts outside the rotation, each computed on first use like the rotation's and kept in memory
+        (not on disk): the contrast questions of `olm.augment.contrast_questions` (the base's own greedy replies), or
+        with `replies` each prompt compared along its given reply (`olm.augment.forget_rows`: "What do I like?" →
+        "You like jazz.", the answer a contradicted fact was trained with)."""
+        if replies is not None and len(replies) != len(prompts):
+            raise ValueError(f"rows_for: {len(replies)} replies for {len(prompts)} prompts")
+        keys = list(zip(prompts, replies if replies is not None else [None] * len(prompts)))
+        missing = list(dict.fromkeys(k for k in keys if k not in self._extra))
         if missing:
-            self._extra.update(zip(missing, self._rows(model, missing)))
-        return [self._extra[p] for p in prompts]
+            given = [r for _, r in missing] if replies is not None else None
+            self._extra.update(zip(missing, self._rows(model, [p for p, _ in missing], given)))
+        return [self._extra[k] for k in keys]
 
     @torch.no_grad()
-    def _rows(self, model, prompts: list[str]) -> list[LocalityRow]:
-        """The base's greedy reply to each prompt and its top-k next-token log-probabilities along it."""
+    def _rows(self, model, prompts: list[str], replies: list[str] | None = None) -> list[LocalityRow]:
+        """The base's greedy reply to each prompt (or the given `replies`) and its top-k next-token
+        log-probabilities along it."""
         tok = self.tokenizer
         gen = GenerationSettings(max_new_tokens=self.settings.reply_tokens)
         device = next(model.parameters()).device
         out = []
         with model.disable_adapter():
-            replies = []
-            for start in range(0, len(prompts), FILL_BATCH):
-                chunk = prompts[start : start + FILL_BATCH]
-                replies += generate_replies(model, tok, [messages_for(p) for p in chunk], gen)
+            if replies is None:
+                replies = []
+                for start in range(0, len(prompts), FILL_BATCH):
+                    chunk = prompts[start : start + FILL_BATCH]
+                    replies += generate_replies(model, tok, [messages_for(p) for p in chunk], gen)
             was_training = model.training
             model.eval()
             try:

@@ -150,10 +150,11 @@ class StoredFact:
     """With the subject, the memory key (empty: the relation)."""
     many: bool = False
     """One of many objects of its subject and slot (`FactPattern.many`): the object is part of the key."""
-    forgets: list[str] = field(default_factory=list)
-    """The questions of the fact this one contradicted and dropped (`drop_contradicted`: "What do I like?" for "I hate
-    jazz." after "I love jazz."), which its steps and replays keep as the base answers them while no fact of that
-    slot is remembered (`olm.augment.AugmentSettings.forget`); empty for most facts."""
+    forgets: list[list[str]] = field(default_factory=list)
+    """The [question, answer] rows of the fact this one contradicted and dropped (`drop_contradicted`: ["What do I
+    like?", "You like jazz."] for "I hate jazz." after "I love jazz."; `olm.augment.forget_rows`), which its steps and
+    replays compare with the base while no fact of that slot is remembered (`olm.augment.AugmentSettings.forget`);
+    empty for most facts."""
 
     @property
     def key_slot(self) -> str:
@@ -355,10 +356,13 @@ class FactMemory:
             if unknown:
                 raise ValueError(f"memory state fact {i} has unknown fields {sorted(unknown)}")
             forgets = raw.get("forgets", [])
-            if not isinstance(forgets, list) or not all(isinstance(q, str) for q in forgets):
-                raise ValueError(f"memory state fact {i}: forgets must be a list of strings, got {forgets!r}")
+            if not isinstance(forgets, list) or not all(
+                isinstance(r, list) and len(r) == 2 and all(isinstance(t, str) for t in r) for r in forgets
+            ):
+                raise ValueError(f"memory state fact {i}: forgets must be [question, answer] pairs, got {forgets!r}")
             try:
-                fact = StoredFact(**{**raw, "entities": list(raw.get("entities", [])), "forgets": list(forgets)})
+                fields_ = {**raw, "entities": list(raw.get("entities", [])), "forgets": [list(r) for r in forgets]}
+                fact = StoredFact(**fields_)
             except TypeError as err:
                 raise ValueError(f"memory state fact {i} is malformed: {err}") from None
             if version == 1:

@@ -39,7 +39,7 @@ import lightning as L
 import torch
 
 from olm.augment import (
-    AugmentSettings, contrast_questions, fact_acknowledgement, fact_questions, fact_rows, forget_questions,
+    AugmentSettings, contrast_questions, fact_acknowledgement, fact_questions, fact_rows, forget_rows, forget_window,
     listed_object, sibling_facts, sibling_rows, statement_loss_on,
 )
 from olm.backbone import LoRASettings, attach_lora, load_base
@@ -376,7 +376,7 @@ class OnlineLM(L.LightningModule):
             stored = self.memory.store(c.fact, turn.user, target, self.memory_clock)
             if (gone := dropped.get(id(c.fact))) is not None:  # its questions, for `forgotten` in later steps
                 pattern = self.detector.pattern(gone.pattern)
-                stored.forgets = fact_questions(gone.subject, gone.object, gone.relation, pattern)
+                stored.forgets = [list(r) for r in forget_rows(gone.subject, gone.object, gone.relation, pattern)]
         self.antecedent = (*self._conversation(turn), named_subject([c.fact for c in stated]))
         self.memory.decay(self.memory_clock)
         self.turns_trained += 1
@@ -632,25 +632,26 @@ class OnlineLM(L.LightningModule):
         kin = [f for f in self.memory if (f.key[0], f.slot or f.relation) == (subject, slot)]
         return [max(reversed(kin), key=lambda f: f.last_turn)] if kin else []
 
-    def forgotten(self, fact, rotation: int, dropped: StoredFact | None = None) -> list[str]:
-        """The questions a step of `fact` (detected or remembered) keeps as the base answers them (`augment.forget`):
-        those of the fact it contradicts — `dropped` by this statement, else dropped by an earlier one
-        (`StoredFact.forgets`) — while no fact of that slot is remembered to answer them (`heirs`; the step that
-        drops one rehearses the heir instead, with `augment.siblings` > 0). [] for most facts."""
+    def forgotten(self, fact, rotation: int, dropped: StoredFact | None = None) -> list[tuple[str, str]]:
+        """The (question, old answer) rows a step of `fact` (detected or remembered) compares with the base
+        (`augment.forget`, `olm.augment.forget_rows`): those of the fact it contradicts — `dropped` by this statement,
+        else dropped by an earlier one (`StoredFact.forgets`) — while no fact of that slot is remembered to answer
+        them (`heirs`; the step that drops one rehearses the heir instead, with `augment.siblings` > 0). [] for most
+        facts."""
         if not self.augment.forget:
             return []
         if dropped is not None:
             if self.augment.siblings and self.heirs(dropped.key[0], dropped.slot or dropped.relation):
                 return []
             pattern = self.detector.pattern(dropped.pattern)
-            questions = fact_questions(dropped.subject, dropped.object, dropped.relation, pattern)
+            rows = forget_rows(dropped.subject, dropped.object, dropped.relation, pattern)
         else:
             stored = fact if isinstance(fact, StoredFact) else self.memory.get(fact.subject, fact.key_slot)
             pattern = self.detector.pattern(stored.pattern) if stored is not None and stored.forgets else None
             if pattern is None or self.heirs(stored.key[0], pattern.opposite):
                 return []
-            questions = stored.forgets
-        return forget_questions(questions, self.augment.forget, rotation)
+            rows = stored.forgets
+        return forget_window(rows, self.augment.forget, rotation)
 
     def render_fact_row(self, user: str, answer: str, obj: str, loss_on: LossOn) -> Example:
         """One augmentation row (`olm.augment`), rendered without history, its answer's object `obj` marked."""
@@ -661,7 +662,7 @@ class OnlineLM(L.LightningModule):
 
     def learn(
         self, examples: Example | list[Example], ctx: Context, contexts: list[Context] | None = None,
-        forget: Sequence[str] = (),
+        forget: Sequence[tuple[str, str]] = (),
     ) -> dict[str, float]:  # fmt: skip
         """Take this context's optimizer steps on a batch of rendered examples.
 
@@ -674,7 +675,7 @@ class OnlineLM(L.LightningModule):
         base × multiplier for these steps only; a step whose loss or gradient norm is not finite
         is skipped (the adapter is left unchanged) and counted. `contexts` gives each example's own
         context for its token weights (a replay batch holds several facts); default `ctx`. `forget`:
-        questions whose answers the step keeps as the base gives them, with the locality rows (`forgotten`).
+        (question, old answer) rows compared with the base along the old answer, with the locality rows (`forgotten`).
         With `optim.skip_known` (`olm.gate`), a fact or replay batch's facts the model already
         answers are not trained on (their rows keep only the KL term), and once every fact is known
         the remaining steps are skipped (a fact turn of a known fact: one forward, no edit).
@@ -690,16 +691,18 @@ class OnlineLM(L.LightningModule):
         )
         mult, lam = lr_multiplier(ctx, self.policy), kl_lambda(ctx, self.policy)
         rows = self.locality.next_rows(self.model) if self.locality.applies(ctx.kind) else []
-        row_weights, kept = None, []  # kept: (prompt, weight) outside the rotation, answered as the base does
+        row_weights, kept, weights_kept = None, [], []  # rows outside the rotation and their weights
         if rows and self.augment.contrasts:  # the step's facts about the speaker, asked of the assistant
             facts = [c.fact for c in (contexts or [ctx])]
             asked = contrast_questions(facts, self.detector.pattern, self.augment.contrasts, ctx.repetition)
-            kept += [(q, self.augment.contrast_weight) for q in asked]
-        if rows:  # a contradicted fact's questions (`forgotten`)
-            kept += [(q, self.augment.forget_weight) for q in forget]
+            kept += self.locality.rows_for(self.model, asked) if asked else []
+            weights_kept += [self.augment.contrast_weight] * len(asked)
+        if rows and forget:  # a contradicted fact's questions, along its old answers (`forgotten`)
+            kept += self.locality.rows_for(self.model, [q for q, _ in forget], [a for _, a in forget])
+            weights_kept += [self.augment.forget_weight] * len(forget)
         if kept:
-            row_weights = [1.0] * len(rows) + [w for _, w in kept]
-            rows = rows + self.locality.rows_for(self.model, [q for q, _ in kept])
+            row_weights = [1.0] * len(rows) + weights_kept
+            rows = rows + kept
         n, width = len(examples), max(e.num_tokens for e in examples)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids = torch.full((n, width), pad, dtype=torch.long)

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from olm.augment import (
-    AugmentSettings, contrast_questions, fact_exchanges, fact_questions, fact_rows, forget_questions, listed_object,
-    second_person, sibling_facts, sibling_rows,
+    AugmentSettings, contrast_questions, fact_exchanges, fact_questions, fact_rows, forget_rows, forget_window,
+    listed_object, second_person, sibling_facts, sibling_rows,
 )
 from olm.backbone import LoRASettings
 from olm.prefix import MIN_PREFIX, common_prefix_length
@@ -502,17 +502,22 @@ def test_a_dislike_forgets_the_like_before_its_step_and_rehearses_the_likes_stil
     assert sibling_facts([], None, 0, first=list(lm.module.memory)) == []  # no more than n
 
 
-def test_forget_questions_are_a_rotated_window_of_the_dropped_facts_questions():
-    every = fact_questions("me", "jazz", "likes", FactDetector().pattern("i_like"))
-    assert forget_questions(every, 2, 0) == every[:2] and forget_questions(every, 2, 1) != every[:2]
-    assert forget_questions(every, 9, 0) == every and forget_questions([], 2) == []
+def test_forget_rows_are_the_dropped_facts_questions_with_its_answers_and_a_rotated_window_of_them():
+    pattern = FactDetector().pattern("i_like")
+    every = forget_rows("me", "jazz", "likes", pattern)
+    assert [q for q, _ in every] == fact_questions("me", "jazz", "likes", pattern)
+    assert [a for _, a in every] == ["You like jazz.", "You enjoy jazz.", "You love jazz."]  # each frame in turn
+    assert forget_rows("me", "jazz", "likes", None) == []
+    assert forget_window(every, 2, 0) == every[:2] and forget_window(every, 2, 1) != every[:2]
+    assert forget_window(every, 9, 0) == every and forget_window([], 2) == []
 
 
-def test_a_contradicted_fact_with_no_heir_is_asked_in_the_locality_term_as_the_base_answers(tiny_model_dir):
+def test_a_contradicted_fact_with_no_heir_is_compared_with_the_base_along_its_old_answers(tiny_model_dir):
     """"I hate jazz." after "I love jazz." alone: no like is left to answer "What do I like?", so with
-    `augment.forget` the step keeps that many of the like's questions as the base answers them, in its locality
-    rows (their base replies computed with the adapter off), and so do the dislike's later statements and replays
-    (`StoredFact.forgets`, kept in the memory's state) until a like is stated again; without it, none."""
+    `augment.forget` the step compares that many of the like's questions, each with its old answer ("You like
+    jazz."), with the base (locality rows along the given answer, the base's log-probabilities computed with the
+    adapter off), and so do the dislike's later statements and replays (`StoredFact.forgets`, kept in the memory's
+    state) until a like is stated again; without it, none."""
     import olm
 
     config = {"model": {"augment": {"siblings": 1, "forget": 2, "forget_weight": 3.0},
@@ -522,18 +527,18 @@ def test_a_contradicted_fact_with_no_heir_is_asked_in_the_locality_term_as_the_b
     seen, real = [], lm.module.learn
     lm.module.learn = lambda examples, ctx, contexts=None, forget=(): (seen.append((ctx.kind, list(forget))),
                                                                           real(examples, ctx, contexts, forget))[1]
-    asked, rows_for = [], lm.module.locality.rows_for
-    lm.module.locality.rows_for = lambda model, prompts: (asked.append(list(prompts)), rows_for(model, prompts))[1]
     lm.learn([("I hate jazz.", "Noted."), ("I hate jazz.", "Noted.")])
-    every = fact_questions("me", "jazz", "likes", lm.module.detector.pattern("i_like"))
-    assert seen[0] == ("fact", every[:2]) and asked[0] == every[:2]
+    every = forget_rows("me", "jazz", "likes", lm.module.detector.pattern("i_like"))
+    assert seen[0] == ("fact", every[:2])
     assert seen[1][0] == "fact" and len(seen[1][1]) == 2 and set(seen[1][1]) <= set(every)  # the statement again
-    assert "What do I like?" in lm.module.locality._extra  # rows of the base's own replies
+    row = lm.module.locality._extra["What do I like?", "You like jazz."]
+    text = lm.module.tokenizer.decode(row.input_ids)
+    assert "You like jazz." in text and int(row.positions.sum()) == row.top_ids.shape[0]  # compared along it
     [dislike] = [f for f in lm.module.memory if f.slot == "dislikes"]
-    assert dislike.forgets == every
+    assert dislike.forgets == [list(r) for r in every]
     restored = FactMemory()
     restored.load_state_dict(json.loads(json.dumps(lm.module.memory.state_dict())))
-    assert restored.get("me", dislike.key_slot).forgets == every
+    assert restored.get("me", dislike.key_slot).forgets == dislike.forgets
     seen.clear()
     lm.module.queue_replay([dislike])
     lm.learn([("Nice weather today.", "It is!")])
@@ -551,9 +556,10 @@ def test_a_memory_state_with_malformed_forgets_is_refused():
     mem = FactMemory()
     mem.store(FactDetector().detect("I hate jazz."), "I hate jazz.", "Noted.", 0)
     state = mem.state_dict()
-    state["facts"][0]["forgets"] = "What do I like?"
-    with pytest.raises(ValueError, match="forgets"):
-        FactMemory().load_state_dict(state)
+    for bad in ("What do I like?", [["What do I like?"]], [["What do I like?", 3]]):
+        state["facts"][0]["forgets"] = bad
+        with pytest.raises(ValueError, match="forgets"):
+            FactMemory().load_state_dict(state)
 
 
 def test_a_contradicted_fact_is_answered_by_its_heir_on_as_many_questions_as_forget(tiny_model_dir):
@@ -708,8 +714,8 @@ def test_a_first_person_fact_step_adds_its_contrast_questions_to_the_locality_ro
     stats = model.learn(examples, Context("fact", fact=fact, repetition=1))
     assert stats["examples"] == len(examples) + 2 + 2  # 2 rotation prompts + 2 contrast questions
     asked = contrast_questions([fact], model.detector.pattern, 2, 1)
-    assert sorted(model.locality._extra) == sorted(asked)
-    row = model.locality._extra[asked[0]]
+    assert sorted(model.locality._extra) == sorted((q, None) for q in asked)
+    row = model.locality._extra[asked[0], None]
     text = model.tokenizer.decode(row.input_ids)
     assert asked[0] in text and int(row.positions.sum()) == row.top_ids.shape[0]  # the base's reply compared
     kept = dict(model.locality._extra)
@@ -734,5 +740,5 @@ def test_contrast_weight_counts_the_contrast_rows_positions_that_many_times(tiny
     weights = seen[0][3]
     general = sum(int(model.locality._cache[i].positions.sum()) for i in (0, 1))
     asked = contrast_questions([fact], model.detector.pattern, 2, 1)
-    contrast = sum(int(model.locality._extra[q].positions.sum()) for q in asked)
+    contrast = sum(int(model.locality._extra[q, None].positions.sum()) for q in asked)
     assert weights.tolist() == [1.0] * general + [5.0] * contrast
