@@ -104,15 +104,13 @@ class AugmentSettings:
     part, are 2 positions of ~190 against the fact rows' whole cross-entropy (README, Facts about the speaker)."""
     forget: int = 0
     """When a statement contradicts a remembered fact ("I hate jazz." after "I love jazz.",
-    `FactMemory.drop_contradicted`), that many of the dropped fact's questions ("What do I like?", "What do I
-    enjoy?", rotated) are answered anew, so the weights drop the old object as the memory does: in the step that
-    drops it by the newest remembered fact left in its slot (the heir, "You like chess.": one Q/A row per question
-    instead of `siblings`' one); with none left, by the base: each question with the old answer ("What do I like?" →
-    "You like jazz.", `forget_rows`) is a row of the locality term (like `contrasts`; needs `locality.weight` > 0),
-    the adapter pulled to the base's next-token distributions along it — the base, which never learned jazz, does
-    not put it after "You like" —, in that step and in the contradicting fact's later statements and replays for as
-    long as no heir is remembered (`StoredFact.forgets`). 0 = the heir's one sibling row only (README, Facts about
-    the speaker)."""
+    `FactMemory.drop_contradicted`) and no fact is left in its slot to answer its questions (a heir, "I like chess.",
+    which the step rehearses first among its `siblings`), that many of the dropped fact's questions, each with its old
+    answer ("What do I like?" → "You like jazz.", `forget_rows`, rotated), are rows of the locality term (like
+    `contrasts`; needs `locality.weight` > 0): the adapter is pulled to the base's next-token distributions along the
+    old answer — the base, which never learned jazz, does not put it after "You like" —, in that step and in the
+    contradicting fact's later statements and replays for as long as no heir is remembered (`StoredFact.forgets`), so
+    the weights drop the old object as the memory does. 0 = none (README, Facts about the speaker)."""
     forget_weight: float = 1.0
     """How many times each compared position of a `forget` row counts in the locality term (as `contrast_weight`)."""
     acknowledgement: str = "Got it. {answer}"

@@ -359,7 +359,7 @@ class OnlineLM(L.LightningModule):
             )
             self._count_cut(example, turn)
             examples, contexts = [example], None
-            forget: list[str] = []
+            forget: list[tuple[str, str]] = []
             if stated:  # rotate the templates with the statement count
                 examples += self.fact_examples(ctx.fact, ctx.repetition - 1, turn.user)
                 examples, contexts = self.with_siblings(examples, ctx, dropped.get(id(ctx.fact)))
@@ -374,7 +374,7 @@ class OnlineLM(L.LightningModule):
             stats.update(steps=stats["steps"] + more["steps"], examples=stats["examples"] + more["examples"])
         for c in stated:
             stored = self.memory.store(c.fact, turn.user, target, self.memory_clock)
-            if (gone := dropped.get(id(c.fact))) is not None:  # its questions, for `forgotten` in later steps
+            if (gone := dropped.get(id(c.fact))) is not None:  # its rows, for `forgotten` in later steps
                 pattern = self.detector.pattern(gone.pattern)
                 stored.forgets = [list(r) for r in forget_rows(gone.subject, gone.object, gone.relation, pattern)]
         self.antecedent = (*self._conversation(turn), named_subject([c.fact for c in stated]))
@@ -619,8 +619,7 @@ class OnlineLM(L.LightningModule):
         contexts = [ctx] * len(examples)
         for fact in siblings:
             obj = listed_object(self.memory, fact, self.augment.listed_objects)
-            n = max(1, self.augment.forget) if fact in heirs else 1  # the heir answers the dropped fact's questions
-            rows = sibling_rows(fact, self.detector.pattern(fact.pattern), rotation + fact.count, obj, n)
+            rows = sibling_rows(fact, self.detector.pattern(fact.pattern), rotation + fact.count, obj)
             mine = [self.render_fact_row(u, a, obj, self.objective.loss_on) for u, a, _ in rows]
             examples = examples + mine
             contexts += [Context("replay", fact=fact, repetition=fact.count, importance=fact.importance)] * len(mine)

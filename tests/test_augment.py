@@ -562,22 +562,22 @@ def test_a_memory_state_with_malformed_forgets_is_refused():
             FactMemory().load_state_dict(state)
 
 
-def test_a_contradicted_fact_is_answered_by_its_heir_on_as_many_questions_as_forget(tiny_model_dir):
-    """With another like left ("I like chess."), the dropped like's questions are answered by it: `forget` rows of
-    "You like chess.", each another question, and nothing kept as the base answers."""
+def test_a_contradicted_fact_with_a_heir_is_not_compared_with_the_base(tiny_model_dir):
+    """With another like left ("I like chess."), the step rehearses it ("You like chess.", `with_siblings`) and
+    keeps no row of the dropped like's as the base answers: the heir answers its questions."""
     import olm
 
-    lm = olm.open(base_model=tiny_model_dir, config={"model": {"augment": {"siblings": 1, "forget": 3}}})
+    config = {"model": {"augment": {"siblings": 1, "forget": 3}, "locality": {"weight": 1.0, "per_step": 1}}}
+    lm = olm.open(base_model=tiny_model_dir, config=config)
     lm.learn([("I love jazz.", "Nice."), ("I like chess.", "Nice.")])
     seen, real = [], lm.module.learn
     lm.module.learn = lambda examples, ctx, contexts=None, forget=(): (
         seen.append(([e.text for e in examples], list(forget))), real(examples, ctx, contexts, forget))[1]
     lm.learn([("I hate jazz.", "Noted.")])
     [(texts, forget)] = seen
-    heir = [t for t in texts if t.rstrip().endswith("You like chess.<|im_end|>") or "assistant\nYou like chess." in t]
-    assert len(heir) == 3 and forget == []
-    questions = fact_questions("me", "chess", "likes", lm.module.detector.pattern("i_like"))
-    assert all(any(q in t for t in heir) for q in questions)
+    assert any("assistant\nYou like chess." in t for t in texts) and forget == []
+    [dislike] = [f for f in lm.module.memory if f.slot == "dislikes"]
+    assert dislike.forgets  # kept for the day the heir is gone too
 
 
 def test_memory_state_version_1_loads_with_slot_from_relation():
