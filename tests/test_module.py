@@ -231,7 +231,7 @@ def test_every_fact_of_a_message_is_learned_and_stored(tiny_model_dir):
         torch.manual_seed(0)
         model = OnlineLM(base_model=tiny_model_dir, augment=AugmentSettings(qa_pairs=1, paraphrases=0), detector=detector)
         seen, learn = [], model.learn
-        model.learn = lambda examples, ctx, contexts=None: seen.append((examples, ctx, contexts)) or learn(examples, ctx, contexts)
+        model.learn = lambda examples, ctx, contexts=None, *a: seen.append((examples, ctx, contexts)) or learn(examples, ctx, contexts, *a)
         fit(model, turns(("My name is Sam and I live in Lisbon.", "Nice to meet you, Sam!")))
         return model, seen
 
@@ -280,7 +280,7 @@ def test_a_replay_of_two_facts_from_one_message_learns_its_exchange_once(tiny_mo
     torch.manual_seed(0)
     model = OnlineLM(base_model=tiny_model_dir, augment=AugmentSettings(qa_pairs=1, paraphrases=0, on_replay=True))
     seen, learn = [], model.learn
-    model.learn = lambda examples, ctx, contexts=None: seen.append((examples, ctx, contexts)) or learn(examples, ctx, contexts)
+    model.learn = lambda examples, ctx, contexts=None, *a: seen.append((examples, ctx, contexts)) or learn(examples, ctx, contexts, *a)
     fit(model, turns(("My name is Sam and I live in Lisbon.", "Nice to meet you, Sam!"), ("Hello there.", "Hi!")),
         callbacks=[FactReplay(interval=1)])
     [(examples, ctx, contexts)] = [s for s in seen if s[1].kind == "replay"]
