@@ -71,6 +71,10 @@ from olm.weighting import ImportanceWeighter, WeightingConfig
 
 log = logging.getLogger(__name__)
 
+Forgetting = tuple[str, str, list[tuple[str, str]]]
+"""What a step compares with the base (`OnlineLM.forgetting`): the contradicted fact's subject (memory key), its
+slot, and its (question, old answer) rows."""
+
 
 @dataclass
 class OptimSettings:
@@ -362,14 +366,16 @@ class OnlineLM(L.LightningModule):
             forget: list[tuple[str, str]] = []
             if stated:  # rotate the templates with the statement count
                 examples += self.fact_examples(ctx.fact, ctx.repetition - 1, turn.user)
-                examples, contexts = self.with_siblings(examples, ctx, dropped.get(id(ctx.fact)))
-                forget = self.forgotten(ctx.fact, ctx.repetition - 1, dropped.get(id(ctx.fact)))
+                gone = self.forgetting(ctx.fact, dropped.get(id(ctx.fact)))
+                examples, contexts = self.with_siblings(examples, ctx, dropped.get(id(ctx.fact)), gone)
+                forget = forget_window(gone[2], self.augment.forget, ctx.repetition - 1) if gone else []
         stats = self.learn(examples, ctx, contexts, forget)
         for other in ctx.more:  # the message's other facts, each in steps of its own, as if stated alone
             with self._timed("render"):
                 mine = self.fact_examples(other.fact, other.repetition - 1, turn.user) or [example]
-                mine, theirs = self.with_siblings(mine, other, dropped.get(id(other.fact)))
-                forget = self.forgotten(other.fact, other.repetition - 1, dropped.get(id(other.fact)))
+                gone = self.forgetting(other.fact, dropped.get(id(other.fact)))
+                mine, theirs = self.with_siblings(mine, other, dropped.get(id(other.fact)), gone)
+                forget = forget_window(gone[2], self.augment.forget, other.repetition - 1) if gone else []
             more = self.learn(mine, other, theirs, forget)
             stats.update(steps=stats["steps"] + more["steps"], examples=stats["examples"] + more["examples"])
         for c in stated:
@@ -604,16 +610,24 @@ class OnlineLM(L.LightningModule):
         ]
 
     def with_siblings(
-        self, examples: list[Example], ctx: Context, dropped: StoredFact | None = None
-    ) -> tuple[list[Example], list[Context] | None]:
+        self, examples: list[Example], ctx: Context, dropped: StoredFact | None = None,
+        forgetting: Forgetting | None = None,
+    ) -> tuple[list[Example], list[Context] | None]:  # fmt: skip
         """A fact step's examples plus one Q/A row per remembered sibling fact (`augment.siblings`,
         `olm.augment.sibling_facts`), and each row's context (None when there are no siblings). `dropped`: the fact
         this one contradicted (`FactMemory.drop_contradicted`); the newest remembered fact of its subject and slot,
-        if any, is rehearsed first, so its question is answered without the dropped object."""
+        if any, is rehearsed first, so its question is answered without the dropped object. `forgetting`: what the
+        step compares with the base (`forgetting`); the remembered facts of the forgotten slot about other subjects,
+        most recent first, are rehearsed first ("What does Tom like?" pulled back to the base would pull "What do I
+        like?" with it)."""
         rotation = ctx.repetition - 1
-        heirs = self.heirs(dropped.key[0], dropped.slot or dropped.relation) if dropped is not None else []
+        first = self.heirs(dropped.key[0], dropped.slot or dropped.relation) if dropped is not None else []
+        if forgetting is not None:
+            subject, slot, _ = forgetting
+            mates = [f for f in self.memory if (f.slot or f.relation) == slot and f.key[0] != subject]
+            first = sorted(mates, key=lambda f: f.last_turn, reverse=True)
         siblings = sibling_facts(self.memory, ctx.fact, self.augment.siblings, rotation,
-                                 any_kind=self.augment.sibling_kinds == "any", first=heirs)
+                                 any_kind=self.augment.sibling_kinds == "any", first=first)
         if not siblings:
             return examples, None
         contexts = [ctx] * len(examples)
@@ -631,26 +645,32 @@ class OnlineLM(L.LightningModule):
         kin = [f for f in self.memory if (f.key[0], f.slot or f.relation) == (subject, slot)]
         return [max(reversed(kin), key=lambda f: f.last_turn)] if kin else []
 
-    def forgotten(self, fact, rotation: int, dropped: StoredFact | None = None) -> list[tuple[str, str]]:
-        """The (question, old answer) rows a step of `fact` (detected or remembered) compares with the base
-        (`augment.forget`, `olm.augment.forget_rows`): those of the fact it contradicts — `dropped` by this statement,
-        else dropped by an earlier one (`StoredFact.forgets`) — while no fact of that slot is remembered to answer
-        them (`heirs`; the step that drops one rehearses the heir instead, with `augment.siblings` > 0). [] for most
-        facts."""
+    def forgetting(self, fact, dropped: StoredFact | None = None) -> Forgetting | None:
+        """What a step of `fact` (detected or remembered) compares with the base (`augment.forget`,
+        `olm.augment.forget_rows`): the subject (memory key) and slot of the fact it contradicts — `dropped` by this
+        statement, else dropped by an earlier one (`StoredFact.forgets`) — and all its (question, old answer) rows,
+        while no fact of that slot is remembered to answer them (`heirs`; the step that drops one rehearses the heir
+        instead, with `augment.siblings` > 0). None for most facts."""
         if not self.augment.forget:
-            return []
+            return None
         if dropped is not None:
-            if self.augment.siblings and self.heirs(dropped.key[0], dropped.slot or dropped.relation):
-                return []
+            slot = dropped.slot or dropped.relation
+            if self.augment.siblings and self.heirs(dropped.key[0], slot):
+                return None
             pattern = self.detector.pattern(dropped.pattern)
             rows = forget_rows(dropped.subject, dropped.object, dropped.relation, pattern)
-        else:
-            stored = fact if isinstance(fact, StoredFact) else self.memory.get(fact.subject, fact.key_slot)
-            pattern = self.detector.pattern(stored.pattern) if stored is not None and stored.forgets else None
-            if pattern is None or self.heirs(stored.key[0], pattern.opposite):
-                return []
-            rows = stored.forgets
-        return forget_window(rows, self.augment.forget, rotation)
+            return (dropped.key[0], slot, rows) if rows else None
+        stored = fact if isinstance(fact, StoredFact) else self.memory.get(fact.subject, fact.key_slot)
+        pattern = self.detector.pattern(stored.pattern) if stored is not None and stored.forgets else None
+        if pattern is None or self.heirs(stored.key[0], pattern.opposite):
+            return None
+        return stored.key[0], pattern.opposite, [tuple(r) for r in stored.forgets]
+
+    def forgotten(self, fact, rotation: int, dropped: StoredFact | None = None) -> list[tuple[str, str]]:
+        """The `augment.forget` rows of `forgetting`, rotated with `rotation` (`olm.augment.forget_window`); []
+        for most facts."""
+        gone = self.forgetting(fact, dropped)
+        return forget_window(gone[2], self.augment.forget, rotation) if gone else []
 
     def render_fact_row(self, user: str, answer: str, obj: str, loss_on: LossOn) -> Example:
         """One augmentation row (`olm.augment`), rendered without history, its answer's object `obj` marked."""

@@ -580,6 +580,28 @@ def test_a_contradicted_fact_with_a_heir_is_not_compared_with_the_base(tiny_mode
     assert dislike.forgets  # kept for the day the heir is gone too
 
 
+def test_a_step_that_forgets_a_slot_rehearses_that_slots_facts_about_others_first(tiny_model_dir):
+    """"Tom hates jazz." after "Tom likes jazz.", no other like of Tom's left: the step compares "What does Tom
+    like?" with the base along "Tom likes jazz.", and rehearses first the likes of others ("You like chess."),
+    which that pull would otherwise take back to the base too; a later statement, the same."""
+    import olm
+
+    config = {"model": {"augment": {"siblings": 1, "forget": 2}, "locality": {"weight": 1.0, "per_step": 1}}}
+    lm = olm.open(base_model=tiny_model_dir, config=config)
+    lm.learn([("I like chess.", "Nice."), ("Tom likes jazz.", "Nice."), ("I hate opera.", "Noted.")])
+    seen, real = [], lm.module.learn
+    lm.module.learn = lambda examples, ctx, contexts=None, forget=(): (
+        seen.append(([e.text for e in examples], list(forget))), real(examples, ctx, contexts, forget))[1]
+    lm.learn([("Tom hates jazz.", "Noted."), ("Tom hates jazz.", "Noted.")])
+    for texts, forget in seen:
+        assert forget and all(q == "What does Tom like?" or "Tom" in q for q, _ in forget)
+        assert any("assistant\nYou like chess." in t for t in texts)  # not "I hate opera.", the newer dislike
+        assert not any("opera" in t for t in texts)
+    gone = lm.module.forgetting(lm.module.detector.detect("Tom hates jazz."))
+    assert gone is not None and gone[:2] == ("tom", "likes")  # the memory key
+    assert lm.module.forgetting(lm.module.detector.detect("I hate opera.")) is None  # it contradicted nothing
+
+
 def test_memory_state_version_1_loads_with_slot_from_relation():
     mem = FactMemory()
     mem.store(FactDetector().detect("Xiomara lives in Lisbon."), "Xiomara lives in Lisbon.", "Got it.", 0)
