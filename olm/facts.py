@@ -411,6 +411,16 @@ def _default_patterns() -> list[FactPattern]:
             answers=["{subject} celebrates a birthday in {object}.", "{subject}'s birthday falls in {object}."],
             statements=["{subject}'s birthday is in {object}.", "{subject} celebrates a birthday in {object}."],
         ),
+        FactPattern(  # a year, not a month ("birthday") or a place ("from")
+            "birth_year",
+            who + r"(?:\s+was\s+born\s+in|['’]s\s+birth\s?year\s+is)\s+(?P<object>(?:1[89]|20)\d\d)\b(?![.,]?\d)",
+            "birth_year", "What year was {subject} born?",
+            questions=["What year was {subject} born?", "In which year was {subject} born?",
+                       "Do you know what year {subject} was born?"],
+            answer="{subject} was born in {object}.", short_answer="In {object}.",
+            answers=["{subject}'s birth year is {object}.", "{subject} was born in the year {object}."],
+            statements=["{subject} was born in {object}.", "{subject}'s birth year is {object}."],
+        ),
         FactPattern(
             "favourite_x",
             r"(?P<subject>{NAME})['’]s\s+(?i:favou?rite)\s+" + open_thing + open_object,
@@ -590,6 +600,15 @@ def _default_patterns() -> list[FactPattern]:
             answer="Your birthday is in {object}.", short_answer="In {object}.",
             answers=["You celebrate your birthday in {object}.", "Your birthday falls in {object}."],
             statements=["My birthday is in {object}.", "I celebrate my birthday in {object}."],
+        ),
+        FactPattern(
+            "my_birth_year",
+            r"\b(?:I\s+was\s+born\s+in|(?i:my)\s+birth\s?year\s+is)\s+(?P<object>(?:1[89]|20)\d\d)\b(?![.,]?\d)",
+            "birth_year", "What year was I born?", subject="me",
+            questions=["What year was I born?", "In which year was I born?", "Do you know what year I was born?"],
+            answer="You were born in {object}.", short_answer="In {object}.",
+            answers=["Your birth year is {object}.", "You were born in the year {object}."],
+            statements=["I was born in {object}.", "My birth year is {object}."],
         ),
         FactPattern(
             "i_work_at",

@@ -109,7 +109,7 @@ OBJECTS = {"relation": "sister", "lives_in": "Lisbon", "works_as": "pharmacist",
            "favourite_colour": "teal", "birthday": "October", "name": "Ilsabet", "works_at": "Brightwell Labs",
            "allergic_to": "peanuts", "from": "Porto", "age": "34", "favourite {relation}": "sushi",
            "speaks": "Portuguese", "plays": "chess", "studies": "medicine", "hobby": "painting",
-           "dislikes": "jazz", "diet": "vegetarian"}  # fmt: skip
+           "dislikes": "jazz", "diet": "vegetarian", "birth_year": "1990"}  # fmt: skip
 
 
 @pytest.mark.parametrize("pattern", DetectorConfig().patterns, ids=lambda p: p.name)
@@ -293,19 +293,22 @@ def test_open_favourites_and_ages(text, fact, question):
     [("I was born in May.", ("me", "birthday", "May")),
      ("I was born on the 3rd of May.", ("me", "birthday", "3rd of May")),
      ("Zara was born in June.", ("Zara", "birthday", "June")), ("I was born in Lisbon.", ("me", "from", "Lisbon")),
+     ("I was born in 1990.", ("me", "birth_year", "1990")), ("My birth year is 1985.", ("me", "birth_year", "1985")),
+     ("Zara was born in 2001.", ("Zara", "birth_year", "2001")), ("I was born in May 1990.", ("me", "birthday", "May")),
+     ("I was born in 1990s Lisbon.", None), ("I was born in 19901.", None),
      ("I was born in the Netherlands.", ("me", "from", "Netherlands")),
      ("I moved to Berlin last year.", ("me", "lives_in", "Berlin")),
      ("I've moved to Oslo.", ("me", "lives_in", "Oslo")),
      ("I've just moved to Oslo.", ("me", "lives_in", "Oslo")),
      ("I'm based in Berlin.", ("me", "lives_in", "Berlin")), ("I live in the UK.", ("me", "lives_in", "UK")),
      ("My birthday is May 3.", ("me", "birthday", "May 3")), ("Zara's birthday is June.", ("Zara", "birthday", "June")),
-     ("My birthday is tomorrow.", None), ("I was born in 1990.", None), ("I moved to a new flat.", None),
+     ("My birthday is tomorrow.", None), ("I moved to a new flat.", None),
      ("I'm based in a small town.", None)],
 )  # fmt: skip
 def test_birth_moves_and_bases_say_where_and_when(text, fact):
-    """Being born (a month: the birthday; a place: where one is from), moving to a place and being based there (where
-    one lives) are the keys asked about already ("When is my birthday?", "Where am I from?", "Where do I live?"); a
-    birthday may be said without "in" / "on"."""
+    """Being born (a month: the birthday; a year: the birth year, "What year was I born?"; a place: where one is
+    from), moving to a place and being based there (where one lives) are the keys asked about already ("When is my
+    birthday?", "Where am I from?", "Where do I live?"); a birthday may be said without "in" / "on"."""
     found = FactDetector().detect(text)
     assert (None if found is None else (found.subject, found.slot, found.object)) == fact
 
