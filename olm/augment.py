@@ -113,6 +113,11 @@ class AugmentSettings:
     the weights drop the old object as the memory does. 0 = none (README, Facts about the speaker)."""
     forget_weight: float = 1.0
     """How many times each compared position of a `forget` row counts in the locality term (as `contrast_weight`)."""
+    forget_apart: bool = False
+    """Compare the `forget` rows with the base in an optimizer step of their own (the step's locality rows, the
+    `forget` rows weighted `forget_weight`, no task loss) taken before the fact's steps, which then run without them.
+    False: they are rows of the fact steps' own locality term. In one step, their KL outweighs the step's other rows
+    under the gradient clip, rehearsals included (README, Facts about the speaker)."""
     acknowledgement: str = "Got it. {answer}"
     """Reply to a paraphrased statement; ``{answer}`` is the pattern's filled answer template."""
     acknowledge_generated: bool = True

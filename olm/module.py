@@ -716,9 +716,14 @@ class OnlineLM(L.LightningModule):
             asked = contrast_questions(facts, self.detector.pattern, self.augment.contrasts, ctx.repetition)
             kept += self.locality.rows_for(self.model, asked) if asked else []
             weights_kept += [self.augment.contrast_weight] * len(asked)
+        apart = None  # augment.forget_apart: the forget rows' own step, before the others
         if rows and forget:  # a contradicted fact's questions, along its old answers (`forgotten`)
-            kept += self.locality.rows_for(self.model, [q for q, _ in forget], [a for _, a in forget])
-            weights_kept += [self.augment.forget_weight] * len(forget)
+            old = self.locality.rows_for(self.model, [q for q, _ in forget], [a for _, a in forget])
+            if self.augment.forget_apart:
+                apart = (rows + old, [1.0] * len(rows) + [self.augment.forget_weight] * len(forget))
+            else:
+                kept += old
+                weights_kept += [self.augment.forget_weight] * len(forget)
         if kept:
             row_weights = [1.0] * len(rows) + weights_kept
             rows = rows + kept
@@ -737,6 +742,8 @@ class OnlineLM(L.LightningModule):
             delta_mask is None or agrees_on_prefix(delta_mask, common_prefix_length(ids, attn))
         )  # a prefix computed once has one mask
         loc = locality_batch(rows, self.locality.settings, pad, self.device, row_weights) if rows else None
+        if apart is not None:
+            apart = locality_batch(apart[0], self.locality.settings, pad, self.device, apart[1])
         projectors = self.null_spaces(ctx, contexts)  # {} unless locality.null_space_energy > 0
         project_lora_a(self.model, projectors, self._null_seen, active_only=True)  # an A written since (fresh, loaded)
         # optim.fresh_ratio_b: B faster while the (active user's) memory is small; not under DDP, whose
@@ -750,6 +757,19 @@ class OnlineLM(L.LightningModule):
         base_logits, out, loc_kl, taken, known_share, grad_norm = None, None, None, 0, 0.0, 0.0
         noise = self.objective.embedding_noise
         try:
+            if apart is not None:  # augment.forget_apart: KL to the base alone, along the old answers
+                with self._timed("adapter_forward_backward"):
+                    apart_logits = shared_prefix_forward(
+                        self.model, apart.ids, apart.attention, self.optim.share_prefix, apart.positions
+                    )
+                    loss = self.locality.settings.weight * top_k_kl(apart_logits, apart.top_log_p, apart.top_ids,
+                                                                    apart.weights)
+                    opt.zero_grad(set_to_none=True)
+                    self.manual_backward(loss)
+                with self._timed("optimizer_step"):
+                    grad_norm = self._clip_and_step(opt, loss)
+                    project_lora_a(self.model, projectors, self._null_seen, active_only=True)
+                taken += 1
             for step in range(steps):
                 with (
                     self._timed("adapter_forward_backward"),

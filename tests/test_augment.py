@@ -552,6 +552,29 @@ def test_a_contradicted_fact_with_no_heir_is_compared_with_the_base_along_its_ol
     assert gone is not None and off.module.forgotten(off.module.detector.detect("I hate jazz."), 0, gone) == []
 
 
+@pytest.mark.parametrize("apart", [False, True])
+def test_forget_rows_are_compared_in_the_fact_steps_or_in_a_step_of_their_own(tiny_model_dir, monkeypatch, apart):
+    """`augment.forget_apart`: the forget rows' KL (with the step's locality rows) in one more optimizer step, before
+    the fact's steps, whose locality batches then lack them; off, they are rows of the fact steps' batches."""
+    import olm
+    import olm.module
+
+    config = {"model": {"augment": {"siblings": 1, "forget": 2, "forget_weight": 3.0, "forget_apart": apart},
+                        "locality": {"weight": 1.0, "per_step": 1}, "optim": {"steps_per_fact": 2}}}
+    lm = olm.open(base_model=tiny_model_dir, config=config)
+    lm.learn([("I love jazz.", "Nice.")])
+    batches, real = [], olm.module.locality_batch
+    monkeypatch.setattr(olm.module, "locality_batch", lambda rows, *a, **k: (
+        batches.append((len(rows), a[3] if len(a) > 3 else k.get("row_weights"))), real(rows, *a, **k))[1])
+    stats, learn = [], lm.module.learn
+    lm.module.learn = lambda *a, **k: (lambda r: (stats.append(r), r)[1])(learn(*a, **k))
+    lm.learn([("I hate jazz.", "Noted.")])
+    if apart:
+        assert batches == [(1, None), (3, [1.0, 3.0, 3.0])] and stats[0]["steps"] == 3
+    else:
+        assert batches == [(3, [1.0, 3.0, 3.0])] and stats[0]["steps"] == 2
+
+
 def test_a_memory_state_with_malformed_forgets_is_refused():
     mem = FactMemory()
     mem.store(FactDetector().detect("I hate jazz."), "I hate jazz.", "Noted.", 0)

@@ -1,5 +1,6 @@
 """A like contradicted by a dislike: is the old object gone from the weights' answers? Two fresh adapters per seed:
 (heir) the speaker likes A and B (3 statements each), and Tom likes C; then "I hate A." and "Tom hates C." (3 each);
+(heir is also asked after the first "I hate A." alone: `after_hate`)
 (alone) the speaker likes A only, then hates A. Between them the about-me stream's small talk. Asked in a fresh
 context (routing on, default.yaml) after the first contradiction and after the third: the like questions (trained
 templates and held-out phrasings) must not name A (stale), should name B in (heir); the dislike questions should name
@@ -69,7 +70,10 @@ def scenario(name, first, then, split):
     before = {g: lm.ask(g) for g in general}
     lm.learn(first)
     res = {"scenario": name}
-    for when, stream in (("after_1", then[:split]), ("after_3", then[split:])):
+    steps = [("after_1", then[:split]), ("after_3", then[split:])]
+    if name == "heir":  # also after the speaker's first contradiction alone, before Tom's
+        steps = [("after_hate", then[:1]), ("after_1", then[1:split]), ("after_3", then[split:])]
+    for when, stream in steps:
         lm.learn(stream)
         rows = asked(lm, m, [(q, f) for q, f in like_q], "like") + asked(lm, m, dislike_q, "dislike")
         rows += asked(lm, m, tom_q, "tom") if name == "heir" else []
@@ -93,7 +97,7 @@ runs = [scenario("heir", heir_first, heir_then, 2),
         scenario("alone", mixed([likes[k].format(o=a) for k in range(3)]), [(hates[k].format(o=a), "Noted.") for k in range(3)], 1)]
 summary = {}
 for r in runs:
-    for when in ("after_1", "after_3"):
+    for when in [w for w in ("after_hate", "after_1", "after_3") if w in r]:
         rows = r[when]
         mine = [x for x in rows if x["kind"] == "like"]
         summary[f"{r['scenario']}_{when}"] = {
