@@ -114,8 +114,9 @@ class AugmentSettings:
     forget_weight: float = 1.0
     """How many times each compared position of a `forget` row counts in the locality term (as `contrast_weight`)."""
     forget_apart: bool = False
-    """Compare the `forget` rows with the base in an optimizer step of their own (the step's locality rows, the
-    `forget` rows weighted `forget_weight`, no task loss) taken before the fact's steps, which then run without them.
+    """Compare the `forget` rows with the base in optimizer steps of their own (as many as the fact's: the step's
+    locality rows and the `forget` rows weighted `forget_weight`, no task loss) taken before the fact's steps, which
+    then run without them.
     False: they are rows of the fact steps' own locality term. In one step, their KL outweighs the step's other rows
     under the gradient clip, rehearsals included (README, Facts about the speaker)."""
     acknowledgement: str = "Got it. {answer}"

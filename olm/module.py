@@ -757,7 +757,7 @@ class OnlineLM(L.LightningModule):
         base_logits, out, loc_kl, taken, known_share, grad_norm = None, None, None, 0, 0.0, 0.0
         noise = self.objective.embedding_noise
         try:
-            if apart is not None:  # augment.forget_apart: KL to the base alone, along the old answers
+            for _ in range(steps if apart is not None else 0):  # augment.forget_apart: KL alone, along the old answers
                 with self._timed("adapter_forward_backward"):
                     apart_logits = shared_prefix_forward(
                         self.model, apart.ids, apart.attention, self.optim.share_prefix, apart.positions

@@ -554,8 +554,9 @@ def test_a_contradicted_fact_with_no_heir_is_compared_with_the_base_along_its_ol
 
 @pytest.mark.parametrize("apart", [False, True])
 def test_forget_rows_are_compared_in_the_fact_steps_or_in_a_step_of_their_own(tiny_model_dir, monkeypatch, apart):
-    """`augment.forget_apart`: the forget rows' KL (with the step's locality rows) in one more optimizer step, before
-    the fact's steps, whose locality batches then lack them; off, they are rows of the fact steps' batches."""
+    """`augment.forget_apart`: the forget rows' KL (with the step's locality rows) in optimizer steps of their own, as
+    many as the fact's and before them, whose locality batches then lack them; off, they are rows of the fact steps'
+    batches."""
     import olm
     import olm.module
 
@@ -570,7 +571,7 @@ def test_forget_rows_are_compared_in_the_fact_steps_or_in_a_step_of_their_own(ti
     lm.module.learn = lambda *a, **k: (lambda r: (stats.append(r), r)[1])(learn(*a, **k))
     lm.learn([("I hate jazz.", "Noted.")])
     if apart:
-        assert batches == [(1, None), (3, [1.0, 3.0, 3.0])] and stats[0]["steps"] == 3
+        assert batches == [(1, None), (3, [1.0, 3.0, 3.0])] and stats[0]["steps"] == 4  # as many again
     else:
         assert batches == [(3, [1.0, 3.0, 3.0])] and stats[0]["steps"] == 2
 
