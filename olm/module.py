@@ -759,16 +759,8 @@ class OnlineLM(L.LightningModule):
         try:
             for _ in range(steps if apart is not None else 0):  # augment.forget_apart: KL alone, along the old answers
                 with self._timed("adapter_forward_backward"):
-                    apart_logits = shared_prefix_forward(
-                        self.model, apart.ids, apart.attention, self.optim.share_prefix, apart.positions
-                    )
-                    loss = self.locality.settings.weight * top_k_kl(apart_logits, apart.top_log_p, apart.top_ids,
-                                                                    apart.weights)
-                    opt.zero_grad(set_to_none=True)
-                    self.manual_backward(loss)
-                with self._timed("optimizer_step"):
-                    grad_norm = self._clip_and_step(opt, loss)
-                    project_lora_a(self.model, projectors, self._null_seen, active_only=True)
+                    loss = self.locality.settings.weight * self._locality_kl(apart)
+                grad_norm = self._backward_and_step(opt, loss, projectors)
                 taken += 1
             for step in range(steps):
                 with (
@@ -796,16 +788,9 @@ class OnlineLM(L.LightningModule):
                     out = online_loss(logits, base_logits, ids, step_weights, kl_mask, lam, self.objective.task_lambda)
                     loss = out["loss"]
                     if loc is not None:
-                        loc_logits = shared_prefix_forward(
-                            self.model, loc.ids, loc.attention, self.optim.share_prefix, loc.positions
-                        )
-                        loc_kl = top_k_kl(loc_logits, loc.top_log_p, loc.top_ids, loc.weights)
+                        loc_kl = self._locality_kl(loc)
                         loss = loss + self.locality.settings.weight * loc_kl
-                    opt.zero_grad(set_to_none=True)
-                    self.manual_backward(loss)
-                with self._timed("optimizer_step"):
-                    grad_norm = self._clip_and_step(opt, loss)
-                    project_lora_a(self.model, projectors, self._null_seen, active_only=True)
+                grad_norm = self._backward_and_step(opt, loss, projectors)
                 taken += 1
         finally:
             self._set_lr(opt, 1.0)
@@ -867,6 +852,23 @@ class OnlineLM(L.LightningModule):
         self.replay_queue.extend((f.subject, f.key_slot) for f in facts)
 
     # ----------------------------------------------------------------- helpers
+    def _locality_kl(self, batch) -> torch.Tensor:
+        """KL(base ‖ adapter) over a locality batch's compared positions (`olm.locality.locality_batch`; the base's
+        side cached in it)."""
+        logits = shared_prefix_forward(self.model, batch.ids, batch.attention, self.optim.share_prefix, batch.positions)
+        return top_k_kl(logits, batch.top_log_p, batch.top_ids, batch.weights)
+
+    def _backward_and_step(self, opt, loss: torch.Tensor, projectors) -> float:
+        """Backward (timed with the adapter's forward), then the clipped step and the null-space projection of the
+        LoRA A matrices written (`_clip_and_step`, `project_lora_a`); the gradient norm."""
+        with self._timed("adapter_forward_backward"):
+            opt.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+        with self._timed("optimizer_step"):
+            grad_norm = self._clip_and_step(opt, loss)
+            project_lora_a(self.model, projectors, self._null_seen, active_only=True)
+        return grad_norm
+
     def _clip_and_step(self, opt, loss: torch.Tensor) -> float:
         if (ranks := lockstep(self)) is not None:  # DDP: summed over the ranks, in lockstep (olm.distributed)
             return ranks.step(self, opt, loss)
