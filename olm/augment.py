@@ -118,7 +118,8 @@ class AugmentSettings:
     locality rows and the `forget` rows weighted `forget_weight`, no task loss) taken before the fact's steps, which
     then run without them.
     False: they are rows of the fact steps' own locality term. In one step, their KL outweighs the step's other rows
-    under the gradient clip, rehearsals included (README, Facts about the speaker)."""
+    under the gradient clip, rehearsals included (README, Facts about the speaker). Under DDP, whose ranks step in
+    lockstep, the rows stay in the fact steps."""
     acknowledgement: str = "Got it. {answer}"
     """Reply to a paraphrased statement; ``{answer}`` is the pattern's filled answer template."""
     acknowledge_generated: bool = True

@@ -716,11 +716,12 @@ class OnlineLM(L.LightningModule):
             asked = contrast_questions(facts, self.detector.pattern, self.augment.contrasts, ctx.repetition)
             kept += self.locality.rows_for(self.model, asked) if asked else []
             weights_kept += [self.augment.contrast_weight] * len(asked)
-        apart = None  # augment.forget_apart: the forget rows' own step, before the others
+        apart_rows = None  # augment.forget_apart: the forget rows' own steps, before the others; not under DDP,
+        # whose ranks must take as many steps as each other
         if rows and forget:  # a contradicted fact's questions, along its old answers (`forgotten`)
             old = self.locality.rows_for(self.model, [q for q, _ in forget], [a for _, a in forget])
-            if self.augment.forget_apart:
-                apart = (rows + old, [1.0] * len(rows) + [self.augment.forget_weight] * len(forget))
+            if self.augment.forget_apart and lockstep(self) is None:
+                apart_rows = (rows + old, [1.0] * len(rows) + [self.augment.forget_weight] * len(forget))
             else:
                 kept += old
                 weights_kept += [self.augment.forget_weight] * len(forget)
@@ -742,8 +743,9 @@ class OnlineLM(L.LightningModule):
             delta_mask is None or agrees_on_prefix(delta_mask, common_prefix_length(ids, attn))
         )  # a prefix computed once has one mask
         loc = locality_batch(rows, self.locality.settings, pad, self.device, row_weights) if rows else None
-        if apart is not None:
-            apart = locality_batch(apart[0], self.locality.settings, pad, self.device, apart[1])
+        apart = None
+        if apart_rows is not None:
+            apart = locality_batch(apart_rows[0], self.locality.settings, pad, self.device, apart_rows[1])
         projectors = self.null_spaces(ctx, contexts)  # {} unless locality.null_space_energy > 0
         project_lora_a(self.model, projectors, self._null_seen, active_only=True)  # an A written since (fresh, loaded)
         # optim.fresh_ratio_b: B faster while the (active user's) memory is small; not under DDP, whose
