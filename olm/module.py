@@ -366,16 +366,12 @@ class OnlineLM(L.LightningModule):
             forget: list[tuple[str, str]] = []
             if stated:  # rotate the templates with the statement count
                 examples += self.fact_examples(ctx.fact, ctx.repetition - 1, turn.user)
-                gone = self.forgetting(ctx.fact, dropped.get(id(ctx.fact)))
-                examples, contexts = self.with_siblings(examples, ctx, dropped.get(id(ctx.fact)), gone)
-                forget = forget_window(gone[2], self.augment.forget, ctx.repetition - 1) if gone else []
+                examples, contexts, forget = self.rehearsed(examples, ctx, dropped.get(id(ctx.fact)))
         stats = self.learn(examples, ctx, contexts, forget)
         for other in ctx.more:  # the message's other facts, each in steps of its own, as if stated alone
             with self._timed("render"):
                 mine = self.fact_examples(other.fact, other.repetition - 1, turn.user) or [example]
-                gone = self.forgetting(other.fact, dropped.get(id(other.fact)))
-                mine, theirs = self.with_siblings(mine, other, dropped.get(id(other.fact)), gone)
-                forget = forget_window(gone[2], self.augment.forget, other.repetition - 1) if gone else []
+                mine, theirs, forget = self.rehearsed(mine, other, dropped.get(id(other.fact)))
             more = self.learn(mine, other, theirs, forget)
             stats.update(steps=stats["steps"] + more["steps"], examples=stats["examples"] + more["examples"])
         for c in stated:
@@ -608,6 +604,15 @@ class OnlineLM(L.LightningModule):
             self.render_fact_row(u, a, obj, said if is_statement else self.objective.loss_on)
             for u, a, is_statement in rows
         ]
+
+    def rehearsed(
+        self, examples: list[Example], ctx: Context, dropped: StoredFact | None = None
+    ) -> tuple[list[Example], list[Context] | None, list[tuple[str, str]]]:
+        """A fact step's examples with its siblings (`with_siblings`), their contexts, and the (question, old answer)
+        rows it compares with the base (`forgetting`, rotated with the statement count; [] for most facts)."""
+        gone = self.forgetting(ctx.fact, dropped)
+        examples, contexts = self.with_siblings(examples, ctx, dropped, gone)
+        return examples, contexts, forget_window(gone[2], self.augment.forget, ctx.repetition - 1) if gone else []
 
     def with_siblings(
         self, examples: list[Example], ctx: Context, dropped: StoredFact | None = None,
