@@ -346,6 +346,7 @@ class OnlineLM(L.LightningModule):
         # "I hate jazz." after "I love jazz.": forget the like before the step, whose siblings then rehearse the likes
         # still true (`with_siblings`)
         dropped = {id(c.fact): d for c in stated if (d := self.memory.drop_contradicted(c.fact)) is not None}
+        heirs = [h for d in dropped.values() for h in self.heirs(d.key[0], d.slot or d.relation)]  # before the store
         if stated and not self.logged_reply(turn) and self.augment.acknowledge_generated:
             # learn what the user said, not the model's own guess about the subject
             acks = [
@@ -379,6 +380,10 @@ class OnlineLM(L.LightningModule):
             if (gone := dropped.get(id(c.fact))) is not None:  # its rows, for `forgotten` in later steps
                 pattern = self.detector.pattern(gone.pattern)
                 stored.forgets = [list(r) for r in forget_rows(gone.subject, gone.object, gone.relation, pattern)]
+        if self.augment.heir_steps:  # the dropped facts' heirs, as if stated again, after the statement is stored
+            for heir in {id(h): h for h in heirs}.values():
+                more = self.learn_heir(heir)
+                stats.update(steps=stats["steps"] + more["steps"], examples=stats["examples"] + more["examples"])
         self.antecedent = (*self._conversation(turn), named_subject([c.fact for c in stated]))
         self.memory.decay(self.memory_clock)
         self.turns_trained += 1
@@ -643,6 +648,18 @@ class OnlineLM(L.LightningModule):
             examples = examples + mine
             contexts += [Context("replay", fact=fact, repetition=fact.count, importance=fact.importance)] * len(mine)
         return examples, contexts
+
+    def learn_heir(self, heir: StoredFact) -> dict[str, float]:
+        """`augment.heir_steps`: the fact steps of a remembered fact whose slot lost another object this turn, as if
+        it were stated again: its stored exchange and augmentation, answered with the objects listed now, with its
+        siblings; `learn`'s scalars."""
+        ctx = Context("fact", fact=heir, repetition=heir.count, importance=heir.importance)
+        said = statement_loss_on(self.augment, self.objective.loss_on)
+        with self._timed("render"):
+            examples = [render_exchange(self.tokenizer, heir.text, heir.reply, (), said, self.objective.max_tokens)]
+            examples += self.fact_examples(heir, heir.count + self.memory_clock, heir.text)
+            examples, contexts, forget = self.rehearsed(examples, ctx)
+        return self.learn(examples, ctx, contexts, forget)
 
     def heirs(self, subject: str, slot: str) -> list[StoredFact]:
         """The newest remembered fact of `subject` (its memory key's) and `slot` (on a tie the last stored), in a

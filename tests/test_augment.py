@@ -604,6 +604,35 @@ def test_a_contradicted_fact_with_a_heir_is_not_compared_with_the_base(tiny_mode
     assert dislike.forgets  # kept for the day the heir is gone too
 
 
+@pytest.mark.parametrize("on", [False, True])
+def test_heir_steps_teach_the_heir_again_after_the_contradicting_statement(tiny_model_dir, on):
+    """`augment.heir_steps`: "I hate jazz." after "I love jazz." and "I like chess." also takes the heir's fact steps,
+    after the dislike's, answered without the dropped object ("You like chess.") and rehearsing the dislike just
+    stored; a contradiction that leaves its slot empty ("Zara is my cousin." after "... sister.") takes none; off,
+    none either."""
+    import olm
+
+    config = {"model": {"augment": {"siblings": 1, "sibling_kinds": "any", "heir_steps": on},
+                        "optim": {"steps_per_fact": 2}}}
+    lm = olm.open(base_model=tiny_model_dir, config=config)
+    lm.learn([("I love jazz.", "Nice."), ("I like chess.", "Nice."), ("Zara is my sister.", "Nice.")])
+    seen, real = [], lm.module.learn
+    lm.module.learn = lambda examples, ctx, contexts=None, forget=(): (
+        seen.append((ctx.fact, [e.text for e in examples])), real(examples, ctx, contexts, forget))[1]
+    lm.learn([("I hate jazz.", "Noted.")])
+    chess = lm.module.memory.get("me", "likes=chess")
+    assert [fact is chess for fact, _ in seen] == ([False, True] if on else [False])
+    if on:
+        texts = seen[1][1]
+        assert texts[0].count("I like chess.") == 1 and "Nice." in texts[0]  # its stored exchange
+        assert any("assistant\nYou like chess." in t for t in texts)
+        assert any("assistant\nYou dislike jazz." in t for t in texts)  # the statement's fact, rehearsed
+        assert not any(w in t for w in ("You like jazz", "You enjoy jazz", "You love jazz", "jazz and") for t in texts)
+    seen.clear()
+    lm.learn([("Zara is my cousin.", "Nice.")])
+    assert len(seen) == 1 and lm.module.memory.get("zara", "relation").object == "cousin"
+
+
 def test_a_step_that_forgets_a_slot_rehearses_that_slots_facts_about_others_first(tiny_model_dir):
     """"Tom hates jazz." after "Tom likes jazz.", no other like of Tom's left: the step compares "What does Tom
     like?" with the base along "Tom likes jazz.", and rehearses first the likes of others ("You like chess."),
