@@ -657,7 +657,8 @@ class OnlineLM(L.LightningModule):
         said = statement_loss_on(self.augment, self.objective.loss_on)
         with self._timed("render"):
             examples = [render_exchange(self.tokenizer, heir.text, heir.reply, (), said, self.objective.max_tokens)]
-            examples += self.fact_examples(heir, heir.count + self.memory_clock, heir.text)
+            # in the answer frames of its replays too: the dropped object was replayed in them ("You enjoy jazz.")
+            examples += self.fact_examples(heir, heir.count + self.memory_clock, heir.text, replay=True)
             examples, contexts, forget = self.rehearsed(examples, ctx)
         return self.learn(examples, ctx, contexts, forget)
 

@@ -607,13 +607,13 @@ def test_a_contradicted_fact_with_a_heir_is_not_compared_with_the_base(tiny_mode
 @pytest.mark.parametrize("on", [False, True])
 def test_heir_steps_teach_the_heir_again_after_the_contradicting_statement(tiny_model_dir, on):
     """`augment.heir_steps`: "I hate jazz." after "I love jazz." and "I like chess." also takes the heir's fact steps,
-    after the dislike's, answered without the dropped object ("You like chess.") and rehearsing the dislike just
-    stored; a contradiction that leaves its slot empty ("Zara is my cousin." after "... sister.") takes none; off,
+    after the dislike's, answered without the dropped object ("You like chess.", also in the answer frames of
+    its replays) and rehearsing the dislike just stored; a contradiction that leaves its slot empty ("Zara is my cousin." after "... sister.") takes none; off,
     none either."""
     import olm
 
-    config = {"model": {"augment": {"siblings": 1, "sibling_kinds": "any", "heir_steps": on},
-                        "optim": {"steps_per_fact": 2}}}
+    config = {"model": {"augment": {"siblings": 1, "sibling_kinds": "any", "heir_steps": on, "answer_frames": 2,
+                                    "answer_frames_on": "replay"}, "optim": {"steps_per_fact": 2}}}
     lm = olm.open(base_model=tiny_model_dir, config=config)
     lm.learn([("I love jazz.", "Nice."), ("I like chess.", "Nice."), ("Zara is my sister.", "Nice.")])
     seen, real = [], lm.module.learn
@@ -626,6 +626,7 @@ def test_heir_steps_teach_the_heir_again_after_the_contradicting_statement(tiny_
         texts = seen[1][1]
         assert texts[0].count("I like chess.") == 1 and "Nice." in texts[0]  # its stored exchange
         assert any("assistant\nYou like chess." in t for t in texts)
+        assert any("assistant\nYou enjoy chess." in t for t in texts)  # a replay's answer frame, as the like had
         assert any("assistant\nYou dislike jazz." in t for t in texts)  # the statement's fact, rehearsed
         assert not any(w in t for w in ("You like jazz", "You enjoy jazz", "You love jazz", "jazz and") for t in texts)
     seen.clear()
