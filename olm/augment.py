@@ -122,12 +122,12 @@ class AugmentSettings:
     lockstep, the rows stay in the fact steps."""
     heir_steps: bool = False
     """When a statement drops a remembered fact (`FactMemory.drop_contradicted`) and another fact of its subject and
-    slot is still remembered (its heir: "I like opera." after "I love chess.", "I hate chess."), the turn also takes
-    the heir's fact steps, as if it were stated again, after the statement's own: its stored exchange and Q/A rows,
-    answered with what is listed now ("You like opera.", `listed_object`), with their `siblings` (the new statement's
-    fact among them). Without them the heir is one sibling row of the statement's step, which does not turn "You like
-    chess and opera." into "You like opera." (README, Facts about the speaker). A contradiction that leaves its slot
-    empty ("Zara is my cousin." after "... sister.") has no heir: the new fact's own rows answer those questions."""
+    slot is still remembered (its heir: "I like opera." after "I love chess.", "I hate chess."), the turn first takes
+    the heir's fact steps, as if it were stated again: its stored exchange and Q/A rows, in the answer frames of its
+    replays too, answered with what is listed now ("You like opera.", `listed_object`), with its `siblings`; the
+    statement's own steps follow. Without them the heir is one sibling row of the statement's step, which does not
+    turn "You like chess and opera." into "You like opera." (README, Facts about the speaker). A contradiction that
+    leaves its slot empty ("I hate chess." after "I love chess." alone) has no heir (`forget` is for that case)."""
     acknowledgement: str = "Got it. {answer}"
     """Reply to a paraphrased statement; ``{answer}`` is the pattern's filled answer template."""
     acknowledge_generated: bool = True

@@ -346,7 +346,7 @@ class OnlineLM(L.LightningModule):
         # "I hate jazz." after "I love jazz.": forget the like before the step, whose siblings then rehearse the likes
         # still true (`with_siblings`)
         dropped = {id(c.fact): d for c in stated if (d := self.memory.drop_contradicted(c.fact)) is not None}
-        heirs = [h for d in dropped.values() for h in self.heirs(d.key[0], d.slot or d.relation)]  # before the store
+        heirs = {id(h): h for d in dropped.values() for h in self.heirs(d.key[0], d.slot or d.relation)}
         if stated and not self.logged_reply(turn) and self.augment.acknowledge_generated:
             # learn what the user said, not the model's own guess about the subject
             acks = [
@@ -368,7 +368,11 @@ class OnlineLM(L.LightningModule):
             if stated:  # rotate the templates with the statement count
                 examples += self.fact_examples(ctx.fact, ctx.repetition - 1, turn.user)
                 examples, contexts, forget = self.rehearsed(examples, ctx, dropped.get(id(ctx.fact)))
+        # augment.heir_steps: the dropped facts' heirs taught again first, so the statement's own steps come last
+        heir_stats = [self.learn_heir(h) for h in heirs.values()] if self.augment.heir_steps else []
         stats = self.learn(examples, ctx, contexts, forget)
+        for more in heir_stats:
+            stats.update(steps=stats["steps"] + more["steps"], examples=stats["examples"] + more["examples"])
         for other in ctx.more:  # the message's other facts, each in steps of its own, as if stated alone
             with self._timed("render"):
                 mine = self.fact_examples(other.fact, other.repetition - 1, turn.user) or [example]
@@ -380,10 +384,6 @@ class OnlineLM(L.LightningModule):
             if (gone := dropped.get(id(c.fact))) is not None:  # its rows, for `forgotten` in later steps
                 pattern = self.detector.pattern(gone.pattern)
                 stored.forgets = [list(r) for r in forget_rows(gone.subject, gone.object, gone.relation, pattern)]
-        if self.augment.heir_steps:  # the dropped facts' heirs, as if stated again, after the statement is stored
-            for heir in {id(h): h for h in heirs}.values():
-                more = self.learn_heir(heir)
-                stats.update(steps=stats["steps"] + more["steps"], examples=stats["examples"] + more["examples"])
         self.antecedent = (*self._conversation(turn), named_subject([c.fact for c in stated]))
         self.memory.decay(self.memory_clock)
         self.turns_trained += 1
@@ -650,9 +650,9 @@ class OnlineLM(L.LightningModule):
         return examples, contexts
 
     def learn_heir(self, heir: StoredFact) -> dict[str, float]:
-        """`augment.heir_steps`: the fact steps of a remembered fact whose slot lost another object this turn, as if
-        it were stated again: its stored exchange and augmentation, answered with the objects listed now, with its
-        siblings; `learn`'s scalars."""
+        """`augment.heir_steps`: the fact steps of a remembered fact whose slot loses another object this turn, as if
+        it were stated again: its stored exchange and augmentation (with its replays' answer frames), answered with
+        the objects listed now, with its siblings; `learn`'s scalars."""
         ctx = Context("fact", fact=heir, repetition=heir.count, importance=heir.importance)
         said = statement_loss_on(self.augment, self.objective.loss_on)
         with self._timed("render"):
