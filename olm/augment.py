@@ -122,12 +122,13 @@ class AugmentSettings:
     lockstep, the rows stay in the fact steps."""
     heir_steps: bool = False
     """When a statement drops a remembered fact (`FactMemory.drop_contradicted`) and another fact of its subject and
-    slot is still remembered (its heir: "I like opera." after "I love chess.", "I hate chess."), the turn first takes
-    the heir's fact steps, as if it were stated again: its stored exchange and Q/A rows, in the answer frames of its
-    replays too, answered with what is listed now ("You like opera.", `listed_object`), with its `siblings`; the
-    statement's own steps follow. Without them the heir is one sibling row of the statement's step, which does not
-    turn "You like chess and opera." into "You like opera." (README, Facts about the speaker). A contradiction that
-    leaves its slot empty ("I hate chess." after "I love chess." alone) has no heir (`forget` is for that case)."""
+    slot is still remembered (its heir: "I like opera." after "I love chess.", "I hate chess."), the turn also takes
+    the heir's fact steps after the statement's own, as if it were stated again: its stored exchange and Q/A rows,
+    answered with what is listed now ("You like opera.", `listed_object`), with its `siblings` (the statement's fact,
+    stored by then, among the candidates). Without them the heir is one sibling row of the statement's step, which
+    does not turn "You like chess and opera." into "You like opera.". Measured: before the statement's steps, or with
+    the replays' answer frames, the dislike took the heir's object (README, Facts about the speaker). A contradiction
+    that leaves its slot empty ("I hate chess." after "I love chess." alone) has no heir (`forget` is for that)."""
     acknowledgement: str = "Got it. {answer}"
     """Reply to a paraphrased statement; ``{answer}`` is the pattern's filled answer template."""
     acknowledge_generated: bool = True

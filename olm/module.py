@@ -368,11 +368,7 @@ class OnlineLM(L.LightningModule):
             if stated:  # rotate the templates with the statement count
                 examples += self.fact_examples(ctx.fact, ctx.repetition - 1, turn.user)
                 examples, contexts, forget = self.rehearsed(examples, ctx, dropped.get(id(ctx.fact)))
-        # augment.heir_steps: the dropped facts' heirs taught again first, so the statement's own steps come last
-        heir_stats = [self.learn_heir(h) for h in heirs.values()] if self.augment.heir_steps else []
         stats = self.learn(examples, ctx, contexts, forget)
-        for more in heir_stats:
-            stats.update(steps=stats["steps"] + more["steps"], examples=stats["examples"] + more["examples"])
         for other in ctx.more:  # the message's other facts, each in steps of its own, as if stated alone
             with self._timed("render"):
                 mine = self.fact_examples(other.fact, other.repetition - 1, turn.user) or [example]
@@ -384,6 +380,9 @@ class OnlineLM(L.LightningModule):
             if (gone := dropped.get(id(c.fact))) is not None:  # its rows, for `forgotten` in later steps
                 pattern = self.detector.pattern(gone.pattern)
                 stored.forgets = [list(r) for r in forget_rows(gone.subject, gone.object, gone.relation, pattern)]
+        for heir in heirs.values() if self.augment.heir_steps else ():  # taught again, the statement now stored
+            more = self.learn_heir(heir)
+            stats.update(steps=stats["steps"] + more["steps"], examples=stats["examples"] + more["examples"])
         self.antecedent = (*self._conversation(turn), named_subject([c.fact for c in stated]))
         self.memory.decay(self.memory_clock)
         self.turns_trained += 1
@@ -650,15 +649,15 @@ class OnlineLM(L.LightningModule):
         return examples, contexts
 
     def learn_heir(self, heir: StoredFact) -> dict[str, float]:
-        """`augment.heir_steps`: the fact steps of a remembered fact whose slot loses another object this turn, as if
-        it were stated again: its stored exchange and augmentation (with its replays' answer frames), answered with
-        the objects listed now, with its siblings; `learn`'s scalars."""
+        """`augment.heir_steps`: the fact steps of a remembered fact whose slot lost another object this turn, as if
+        it were stated again: its stored exchange and augmentation, answered with the objects listed now, with its
+        siblings (the contradicting statement's fact, stored by now, among the candidates); `learn`'s scalars."""
         ctx = Context("fact", fact=heir, repetition=heir.count, importance=heir.importance)
         said = statement_loss_on(self.augment, self.objective.loss_on)
         with self._timed("render"):
             examples = [render_exchange(self.tokenizer, heir.text, heir.reply, (), said, self.objective.max_tokens)]
-            # in the answer frames of its replays too: the dropped object was replayed in them ("You enjoy jazz.")
-            examples += self.fact_examples(heir, heir.count + self.memory_clock, heir.text, replay=True)
+            # not in its replays' answer frames: two more rows of the heir's object put it in "You dislike …" too
+            examples += self.fact_examples(heir, heir.count + self.memory_clock, heir.text)
             examples, contexts, forget = self.rehearsed(examples, ctx)
         return self.learn(examples, ctx, contexts, forget)
 

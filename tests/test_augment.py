@@ -605,11 +605,11 @@ def test_a_contradicted_fact_with_a_heir_is_not_compared_with_the_base(tiny_mode
 
 
 @pytest.mark.parametrize("on", [False, True])
-def test_heir_steps_teach_the_heir_again_before_the_contradicting_statement(tiny_model_dir, on):
+def test_heir_steps_teach_the_heir_again_after_the_contradicting_statement(tiny_model_dir, on):
     """`augment.heir_steps`: "I hate jazz." after "I love jazz." and "I like chess." also takes the heir's fact steps,
-    before the dislike's, answered without the dropped object ("You like chess.", also in the answer frames of its
-    replays); the dislike's own steps come last. A contradiction that leaves its slot empty ("Zara is my cousin."
-    after "... sister.") takes none; off, none either."""
+    after the dislike's, answered without the dropped object ("You like chess.", in the canonical answer frame alone)
+    and rehearsing the dislike, stored by then. A contradiction that leaves its slot empty ("Zara is my cousin." after
+    "... sister.") takes none; off, none either."""
     import olm
 
     config = {"model": {"augment": {"siblings": 1, "sibling_kinds": "any", "heir_steps": on, "answer_frames": 2,
@@ -621,13 +621,13 @@ def test_heir_steps_teach_the_heir_again_before_the_contradicting_statement(tiny
         seen.append((ctx.fact, [e.text for e in examples])), real(examples, ctx, contexts, forget))[1]
     lm.learn([("I hate jazz.", "Noted.")])
     chess = lm.module.memory.get("me", "likes=chess")
-    assert [fact is chess for fact, _ in seen] == ([True, False] if on else [False])
-    assert any("assistant\nYou dislike jazz." in t for t in seen[-1][1])  # the statement's own step, last
+    assert [fact is chess for fact, _ in seen] == ([False, True] if on else [False])
     if on:
-        texts = seen[0][1]
+        texts = seen[1][1]
         assert texts[0].count("I like chess.") == 1 and "Nice." in texts[0]  # its stored exchange
         assert any("assistant\nYou like chess." in t for t in texts)
-        assert any("assistant\nYou enjoy chess." in t for t in texts)  # a replay's answer frame, as the like had
+        assert not any("You enjoy chess." in t or "You love chess." in t for t in texts)  # no replay frames
+        assert any("assistant\nYou dislike jazz." in t for t in texts)  # the statement's fact, rehearsed
         assert not any(w in t for w in ("You like jazz", "You enjoy jazz", "You love jazz", "jazz and") for t in texts)
     seen.clear()
     lm.learn([("Zara is my cousin.", "Nice.")])
