@@ -11,7 +11,8 @@ Per turn (`training_step`, manual optimization):
                kinds that carry them, `olm.locality`); lr = base × multiplier(context) for these steps
                only; KL(base ‖ adapter) with the adapter disabled for the base; weighted CE;
                λ_loc · KL on the locality prompts; backward; clip; AdamW step
-  5. remember  facts go to the FactMemory after their step
+  5. remember  facts go to the FactMemory after their step; a like dropped by a dislike with another
+               like left (its heir) has the heir learned again after it (`augment.heir_steps`)
 Replays queued by the `FactReplay` callback are learned at the start of the next training_step
 (context "replay"), so their optimizer steps count in `global_step` like any other.
 
