@@ -374,16 +374,14 @@ class OnlineLM(L.LightningModule):
             with self._timed("render"):
                 mine = self.fact_examples(other.fact, other.repetition - 1, turn.user) or [example]
                 mine, theirs, forget = self.rehearsed(mine, other, dropped.get(id(other.fact)))
-            more = self.learn(mine, other, theirs, forget)
-            stats.update(steps=stats["steps"] + more["steps"], examples=stats["examples"] + more["examples"])
+            _add_steps(stats, self.learn(mine, other, theirs, forget))
         for c in stated:
             stored = self.memory.store(c.fact, turn.user, target, self.memory_clock)
             if (gone := dropped.get(id(c.fact))) is not None:  # its rows, for `forgotten` in later steps
                 pattern = self.detector.pattern(gone.pattern)
                 stored.forgets = [list(r) for r in forget_rows(gone.subject, gone.object, gone.relation, pattern)]
         for heir in heirs.values() if self.augment.heir_steps else ():  # taught again, the statement now stored
-            more = self.learn_heir(heir)
-            stats.update(steps=stats["steps"] + more["steps"], examples=stats["examples"] + more["examples"])
+            _add_steps(stats, self.learn_heir(heir))
         self.antecedent = (*self._conversation(turn), named_subject([c.fact for c in stated]))
         self.memory.decay(self.memory_clock)
         self.turns_trained += 1
@@ -649,14 +647,19 @@ class OnlineLM(L.LightningModule):
             contexts += [Context("replay", fact=fact, repetition=fact.count, importance=fact.importance)] * len(mine)
         return examples, contexts
 
+    def stored_exchange(self, fact: StoredFact) -> Example:
+        """A remembered fact's statement and reply, rendered as its statement rows are learned
+        (`augment.train_statements`), no history: what a replay or a heir step trains it on again."""
+        said = statement_loss_on(self.augment, self.objective.loss_on)
+        return render_exchange(self.tokenizer, fact.text, fact.reply, (), said, self.objective.max_tokens)
+
     def learn_heir(self, heir: StoredFact) -> dict[str, float]:
         """`augment.heir_steps`: the fact steps of a remembered fact whose slot lost another object this turn, as if
         it were stated again: its stored exchange and augmentation, answered with the objects listed now, with its
         siblings (the contradicting statement's fact, stored by now, among the candidates); `learn`'s scalars."""
         ctx = Context("fact", fact=heir, repetition=heir.count, importance=heir.importance)
-        said = statement_loss_on(self.augment, self.objective.loss_on)
         with self._timed("render"):
-            examples = [render_exchange(self.tokenizer, heir.text, heir.reply, (), said, self.objective.max_tokens)]
+            examples = [self.stored_exchange(heir)]
             # not in its replays' answer frames: two more rows of the heir's object put it in "You dislike …" too
             examples += self.fact_examples(heir, heir.count + self.memory_clock, heir.text)
             examples, contexts, forget = self.rehearsed(examples, ctx)
@@ -925,16 +928,13 @@ class OnlineLM(L.LightningModule):
         if not facts:
             return []
         examples, contexts, exchanges, forget = [], [], set(), []
-        said = statement_loss_on(self.augment, self.objective.loss_on)  # the stored statements' targets
         with self._timed("render"):
             for fact in facts:
                 ctx = Context("replay", fact=fact, repetition=fact.count, importance=fact.importance)
                 mine = []  # its stored exchange, once per batch: one message may have stated several facts
                 if (fact.text, fact.reply) not in exchanges:
                     exchanges.add((fact.text, fact.reply))
-                    mine.append(
-                        render_exchange(self.tokenizer, fact.text, fact.reply, (), said, self.objective.max_tokens)
-                    )
+                    mine.append(self.stored_exchange(fact))
                 if self.augment.on_replay:  # a rotation that moves on with the run
                     mine += self.fact_examples(fact, fact.count + self.memory_clock, fact.text, replay=True)
                 examples += mine
@@ -1010,6 +1010,11 @@ class OnlineLM(L.LightningModule):
 
 
 # ----------------------------------------------------------------------------- RNG state
+def _add_steps(stats: dict[str, float], more: dict[str, float]) -> None:
+    """Count another `learn` call's steps and examples into a turn's scalars (the rest stay the first call's)."""
+    stats.update(steps=stats["steps"] + more["steps"], examples=stats["examples"] + more["examples"])
+
+
 def rng_state() -> dict[str, Any]:
     """The random generators' states, in types a ``weights_only`` load accepts: torch (CPU and each
     CUDA device in use), Python's `random`, and numpy's global generator when numpy is loaded."""
