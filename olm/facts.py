@@ -323,7 +323,8 @@ def _default_patterns() -> list[FactPattern]:
         ),
         FactPattern(
             "lives_in",
-            who + r"(?:\s+(?:lives|is\s+living|resides)|['’]s\s+home\s+is)\s+in\s+" + dwelling + r"(?P<object>{PLACE})",
+            who + r"(?:(?:\s+(?:lives|is\s+living|resides|is\s+based)|['’]s\s+home\s+is)\s+in"  # "X moved to Y": X lives in Y
+            r"|(?:\s+(?:has|just|recently))*\s+moved\s+to)\s+" + dwelling + r"(?P<object>{PLACE})",
             "lives_in", "Where does {subject} live?",
             questions=["Where does {subject} live?", "Which city does {subject} live in?",
                        "Do you know where {subject} lives?", "Where is {subject} based?"],
@@ -442,7 +443,8 @@ def _default_patterns() -> list[FactPattern]:
         ),
         FactPattern(
             "works_at",
-            who + r"(?:\s+works\s+(?:at|for)|['’]s\s+employer\s+is)\s+(?:the\s+)?(?P<object>{PLACE})",
+            who + r"(?:\s+(?:works|is\s+working)\s+(?:at|for)|\s+is\s+employed\s+(?:at|by)|['’]s\s+employer\s+is)"
+            r"\s+(?:the\s+)?(?P<object>{PLACE})",
             "works_at", "Where does {subject} work?",
             questions=["Where does {subject} work?", "Which company does {subject} work for?",
                        "Do you know where {subject} works?"],
@@ -497,7 +499,7 @@ def _default_patterns() -> list[FactPattern]:
         ),
         FactPattern(
             "my_name_is",
-            r"\b(?:(?i:my)\s+name\s+is|(?i:call)\s+me)\s+(?P<object>{NAME})" + not_possessed,
+            r"\b(?:(?i:my)\s+name(?:\s+is|['’]s)|(?i:call)\s+me|I\s+go\s+by)\s+(?P<object>{NAME})" + not_possessed,
             "name", "What is my name?", subject="me",
             **name,
         ),
@@ -612,7 +614,8 @@ def _default_patterns() -> list[FactPattern]:
         ),
         FactPattern(
             "i_work_at",
-            r"\b(?:I\s+work\s+(?:at|for)|(?i:my)\s+employer\s+is)\s+(?:the\s+)?(?P<object>{PLACE})",
+            r"\b(?:I\s+work\s+(?:at|for)|I(?:['’]m|\s+am)\s+(?:working\s+(?:at|for)|employed\s+(?:at|by))"
+            r"|(?i:my)\s+employer\s+is)\s+(?:the\s+)?(?P<object>{PLACE})",
             "works_at", "Where do I work?", subject="me",
             questions=["Where do I work?", "Which company do I work for?", "Do you know where I work?"],
             answer="You work at {object}.", short_answer="At {object}.",

@@ -229,7 +229,9 @@ def test_overlapping_matches_give_one_fact():
 
 @pytest.mark.parametrize(
     "text, name", [("Hi! I'm Sam.", "Sam"), ("Hello, I am Ana Lima, nice to meet you.", "Ana Lima"),
-                   ("That's settled. I'm Bob.", "Bob"), ("I'm Happy to help.", None), ("So I'm Bob.", None)]
+                   ("That's settled. I'm Bob.", "Bob"), ("I'm Happy to help.", None), ("So I'm Bob.", None),
+                   ("My name's Odalys.", "Odalys"), ("I go by Odalys.", "Odalys"), ("My name's not important.", None),
+                   ("I go by bus.", None)]
 )  # fmt: skip
 def test_i_am_x_after_a_greeting_or_a_sentence(text, name):
     fact = FactDetector().detect(text)
@@ -303,7 +305,12 @@ def test_open_favourites_and_ages(text, fact, question):
      ("I'm based in Berlin.", ("me", "lives_in", "Berlin")), ("I live in the UK.", ("me", "lives_in", "UK")),
      ("My birthday is May 3.", ("me", "birthday", "May 3")), ("Zara's birthday is June.", ("Zara", "birthday", "June")),
      ("My birthday is tomorrow.", None), ("I moved to a new flat.", None),
-     ("I'm based in a small town.", None)],
+     ("I'm based in a small town.", None),
+     ("Zara moved to Tallinn.", ("Zara", "lives_in", "Tallinn")),
+     ("Zara has just moved to Tallinn.", ("Zara", "lives_in", "Tallinn")),
+     ("Zara is based in Tallinn.", ("Zara", "lives_in", "Tallinn")),
+     ("My sister moved to Rome.", ("my sister", "lives_in", "Rome")),
+     ("The meeting moved to Monday.", None), ("Everyone moved to London.", None), ("It moved to Paris.", None)],
 )  # fmt: skip
 def test_birth_moves_and_bases_say_where_and_when(text, fact):
     """Being born (a month: the birthday; a year: the birth year, "What year was I born?"; a place: where one is
@@ -322,7 +329,11 @@ def test_birth_moves_and_bases_say_where_and_when(text, fact):
      ("Tom was born in Madrid.", ("Tom", "from", "Madrid")), ("Tom was born in May.", ("Tom", "birthday", "May")),
      ("Anna grew up in Texas.", ("Anna", "from", "Texas")), ("I grew up in Ohio.", ("me", "from", "Ohio")),
      ("Bob works at night.", None), ("The email is from Google.", None), ("This is from Amazon.", None),
-     ("Someone works for Google.", None), ("Tom is from the future.", None)],
+     ("Someone works for Google.", None), ("Tom is from the future.", None),
+     ("Corwin Ashby is employed at Siemens.", ("Corwin Ashby", "works_at", "Siemens")),
+     ("Tom is employed by the BBC.", ("Tom", "works_at", "BBC")), ("Tom is working for Google.", ("Tom", "works_at", "Google")),
+     ("I'm employed by Siemens.", ("me", "works_at", "Siemens")), ("I am working at Nexora.", ("me", "works_at", "Nexora")),
+     ("I'm working on Python.", None), ("Tom is working hard.", None)],
 )  # fmt: skip
 def test_where_a_person_works_and_comes_from(text, fact):
     """The third person has the employer and the origin that the speaker has ("I work at ...", "I'm from ..."),
@@ -616,6 +627,8 @@ ADVERSARIAL = {
     "ages": "I am 3 " * 14_000 + "years old",
     "born": "I was born in " * 7_000 + "May",
     "moved": "I moved to " * 9_000 + "x",
+    "has_just_moved": "Zara" + " has just recently" * 6_000 + " moved to x",
+    "employed": "Zara is employed by " * 6_000 + "x",
     "appositions_comma": "Zara, my sister, " * 6_000 + "lives in Rome",
     "works_at": "Zara works at " * 7_000 + "x",
     "grew_up": "Zara grew up in " * 6_000 + "x",
