@@ -32,6 +32,8 @@ class Context:
         importance: the fact's importance in [0, 1] from the fact memory.
         more: the other facts stated in the same message (`detector.max_facts`), each as a fact context of
             its own, learned in fact steps of its own after this one's (`OnlineLM.training_step`).
+        update: the fact replaces a remembered object of its subject and slot ("I moved to Berlin." after "I live
+            in Porto.", `olm.memory.FactMemory.superseded`).
     """
 
     kind: Kind
@@ -39,6 +41,7 @@ class Context:
     repetition: int = 1
     importance: float = 0.0
     more: tuple[Context, ...] = ()
+    update: bool = False
 
 
 def _default_lr_table() -> dict[str, float]:

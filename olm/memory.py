@@ -268,6 +268,12 @@ class FactMemory:
         stored.importance = importance_score(self.config, stored.count, 0)
         return stored
 
+    def superseded(self, fact: FactInfo) -> StoredFact | None:
+        """The remembered fact `fact` would replace when stored (same subject and slot, another object: "Zara is my
+        cousin." for "Zara is my sister."), or None."""
+        stored = self.get(fact.subject, fact.key_slot)
+        return stored if stored is not None and not _same_object(stored.object, fact.object) else None
+
     def drop_contradicted(self, fact: FactInfo) -> StoredFact | None:
         """Forget the fact `fact` contradicts object by object (`FactInfo.opposite`: "I love jazz." for "I hate
         jazz."), if remembered; `store` does it too, `OnlineLM` before the fact's step (its siblings and listed

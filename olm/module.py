@@ -104,6 +104,10 @@ class OptimSettings:
     """Optimizer steps on a fact turn (the original design's iterations_per_fact)."""
     steps_per_replay: int = 1
     """Optimizer steps per replay (the replayed facts are learned together, in one batch)."""
+    steps_per_update: int | None = None
+    """Optimizer steps on a fact turn whose fact replaces a remembered object ("I moved to Berlin." after "I live in
+    Porto.", `Context.update`); None = `steps_per_fact`. The old object, held firmly, takes most of a step's
+    cross-entropy gradient away from the new one (README, Facts about the speaker)."""
     share_prefix: bool = True
     """Compute the token prefix all rows of a step's batch share (the chat template's system prompt
     and user header) once, not once per row (`olm.prefix`): the same logits and gradient, fewer
@@ -130,6 +134,9 @@ class OptimSettings:
             problems.append(f"optim.weight_decay must be >= 0, got {self.weight_decay!r}")
         if self.grad_clip <= 0:
             problems.append(f"optim.grad_clip must be > 0, got {self.grad_clip!r}")
+        update = self.steps_per_update
+        if update is not None and not (isinstance(update, int) and update > 0):
+            problems.append(f"optim.steps_per_update must be an integer >= 1 or null, got {self.steps_per_update!r}")
         for name in ("steps_per_turn", "steps_per_fact", "steps_per_replay"):
             if getattr(self, name) < 1:
                 problems.append(f"optim.{name} must be >= 1, got {getattr(self, name)!r}")
@@ -528,7 +535,8 @@ class OnlineLM(L.LightningModule):
                 return Context("question")
             facts = [
                 Context("fact", fact=f, repetition=self.memory.count(f) + 1,
-                        importance=self.memory.importance_of(f, self.memory_clock))
+                        importance=self.memory.importance_of(f, self.memory_clock),
+                        update=self.memory.superseded(f) is not None)
                 for f in self.detector.detect_many(user, antecedent)
             ]  # fmt: skip
             if not facts:
@@ -734,6 +742,8 @@ class OnlineLM(L.LightningModule):
         steps = {"fact": self.optim.steps_per_fact, "replay": self.optim.steps_per_replay}.get(
             ctx.kind, self.optim.steps_per_turn
         )
+        if ctx.kind == "fact" and ctx.update and self.optim.steps_per_update is not None:
+            steps = self.optim.steps_per_update
         mult, lam = lr_multiplier(ctx, self.policy), kl_lambda(ctx, self.policy)
         rows = self.locality.next_rows(self.model) if self.locality.applies(ctx.kind) else []
         row_weights, kept, weights_kept = None, [], []  # rows outside the rotation and their weights

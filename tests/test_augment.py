@@ -576,6 +576,25 @@ def test_forget_rows_are_compared_in_the_fact_steps_or_in_a_step_of_their_own(ti
         assert batches == [(3, [1.0, 3.0, 3.0])] and stats[0]["steps"] == 2
 
 
+def test_an_update_takes_steps_per_update_and_a_repeat_or_a_new_fact_steps_per_fact(tiny_model_dir):
+    """`optim.steps_per_update`: "Zara is my cousin." after "Zara is my sister." (`Context.update`, the memory's
+    `superseded`) takes that many optimizer steps; its repeat, a new fact and a like beside another like (its own
+    memory key) take `steps_per_fact`; unset, an update takes `steps_per_fact` too."""
+    import olm
+
+    for update, expected in ((3, [3, 1, 1, 1]), (None, [1, 1, 1, 1])):
+        optim = {"steps_per_fact": 1, "steps_per_update": update}
+        lm = olm.open(base_model=tiny_model_dir, config={"model": {"optim": optim}})
+        lm.learn([("Zara is my sister.", "Nice."), ("I love jazz.", "Nice.")])
+        seen, real = [], lm.module.learn
+        lm.module.learn = lambda *a, **k: (lambda r: (seen.append((a[1].update, r["steps"])), r)[1])(real(*a, **k))
+        lm.learn([("Zara is my cousin.", "Noted."), ("Zara is my cousin.", "Noted."), ("Tom works at Siemens.", "Ok."),
+                  ("I love chess.", "Nice.")])
+        assert [s for _, s in seen] == expected and [u for u, _ in seen] == [True, False, False, False]
+    with pytest.raises(ValueError, match="steps_per_update"):
+        OptimSettings(steps_per_update=0)
+
+
 def test_a_memory_state_with_malformed_forgets_is_refused():
     mem = FactMemory()
     mem.store(FactDetector().detect("I hate jazz."), "I hate jazz.", "Noted.", 0)
