@@ -50,6 +50,8 @@ class FactTurn:
     locality: list[LocalityRow] = field(default_factory=list)
     siblings: list[Sibling] = field(default_factory=list)
     """Remembered facts of the same kind its step rehearsed (`augment.siblings`), one Q/A row each."""
+    steps: int | None = None
+    """Optimizer steps OnlineLM took on the turn (`optim.steps_per_update` for an update); None = `steps_per_fact`."""
 
 
 @dataclass
@@ -197,7 +199,8 @@ class MinimalLoop:
         lap("render")
         base = self.base_logits(b)
         lap("base_forward")
-        steps, lam = (self.steps_per_turn, self.kl_lambda) if fact is None else (self.steps_per_fact, fact.kl_lambda)
+        steps, lam = (self.steps_per_turn, self.kl_lambda) if fact is None else (
+            fact.steps or self.steps_per_fact, fact.kl_lambda)
         for _ in range(steps):
             self.loss(b, base, lam).backward()
             lap("adapter_forward_backward")

@@ -660,7 +660,8 @@ def fact_turn_of(module, user: str) -> FactTurn:
     """The fact turn OnlineLM just learned from `user` (after its step): the fact, its pattern, the
     rotation of its augmentation (statement count − 1), the KL λ its steps used (logged as
     turn/kl_lambda) and the locality rows they used (the last `per_step` of the rotation, from the
-    module's cache; the rotation is left where it was)."""
+    module's cache; the rotation is left where it was), and the steps it took (`optim.steps_per_update` on an
+    update)."""
     fact = module.detector.detect(user)
     rows = []
     if module.locality.applies("fact"):
@@ -675,7 +676,7 @@ def fact_turn_of(module, user: str) -> FactTurn:
     ]  # the ones its step rehearsed: the memory's other subjects of the slot are as they were then
     return FactTurn(
         fact.subject, fact.object, fact.relation, module.detector.pattern(fact.pattern),
-        rotation, module.latest_scalars["turn/kl_lambda"], rows, siblings,
+        rotation, module.latest_scalars["turn/kl_lambda"], rows, siblings, int(module.latest_scalars["turn/steps"]),
     )  # fmt: skip
 
 
