@@ -38,14 +38,16 @@ facts = [  # (statements of the old object, the update, question, old, new)
      f"{person} moved to {{n}}.", f"Where does {person} live?", cities[2], cities[3]),
     ([f"{relative} works at {{o}}.", f"{relative} works for {{o}}.", f"{relative}'s employer is {{o}}."],
      f"{relative} works at {{n}} now.", f"Where does {relative} work?", firms[2], firms[3]),
-    (["Zara is my {o}.", "My {o} is Zara.", "Zara is my {o}."], "Actually, Zara is my {n}.", "Who is Zara?", kin[0], kin[1]),
+    (["Zara is my {o}.", "My {o} is Zara.", "Zara is my {o}."], "Actually, Zara is my {n}.", "Who is Zara?",
+     kin[0], kin[1]),
 ]
 colour, month = rng.choice(["teal", "mauve", "ochre", "crimson"]), rng.choice(["March", "July", "October"])
 friend = rng.choice(["Yelka", "Dagny Holm", "Quillon"])
 kept = [  # taught as the others, never contradicted: must still be recalled after the updates
     (["My favourite colour is {o}.", "My favorite color is {o}.", "My favourite colour is {o}."],
      "What is my favourite colour?", "Your favourite colour is", colour),
-    ([f"{friend}'s birthday is in {{o}}.", f"{friend} celebrates a birthday in {{o}}.", f"{friend}'s birthday is in {{o}}."],
+    ([f"{friend}'s birthday is in {{o}}.", f"{friend} celebrates a birthday in {{o}}.",
+      f"{friend}'s birthday is in {{o}}."],
      f"When is {friend}'s birthday?", f"{friend}'s birthday is in", month),
 ]
 chat = [json.loads(l)["messages"] for l in open("olm/assets/logs/about-me.jsonl")]
@@ -81,14 +83,18 @@ def asked(lm, when, before=None):
         ans = lm.ask(q)
         [sc] = object_scores(m.model, m.tokenizer, [q], [lead], [obj])
         on = bool(lm.module.router.last_on.all()) if lm.module.router.last_on is not None else None
-        rows.append({"q": q, "answer": ans, "kept": is_recalled(ans, obj), "routed": on, "p_kept": round(math.exp(sc.log_p), 4)})
+        p_kept = round(math.exp(sc.log_p), 4)
+        rows.append({"q": q, "answer": ans, "kept": is_recalled(ans, obj), "routed": on, "p_kept": p_kept})
     if before is not None:
         rows += [{"q": g, "answer": (a := lm.ask(g)), "general": True, "same_as_base": a == before[g]} for g in general]
     print(f"--- {when}")
     for r in rows:
-        flags = " ".join(k for k in ("old", "new", "kept") if r.get(k)) + (" DIFF" if r.get("same_as_base") is False else "")
-        print(f"{r['q'][:40]:40} -> {r['answer'][:60]!r} routed={r.get('routed')} p old {r.get('p_old')} new {r.get('p_new')} kept {r.get('p_kept')} {flags}")
-    print("memory:", [(f.subject, f.slot or f.relation, f.object, f.count, round(f.importance, 2)) for f in lm.module.memory])
+        flags = " ".join(k for k in ("old", "new", "kept") if r.get(k))
+        flags += " DIFF" if r.get("same_as_base") is False else ""
+        p = f"p old {r.get('p_old')} new {r.get('p_new')} kept {r.get('p_kept')}"
+        print(f"{r['q'][:40]:40} -> {r['answer'][:60]!r} routed={r.get('routed')} {p} {flags}")
+    memory = [(f.subject, f.slot or f.relation, f.object, f.count, round(f.importance, 2)) for f in lm.module.memory]
+    print("memory:", memory)
     return rows
 
 
