@@ -734,13 +734,26 @@ def speaker_kappa(kappa: torch.Tensor, unrelated: torch.Tensor, trained: torch.T
     return torch.where(trained > unrelated, torch.minimum(kappa, midpoint), kappa)
 
 
+ASKING_FRAME = re.compile(
+    r"\b(?:do|did|can|could|would|will)\s+you\s+(?:please\s+)?(?:know|remember|recall|(?:tell|remind)(?:\s+me)?)\b",
+    re.IGNORECASE,
+)
+"""The words that put a question to the assistant without being its topic: "Do you know", "Can you tell me", "Could
+you remind me" (`addressee` skips the word-set matches inside them)."""
+
+
 def addressee(text: str, speaker: re.Pattern, assistant: re.Pattern) -> str | None:
     """Whom `text` asks about: "speaker" or "assistant", whichever of the two word sets (`speaker_words`,
-    `assistant_words`, as regexes) has the last match; None where neither matches. The person named last is the
-    one asked about: "What should I call you?", "Can you tell me where you live?" ask of the assistant; "Do you
-    know where I live?", "Can you tell me my name?" of the speaker."""
-    last = {who: max((m.end() for m in rx.finditer(text)), default=-1) for who, rx in
-            (("speaker", speaker), ("assistant", assistant))}  # fmt: skip
+    `assistant_words`, as regexes) has the last match outside an `ASKING_FRAME`; None where neither matches. The
+    person named last is the one asked about: "What should I call you?", "Can you tell me where you live?" ask of
+    the assistant; "Do you know where I live?", "Can you tell me my name?" of the speaker; "Do you know who Zara
+    is?", "Can you tell me who Zara is?" of neither (the frame's "you" and "me" are who knows and who asks: held
+    apart as the assistant's, a trained question about Zara went to the base, which answered "Zara is a fictional
+    character ...")."""
+    frames = [m.span() for m in ASKING_FRAME.finditer(text)]
+    last = {who: max((m.end() for m in rx.finditer(text) if not any(a <= m.start() < b for a, b in frames)),
+                     default=-1)
+            for who, rx in (("speaker", speaker), ("assistant", assistant))}  # fmt: skip
     if max(last.values()) < 0:
         return None
     return "assistant" if last["assistant"] > last["speaker"] else "speaker"

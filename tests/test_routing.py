@@ -33,6 +33,19 @@ def test_addressee_is_the_person_named_last():
         assert addressee(text, speaker, assistant) == who, text
 
 
+def test_the_asking_frame_names_no_one():
+    """"Do you know …", "Can you tell me …": who knows and who asks, not whom the question is about."""
+    speaker = re.compile(r"\b(?:I|me|my|mine|myself)\b", re.IGNORECASE)
+    assistant = re.compile(r"\b(?:you|your|yours|yourself)\b", re.IGNORECASE)
+    cases = {"Do you know who Zara is?": None, "Can you tell me who Zara is?": None,
+             "do you remember where Tom works?": None, "Can you tell me a joke?": None,
+             "Can you tell me where you live?": "assistant", "Do you know your name?": "assistant",
+             "Could you please remind me what I like?": "speaker", "Do you know where I live?": "speaker",
+             "Do you like music?": "assistant", "Do you know you are kind?": "assistant"}  # fmt: skip
+    for text, who in cases.items():
+        assert addressee(text, speaker, assistant) == who, text
+
+
 def test_the_asked_sentence_is_the_last_question_else_the_last_sentence():
     cases = {"I live in a small flat. Any decorating tips?": "Any decorating tips?", "What do I like?": "What do I like?",
              "Hi! What's my name? Thanks.": "What's my name?", "Tell me where I live.": "Tell me where I live.",
