@@ -34,7 +34,7 @@ questions = ["Who is Zara?", "Do you know who Zara is?", "Can you tell me who Za
              "Where does Pelham Strand live?", "Do you know where Pelham Strand lives?",
              "Where does Ilse Varga work?", "Do you know where Ilse Varga works?",
              "Where do I live?", "Do you know where I live?",
-             "Do you know who Marlow Quint is?", "Can you tell me a joke?", "Do you know any good books?",
+             "Who is Marlow Quint?", "Do you know who Marlow Quint is?", "Can you tell me a joke?", "Do you know any good books?",
              "Can you tell me where you live?", "Do you know your name?", "What is the capital of France?"]
 now = routing.addressee
 for name, fn in (("before", addressee_before), ("now", now)):

@@ -41,6 +41,13 @@ facts = [  # (statements of the old object, the update, question, old, new)
     (["Zara is my {o}.", "My {o} is Zara.", "Zara is my {o}."], "Actually, Zara is my {n}.", "Who is Zara?",
      kin[0], kin[1]),
 ]
+others = [  # each fact's other trained questions (olm/facts.py), asked besides the first
+    ["Which city do I live in?", "Do you know where I live?"],
+    ["Which company do I work for?", "Do you know where I work?"],
+    [f"Which city does {person} live in?", f"Do you know where {person} lives?"],
+    [f"Which company does {relative} work for?", f"Do you know where {relative} works?"],
+    ["Do you know who Zara is?", "Can you tell me who Zara is?"],
+]
 colour, month = rng.choice(["teal", "mauve", "ochre", "crimson"]), rng.choice(["March", "July", "October"])
 friend = rng.choice(["Yelka", "Dagny Holm", "Quillon"])
 kept = [  # taught as the others, never contradicted: must still be recalled after the updates
@@ -74,6 +81,11 @@ def asked(lm, when, before=None):
         ans = lm.ask(q)
         on = bool(lm.module.router.last_on.all()) if lm.module.router.last_on is not None else None
         rows.append({"q": q, "answer": ans, "old": is_recalled(ans, old), "new": is_recalled(ans, new), "routed": on})
+    also = []  # the fact's other trained questions ("Which city do I live in?"): the answer a person gets there too
+    for (_, _, q, old, new), more in zip(facts, others):
+        for o in more:
+            ans = lm.ask(o)
+            also.append({"q": o, "answer": ans, "old": is_recalled(ans, old), "new": is_recalled(ans, new)})
     m, qs = lm.module, [f[2] for f in facts]
     for key in ("old", "new"):
         scores = object_scores(m.model, m.tokenizer, qs, leads, [f[3 if key == "old" else 4] for f in facts])
@@ -93,9 +105,11 @@ def asked(lm, when, before=None):
         flags += " DIFF" if r.get("same_as_base") is False else ""
         p = f"p old {r.get('p_old')} new {r.get('p_new')} kept {r.get('p_kept')}"
         print(f"{r['q'][:40]:40} -> {r['answer'][:60]!r} routed={r.get('routed')} {p} {flags}")
+    for r in also:
+        print(f"  also {r['q'][:35]:35} -> {r['answer'][:60]!r} {'new' if r['new'] else ''}{'old' if r['old'] else ''}")
     memory = [(f.subject, f.slot or f.relation, f.object, f.count, round(f.importance, 2)) for f in lm.module.memory]
     print("memory:", memory)
-    return rows
+    return rows + [dict(r, also=True) for r in also]
 
 
 t = time.perf_counter()
@@ -108,8 +122,10 @@ lm.learn(mixed([update.format(n=new) for _, update, _, _, new in facts]))
 res["after_update"] = asked(lm, "after_update")
 lm.learn([rng.choice(small) for _ in range(12)])
 res["later"] = asked(lm, "later", before)
-res["summary"] = {w: {k: sum(r[k] for r in res[w] if k in r) for k in ("new", "old", "kept")}
+res["summary"] = {w: {k: sum(r[k] for r in res[w] if k in r and not r.get("also")) for k in ("new", "old", "kept")}
                   for w in ("taught", "after_update", "later")}
+for w in ("taught", "after_update", "later"):  # the other trained questions, of len(facts) * 2
+    res["summary"][w]["also_new"] = sum(r["new"] for r in res[w] if r.get("also"))
 res["summary"]["general_same"] = sum(r.get("same_as_base", False) for r in res["later"])
 res["took_s"] = round(time.perf_counter() - t)
 json.dump(res, open(out, "w"), indent=1, ensure_ascii=False)
