@@ -76,7 +76,9 @@ class AugmentSettings:
     """Which steps get the `answer_frames` rows: "all" (fact turns and replays) or "replay" only. A fact
     turn then trains the object in its canonical frame alone and the replays, which come back to each fact
     later, add the other frames: on the main job's stream the frame rows in the fact turns held a slowly
-    learned object (Yelka's "teal") below the canonical answer's competitors (README, Fact acquisition)."""
+    learned object (Yelka's "teal") below the canonical answer's competitors (README, Fact acquisition). Since
+    siblings of any kind (`sibling_kinds: any`) the main job recalls it with the frames in every step too (p 0.60),
+    and "all" raised the fact benchmark's held-out phrasings from 0.79 to 0.86 (default.yaml and chat.yaml)."""
     about_pairs: int = 0
     """Subject-only question → answer pairs per fact step (third-person facts; 0 = none)."""
     about_questions: list[str] = field(
