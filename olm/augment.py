@@ -78,7 +78,8 @@ class AugmentSettings:
     later, add the other frames: on the main job's stream the frame rows in the fact turns held a slowly
     learned object (Yelka's "teal") below the canonical answer's competitors (README, Fact acquisition). Since
     siblings of any kind (`sibling_kinds: any`) the main job recalls it with the frames in every step too (p 0.60),
-    and "all" raised the fact benchmark's held-out phrasings from 0.79 to 0.86 (default.yaml and chat.yaml)."""
+    and "all" gave the fact benchmark's held-out phrasings 0.86 against 0.79 on seeds 0-2, 0.85 against 0.82 on seeds
+    0-3: within the noise (default.yaml and chat.yaml: "all")."""
     about_pairs: int = 0
     """Subject-only question → answer pairs per fact step (third-person facts; 0 = none)."""
     about_questions: list[str] = field(
