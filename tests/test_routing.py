@@ -22,28 +22,28 @@ from olm.routing import (
 )  # fmt: skip
 
 
+SPEAKER = re.compile(r"\b(?:I|me|my|mine|myself)\b", re.IGNORECASE)  # default.yaml's speaker_words, as Router compiles them
+ASSISTANT = re.compile(r"\b(?:you|your|yours|yourself)\b", re.IGNORECASE)  # ... and its assistant_words
+
+
 def test_addressee_is_the_person_named_last():
-    speaker = re.compile(r"\b(?:I|me|my|mine|myself)\b", re.IGNORECASE)
-    assistant = re.compile(r"\b(?:you|your|yours|yourself)\b", re.IGNORECASE)
     cases = {"What should I call you?": "assistant", "Tell me about yourself.": "assistant",
              "Do you know where I live?": "speaker", "Can you tell me my name?": "speaker",
              "what is my name": "speaker", "Where do you live?": "assistant", "Who is Tom?": None,
              "Youth is mine.": "speaker", "": None}  # fmt: skip
     for text, who in cases.items():
-        assert addressee(text, speaker, assistant) == who, text
+        assert addressee(text, SPEAKER, ASSISTANT) == who, text
 
 
 def test_the_asking_frame_names_no_one():
     """"Do you know …", "Can you tell me …": who knows and who asks, not whom the question is about."""
-    speaker = re.compile(r"\b(?:I|me|my|mine|myself)\b", re.IGNORECASE)
-    assistant = re.compile(r"\b(?:you|your|yours|yourself)\b", re.IGNORECASE)
     cases = {"Do you know who Zara is?": None, "Can you tell me who Zara is?": None,
              "do you remember where Tom works?": None, "Can you tell me a joke?": None,
              "Can you tell me where you live?": "assistant", "Do you know your name?": "assistant",
              "Could you please remind me what I like?": "speaker", "Do you know where I live?": "speaker",
              "Do you like music?": "assistant", "Do you know you are kind?": "assistant"}  # fmt: skip
     for text, who in cases.items():
-        assert addressee(text, speaker, assistant) == who, text
+        assert addressee(text, SPEAKER, ASSISTANT) == who, text
 
 
 def test_the_asked_sentence_is_the_last_question_else_the_last_sentence():
